@@ -1,0 +1,258 @@
+"""The ``assay`` command: the composition root that wires the roles together.
+
+The library half of ``assay/`` imports no role; this module (and
+:mod:`assay.demo`) imports ``prover``, ``verifier`` and ``slashing``, inside
+the commands that need them, so ``assay --help`` stays fast and a role's
+heavy imports (torch, transformers) load only when used.
+
+Every command turns a refused input into one line on stderr that names what
+was wrong, and exit status 2; nothing is changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from assay.sampling import PPM
+
+EXIT_USAGE = 2
+
+
+class CommandError(Exception):
+    """A refused command; the message is shown to the user as is."""
+
+
+def rate_ppm(text: str) -> int:
+    """Parse a probability such as ``0.05`` or ``5%`` into integer parts per million."""
+    raw = text.strip()
+    try:
+        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a probability like 0.05 or 5%") from None
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a probability between 0 and 1")
+    return round(value * PPM)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
+
+
+# -- demo --------------------------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from assay.demo import DemoConfig, DemoConfigError, run_demo
+
+    try:
+        config = DemoConfig(
+            nodes=args.nodes,
+            cheaters=args.cheaters,
+            cheat_rate_ppm=args.cheat_rate,
+            sample_ppm=args.p,
+            jobs=args.jobs,
+            validators=args.validators,
+            seed=args.seed,
+            threads=args.threads,
+        )
+    except DemoConfigError as exc:
+        raise CommandError(str(exc)) from exc
+    err = Console(stderr=True)
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=args.json or not err.is_terminal,
+    ) as progress:
+        task = progress.add_task("jobs", total=config.jobs)
+        summary = run_demo(
+            config,
+            workdir=args.workdir,
+            on_job=lambda n: progress.advance(task, n),
+        )
+    if args.json:
+        print(json.dumps(summary.to_json(), indent=2))
+    else:
+        _print_demo(summary)
+    ok = summary.honest_slashed == 0 and summary.validators_slashed == 0
+    return 0 if ok else 1
+
+
+def _print_demo(summary: object) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from assay.demo import DemoSummary
+
+    assert isinstance(summary, DemoSummary)
+    out = Console()
+    if not out.is_terminal:
+        out = Console(width=120)
+    table = Table(title="Assay demo: per node")
+    for column in (
+        "node", "role", "jobs", "cheated", "sampled", "mismatches",
+        "stake before", "stake after", "earnings",
+    ):
+        table.add_column(column, justify="left" if column in ("node", "role") else "right")
+    for n in summary.nodes:
+        role = "cheater" if n.cheater else "honest"
+        after = f"{n.stake_after}" + (" (slashed out)" if n.slashed_out else "")
+        table.add_row(
+            f"{n.name} ({n.node_id[:8]})", role, str(n.jobs), str(n.cheated), str(n.sampled),
+            str(n.mismatches), str(n.stake_before), after, str(n.earnings),
+        )
+    out.print(table)
+    p = summary.config.sample_ppm / PPM
+    out.print(
+        f"jobs {summary.jobs} · sampled {summary.sampled} (p = {p:g}) · disputes "
+        f"{summary.disputes} (fraud {summary.disputes_fraud}, valid {summary.disputes_valid})"
+    )
+    out.print(
+        f"cheaters slashed {summary.cheaters_slashed}/{summary.cheaters} · honest nodes slashed "
+        f"{summary.honest_slashed} · validators slashed {summary.validators_slashed}"
+    )
+    out.print(
+        f"verification overhead {summary.verification_overhead:.1%} of inference compute · "
+        f"{summary.ledger_events} ledger events, chain verified · tokens conserved: "
+        f"{summary.supply_conserved} · {summary.wall_seconds:.1f} s"
+    )
+
+
+# -- models ------------------------------------------------------------------------------------
+
+
+def _registry(args: argparse.Namespace) -> object:
+    from prover.registry import ModelRegistry, default_registry_root
+
+    return ModelRegistry(Path(args.registry) if args.registry else default_registry_root())
+
+
+def cmd_models_add(args: argparse.Namespace) -> int:
+    from prover.registry import ModelRegistry
+
+    registry = _registry(args)
+    assert isinstance(registry, ModelRegistry)
+    entry = registry.add(Path(args.directory), mode=args.mode, name=args.name)
+    print(f"registered {entry.name} ({entry.kind}, mode {entry.mode}) as {entry.model_id.hex()}")
+    return 0
+
+
+def cmd_models_list(args: argparse.Namespace) -> int:
+    from prover.registry import ModelRegistry
+
+    registry = _registry(args)
+    assert isinstance(registry, ModelRegistry)
+    entries = registry.list()
+    if args.json:
+        print(json.dumps([{"id": e.model_id.hex(), **e.to_json()} for e in entries], indent=2))
+        return 0
+    if not entries:
+        print(f"no models registered in {registry.path}")
+        return 0
+    for e in entries:
+        print(f"{e.model_id.hex()}  {e.mode:<6} {e.kind:<6} {e.name}  {e.path}")
+    return 0
+
+
+def cmd_models_build(args: argparse.Namespace) -> int:
+    from prover import zoo
+    from prover.model_store import save_model
+
+    built = zoo.build(args.name, seed=args.seed)
+    model_id = save_model(Path(args.out), built.module, built.kind, built.config)
+    print(f"wrote {args.name} (seed {args.seed}) to {args.out}; model id {model_id.hex()}")
+    return 0
+
+
+# -- parser ------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="assay",
+        description="Verifiable AI inference: nodes commit, validators sample, cheats are slashed.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="run a local network that catches a cheating node")
+    demo.add_argument("--nodes", type=positive_int, default=4, help="inference nodes (4)")
+    demo.add_argument("--cheaters", type=positive_int, default=1, help="of which cheat (1)")
+    demo.add_argument(
+        "--cheat-rate", type=rate_ppm, default=500_000,
+        help="fraction of its jobs a cheater runs on another model (0.5)",
+    )
+    demo.add_argument(
+        "-p", "--sample-rate", dest="p", type=rate_ppm, default=200_000,
+        help="probability p that a job is re-executed (0.2)",
+    )
+    demo.add_argument("--jobs", type=positive_int, default=240, help="client jobs (240)")
+    demo.add_argument("--validators", type=positive_int, default=5, help="validators (5)")
+    demo.add_argument("--seed", type=positive_int, default=7, help="seed for everything (7)")
+    demo.add_argument("--threads", type=positive_int, default=1, help="torch threads (1)")
+    demo.add_argument("--json", action="store_true", help="print the summary as JSON")
+    demo.add_argument(
+        "--workdir", type=Path, default=None,
+        help="keep the registry and SQLite ledger here (default: a temporary directory)",
+    )
+    demo.set_defaults(func=cmd_demo)
+
+    models = commands.add_parser("models", help="the local model registry")
+    model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    registry_help = "registry directory (default: $ASSAY_HOME/models, ASSAY_HOME=~/.assay)"
+    add = model_commands.add_parser("add", help="register a model directory (safetensors)")
+    add.add_argument("directory", help="directory with model.safetensors and its config")
+    add.add_argument(
+        "--mode", default="exact", choices=("exact", "llm", "tensor", "zk"),
+        help="verification mode (exact)",
+    )
+    add.add_argument("--name", default=None, help="a name to show (default: the directory name)")
+    add.add_argument("--registry", default=None, help=registry_help)
+    add.set_defaults(func=cmd_models_add)
+    listing = model_commands.add_parser("list", help="list registered models")
+    listing.add_argument("--registry", default=None, help=registry_help)
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_models_list)
+    build = model_commands.add_parser("build", help="write a seeded zoo model to a directory")
+    build.add_argument("name", choices=("mlp", "cnn", "gpt2", "llama"))
+    build.add_argument("--seed", type=positive_int, default=0)
+    build.add_argument("--out", required=True, help="directory to write")
+    build.set_defaults(func=cmd_models_build)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from assay.errors import ProtocolError
+
+    try:
+        code = args.func(args)
+    except CommandError as exc:
+        print(f"assay: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (ProtocolError, ValueError, OSError) as exc:
+        print(f"assay: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    assert isinstance(code, int)
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

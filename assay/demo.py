@@ -1,0 +1,473 @@
+"""``assay demo``: a whole network in one process, catching a cheating node.
+
+Part of the composition root (with :mod:`assay.cli`): this module wires the
+roles together, so unlike the rest of ``assay/`` it imports ``prover``,
+``verifier`` and ``slashing``. Messages pass in memory, the ledger is a real
+SQLite file, the beacon a real chain of BLS signatures, models real torch
+modules loaded from a real registry, all on the CPU.
+
+Each round: clients send signed jobs to the active nodes, each node runs the
+job and signs a commitment, and the ledger records it with the fee in
+escrow. Then the beacon reveals the next round; its value decides which of
+the round's jobs are audited and by which validator. A validator that finds a
+mismatch files evidence, a committee drawn with the beacon re-executes and
+votes, and the ledger slashes whoever the majority finds wrong. After the
+last job, rounds advance until every challenge window has closed and every
+fee is settled.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from assay.beacon import DevnetBeacon
+from assay.codec import Tensor
+from assay.economics import min_slash_fabrication, min_slash_posp
+from assay.hashing import sha256
+from assay.keys import SigningKey
+from assay.messages import Commitment, Evidence, JobRequest, Verdict
+from assay.sampling import check_rate_ppm, sampled
+from prover import zoo
+from prover.adversary import SubstituteModel
+from prover.model_store import save_model
+from prover.node import InferenceNode, load_registered_models
+from prover.registry import ModelRegistry
+from prover.runtime import DeterministicRuntime
+from slashing import (
+    Accuse,
+    Attest,
+    BeaconRound,
+    Bond,
+    Ledger,
+    LedgerParams,
+    Mint,
+    RecordJob,
+    RegisterBeacon,
+    SetParams,
+)
+from slashing import constants as c
+from verifier.sampling import assigned_validator
+from verifier.validator import Validator
+
+DEMO_MODELS: tuple[str, ...] = ("mlp", "cnn", "gpt2", "llama")
+NODE_BOND = 20_000
+VALIDATOR_BOND = 20_000
+CLIENTS = 3
+
+
+class DemoConfigError(ValueError):
+    """A demo option out of range; the message names it."""
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    nodes: int = 4
+    cheaters: int = 1
+    cheat_rate_ppm: int = 500_000
+    sample_ppm: int = 200_000
+    jobs: int = 240
+    validators: int = 5
+    jobs_per_round: int = 12
+    seed: int = 7
+    threads: int = 1
+    models: tuple[str, ...] = DEMO_MODELS
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.nodes >= 1, f"nodes must be at least 1, got {self.nodes}"),
+            (
+                0 <= self.cheaters <= self.nodes,
+                f"cheaters must be between 0 and nodes ({self.nodes}), got {self.cheaters}",
+            ),
+            (self.jobs >= 1, f"jobs must be at least 1, got {self.jobs}"),
+            (
+                self.jobs_per_round >= 1,
+                f"jobs per round must be at least 1, got {self.jobs_per_round}",
+            ),
+            (
+                self.validators >= c.DEFAULT_COMMITTEE_SIZE + 1,
+                f"validators must be at least {c.DEFAULT_COMMITTEE_SIZE + 1} (an accuser plus a "
+                f"committee of {c.DEFAULT_COMMITTEE_SIZE}), got {self.validators}",
+            ),
+            (self.threads >= 1, f"threads must be at least 1, got {self.threads}"),
+            (bool(self.models), "at least one model is needed"),
+            (
+                all(m in zoo.ZOO_NAMES for m in self.models),
+                f"models must come from {list(zoo.ZOO_NAMES)}, got {list(self.models)}",
+            ),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise DemoConfigError(message)
+        for name in ("cheat_rate_ppm", "sample_ppm"):
+            try:
+                check_rate_ppm(getattr(self, name))
+            except ValueError as exc:
+                raise DemoConfigError(f"{name}: {exc}") from exc
+        if self.sample_ppm == 0:
+            raise DemoConfigError("sample rate p must be above 0: nothing would ever be checked")
+
+
+@dataclass
+class NodeReport:
+    name: str
+    node_id: str
+    cheater: bool
+    jobs: int = 0
+    cheated: int = 0
+    sampled: int = 0
+    mismatches: int = 0
+    stake_before: int = 0
+    stake_after: int = 0
+    earnings: int = 0
+    slashed_out: bool = False
+
+    @property
+    def slashed(self) -> bool:
+        return self.stake_after < self.stake_before
+
+
+@dataclass
+class DemoSummary:
+    config: DemoConfig
+    nodes: list[NodeReport]
+    jobs: int = 0
+    sampled: int = 0
+    disputes: int = 0
+    disputes_fraud: int = 0
+    disputes_valid: int = 0
+    inconclusive: int = 0
+    validators_slashed: int = 0
+    inference_seconds: float = 0.0
+    verification_seconds: float = 0.0
+    wall_seconds: float = 0.0
+    rounds: int = 0
+    ledger_events: int = 0
+    burned: int = 0
+    supply_conserved: bool = False
+    params: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def cheaters(self) -> int:
+        return sum(n.cheater for n in self.nodes)
+
+    @property
+    def cheaters_slashed(self) -> int:
+        return sum(n.cheater and n.slashed for n in self.nodes)
+
+    @property
+    def honest_slashed(self) -> int:
+        return sum((not n.cheater) and n.slashed for n in self.nodes)
+
+    @property
+    def verification_overhead(self) -> float:
+        """Verification compute ÷ inference compute (re-execution and inference wall time)."""
+        return self.verification_seconds / self.inference_seconds if self.inference_seconds else 0.0
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "jobs": self.jobs,
+            "sampled": self.sampled,
+            "cheaters": self.cheaters,
+            "cheaters_slashed": self.cheaters_slashed,
+            "honest_slashed": self.honest_slashed,
+            "validators_slashed": self.validators_slashed,
+            "verification_overhead": round(self.verification_overhead, 4),
+            "cheated_jobs": sum(n.cheated for n in self.nodes),
+            "mismatches": sum(n.mismatches for n in self.nodes),
+            "disputes": self.disputes,
+            "disputes_fraud": self.disputes_fraud,
+            "disputes_valid": self.disputes_valid,
+            "inconclusive": self.inconclusive,
+            "inference_seconds": round(self.inference_seconds, 4),
+            "verification_seconds": round(self.verification_seconds, 4),
+            "wall_seconds": round(self.wall_seconds, 3),
+            "rounds": self.rounds,
+            "ledger_events": self.ledger_events,
+            "burned": self.burned,
+            "supply_conserved": self.supply_conserved,
+            "sample_ppm": self.config.sample_ppm,
+            "cheat_rate_ppm": self.config.cheat_rate_ppm,
+            "seed": self.config.seed,
+            "params": self.params,
+            "nodes": [
+                {
+                    "name": n.name,
+                    "node_id": n.node_id,
+                    "cheater": n.cheater,
+                    "jobs": n.jobs,
+                    "cheated": n.cheated,
+                    "sampled": n.sampled,
+                    "mismatches": n.mismatches,
+                    "stake_before": n.stake_before,
+                    "stake_after": n.stake_after,
+                    "earnings": n.earnings,
+                    "slashed_out": n.slashed_out,
+                }
+                for n in self.nodes
+            ],
+        }
+
+
+def demo_params(sample_ppm: int) -> LedgerParams:
+    """Genesis parameters: the defaults, with p from the demo and S raised if p needs it."""
+    base = LedgerParams.default()
+    params = LedgerParams(**{**base.__dict__, "sample_ppm": sample_ppm})
+    needed = max(min_slash_posp(params.economics()), min_slash_fabrication(params.economics()))
+    if needed > params.fraud_slash:
+        params = LedgerParams(**{**params.__dict__, "fraud_slash": needed})
+    return params
+
+
+def _key(seed: int, role: str, index: int) -> SigningKey:
+    return SigningKey.derive(f"demo/{seed}/{role}/{index}")
+
+
+class DemoNetwork:
+    """Every party of the demo and the ledger they share."""
+
+    def __init__(self, config: DemoConfig, workdir: Path) -> None:
+        self.config = config
+        runtime = DeterministicRuntime(threads=config.threads)
+        registry = ModelRegistry(workdir / "registry")
+        substitutes: dict[bytes, nn.Module] = {}
+        self.example_inputs: dict[bytes, Callable[[int], torch.Tensor]] = {}
+        self.model_ids: list[bytes] = []
+        for index, name in enumerate(config.models):
+            built = zoo.build(name, seed=config.seed * 100 + index)
+            directory = workdir / "models" / name
+            save_model(directory, built.module, built.kind, built.config)
+            entry = registry.add(directory, mode="exact", name=name)
+            # The cheater's "cheaper model": same architecture, other weights
+            cheap = zoo.build(name, seed=config.seed * 100 + index + 50)
+            substitutes[entry.model_id] = cheap.module
+            self.example_inputs[entry.model_id] = built.example_input
+            self.model_ids.append(entry.model_id)
+        models = load_registered_models(registry)
+
+        self.nodes: list[InferenceNode] = []
+        self.reports: list[NodeReport] = []
+        for i in range(config.nodes):
+            cheater = i >= config.nodes - config.cheaters
+            cheat = (
+                SubstituteModel(substitutes, config.cheat_rate_ppm, seed=config.seed + i)
+                if cheater
+                else None
+            )
+            node = InferenceNode(_key(config.seed, "node", i), models, runtime, cheat)
+            self.nodes.append(node)
+            self.reports.append(
+                NodeReport(name=f"node-{i}", node_id=node.node_id.hex()[:12], cheater=cheater)
+            )
+        self.validators = [
+            Validator(_key(config.seed, "validator", i), models, runtime)
+            for i in range(config.validators)
+        ]
+        self.by_validator_id = {v.validator_id: v for v in self.validators}
+        self.clients = [_key(config.seed, "client", i) for i in range(CLIENTS)]
+        beacon_secret = int.from_bytes(sha256(f"demo/{config.seed}/beacon".encode()), "big")
+        self.beacon = DevnetBeacon(beacon_secret % (2**250) + 1)
+        self.ledger = Ledger.open(workdir / "ledger.sqlite")
+        self.params = demo_params(config.sample_ppm)
+        self.fee = self.params.reward + self.params.verification_fee
+        self.inference_seconds = 0.0
+        self.served: dict[bytes, tuple[int, Commitment]] = {}
+
+    # -- genesis -----------------------------------------------------------------------------------
+    def genesis(self) -> None:
+        self.ledger.append(RegisterBeacon(public_key=self.beacon.public_key, first_round=0))
+        self.ledger.append(SetParams(params=self.params))
+        for client in self.clients:
+            self.ledger.append(Mint(account=client.public.raw, amount=self.fee * self.config.jobs))
+        for node in self.nodes:
+            self.ledger.append(Mint(account=node.node_id, amount=NODE_BOND))
+            self.ledger.append(Bond(account=node.node_id, role=c.NODE, amount=NODE_BOND))
+        for validator in self.validators:
+            self.ledger.append(Mint(account=validator.validator_id, amount=VALIDATOR_BOND))
+            self.ledger.append(
+                Bond(account=validator.validator_id, role=c.VALIDATOR, amount=VALIDATOR_BOND)
+            )
+        self.advance_round()
+
+    def advance_round(self) -> int:
+        """Reveal the next beacon round, check its BLS signature, and log it."""
+        state = self.ledger.state
+        revealed = self.beacon.reveal(state.current_round + 1)
+        if not self.beacon.verify(revealed):
+            raise RuntimeError(f"beacon round {revealed.round} does not verify")
+        self.ledger.append(
+            BeaconRound(
+                round=revealed.round, signature=revealed.signature, randomness=revealed.randomness
+            )
+        )
+        return revealed.round
+
+    # -- jobs --------------------------------------------------------------------------------------
+    def active_nodes(self) -> list[int]:
+        accounts = self.ledger.state.accounts
+        return [i for i, n in enumerate(self.nodes) if not accounts[n.node_id].node.slashed_out]
+
+    def submit(self, index: int, rng: random.Random) -> bytes | None:
+        """One client job to the next active node; returns the job id, or None if none is left."""
+        active = self.active_nodes()
+        if not active:
+            return None
+        node_index = active[index % len(active)]
+        node = self.nodes[node_index]
+        model_id = self.model_ids[index % len(self.model_ids)]
+        client = self.clients[index % len(self.clients)]
+        request = JobRequest(
+            model_id=model_id,
+            input=Tensor.from_torch(self.example_inputs[model_id](rng.randrange(2**31))),
+            client=client.public.raw,
+            nonce=index,
+            fee=self.fee,
+        ).signed(client)
+        result = node.handle(request)
+        self.inference_seconds += result.seconds
+        self.ledger.append(
+            RecordJob(request=request.encode(), commitment=result.commitment.encode())
+        )
+        self.served[request.job_id] = (node_index, result.commitment)
+        report = self.reports[node_index]
+        report.jobs += 1
+        if node.cheat is not None and request.job_id in node.cheat.cheated:
+            report.cheated += 1
+        return request.job_id
+
+    def bonded_validators(self) -> list[bytes]:
+        return [
+            v
+            for v, account in self.ledger.state.accounts.items()
+            if account.validator.amount and not account.validator.slashed_out
+        ]
+
+    def audit(self, job_ids: Sequence[bytes]) -> None:
+        """Audit the sampled jobs among ``job_ids``, whose sample round has just been revealed."""
+        for job_id in job_ids:
+            job = self.ledger.state.jobs[job_id]
+            beacon_value = self.ledger.state.beacon_value(job.sample_round)
+            if beacon_value is None:
+                raise RuntimeError(f"round {job.sample_round} should be revealed by now")
+            if not sampled(beacon_value, job_id, job.commitment_id, self.params.sample_ppm):
+                continue
+            node_index, commitment = self.served[job_id]
+            self.reports[node_index].sampled += 1
+            chosen = assigned_validator(
+                beacon_value, job_id, job.commitment_id, self.bonded_validators()
+            )
+            if chosen is None:
+                continue
+            request, _output = self.nodes[node_index].job_data(job_id)  # the validator's fetch
+            finding = self.by_validator_id[chosen].audit(request, commitment, job.sample_round)
+            if isinstance(finding, Evidence):
+                self.reports[node_index].mismatches += 1
+                self.ledger.append(Accuse(evidence=finding.encode()))
+                self.run_dispute(finding, request, commitment, job.sample_round)
+            else:
+                self.ledger.append(Attest(attestation=finding.encode()))
+
+    def run_dispute(
+        self, evidence: Evidence, request: JobRequest, commitment: Commitment, round_: int
+    ) -> None:
+        """Each committee member re-executes and votes; the last vote resolves the dispute."""
+        dispute = self.ledger.state.disputes[evidence.content_id]
+        for member in dispute.committee:
+            vote = self.by_validator_id[member].vote(request, commitment, round_)
+            self.ledger.append(Attest(attestation=vote.encode()))
+
+    def close(self) -> None:
+        self.ledger.close()
+
+
+def run_demo(
+    config: DemoConfig,
+    workdir: Path | None = None,
+    on_job: Callable[[int], None] | None = None,
+) -> DemoSummary:
+    """Run the demo network; ``workdir`` keeps the registry and ledger (a temp dir otherwise)."""
+    with tempfile.TemporaryDirectory(prefix="assay-demo-") as tmp:
+        root = Path(workdir) if workdir is not None else Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        net = DemoNetwork(config, root)
+        try:
+            net.genesis()
+            stake_before = {
+                n.node_id: net.ledger.state.accounts[n.node_id].node.amount for n in net.nodes
+            }
+            balance_before = {
+                n.node_id: net.ledger.state.accounts[n.node_id].balance for n in net.nodes
+            }
+            rng = random.Random(config.seed)
+            submitted = 0
+            while submitted < config.jobs:
+                batch: list[bytes] = []
+                for _ in range(min(config.jobs_per_round, config.jobs - submitted)):
+                    job_id = net.submit(submitted, rng)
+                    submitted += 1
+                    if on_job is not None:
+                        on_job(1)
+                    if job_id is not None:
+                        batch.append(job_id)
+                net.advance_round()
+                net.audit(batch)
+            for _ in range(net.params.challenge_window + 2):
+                net.advance_round()
+            return _summarise(net, stake_before, balance_before, time.perf_counter() - started)
+        finally:
+            net.close()
+
+
+def _summarise(
+    net: DemoNetwork,
+    stake_before: dict[bytes, int],
+    balance_before: dict[bytes, int],
+    wall: float,
+) -> DemoSummary:
+    state = net.ledger.state
+    for node, report in zip(net.nodes, net.reports, strict=True):
+        account = state.accounts[node.node_id]
+        report.stake_before = stake_before[node.node_id]
+        report.stake_after = account.node.amount
+        report.earnings = account.balance - balance_before[node.node_id]
+        report.slashed_out = account.node.slashed_out
+    counters = state.counters
+    summary = DemoSummary(
+        config=net.config,
+        nodes=net.reports,
+        jobs=sum(r.jobs for r in net.reports),
+        sampled=sum(r.sampled for r in net.reports),
+        disputes=counters.disputes_opened,
+        disputes_fraud=counters.disputes_fraud,
+        disputes_valid=counters.disputes_valid,
+        inconclusive=sum(v.stats.verdicts[Verdict.INCONCLUSIVE] for v in net.validators),
+        validators_slashed=sum(
+            state.accounts[v.validator_id].validator.amount < VALIDATOR_BOND
+            for v in net.validators
+        ),
+        inference_seconds=net.inference_seconds,
+        verification_seconds=sum(v.stats.seconds for v in net.validators),
+        wall_seconds=wall,
+        rounds=state.current_round,
+        ledger_events=net.ledger.verify(),
+        burned=state.burned,
+        supply_conserved=state.total_supply() == state.minted,
+        params={
+            "sample_ppm": net.params.sample_ppm,
+            "fraud_slash": net.params.fraud_slash,
+            "committee_size": net.params.committee_size,
+            "challenge_window": net.params.challenge_window,
+            "reward": net.params.reward,
+            "verification_fee": net.params.verification_fee,
+        },
+    )
+    return summary

@@ -1,0 +1,1 @@
+"""What an inference node does: models, deterministic execution, commitments, proving."""

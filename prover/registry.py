@@ -1,0 +1,196 @@
+"""The node's local model registry: which model ids it serves, from where, in which mode.
+
+One JSON file, ``registry.json``, in the registry root::
+
+    {"version": 1, "models": {"<model id hex>": {"path", "mode", "kind", "name",
+                                                 "added_at", "params"}}}
+
+``add`` loads a directory before it is listed, so every entry names a model
+that loaded when it was added. ``params`` holds per-model settings that later
+stages fill in (calibrated tolerances for the ``tensor`` and ``llm`` modes)
+and is carried through every rewrite. The file is replaced atomically (temp
+file, fsync, ``os.replace``), so a failed or interrupted call leaves it as it
+was. One process writes a registry at a time.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prover import model_store, zoo
+
+MODES = ("exact", "llm", "tensor", "zk")
+REGISTRY_FILE = "registry.json"
+REGISTRY_VERSION = 1
+
+
+class ModelRegistryError(ValueError):
+    """A registry request that was refused; the registry file is unchanged."""
+
+
+class UnknownModel(ModelRegistryError):
+    """The model id is not in the registry."""
+
+
+def default_registry_root() -> Path:
+    """``$ASSAY_HOME/models``, with ``ASSAY_HOME`` defaulting to ``~/.assay``."""
+    home = os.environ.get("ASSAY_HOME") or "~/.assay"
+    return Path(home).expanduser() / "models"
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    model_id: bytes
+    path: Path
+    mode: str
+    kind: str
+    name: str
+    added_at: int  # Unix seconds
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "mode": self.mode,
+            "kind": self.kind,
+            "name": self.name,
+            "added_at": self.added_at,
+            "params": self.params,
+        }
+
+    @classmethod
+    def from_json(cls, id_hex: str, value: Mapping[str, Any]) -> RegistryEntry:
+        return cls(
+            model_id=bytes.fromhex(id_hex),
+            path=Path(value["path"]),
+            mode=str(value["mode"]),
+            kind=str(value["kind"]),
+            name=str(value["name"]),
+            added_at=int(value["added_at"]),
+            params=dict(value.get("params", {})),
+        )
+
+
+def _check_mode_fits(mode: str, kind: str) -> None:
+    if mode == "llm" and kind not in zoo.CAUSAL_LM_KINDS:
+        raise ModelRegistryError(
+            f"mode 'llm' generates text and needs a causal LM "
+            f"({list(zoo.CAUSAL_LM_KINDS)}); this model is a {kind}"
+        )
+
+
+def _id_hex(model_id: bytes | str) -> str:
+    return model_id.hex() if isinstance(model_id, bytes) else model_id.lower()
+
+
+class ModelRegistry:
+    """The models this node serves, keyed by model id; see the module docstring."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    @property
+    def path(self) -> Path:
+        return self.root / REGISTRY_FILE
+
+    def _read(self) -> dict[str, RegistryEntry]:
+        if not self.path.exists():
+            return {}
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            if data.get("version") != REGISTRY_VERSION:
+                raise ValueError(f"version {data.get('version')!r} is not {REGISTRY_VERSION}")
+            return {
+                id_hex: RegistryEntry.from_json(id_hex, value)
+                for id_hex, value in data["models"].items()
+            }
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ModelRegistryError(
+                f"registry file {self.path} is unreadable ({exc}); fix or move it aside"
+            ) from exc
+
+    def _write(self, entries: Mapping[str, RegistryEntry]) -> None:
+        data = {
+            "version": REGISTRY_VERSION,
+            "models": {id_hex: entries[id_hex].to_json() for id_hex in sorted(entries)},
+        }
+        text = json.dumps(data, indent=2, sort_keys=True, allow_nan=False) + "\n"
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{REGISTRY_FILE}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def add(
+        self,
+        directory: Path,
+        mode: str = "exact",
+        name: str | None = None,
+        params: Mapping[str, Any] | None = None,
+    ) -> RegistryEntry:
+        """Load the model in ``directory``, compute its id and list it under ``mode``."""
+        directory = Path(directory).resolve()
+        if mode not in MODES:
+            raise ModelRegistryError(f"unknown mode {mode!r}; expected one of {list(MODES)}")
+        try:
+            _, meta = model_store.load_model(directory)
+            model_id = model_store.model_id(directory)
+        except model_store.ModelDirectoryError as exc:
+            raise ModelRegistryError(f"cannot register {directory}: {exc}") from exc
+        _check_mode_fits(mode, meta.kind)
+        params = dict(params or {})
+        try:
+            json.dumps(params, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ModelRegistryError(f"params must be finite JSON values: {exc}") from exc
+        entries = self._read()
+        existing = entries.get(model_id.hex())
+        if existing is not None:
+            raise ModelRegistryError(
+                f"model {model_id.hex()} is already registered as {existing.name!r} "
+                f"from {existing.path}; remove it first to change its entry"
+            )
+        entry = RegistryEntry(
+            model_id=model_id,
+            path=directory,
+            mode=mode,
+            kind=meta.kind,
+            name=name if name is not None else directory.name,
+            added_at=int(time.time()),
+            params=params,
+        )
+        self._write({**entries, model_id.hex(): entry})
+        return entry
+
+    def get(self, model_id: bytes | str) -> RegistryEntry:
+        """The entry for ``model_id`` (bytes or hex); :class:`UnknownModel` if absent."""
+        entry = self._read().get(_id_hex(model_id))
+        if entry is None:
+            raise UnknownModel(f"model {_id_hex(model_id)} is not in the registry at {self.path}")
+        return entry
+
+    def remove(self, model_id: bytes | str) -> RegistryEntry:
+        """Drop ``model_id`` from the registry (the model directory is left alone)."""
+        entry = self.get(model_id)
+        entries = self._read()
+        del entries[entry.model_id.hex()]
+        self._write(entries)
+        return entry
+
+    def list(self) -> builtins.list[RegistryEntry]:
+        """Every entry, ordered by name, then id."""
+        return sorted(self._read().values(), key=lambda e: (e.name, e.model_id))

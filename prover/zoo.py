@@ -1,0 +1,220 @@
+"""Small seeded models of real architectures, built in-process (DESIGN decision 9).
+
+Tests, benchmarks and the demo need real models without downloading any: an
+MLP and a CNN for MNIST-shaped images, and a GPT-2 and a Llama causal LM from
+``transformers``: a few layers each, enough to exercise the real code paths,
+small enough that one job takes about a millisecond or less on one CPU thread.
+
+``build(name, seed)`` is a pure function of its arguments: the same seed gives
+the same weights, byte for byte, and a different seed gives a different model
+of the same architecture (the demo's cheater runs one of those). The global
+RNG is left untouched.
+
+Job inputs and outputs, one job at a time (batch dimension 1):
+
+- ``mlp``, ``cnn``: float32 image ``[1, 1, 28, 28]`` → float32 class logits ``[1, 10]``.
+- ``gpt2``, ``llama``: int64 token ids ``[1, seq]`` → float32 next-token logits
+  ``[1, vocab]`` (the last position only: that is the answer a forward pass
+  sells; generating text is the ``llm`` mode's job).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+IMAGE_KINDS = ("mlp", "cnn")
+CAUSAL_LM_KINDS = ("gpt2", "llama")
+KINDS = IMAGE_KINDS + CAUSAL_LM_KINDS
+ZOO_NAMES = KINDS
+"""Every zoo model is named for its architecture kind."""
+
+ATTENTION_IMPLEMENTATION = "eager"
+"""The transformers attention code path: plain matmul and softmax, no fused-kernel choice."""
+
+MAX_EXAMPLE_TOKENS = 32
+
+
+@dataclass(frozen=True)
+class MLPConfig:
+    image_size: int = 28
+    in_channels: int = 1
+    n_hidden1: int = 128
+    n_hidden2: int = 64
+    n_classes: int = 10
+
+
+@dataclass(frozen=True)
+class CNNConfig:
+    image_size: int = 28  # must be divisible by 4: two 2×2 poolings
+    in_channels: int = 1
+    n_channels1: int = 8
+    n_channels2: int = 16
+    kernel_size: int = 3  # odd, padded to keep the spatial size
+    n_classes: int = 10
+
+
+@dataclass(frozen=True)
+class GPT2ZooConfig:
+    """Keyword arguments for ``transformers.GPT2Config``."""
+
+    vocab_size: int = 256
+    n_positions: int = 128
+    n_embd: int = 64
+    n_layer: int = 2
+    n_head: int = 4
+    bos_token_id: int = 255  # GPT-2's default (50256) lies outside a 256-token vocabulary
+    eos_token_id: int = 255
+
+
+@dataclass(frozen=True)
+class LlamaZooConfig:
+    """Keyword arguments for ``transformers.LlamaConfig``."""
+
+    vocab_size: int = 256
+    max_position_embeddings: int = 128
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+
+
+ZOO_CONFIGS: Mapping[str, type] = {
+    "mlp": MLPConfig,
+    "cnn": CNNConfig,
+    "gpt2": GPT2ZooConfig,
+    "llama": LlamaZooConfig,
+}
+
+
+class MLP(nn.Module):
+    def __init__(self, config: MLPConfig) -> None:
+        super().__init__()
+        n_input = config.in_channels * config.image_size**2
+        self.fc1 = nn.Linear(n_input, config.n_hidden1)
+        self.fc2 = nn.Linear(config.n_hidden1, config.n_hidden2)
+        self.head = nn.Linear(config.n_hidden2, config.n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)  # [B, 1, 28, 28] -> [B, 784]
+        x = F.relu(self.fc1(x))  # [B, 128]
+        x = F.relu(self.fc2(x))  # [B, 64]
+        logits: torch.Tensor = self.head(x)  # [B, 10]
+        return logits
+
+
+class CNN(nn.Module):
+    def __init__(self, config: CNNConfig) -> None:
+        super().__init__()
+        k, pad = config.kernel_size, config.kernel_size // 2
+        self.conv1 = nn.Conv2d(config.in_channels, config.n_channels1, k, padding=pad)
+        self.conv2 = nn.Conv2d(config.n_channels1, config.n_channels2, k, padding=pad)
+        n_flat = config.n_channels2 * (config.image_size // 4) ** 2
+        self.head = nn.Linear(n_flat, config.n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)  # [B, 1, 28, 28] -> [B, 8, 14, 14]
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)  # [B, 8, 14, 14] -> [B, 16, 7, 7]
+        logits: torch.Tensor = self.head(x.flatten(1))  # [B, 784] -> [B, 10]
+        return logits
+
+
+def image_config(kind: str, config: Mapping[str, Any]) -> MLPConfig | CNNConfig:
+    """Parse a stored image-model config, refusing unknown keys and non-positive sizes."""
+    cls = MLPConfig if kind == "mlp" else CNNConfig
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ValueError(f"unknown {kind} config keys {unknown}; known keys are {sorted(known)}")
+    for key, value in config.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ValueError(f"{kind} config {key} must be a positive integer, got {value!r}")
+    parsed: MLPConfig | CNNConfig = cls(**config)
+    if isinstance(parsed, CNNConfig) and (parsed.image_size % 4 or parsed.kernel_size % 2 == 0):
+        raise ValueError("cnn config needs image_size divisible by 4 and an odd kernel_size")
+    return parsed
+
+
+def causal_lm_config(kind: str, config: Mapping[str, Any]) -> GPT2Config | LlamaConfig:
+    """The transformers config object for a stored ``gpt2``/``llama`` config dict."""
+    settings = {**config, "attn_implementation": ATTENTION_IMPLEMENTATION}
+    return GPT2Config(**settings) if kind == "gpt2" else LlamaConfig(**settings)
+
+
+def _causal_lm(kind: str, config: Mapping[str, Any]) -> nn.Module:
+    lm_config = causal_lm_config(kind, config)
+    if isinstance(lm_config, GPT2Config):
+        return GPT2LMHeadModel(lm_config)
+    return LlamaForCausalLM(lm_config)
+
+
+def _construct(kind: str, config: Mapping[str, Any]) -> nn.Module:
+    if kind not in KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; expected one of {list(KINDS)}")
+    module: nn.Module
+    if kind in CAUSAL_LM_KINDS:
+        module = _causal_lm(kind, config)
+    else:
+        parsed = image_config(kind, config)
+        module = MLP(parsed) if isinstance(parsed, MLPConfig) else CNN(parsed)
+    return module.to(torch.float32).eval()
+
+
+@contextmanager
+def _private_rng(seed: int | None) -> Iterator[None]:
+    """Run initialisation on a forked CPU RNG so the caller's random stream is unchanged."""
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.default_generator.manual_seed(seed)
+        yield
+
+
+def architecture(kind: str, config: Mapping[str, Any]) -> nn.Module:
+    """An eval-mode float32 module of ``kind`` whose weights are about to be loaded."""
+    with _private_rng(None):
+        return _construct(kind, config)
+
+
+def example_input(kind: str, config: Mapping[str, Any], rng_seed: int) -> torch.Tensor:
+    """A valid random job input for a model of ``kind``, a function of ``rng_seed`` alone."""
+    g = torch.Generator().manual_seed(rng_seed)
+    if kind in IMAGE_KINDS:
+        parsed = image_config(kind, config)
+        side = parsed.image_size
+        return torch.rand((1, parsed.in_channels, side, side), generator=g)  # pixels in [0, 1)
+    lm = causal_lm_config(kind, config)
+    max_positions = lm.n_positions if kind == "gpt2" else lm.max_position_embeddings
+    n_tokens = int(torch.randint(1, min(MAX_EXAMPLE_TOKENS, max_positions) + 1, (1,), generator=g))
+    return torch.randint(0, lm.vocab_size, (1, n_tokens), generator=g)
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    """A built zoo model: the module plus what it takes to save, rebuild and feed it."""
+
+    name: str
+    kind: str
+    seed: int
+    config: dict[str, Any]  # JSON-able; rebuilds the architecture via architecture()
+    module: nn.Module
+
+    def example_input(self, rng_seed: int) -> torch.Tensor:
+        return example_input(self.kind, self.config, rng_seed)
+
+
+def build(name: str, seed: int) -> ZooModel:
+    """Build zoo model ``name`` with weights drawn from ``seed`` (any seed gives a valid model)."""
+    if name not in ZOO_CONFIGS:
+        raise ValueError(f"unknown zoo model {name!r}; expected one of {list(ZOO_NAMES)}")
+    config = asdict(ZOO_CONFIGS[name]())
+    with _private_rng(seed):
+        module = _construct(name, config)
+    return ZooModel(name=name, kind=name, seed=seed, config=config, module=module)

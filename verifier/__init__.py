@@ -1,0 +1,1 @@
+"""Everything a validator does: sampling policy, re-execution, verdicts."""
