@@ -234,6 +234,11 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--seed", type=positive_int, default=0)
     build.add_argument("--out", required=True, help="directory to write")
     build.set_defaults(func=cmd_models_build)
+
+    from assay import commands as extra_commands
+
+    for module in extra_commands.modules():
+        module.register(commands)
     return parser
 
 

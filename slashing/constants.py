@@ -1,0 +1,90 @@
+"""Every constant the ledger rules use, in one table.
+
+Amounts are integer token units and shares are integer basis points
+(``BPS`` = the whole), so no float ever touches money. The ``DEFAULT_*``
+values are what :meth:`slashing.state.LedgerParams.default` proposes at
+genesis; a network may choose others in its ``SetParams`` event, and the
+rules refuse any choice that breaks the economic conditions of DESIGN
+decision 6.
+
+With the defaults (R = 100, C = 50, p = 5 %, r = 10 %, S = 5 000) the Proof
+of Sampling condition ``p(1−r)(R+S) > C`` (Zhang et al., arXiv 2405.00295)
+holds by a wide margin, ``0.05·0.9·5 100 ≈ 229 > 50``, and so does the
+fabrication bound ``S ≥ R(1−p)/p = 1 900``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from assay.codec import MAX_MESSAGE_BYTES
+
+# -- Units -------------------------------------------------------------------------------------
+BPS = 10_000
+"""Basis points in one whole: a share of ``x`` bps is ``amount * x // BPS``."""
+
+MAX_SUPPLY = 2**64 - 1
+"""Mints stop here, so every balance, stake and fee fits the codec's unsigned 64-bit integers."""
+
+# -- Roles and stake ---------------------------------------------------------------------------
+NODE = "node"
+VALIDATOR = "validator"
+ROLES: tuple[str, ...] = (NODE, VALIDATOR)
+
+MIN_STAKE: Mapping[str, int] = {NODE: 10_000, VALIDATOR: 10_000}
+"""Least bonded stake to act in a role; a slash below it marks the role slashed out."""
+
+# -- Beacon ------------------------------------------------------------------------------------
+BEACON_KEY_SIZES: tuple[int, ...] = (48, 96)
+"""Compressed BLS12-381 points: a G1 key (devnet chain) or a G2 key (drand quicknet)."""
+BEACON_SIGNATURE_SIZES: tuple[int, ...] = (48, 96)
+"""Compressed BLS12-381 signatures: G1 (drand quicknet) or G2 (devnet chain)."""
+
+# -- Disputes ---------------------------------------------------------------------------------
+COMMITTEE_SEED_TAG = b"assay/v1/committee-seed\x00"
+"""Domain tag of a dispute's committee seed, ``sha256(tag ‖ job_id ‖ accuser)``."""
+
+# -- Parameter bounds (a SetParams outside them is malformed) ---------------------------------
+MAX_COMMITTEE_SIZE = 101
+MAX_CHALLENGE_WINDOW = 10_000
+"""Rounds; bounds how long a fee may sit in escrow."""
+
+# -- Genesis defaults --------------------------------------------------------------------------
+DEFAULT_SAMPLE_PPM = 50_000
+"""p: 5 % of jobs re-executed by a validator."""
+DEFAULT_COMMITTEE_SIZE = 3
+"""k validators re-execute a disputed job; a strict majority of k decides."""
+DEFAULT_CHALLENGE_WINDOW = 4
+"""Rounds after a job's sample round in which it may be accused; also a dispute's vote window."""
+DEFAULT_REWARD = 100
+"""R: the most a node earns from one job (its fee minus the verification fee)."""
+DEFAULT_COMPUTE_COST = 50
+"""C: what an honest node spends on one job, as the network estimates it."""
+DEFAULT_COLLUSION_PPM = 100_000
+"""r: the share of validators assumed to collude with a cheating node."""
+DEFAULT_FRAUD_SLASH = 5_000
+"""S: taken from a node's stake when a committee confirms FRAUD."""
+DEFAULT_EQUIVOCATION_SLASH = 5_000
+"""Taken from a node's stake for two different commitments to one job."""
+DEFAULT_FALSE_ACCUSATION_SLASH = 2_000
+"""Taken from a validator's stake when a committee finds its accusation VALID work."""
+DEFAULT_VERIFICATION_FEE = 10
+"""Part of each job's fee paid to the validator whose VALID attestation checked it."""
+
+# -- How a slash is shared out (the rest of each slash is burned) ------------------------------
+DEFAULT_ACCUSER_SHARE_BPS = 4_000
+"""Of a FRAUD slash, to the validator that opened the dispute: pays for its re-execution."""
+DEFAULT_COMMITTEE_SHARE_BPS = 2_000
+"""Of any dispute slash, split equally among committee members who voted the outcome."""
+DEFAULT_WRONGED_NODE_SHARE_BPS = 4_000
+"""Of a false-accusation slash, to the node that was wrongly accused."""
+DEFAULT_REPORTER_SHARE_BPS = 1_000
+"""Of an equivocation slash, to the reporter; small because a node could report itself
+through a second identity and win this share back."""
+
+# -- Event log ---------------------------------------------------------------------------------
+EVENT_SCHEMA_VERSION = 1
+MAX_EVENT_BYTES = 2 * MAX_MESSAGE_BYTES + 4096
+"""An event embeds at most two protocol messages, each bounded by the codec."""
+GENESIS_PREV_HASH = bytes(32)
+"""The ``prev_hash`` of the first row of the hash-chained event log."""

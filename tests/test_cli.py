@@ -1,0 +1,74 @@
+"""Every CLI command: a bad input is one clear line on stderr, exit 2, nothing changed."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from assay.cli import main
+
+
+def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    try:
+        code = main(args)
+    except SystemExit as exc:  # argparse usage errors
+        code = int(exc.code or 0)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_models_build_add_list(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    registry = str(tmp_path / "reg")
+    code, out, _ = run(["models", "build", "mlp", "--seed", "2", "--out", str(tmp_path / "m")],
+                       capsys)
+    assert code == 0 and "model id" in out
+    code, out, _ = run(["models", "add", str(tmp_path / "m"), "--registry", registry], capsys)
+    assert code == 0 and "registered m (mlp, mode exact)" in out
+    code, out, _ = run(["models", "list", "--registry", registry, "--json"], capsys)
+    listed = json.loads(out)
+    assert code == 0 and len(listed) == 1 and listed[0]["mode"] == "exact"
+
+
+def test_models_add_refuses_bad_directories_and_changes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry = tmp_path / "reg"
+    run(["models", "build", "cnn", "--out", str(tmp_path / "good")], capsys)
+    run(["models", "add", str(tmp_path / "good"), "--registry", str(registry)], capsys)
+    before = (registry / "registry.json").read_bytes()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for directory, words in [
+        (tmp_path / "missing", "missing"),
+        (empty, "empty"),
+    ]:
+        code, _, err = run(["models", "add", str(directory), "--registry", str(registry)], capsys)
+        assert code == 2
+        assert err.startswith("assay: error:") and str(directory.name) in err, (words, err)
+    code, _, err = run(["models", "add", str(tmp_path / "good"), "--registry", str(registry),
+                        "--mode", "quantum"], capsys)
+    assert code == 2 and "invalid choice: 'quantum'" in err
+    assert (registry / "registry.json").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["demo", "-p", "1.5"], "not a probability between 0 and 1"),
+        (["demo", "-p", "often"], "not a probability like 0.05"),
+        (["demo", "--jobs", "-3"], "must not be negative"),
+        (["demo", "--jobs", "many"], "is not an integer"),
+        (["demo", "--nodes", "0"], "nodes must be at least 1"),
+        (["demo", "--cheaters", "9"], "cheaters must be between 0 and nodes"),
+        (["models", "build", "resnet", "--out", "x"], "invalid choice: 'resnet'"),
+        (["nonsense"], "invalid choice: 'nonsense'"),
+    ],
+)
+def test_bad_arguments_name_the_problem(
+    args: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(args, capsys)
+    assert code == 2
+    assert message in err

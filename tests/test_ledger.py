@@ -1,0 +1,1160 @@
+"""The ledger: every rule and guard, the SQLite event log, and a stateful adversary."""
+
+from __future__ import annotations
+
+import dataclasses
+import sqlite3
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
+
+from assay import codec
+from assay.codec import Tensor
+from assay.errors import (
+    BadSignature,
+    MalformedMessage,
+    OversizedMessage,
+    ProtocolError,
+    ReplayedMessage,
+    UnsupportedVersion,
+)
+from assay.hashing import sha256
+from assay.keys import SigningKey
+from assay.messages import Attestation, Commitment, Evidence, JobRequest, Offence, Verdict
+from assay.sampling import PPM, sampled
+from slashing import constants as c
+from slashing.events import (
+    EVENT_TYPES,
+    Accuse,
+    Attest,
+    BeaconRound,
+    Bond,
+    Event,
+    Mint,
+    RecordJob,
+    RegisterBeacon,
+    SetParams,
+    decode_event,
+)
+from slashing.rules import LedgerRuleError, apply_event
+from slashing.state import Dispute, JobStatus, LedgerParams, State
+from slashing.store import Ledger, LedgerCorrupt, chain_hash
+
+# -- A small world: keys, genesis, message builders ---------------------------------------------
+
+CLIENT = SigningKey.derive("ledger/client")
+POOR_CLIENT = SigningKey.derive("ledger/poor-client")
+NODE = SigningKey.derive("ledger/node")
+OTHER_NODE = SigningKey.derive("ledger/other-node")
+VALIDATORS = tuple(SigningKey.derive(f"ledger/validator-{i}") for i in range(5))
+STRANGER = SigningKey.derive("ledger/stranger")
+CHEATER = SigningKey.derive("ledger/cheater")
+EXTRA_VALIDATOR = SigningKey.derive("ledger/validator-5")
+KEY_OF = {k.public.raw: k for k in (CLIENT, POOR_CLIENT, NODE, OTHER_NODE, CHEATER,
+                                    *VALIDATORS, EXTRA_VALIDATOR)}
+
+BEACON_KEY = bytes(range(48))
+MODEL = sha256(b"ledger/model")
+MIN_NODE = c.MIN_STAKE[c.NODE]
+MIN_VALIDATOR = c.MIN_STAKE[c.VALIDATOR]
+DEFAULTS = LedgerParams.default()
+FEE = DEFAULTS.reward + DEFAULTS.verification_fee
+WINDOW = DEFAULTS.challenge_window
+
+
+def pk(key: SigningKey) -> bytes:
+    return key.public.raw
+
+
+def params(**changes: int) -> LedgerParams:
+    """Default parameters with every job sampled (p = 100 %), unless changed."""
+    return dataclasses.replace(DEFAULTS, **{"sample_ppm": PPM, **changes})
+
+
+def genesis(p: LedgerParams, nodes: Iterable[SigningKey] = (NODE, OTHER_NODE),
+            validators: Iterable[SigningKey] = VALIDATORS) -> list[Event]:
+    events: list[Event] = [
+        RegisterBeacon(BEACON_KEY, 0),
+        SetParams(p),
+        Mint(pk(CLIENT), 1_000_000),
+        Mint(pk(POOR_CLIENT), 50),
+    ]
+    for role, keys in ((c.NODE, nodes), (c.VALIDATOR, validators)):
+        for key in keys:
+            events += [Mint(pk(key), 2 * c.MIN_STAKE[role]), Bond(pk(key), role, c.MIN_STAKE[role])]
+    return events
+
+
+def fold(events: Iterable[Event], state: State | None = None) -> State:
+    state = state if state is not None else State()
+    for event in events:
+        state = apply_event(state, event)
+    return state
+
+
+def beacon(round_number: int, salt: bytes = b"") -> BeaconRound:
+    signature = sha256(b"sig" + salt + round_number.to_bytes(8, "big")) * 3  # 96 bytes, like G2
+    return BeaconRound(round_number, signature, sha256(signature))
+
+
+def request(nonce: int, fee: int = FEE, client: SigningKey = CLIENT) -> JobRequest:
+    return JobRequest(
+        model_id=MODEL,
+        input=Tensor("float32", (2,), bytes(8)),
+        client=pk(client),
+        nonce=nonce,
+        fee=fee,
+    ).signed(client)
+
+
+def unsigned_commitment(req: JobRequest, node: bytes, output: bytes) -> Commitment:
+    return Commitment(
+        job_id=req.job_id,
+        model_id=req.model_id,
+        input_hash=sha256(b"input" + req.job_id),
+        output_hash=sha256(output + req.job_id),
+        node=node,
+    )
+
+
+def commit(req: JobRequest, node: SigningKey = NODE, output: bytes = b"right") -> Commitment:
+    return unsigned_commitment(req, pk(node), output).signed(node)
+
+
+def forge(message: Commitment, key: SigningKey) -> Commitment:
+    """``message`` signed by ``key`` although it names someone else."""
+    return dataclasses.replace(message, signature=key.sign(b"commitment", message.body_bytes()))
+
+
+def record(req: JobRequest, com: Commitment) -> RecordJob:
+    return RecordJob(req.encode(), com.encode())
+
+
+def attest(key: SigningKey, com: Commitment, verdict: Verdict, round_number: int,
+           reason: str = "") -> Attest:
+    return Attest(
+        Attestation(
+            job_id=com.job_id,
+            commitment_id=com.content_id,
+            validator=pk(key),
+            verdict=verdict,
+            beacon_round=round_number,
+            reason=reason,
+        ).signed(key).encode()
+    )
+
+
+def mismatch(key: SigningKey, com: Commitment, round_number: int, detail: str = "") -> Accuse:
+    return Accuse(
+        Evidence(
+            offence=Offence.MISMATCH,
+            job_id=com.job_id,
+            accuser=pk(key),
+            commitment=com.encode(),
+            observed_hash=sha256(b"observed" + com.job_id),
+            beacon_round=round_number,
+            detail=detail,
+        ).signed(key).encode()
+    )
+
+
+def equivocation(key: SigningKey, first: Commitment, second: Commitment) -> Accuse:
+    return Accuse(
+        Evidence(
+            offence=Offence.EQUIVOCATION,
+            job_id=first.job_id,
+            accuser=pk(key),
+            commitment=first.encode(),
+            conflicting=second.encode(),
+        ).signed(key).encode()
+    )
+
+
+class World:
+    """A state under test plus the moves a network makes on it."""
+
+    def __init__(self, p: LedgerParams | None = None,
+                 validators: Iterable[SigningKey] = VALIDATORS) -> None:
+        self.state = fold(genesis(p if p is not None else params(), validators=validators))
+
+    def apply(self, *events: Event) -> None:
+        self.state = fold(events, self.state)
+
+    def next_round(self, salt: bytes = b"") -> None:
+        self.apply(beacon(self.state.current_round + 1, salt))
+
+    def job(self, nonce: int, node: SigningKey = NODE, output: bytes = b"right",
+            fee: int = FEE) -> Commitment:
+        req = request(nonce, fee)
+        com = commit(req, node, output)
+        self.apply(record(req, com))
+        return com
+
+    def refuse(self, event: Event, error: type[Exception], match: str) -> None:
+        """The rules refuse ``event`` with ``error`` and leave the state untouched."""
+        before = self.state.copy()
+        with pytest.raises(error, match=match):
+            apply_event(self.state, event)
+        assert self.state == before
+
+    def balance(self, key: SigningKey) -> int:
+        return self.state.accounts[pk(key)].balance
+
+    def stake(self, key: SigningKey, role: str = c.NODE) -> int:
+        return self.state.accounts[pk(key)].stake(role).amount
+
+    def open_dispute(self) -> Dispute:
+        (dispute,) = [d for d in self.state.disputes.values() if d.is_open]
+        return dispute
+
+    def committee(self) -> list[SigningKey]:
+        return [KEY_OF[m] for m in self.open_dispute().committee]
+
+
+def is_sampled(state: State, com: Commitment) -> bool:
+    job = state.jobs[com.job_id]
+    beacon_value = state.beacon_value(job.sample_round)
+    assert beacon_value is not None and state.params is not None
+    return sampled(beacon_value, job.job_id, job.commitment_id, state.params.sample_ppm)
+
+
+def find_salt(state: State, wanted: Callable[[State], bool]) -> bytes:
+    """A next beacon round for which ``wanted`` holds: in these tests, we are the beacon."""
+    for i in range(1000):
+        salt = i.to_bytes(2, "big")
+        if wanted(apply_event(state, beacon(state.current_round + 1, salt))):
+            return salt
+    raise AssertionError("no beacon value gives the wanted sample")
+
+
+# -- Events: canonical bytes and field checks ----------------------------------------------------
+
+
+def sample_events() -> list[Event]:
+    req = request(1)
+    com = commit(req)
+    return [
+        Mint(pk(CLIENT), 5),
+        Bond(pk(NODE), c.NODE, MIN_NODE),
+        RegisterBeacon(BEACON_KEY, 7),
+        SetParams(DEFAULTS),
+        record(req, com),
+        beacon(3),
+        attest(VALIDATORS[0], com, Verdict.VALID, 0),
+        mismatch(VALIDATORS[0], com, 0),
+        equivocation(VALIDATORS[0], com, commit(req, output=b"other")),
+    ]
+
+
+@pytest.mark.parametrize("event", sample_events(), ids=lambda e: e.TYPE)
+def test_every_event_round_trips_byte_identically(event: Event) -> None:
+    data = event.encode()
+    assert decode_event(data) == event
+    assert type(event).decode(data) == event
+    assert decode_event(data).encode() == data
+    assert codec.decode(data)["type"] == event.TYPE
+
+
+def test_every_event_type_has_a_rule() -> None:
+    from slashing.rules import PROCESSORS
+
+    assert set(PROCESSORS) == set(EVENT_TYPES.values())
+
+
+def _value(event: Event) -> dict[str, object]:
+    value = codec.decode(event.encode())
+    assert isinstance(value, dict)
+    return value
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "match"),
+    [
+        (lambda v: {**v, "type": "nope"}, MalformedMessage, "unknown event type 'nope'"),
+        (lambda v: {**v, "v": 2}, UnsupportedVersion, "schema version 2"),
+        (lambda v: {k: x for k, x in v.items() if k != "amount"}, MalformedMessage,
+         r"missing \['amount'\]"),
+        (lambda v: {**v, "extra": 1}, MalformedMessage, r"unknown \['extra'\]"),
+        (lambda v: {**v, "amount": 0}, MalformedMessage, "mint.amount must be a positive"),
+        (lambda v: {**v, "account": b"short"}, MalformedMessage, "mint.account must be a 32-byte"),
+    ],
+)
+def test_malformed_events_name_the_field(
+    change: Callable[[dict[str, object]], dict[str, object]], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        decode_event(codec.encode(change(_value(Mint(pk(CLIENT), 5)))))
+
+
+def test_malformed_event_fields_are_refused_at_construction() -> None:
+    with pytest.raises(MalformedMessage, match=r"bond\.role must be one of"):
+        Bond(pk(NODE), "miner", MIN_NODE)
+    with pytest.raises(MalformedMessage, match=r"register_beacon\.public_key must be 48 or 96"):
+        RegisterBeacon(b"\x01" * 47, 0)
+    with pytest.raises(MalformedMessage, match=r"beacon_round\.randomness must be 32"):
+        BeaconRound(1, bytes(96), bytes(31))
+    with pytest.raises(MalformedMessage, match=r"record_job\.request is not a well-formed"):
+        RecordJob(b"\x01\x02", commit(request(1)).encode())
+    with pytest.raises(MalformedMessage, match=r"attest\.attestation is not a well-formed"):
+        Attest(commit(request(1)).encode())
+    with pytest.raises(MalformedMessage, match=r"'committee_size' must be an integer in 1\.\.101"):
+        dataclasses.replace(DEFAULTS, committee_size=0)
+    with pytest.raises(MalformedMessage, match=r"set_params.params wrong: missing \['reward'\]"):
+        raw = _value(SetParams(DEFAULTS))
+        params_map = raw["params"]
+        assert isinstance(params_map, dict)
+        del params_map["reward"]
+        decode_event(codec.encode(raw))
+    with pytest.raises(MalformedMessage, match="not valid msgpack"):
+        decode_event(b"\xc1")
+    with pytest.raises(OversizedMessage):
+        decode_event(b"\x00" * (c.MAX_EVENT_BYTES + 1))
+
+
+# -- Genesis and admin rules ----------------------------------------------------------------------
+
+
+def test_mint_and_bond() -> None:
+    state = fold([Mint(pk(NODE), 3 * MIN_NODE), Bond(pk(NODE), c.NODE, MIN_NODE)])
+    account = state.accounts[pk(NODE)]
+    assert (account.balance, account.node.amount, state.minted) == (2 * MIN_NODE, MIN_NODE,
+                                                                     3 * MIN_NODE)
+    state = apply_event(state, Bond(pk(NODE), c.NODE, 1))  # a top-up may be small
+    assert state.accounts[pk(NODE)].node.amount == MIN_NODE + 1
+    assert state.total_supply() == state.minted
+
+
+def test_bond_guards() -> None:
+    world = World()
+    world.refuse(Bond(pk(STRANGER), c.NODE, MIN_NODE), LedgerRuleError, "unknown account")
+    world.refuse(Bond(pk(POOR_CLIENT), c.NODE, MIN_NODE), LedgerRuleError,
+                 "has balance 50, less than the 10000")
+    world.refuse(Bond(pk(CLIENT), c.VALIDATOR, MIN_VALIDATOR - 1), LedgerRuleError,
+                 "below the minimum 10000")
+    world.refuse(Mint(pk(CLIENT), c.MAX_SUPPLY), LedgerRuleError, "past")
+
+
+def test_genesis_is_set_once() -> None:
+    world = World()
+    world.refuse(RegisterBeacon(BEACON_KEY, 0), LedgerRuleError, "already registered")
+    world.refuse(SetParams(DEFAULTS), LedgerRuleError, "already set")
+    late = fold([RegisterBeacon(BEACON_KEY, 0)])
+    with pytest.raises(LedgerRuleError, match="no parameters yet"):
+        apply_event(late, beacon(0))
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"sample_ppm": 50_000, "compute_cost": 300},
+         r"PoSP condition p\(1-r\)\(R\+S\) > C fails: .* <= C = 300; need slash >= 6567"),
+        ({"sample_ppm": 50_000, "compute_cost": 1, "fraud_slash": 1_000},
+         r"fabrication condition S >= R\(1-p\)/p fails: S = 1000 < .*need slash >= 1900"),
+        ({"accuser_share_bps": 9_000}, "accuser share 9000 \\+ committee share 2000 exceeds"),
+        ({"fraud_slash": MIN_NODE + 1}, "fraud_slash = 10001 must be positive and at most"),
+        ({"false_accusation_slash": 0}, "false_accusation_slash = 0 must be positive"),
+    ],
+)
+def test_unsafe_params_are_refused_with_the_condition_named(
+    changes: dict[str, int], match: str
+) -> None:
+    with pytest.raises(LedgerRuleError, match=match):
+        apply_event(State(), SetParams(dataclasses.replace(DEFAULTS, **changes)))
+
+
+def test_default_params_are_safe() -> None:
+    assert apply_event(State(), SetParams(DEFAULTS)).params == DEFAULTS
+
+
+# -- Recording jobs -------------------------------------------------------------------------------
+
+
+def test_record_job_escrows_the_fee() -> None:
+    world = World()
+    com = world.job(1)
+    job = world.state.jobs[com.job_id]
+    assert world.balance(CLIENT) == 1_000_000 - FEE
+    assert (job.fee, job.node, job.status, job.recorded_round, job.sample_round) == (
+        FEE, pk(NODE), JobStatus.PENDING, -1, 0)
+    assert world.state.escrow() == FEE
+    assert world.state.total_supply() == world.state.minted
+
+
+def test_record_job_guards() -> None:
+    world = World()
+    req = request(1)
+    com = commit(req)
+    forged_request = dataclasses.replace(req, signature=NODE.sign(b"job_request", req.body_bytes()))
+    world.refuse(record(forged_request, com), BadSignature, "does not verify")
+    world.refuse(record(req, forge(com, OTHER_NODE)), BadSignature, "does not verify")
+    other = request(2)
+    world.refuse(record(req, commit(other)), LedgerRuleError, "commitment is for job")
+    wrong_model = dataclasses.replace(unsigned_commitment(req, pk(NODE), b"x"),
+                                      model_id=sha256(b"other")).signed(NODE)
+    world.refuse(record(req, wrong_model), LedgerRuleError, "commitment names model")
+    client_req = request(3)
+    world.refuse(record(client_req, commit(client_req, CLIENT)), LedgerRuleError,
+                 "is not bonded as a node")
+    cheap = request(4, fee=DEFAULTS.verification_fee - 1)
+    world.refuse(record(cheap, commit(cheap)), LedgerRuleError, "below the verification fee")
+    rich = request(5, fee=FEE + 1)
+    world.refuse(record(rich, commit(rich)), LedgerRuleError, "exceeds reward R = 100")
+    stranger = request(6, client=STRANGER)
+    world.refuse(record(stranger, commit(stranger)), LedgerRuleError, "unknown account")
+    poor = request(7, client=POOR_CLIENT)
+    world.refuse(record(poor, commit(poor)), LedgerRuleError, "has balance 50, less than the fee")
+    world.apply(record(req, com))
+    world.refuse(record(req, com), ReplayedMessage, "already recorded")
+    world.refuse(record(req, commit(req, OTHER_NODE)), LedgerRuleError,
+                 "already recorded with node")
+    with pytest.raises(LedgerRuleError, match="no parameters yet"):
+        apply_event(State(), record(req, com))
+
+
+def test_second_commitment_to_a_job_is_equivocation_slashed_at_once() -> None:
+    world = World()
+    req = request(1)
+    world.apply(record(req, commit(req)))
+    burned = world.state.burned
+    world.apply(record(req, commit(req, output=b"different")))
+    assert world.stake(NODE) == MIN_NODE - DEFAULTS.equivocation_slash
+    assert world.state.accounts[pk(NODE)].node.slashed_out
+    assert world.state.burned == burned + DEFAULTS.equivocation_slash  # nobody reported it
+    assert world.state.jobs[req.job_id].equivocated
+    world.refuse(record(req, commit(req, output=b"third")), LedgerRuleError,
+                 "already slashed for equivocating")
+    world.refuse(record(request(2), commit(request(2))), LedgerRuleError, "slashed out")
+    for _ in range(WINDOW + 2):
+        world.next_round()
+    assert world.state.jobs[req.job_id].status is JobStatus.REFUNDED
+    assert world.balance(CLIENT) == 1_000_000
+    assert world.state.total_supply() == world.state.minted
+
+
+# -- The beacon clock ------------------------------------------------------------------------------
+
+
+def test_beacon_rounds_come_in_order_with_hashed_randomness() -> None:
+    world = World()
+    assert world.state.current_round == -1
+    world.refuse(beacon(1), LedgerRuleError, "beacon round 1 is not the next round 0")
+    bad = dataclasses.replace(beacon(0), randomness=sha256(b"chosen"))
+    world.refuse(bad, LedgerRuleError, "randomness is not sha256")
+    world.next_round()
+    assert world.state.current_round == 0
+    world.refuse(beacon(0), LedgerRuleError, "is not the next round 1")
+    started = fold([RegisterBeacon(BEACON_KEY, 1000), SetParams(DEFAULTS), beacon(1000)])
+    assert started.current_round == 1000
+
+
+# -- Attestations ----------------------------------------------------------------------------------
+
+
+def test_valid_attestation_marks_the_job_verified() -> None:
+    world = World()
+    com = world.job(1)
+    world.next_round()
+    world.apply(attest(VALIDATORS[0], com, Verdict.VALID, 0))
+    world.apply(attest(VALIDATORS[1], com, Verdict.VALID, 0))
+    job = world.state.jobs[com.job_id]
+    assert job.verifier == pk(VALIDATORS[0])  # the first to check earns the fee
+    assert len(job.attestations) == 2
+
+
+def test_inconclusive_attestation_is_recorded_and_slashes_nobody() -> None:
+    world = World()
+    com = world.job(1)
+    world.next_round()
+    stakes = {k: world.state.accounts[k] for k in world.state.accounts}
+    world.apply(attest(VALIDATORS[0], com, Verdict.INCONCLUSIVE, 0))
+    job = world.state.jobs[com.job_id]
+    assert job.attestations == ((pk(VALIDATORS[0]), Verdict.INCONCLUSIVE),)
+    assert job.verifier is None
+    assert {k: world.state.accounts[k] for k in stakes} == stakes
+
+
+def test_attestation_guards() -> None:
+    world = World()
+    com = world.job(1)
+    v = VALIDATORS[0]
+    world.refuse(attest(v, com, Verdict.VALID, 0), LedgerRuleError, "waits for beacon round 0")
+    world.next_round()
+    good = attest(v, com, Verdict.VALID, 0)
+    forged = Attestation.decode(good.attestation)
+    forged = dataclasses.replace(forged, signature=NODE.sign(b"attestation", forged.body_bytes()))
+    world.refuse(Attest(forged.encode()), BadSignature, "does not verify")
+    world.refuse(attest(v, commit(request(99)), Verdict.VALID, 0), LedgerRuleError, "unknown job")
+    stale = commit(request(1), output=b"other")
+    world.refuse(attest(v, stale, Verdict.VALID, 0), LedgerRuleError, "about commitment")
+    world.refuse(attest(v, com, Verdict.VALID, 5), LedgerRuleError,
+                 "names beacon round 5; .* sampled by round 0")
+    world.refuse(attest(CLIENT, com, Verdict.VALID, 0), LedgerRuleError,
+                 "not bonded as a validator")
+    world.refuse(attest(v, com, Verdict.FRAUD, 0), LedgerRuleError,
+                 "must be submitted as MISMATCH")
+    world.apply(good)
+    world.refuse(good, ReplayedMessage, "already recorded")
+    world.refuse(attest(v, com, Verdict.INCONCLUSIVE, 0), LedgerRuleError, "already attested")
+    for _ in range(WINDOW + 1):
+        world.next_round()
+    world.refuse(attest(VALIDATORS[1], com, Verdict.VALID, 0), LedgerRuleError, "already settled")
+
+
+def test_a_node_cannot_attest_its_own_job() -> None:
+    world = World()
+    world.apply(Mint(pk(NODE), MIN_VALIDATOR), Bond(pk(NODE), c.VALIDATOR, MIN_VALIDATOR))
+    com = world.job(1)
+    world.next_round()
+    world.refuse(attest(NODE, com, Verdict.VALID, 0), LedgerRuleError, "cannot attest its own job")
+
+
+def test_unsampled_jobs_take_no_attestation_and_no_dispute() -> None:
+    world = World(params(sample_ppm=DEFAULTS.sample_ppm))
+    com = world.job(1)
+    world.next_round(find_salt(world.state, lambda s: not is_sampled(s, com)))
+    world.refuse(attest(VALIDATORS[0], com, Verdict.VALID, 0), LedgerRuleError, "was not sampled")
+    world.refuse(mismatch(VALIDATORS[0], com, 0), LedgerRuleError, "was not sampled")
+
+
+# -- Settlement ------------------------------------------------------------------------------------
+
+
+def test_honest_settled_job_pays_node_and_validator() -> None:
+    world = World()
+    com = world.job(1)
+    node_before, validator_before = world.balance(NODE), world.balance(VALIDATORS[0])
+    world.next_round()
+    world.apply(attest(VALIDATORS[0], com, Verdict.VALID, 0))
+    for _ in range(WINDOW):
+        world.next_round()
+    assert world.state.jobs[com.job_id].status is JobStatus.PENDING  # window still open
+    world.next_round()
+    assert world.state.jobs[com.job_id].status is JobStatus.SETTLED
+    assert world.balance(NODE) == node_before + FEE - DEFAULTS.verification_fee
+    assert world.balance(VALIDATORS[0]) == validator_before + DEFAULTS.verification_fee
+    assert world.state.escrow() == 0
+    assert world.state.total_supply() == world.state.minted
+
+
+def test_unattested_job_settles_and_returns_the_verification_fee() -> None:
+    world = World()
+    com = world.job(1)
+    for _ in range(WINDOW + 2):
+        world.next_round()
+    assert world.state.jobs[com.job_id].status is JobStatus.SETTLED
+    assert world.balance(NODE) == MIN_NODE + DEFAULTS.reward
+    assert world.balance(CLIENT) == 1_000_000 - DEFAULTS.reward
+
+
+# -- Accusations -----------------------------------------------------------------------------------
+
+
+def test_equivocation_evidence_alone_slashes_and_rewards_the_reporter() -> None:
+    world = World()
+    req = request(1)
+    first, second = commit(req), commit(req, output=b"second")
+    reporter = VALIDATORS[0]
+    before = world.balance(reporter)
+    world.apply(equivocation(reporter, first, second))  # the job was never even recorded
+    slash = DEFAULTS.equivocation_slash
+    share = slash * DEFAULTS.reporter_share_bps // c.BPS
+    assert world.stake(NODE) == MIN_NODE - slash
+    assert world.balance(reporter) == before + share
+    assert world.state.burned == slash - share
+    world.refuse(equivocation(VALIDATORS[1], first, second), LedgerRuleError,
+                 "already slashed for equivocating")
+    world.refuse(record(req, first), LedgerRuleError, "already slashed for equivocating")
+    assert world.state.total_supply() == world.state.minted
+
+
+def test_equivocation_evidence_guards() -> None:
+    world = World()
+    req = request(1)
+    first, second = commit(req), commit(req, output=b"second")
+    world.refuse(equivocation(CLIENT, first, second), LedgerRuleError, "not bonded as a validator")
+    forged_second = forge(unsigned_commitment(req, pk(NODE), b"second"), OTHER_NODE)
+    world.refuse(equivocation(VALIDATORS[0], first, forged_second), BadSignature, "does not verify")
+    forged_first = forge(unsigned_commitment(req, pk(NODE), b"first"), OTHER_NODE)
+    world.refuse(equivocation(VALIDATORS[0], forged_first, second), BadSignature, "does not verify")
+    stranger_req = request(2)
+    world.refuse(
+        equivocation(VALIDATORS[0], commit(stranger_req, STRANGER),
+                     commit(stranger_req, STRANGER, b"2")),
+        LedgerRuleError, "has no account",
+    )
+    world.apply(Mint(pk(VALIDATORS[0]), MIN_NODE), Bond(pk(VALIDATORS[0]), c.NODE, MIN_NODE))
+    own_req = request(3)
+    world.refuse(
+        equivocation(VALIDATORS[0], commit(own_req, VALIDATORS[0]),
+                     commit(own_req, VALIDATORS[0], b"2")),
+        LedgerRuleError, "cannot accuse itself",
+    )
+    invalid_proof = Accuse(
+        Evidence(offence=Offence.INVALID_PROOF, job_id=req.job_id, accuser=pk(VALIDATORS[1]),
+                 commitment=first.encode()).signed(VALIDATORS[1]).encode()
+    )
+    world.refuse(invalid_proof, LedgerRuleError, "'invalid_proof' is not judged")
+
+
+def dispute_world(output: bytes) -> tuple[World, Commitment, SigningKey]:
+    world = World()
+    com = world.job(1, output=output)
+    world.next_round()
+    accuser = VALIDATORS[0]
+    world.apply(mismatch(accuser, com, 0))
+    return world, com, accuser
+
+
+def test_opening_a_dispute_draws_a_committee_without_accuser_or_node() -> None:
+    world, com, accuser = dispute_world(b"wrong")
+    dispute = world.open_dispute()
+    assert len(dispute.committee) == DEFAULTS.committee_size
+    assert pk(accuser) not in dispute.committee and pk(NODE) not in dispute.committee
+    assert world.state.jobs[com.job_id].open_dispute == dispute.dispute_id
+    assert dispute.opened_round == 0
+
+
+def test_rewording_the_evidence_does_not_change_the_committee() -> None:
+    committees = set()
+    for detail in ("", "logits differ", "see attached", "again"):
+        world = World(validators=(*VALIDATORS, EXTRA_VALIDATOR))
+        com = world.job(1, output=b"wrong")
+        world.next_round()
+        world.apply(mismatch(VALIDATORS[0], com, 0, detail))
+        committees.add(world.open_dispute().committee)
+    assert len(committees) == 1
+
+
+def test_majority_fraud_slashes_the_node_and_rewards_accuser_and_committee() -> None:
+    world, com, accuser = dispute_world(b"wrong")
+    a, b, third = world.committee()
+    balances = {k: world.balance(k) for k in (CLIENT, accuser, a, b, third)}
+    burned = world.state.burned
+    world.apply(attest(a, com, Verdict.FRAUD, 0), attest(b, com, Verdict.FRAUD, 0))
+    assert world.open_dispute().votes  # open until all k voted or the window passes
+    world.apply(attest(third, com, Verdict.VALID, 0))
+    slash = DEFAULTS.fraud_slash
+    to_accuser = slash * DEFAULTS.accuser_share_bps // c.BPS
+    to_each_member = slash * DEFAULTS.committee_share_bps // c.BPS // 2
+    assert world.stake(NODE) == MIN_NODE - slash
+    assert world.state.accounts[pk(NODE)].node.slashed_out
+    assert world.balance(accuser) == balances[accuser] + to_accuser
+    assert world.balance(a) == balances[a] + to_each_member
+    assert world.balance(b) == balances[b] + to_each_member
+    assert world.balance(third) == balances[third]
+    assert world.state.burned == burned + slash - to_accuser - 2 * to_each_member
+    assert world.balance(CLIENT) == balances[CLIENT] + FEE  # refunded
+    assert world.state.jobs[com.job_id].status is JobStatus.REFUNDED
+    (dispute,) = world.state.disputes.values()
+    assert dispute.outcome is Verdict.FRAUD
+    assert world.state.total_supply() == world.state.minted
+
+
+def test_majority_valid_slashes_the_accuser() -> None:
+    world, com, accuser = dispute_world(b"right")
+    members = world.committee()
+    node_balance, burned = world.balance(NODE), world.state.burned
+    world.apply(*(attest(m, com, Verdict.VALID, 0) for m in members))
+    slash = DEFAULTS.false_accusation_slash
+    to_node = slash * DEFAULTS.wronged_node_share_bps // c.BPS
+    to_each_member = slash * DEFAULTS.committee_share_bps // c.BPS // len(members)
+    assert world.stake(accuser, c.VALIDATOR) == MIN_VALIDATOR - slash
+    assert world.state.accounts[pk(accuser)].validator.slashed_out
+    assert world.stake(NODE) == MIN_NODE
+    assert world.balance(NODE) == node_balance + to_node
+    assert world.state.burned == burned + slash - to_node - len(members) * to_each_member
+    assert world.state.jobs[com.job_id].open_dispute is None
+    for _ in range(WINDOW + 1):
+        world.next_round()
+    assert world.state.jobs[com.job_id].status is JobStatus.SETTLED  # the node is paid after all
+    assert world.state.total_supply() == world.state.minted
+
+
+@pytest.mark.parametrize(
+    "verdicts",
+    [
+        (Verdict.INCONCLUSIVE, Verdict.INCONCLUSIVE, Verdict.INCONCLUSIVE),
+        (Verdict.FRAUD, Verdict.INCONCLUSIVE, Verdict.INCONCLUSIVE),
+        (Verdict.FRAUD, Verdict.VALID, Verdict.INCONCLUSIVE),
+        (Verdict.FRAUD,),
+        (),
+    ],
+    ids=["all-inconclusive", "inconclusive-majority", "no-majority", "one-vote", "nobody-voted"],
+)
+def test_inconclusive_disputes_never_slash(verdicts: tuple[Verdict, ...]) -> None:
+    world, com, _ = dispute_world(b"wrong")
+    members = world.committee()
+    stakes_before = {k: (a.node, a.validator) for k, a in world.state.accounts.items()}
+    burned = world.state.burned
+    world.apply(*(attest(m, com, v, 0) for m, v in zip(members, verdicts, strict=False)))
+    for _ in range(WINDOW + 1):
+        world.next_round()
+    (dispute,) = world.state.disputes.values()
+    assert dispute.outcome is Verdict.INCONCLUSIVE
+    assert {k: (a.node, a.validator) for k, a in world.state.accounts.items()} == stakes_before
+    assert world.state.burned == burned
+    assert world.state.jobs[com.job_id].status is JobStatus.SETTLED
+
+
+def test_dispute_guards() -> None:
+    world, com, accuser = dispute_world(b"wrong")
+    members = world.committee()
+    outsider = next(v for v in VALIDATORS if v not in members and v is not accuser)
+    world.refuse(attest(outsider, com, Verdict.FRAUD, 0), LedgerRuleError, "not on the committee")
+    world.refuse(attest(accuser, com, Verdict.FRAUD, 0), LedgerRuleError, "not on the committee")
+    world.refuse(attest(members[0], com, Verdict.FRAUD, 1), LedgerRuleError,
+                 "names beacon round 0, which drew its committee; got 1")
+    vote = attest(members[0], com, Verdict.FRAUD, 0)
+    world.apply(vote)
+    world.refuse(vote, ReplayedMessage, "already recorded")
+    world.refuse(attest(members[0], com, Verdict.VALID, 0), LedgerRuleError, "already voted")
+    world.refuse(mismatch(VALIDATORS[4], com, 0), LedgerRuleError, "already has open dispute")
+    world.refuse(mismatch(accuser, com, 0), ReplayedMessage, "already recorded")
+
+
+def test_mismatch_guards() -> None:
+    world = World()
+    com = world.job(1)
+    v = VALIDATORS[0]
+    world.refuse(mismatch(v, com, 0), LedgerRuleError, "was not sampled")
+    world.next_round()
+    world.refuse(mismatch(v, commit(request(9)), 0), LedgerRuleError, "unknown job")
+    world.refuse(mismatch(v, commit(request(1), output=b"x"), 0), LedgerRuleError,
+                 "evidence accuses commitment")
+    world.refuse(mismatch(v, com, 3), LedgerRuleError, "names beacon round 3")
+    same = Accuse(
+        Evidence(offence=Offence.MISMATCH, job_id=com.job_id, accuser=pk(v),
+                 commitment=com.encode(), observed_hash=com.output_hash,
+                 beacon_round=0).signed(v).encode()
+    )
+    world.refuse(same, LedgerRuleError, "same output hash")
+    for _ in range(WINDOW):
+        world.next_round()
+    small = World(validators=VALIDATORS[:3])
+    small_com = small.job(1)
+    small.next_round()
+    small.refuse(mismatch(VALIDATORS[0], small_com, 0), LedgerRuleError,
+                 "a committee needs 3 validators .* 2 are bonded")
+    world.next_round()  # the job settles: the window is closed
+    world.refuse(mismatch(v, com, 0), LedgerRuleError, "already settled")
+
+
+def test_an_earlier_attestation_cannot_be_replayed_as_a_vote() -> None:
+    world = World()
+    com = world.job(1, output=b"wrong")
+    world.next_round()
+    earlier = {v: attest(v, com, Verdict.INCONCLUSIVE, 0) for v in VALIDATORS[1:]}
+    world.apply(*earlier.values())
+    world.apply(mismatch(VALIDATORS[0], com, 0))
+    members = world.committee()
+    world.refuse(earlier[members[0]], ReplayedMessage, "already recorded")
+    world.apply(*(attest(m, com, Verdict.INCONCLUSIVE, 0, reason="vote") for m in members))
+    (dispute,) = world.state.disputes.values()
+    assert dispute.outcome is Verdict.INCONCLUSIVE
+
+
+def test_a_validator_accuses_a_job_once() -> None:
+    world, com, accuser = dispute_world(b"right")
+    world.apply(*(attest(m, com, Verdict.INCONCLUSIVE, 0) for m in world.committee()))
+    again = Accuse(
+        Evidence(offence=Offence.MISMATCH, job_id=com.job_id, accuser=pk(accuser),
+                 commitment=com.encode(), observed_hash=sha256(b"again"),
+                 beacon_round=0).signed(accuser).encode()
+    )
+    world.refuse(again, LedgerRuleError, "already accused")
+    world.apply(mismatch(VALIDATORS[4], com, 0))  # another validator may try
+    assert world.open_dispute().accuser == pk(VALIDATORS[4])
+
+
+def test_a_dispute_outlives_the_challenge_window_and_the_job_waits_for_it() -> None:
+    world = World()
+    com = world.job(1, output=b"wrong")
+    for _ in range(WINDOW + 1):
+        world.next_round()  # rounds 0..WINDOW: the window's last round
+    world.apply(mismatch(VALIDATORS[0], com, 0))
+    world.next_round()
+    assert world.state.jobs[com.job_id].status is JobStatus.PENDING  # held by the dispute
+    world.apply(*(attest(m, com, Verdict.INCONCLUSIVE, WINDOW) for m in world.committee()))
+    world.refuse(mismatch(VALIDATORS[4], com, 0), LedgerRuleError,
+                 f"challenge window of job .* closed after round {WINDOW}")
+    world.next_round()
+    assert world.state.jobs[com.job_id].status is JobStatus.SETTLED
+
+
+def test_apply_event_never_changes_its_input() -> None:
+    world = World()
+    before = world.state.copy()
+    after = apply_event(world.state, record(request(1), commit(request(1))))
+    assert world.state == before and after != before
+
+
+# -- The SQLite store ------------------------------------------------------------------------------
+
+
+def scenario() -> list[Event]:
+    """Genesis, a settled honest job, a confirmed fraud and an equivocation."""
+    p = params()
+    events = genesis(p)
+    honest_req, cheat_req, equiv_req = request(1), request(2), request(3)
+    honest, cheat = commit(honest_req), commit(cheat_req, OTHER_NODE, b"wrong")
+    events += [record(honest_req, honest), record(cheat_req, cheat),
+               record(equiv_req, commit(equiv_req))]
+    events += [beacon(0), attest(VALIDATORS[1], honest, Verdict.VALID, 0),
+               mismatch(VALIDATORS[0], cheat, 0)]
+    state = fold(events)
+    (dispute,) = state.disputes.values()
+    events += [attest(KEY_OF[m], cheat, Verdict.FRAUD, 0) for m in dispute.committee]
+    events += [record(equiv_req, commit(equiv_req, output=b"other"))]
+    events += [beacon(r) for r in range(1, WINDOW + 2)]
+    return events
+
+
+def fill(path: Path, events: Iterable[Event]) -> Ledger:
+    ledger = Ledger.open(path)
+    for event in events:
+        ledger.append(event)
+    return ledger
+
+
+def test_reopening_rebuilds_an_identical_state(tmp_path: Path) -> None:
+    events = scenario()
+    path = tmp_path / "ledger.db"
+    with fill(path, events) as ledger:
+        state, length, head = ledger.state, ledger.length, ledger.head_hash
+        assert ledger.verify() == len(events)
+    assert state == fold(events)
+    assert state.counters.jobs_settled == 1 and state.counters.disputes_fraud == 1
+    with Ledger.open(path) as reopened:
+        assert reopened.state == state
+        assert (reopened.length, reopened.head_hash) == (length, head)
+        assert [e.event for e in reopened.events()] == events
+        assert reopened.verify() == len(events)
+
+
+def test_the_log_is_hash_chained_in_wal_mode(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    fill(path, genesis(params())).close()
+    db = sqlite3.connect(path)
+    assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    prev = c.GENESIS_PREV_HASH
+    for prev_hash, digest, data in db.execute(
+        "SELECT prev_hash, hash, event FROM events ORDER BY seq"
+    ):
+        assert prev_hash == prev and digest == sha256(prev + data) == chain_hash(prev, data)
+        assert decode_event(data).encode() == data
+        prev = digest
+    db.close()
+
+
+def test_history_lists_the_events_that_touch_an_account(tmp_path: Path) -> None:
+    with fill(tmp_path / "ledger.db", scenario()) as ledger:
+        node_history = [e.event for e in ledger.history(pk(NODE))]
+        assert isinstance(node_history[0], Mint) and isinstance(node_history[1], Bond)
+        assert sum(isinstance(e, RecordJob) for e in node_history) == 3
+        assert isinstance(node_history[-1], BeaconRound)  # the settlement that paid it
+        seqs = [e.seq for e in ledger.history(pk(NODE))]
+        assert seqs == sorted(set(seqs))
+        assert ledger.history(pk(STRANGER)) == []
+
+
+def _files(path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in path.parent.iterdir()
+            if p.name in (path.name, path.name + "-wal")}
+
+
+def _unsampled_job_world() -> tuple[list[Event], Commitment, Commitment]:
+    """Genesis at p = 50 %, one job sampled and one not, and a dispute open on the first."""
+    events = genesis(params(sample_ppm=PPM // 2))
+    hit_req, miss_req = request(1), request(2)
+    hit, miss = commit(hit_req, output=b"wrong"), commit(miss_req)
+    events += [record(hit_req, hit), record(miss_req, miss)]
+    salt = find_salt(fold(events), lambda s: is_sampled(s, hit) and not is_sampled(s, miss))
+    events += [beacon(0, salt), mismatch(VALIDATORS[0], hit, 0)]
+    return events, hit, miss
+
+
+def _non_member_vote(state: State, hit: Commitment, miss: Commitment) -> Event:
+    (dispute,) = state.disputes.values()
+    outsider = next(v for v in VALIDATORS[1:] if pk(v) not in dispute.committee)
+    return attest(outsider, hit, Verdict.FRAUD, 0)
+
+
+Attempt = Callable[[State, Commitment, Commitment], Event]
+REJECTED: dict[str, tuple[Attempt, type[ProtocolError], str]] = {
+    "bad signature": (lambda state, hit, miss: record(
+        request(9), forge(unsigned_commitment(request(9), pk(NODE), b"x"), OTHER_NODE)),
+        BadSignature, "does not verify"),
+    "malformed bytes": (lambda state, hit, miss: decode_event(b"\x81\xa4type\xa3nop"),
+                        MalformedMessage, "unknown event type 'nop'"),
+    "malformed embedded message": (lambda state, hit, miss: RecordJob(
+        b"\x90", commit(request(9)).encode()), MalformedMessage, "not a well-formed job_request"),
+    "unknown account": (lambda state, hit, miss: Bond(pk(STRANGER), c.NODE, MIN_NODE),
+                        LedgerRuleError, "unknown account"),
+    "insufficient balance": (lambda state, hit, miss: record(
+        request(9, client=POOR_CLIENT), commit(request(9, client=POOR_CLIENT))),
+        LedgerRuleError, "has balance 50, less than the fee"),
+    "unsampled job attestation": (lambda state, hit, miss: attest(
+        VALIDATORS[1], miss, Verdict.VALID, 0), LedgerRuleError, "was not sampled"),
+    "non-member vote": (_non_member_vote, LedgerRuleError, "not on the committee"),
+    "replayed commitment": (lambda state, hit, miss: record(request(1), hit),
+                            ReplayedMessage, "already recorded"),
+    "skipped beacon round": (lambda state, hit, miss: beacon(5),
+                             LedgerRuleError, "not the next round 1"),
+}
+
+
+@pytest.mark.parametrize("attempt", list(REJECTED), ids=list(REJECTED))
+def test_a_rejected_event_leaves_state_and_file_untouched(tmp_path: Path, attempt: str) -> None:
+    events, hit, miss = _unsampled_job_world()
+    make, error, match = REJECTED[attempt]
+    path = tmp_path / "ledger.db"
+    with fill(path, events) as ledger:
+        state, length, files = ledger.state, ledger.length, _files(path)
+        with pytest.raises(error, match=match):
+            ledger.append(make(ledger.state, hit, miss))
+        assert ledger.state == state and ledger.length == length
+        assert _files(path) == files
+        assert ledger.verify() == length
+    with Ledger.open(path) as reopened:
+        assert reopened.state == state
+
+
+def test_a_tampered_row_is_detected_and_named(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    fill(path, genesis(params())).close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE events SET event = ? WHERE seq = 3", (Mint(pk(CLIENT), 2_000_000).encode(),))
+    db.commit()
+    db.close()
+    with pytest.raises(LedgerCorrupt, match="row seq 3: hash does not match"):
+        Ledger.open(path)
+
+
+def test_a_missing_row_is_detected(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    fill(path, genesis(params())).close()
+    db = sqlite3.connect(path)
+    db.execute("DELETE FROM events WHERE seq = 4")
+    db.commit()
+    db.close()
+    with pytest.raises(LedgerCorrupt, match="row seq 5: expected seq 4"):
+        Ledger.open(path)
+
+
+def test_a_rewritten_chain_must_still_pass_the_rules(tmp_path: Path) -> None:
+    """Rehashing a forged log makes the chain consistent, but the fold refuses the event."""
+    path = tmp_path / "ledger.db"
+    events = [*genesis(params()), beacon(0), beacon(0)]
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE events (seq INTEGER PRIMARY KEY, prev_hash BLOB NOT NULL, "
+               "hash BLOB NOT NULL, event BLOB NOT NULL)")
+    prev = c.GENESIS_PREV_HASH
+    for seq, event in enumerate(events, start=1):
+        data = event.encode()
+        db.execute("INSERT INTO events VALUES (?, ?, ?, ?)", (seq, prev, chain_hash(prev, data),
+                                                             data))
+        prev = chain_hash(prev, data)
+    db.commit()
+    db.close()
+    with pytest.raises(LedgerCorrupt, match=f"row seq {len(events)}: the rules refuse"):
+        Ledger.open(path)
+
+
+def test_a_second_writer_is_detected(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.db"
+    with Ledger.open(path) as first, Ledger.open(path) as second:
+        first.append(Mint(pk(CLIENT), 1))
+        with pytest.raises(LedgerCorrupt, match="another process wrote to it"):
+            second.append(Mint(pk(CLIENT), 2))
+        assert second.length == 0
+
+
+def test_a_file_that_is_not_a_ledger_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "junk.db"
+    path.write_bytes(b"not a database" * 100)
+    with pytest.raises(LedgerCorrupt, match="is not a ledger database"):
+        Ledger.open(path)
+
+
+# -- A stateful adversary --------------------------------------------------------------------------
+
+HONEST_NODES = (NODE, OTHER_NODE)
+MACHINE_VALIDATORS = (*VALIDATORS, EXTRA_VALIDATOR)
+MACHINE_ACCOUNTS = (CLIENT, POOR_CLIENT, *HONEST_NODES, CHEATER, *MACHINE_VALIDATORS, STRANGER)
+MACHINE_PARAMS = params(sample_ppm=PPM // 2, challenge_window=2)
+
+
+class LedgerMachine(RuleBasedStateMachine):
+    """Random events, valid and not, from honest nodes, a cheating node and lying accusers.
+
+    Validators attest and vote truthfully or INCONCLUSIVE (or not at all) but
+    accuse anyone; the cheater commits wrong outputs, equivocates and forges
+    evidence against honest nodes; anyone replays what was accepted. Laws:
+    tokens are conserved, no honest node ever loses stake, and a refused event
+    changes nothing.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.state = fold([
+            *genesis(MACHINE_PARAMS, nodes=(*HONEST_NODES, CHEATER), validators=MACHINE_VALIDATORS),
+            Mint(pk(CHEATER), 5 * MIN_NODE), Bond(pk(CHEATER), c.NODE, 5 * MIN_NODE),
+        ])  # the cheater can afford several slashes before it is slashed out
+        self.jobs: dict[bytes, tuple[JobRequest, Commitment, bool]] = {}
+        """job id → request, recorded commitment, and whether its output is right."""
+        self.replayable: list[Event] = []
+        self.nonce = 0
+        self.floor = {pk(k): self.state.accounts[pk(k)].node.amount for k in HONEST_NODES}
+
+    def submit(self, event: Event) -> bool:
+        before = self.state.copy()
+        try:
+            after = apply_event(self.state, event)
+        except ProtocolError:
+            assert self.state == before
+            return False
+        assert self.state == before
+        self.state = after
+        if isinstance(event, (RecordJob, Attest, Accuse)):
+            self.replayable.append(event)
+        return True
+
+    def revealed_jobs(self, data: st.DataObject) -> list[bytes]:
+        """Pending jobs whose sample round is revealed; mostly only the sampled ones."""
+        revealed = [j.job_id for j in self.state.jobs.values()
+                    if j.status is JobStatus.PENDING and j.sample_round <= self.state.current_round]
+        if data.draw(st.sampled_from((True, True, False)), label="sampled only"):
+            return [job_id for job_id in revealed if is_sampled(self.state, self.jobs[job_id][1])]
+        return revealed
+
+    def has_revealed_jobs(self) -> bool:
+        return any(j.status is JobStatus.PENDING and j.sample_round <= self.state.current_round
+                   for j in self.state.jobs.values())
+
+    def truth(self, job_id: bytes) -> Verdict:
+        return Verdict.VALID if self.jobs[job_id][2] else Verdict.FRAUD
+
+    @initialize(cheats=st.lists(st.booleans(), min_size=1, max_size=4))
+    def first_jobs(self, cheats: list[bool]) -> None:
+        for cheat in cheats:
+            self.record_job(CLIENT, CHEATER if cheat else NODE, FEE, cheat)
+        self.beacon_round(b"", 1)
+
+    @rule(client=st.sampled_from((CLIENT, CLIENT, CLIENT, POOR_CLIENT, STRANGER)),
+          node=st.sampled_from((*HONEST_NODES, CHEATER)),
+          fee=st.sampled_from((FEE, FEE, FEE, 50, 0, FEE + 1)), cheat=st.booleans())
+    def record_job(self, client: SigningKey, node: SigningKey, fee: int, cheat: bool) -> None:
+        self.nonce += 1
+        req = request(self.nonce, fee, client)
+        wrong = cheat and node is CHEATER
+        com = commit(req, node, b"wrong" if wrong else b"right")
+        if self.submit(record(req, com)):
+            self.jobs[req.job_id] = (req, com, not wrong)
+
+    @precondition(lambda self: any(com.node == pk(CHEATER) for _, com, _ in self.jobs.values()))
+    @rule(data=st.data(), output=st.binary(min_size=1, max_size=2))
+    def cheater_commits_twice(self, data: st.DataObject, output: bytes) -> None:
+        req = data.draw(st.sampled_from([req for req, com, _ in self.jobs.values()
+                                         if com.node == pk(CHEATER)]))
+        self.submit(record(req, commit(req, CHEATER, output)))
+
+    @rule(reporter=st.sampled_from(MACHINE_VALIDATORS), nonce=st.integers(0, 3))
+    def report_cheater_equivocation(self, reporter: SigningKey, nonce: int) -> None:
+        req = request(10_000 + nonce)
+        self.submit(equivocation(reporter, commit(req, CHEATER, b"one"),
+                                 commit(req, CHEATER, b"two")))
+
+    @rule(victim=st.sampled_from(HONEST_NODES), reporter=st.sampled_from(MACHINE_VALIDATORS),
+          nonce=st.integers(0, 3))
+    def cheater_forges_equivocation(self, victim: SigningKey, reporter: SigningKey,
+                                    nonce: int) -> None:
+        req = request(20_000 + nonce)
+        first, second = (forge(unsigned_commitment(req, pk(victim), out), CHEATER)
+                         for out in (b"one", b"two"))
+        assert not self.submit(equivocation(reporter, first, second))
+
+    @rule(salt=st.binary(max_size=1), skew=st.sampled_from((1, 1, 1, 0, 2)))
+    def beacon_round(self, salt: bytes, skew: int) -> None:
+        number = max(self.state.current_round + skew, 0)
+        in_order = number == self.state.current_round + 1
+        assert self.submit(beacon(number, salt)) == in_order
+
+    @precondition(lambda self: self.has_revealed_jobs())
+    @rule(data=st.data(), validator=st.sampled_from(MACHINE_VALIDATORS), truthful=st.booleans())
+    def attest(self, data: st.DataObject, validator: SigningKey, truthful: bool) -> None:
+        candidates = self.revealed_jobs(data)
+        if not candidates:
+            return
+        job = self.state.jobs[data.draw(st.sampled_from(candidates))]
+        com = self.jobs[job.job_id][1]
+        verdict = self.truth(job.job_id) if truthful else Verdict.INCONCLUSIVE
+        self.submit(attest(validator, com, verdict, job.sample_round))
+
+    @precondition(lambda self: self.has_revealed_jobs())
+    @rule(data=st.data(), accuser=st.sampled_from(MACHINE_VALIDATORS))
+    def accuse_mismatch(self, data: st.DataObject, accuser: SigningKey) -> None:
+        candidates = self.revealed_jobs(data)
+        if not candidates:
+            return
+        job = self.state.jobs[data.draw(st.sampled_from(candidates))]
+        self.submit(mismatch(accuser, self.jobs[job.job_id][1], job.sample_round))
+
+    @precondition(lambda self: any(d.is_open for d in self.state.disputes.values()))
+    @rule(data=st.data())
+    def committee_votes(self, data: st.DataObject) -> None:
+        """Members who have not voted yet vote: mostly the truth, sometimes INCONCLUSIVE or not."""
+        dispute = data.draw(st.sampled_from([d for d in self.state.disputes.values()
+                                             if d.is_open]))
+        job = self.state.jobs[dispute.job_id]
+        truth = self.truth(job.job_id)
+        for member in dispute.committee:
+            if member in dispute.voters():
+                continue
+            verdict = data.draw(st.sampled_from((truth, truth, Verdict.INCONCLUSIVE, None)))
+            if verdict is not None:
+                vote = attest(KEY_OF[member], self.jobs[job.job_id][1], verdict,
+                              dispute.opened_round, reason=f"vote {dispute.dispute_id.hex()}")
+                assert self.submit(vote)
+
+    @precondition(lambda self: self.replayable)
+    @rule(data=st.data())
+    def replay(self, data: st.DataObject) -> None:
+        assert not self.submit(data.draw(st.sampled_from(self.replayable)))
+
+    @rule(account=st.sampled_from(MACHINE_ACCOUNTS), amount=st.integers(1, 30_000))
+    def mint(self, account: SigningKey, amount: int) -> None:
+        self.submit(Mint(pk(account), amount))
+
+    @rule(account=st.sampled_from(MACHINE_ACCOUNTS), role=st.sampled_from(c.ROLES),
+          amount=st.integers(1, 2 * MIN_NODE))
+    def bond(self, account: SigningKey, role: str, amount: int) -> None:
+        self.submit(Bond(pk(account), role, amount))
+
+    @invariant()
+    def tokens_are_conserved(self) -> None:
+        assert self.state.total_supply() == self.state.minted
+
+    @invariant()
+    def honest_nodes_never_lose_stake(self) -> None:
+        for key in HONEST_NODES:
+            stake = self.state.accounts[pk(key)].node
+            assert not stake.slashed_out
+            assert stake.amount >= self.floor[pk(key)]
+            self.floor[pk(key)] = stake.amount
+
+
+LedgerMachine.TestCase.settings = settings(
+    max_examples=250, stateful_step_count=60, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+TestLedgerMachine = LedgerMachine.TestCase
