@@ -2,42 +2,82 @@
 
 ``events`` defines what is logged, ``rules`` the ``process_<event>`` functions
 that decide whether it may be and what it does, ``state`` the containers they
-work on, ``constants`` every number they use, and ``store`` the SQLite log
-whose fold is the state.
+work on (and the canonical state hash), ``constants`` every number they use,
+``signatures`` the Ed25519 checks the rules make (in worker processes for a
+batch), ``store`` the SQLite log whose fold is the state, with its snapshots,
+``workload`` a deterministic stream of valid events for benchmarks and crash
+tests, and ``service`` the devnet's ledger behind a libp2p endpoint.
 """
 
 from slashing.events import (
+    AccountTx,
     Accuse,
     Attest,
     BeaconRound,
     Bond,
     Event,
     Mint,
+    PlantCanary,
     RecordJob,
     RegisterBeacon,
+    ReportUnavailable,
+    RevealCanary,
+    ServeData,
     SetParams,
+    Unbond,
+    Withdraw,
+    canary_digest,
     decode_event,
 )
-from slashing.rules import LedgerRuleError, apply_event
-from slashing.state import LedgerParams, State
-from slashing.store import Ledger, LedgerCorrupt, LogEntry
+from slashing.rules import (
+    AmountOutOfRange,
+    InsufficientFunds,
+    LedgerRuleError,
+    NonceOutOfOrder,
+    UnknownAccount,
+    UnknownJob,
+    apply_event,
+    apply_event_in_place,
+    is_bonded,
+    process_event,
+)
+from slashing.state import LedgerParams, State, state_hash
+from slashing.store import BatchRefused, Ledger, LedgerCorrupt, LogEntry
 
 __all__ = [
+    "AccountTx",
     "Accuse",
+    "AmountOutOfRange",
     "Attest",
+    "BatchRefused",
     "BeaconRound",
     "Bond",
     "Event",
+    "InsufficientFunds",
     "Ledger",
     "LedgerCorrupt",
     "LedgerParams",
     "LedgerRuleError",
     "LogEntry",
     "Mint",
+    "NonceOutOfOrder",
+    "PlantCanary",
     "RecordJob",
     "RegisterBeacon",
+    "ReportUnavailable",
+    "RevealCanary",
+    "ServeData",
     "SetParams",
     "State",
+    "Unbond",
+    "UnknownAccount",
+    "UnknownJob",
+    "Withdraw",
     "apply_event",
+    "apply_event_in_place",
+    "canary_digest",
     "decode_event",
+    "is_bonded",
+    "process_event",
+    "state_hash",
 ]

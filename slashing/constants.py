@@ -11,6 +11,11 @@ With the defaults (R = 100, C = 50, p = 5 %, r = 10 %, S = 5 000) the Proof
 of Sampling condition ``p(1−r)(R+S) > C`` (Zhang et al., arXiv 2405.00295)
 holds by a wide margin, ``0.05·0.9·5 100 ≈ 229 > 50``, and so does the
 fabrication bound ``S ≥ R(1−p)/p = 1 900``.
+
+Where a rule or number comes from another network it says so: jail and
+tombstone and the unbonding period from Cosmos (x/slashing, x/staking),
+whistleblower rewards and self-contained slashing evidence from Ethereum's
+consensus specs, canary jobs from Truebit's forced errors.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ ROLES: tuple[str, ...] = (NODE, VALIDATOR)
 
 MIN_STAKE: Mapping[str, int] = {NODE: 10_000, VALIDATOR: 10_000}
 """Least bonded stake to act in a role; a slash below it marks the role slashed out."""
+MAX_UNBONDING_ENTRIES = 7
+"""Unbonding entries one account may have at once (Cosmos ``MaxEntries``): bounds a slash's work."""
 
 # -- Beacon ------------------------------------------------------------------------------------
 BEACON_KEY_SIZES: tuple[int, ...] = (48, 96)
@@ -44,10 +51,23 @@ BEACON_SIGNATURE_SIZES: tuple[int, ...] = (48, 96)
 COMMITTEE_SEED_TAG = b"assay/v1/committee-seed\x00"
 """Domain tag of a dispute's committee seed, ``sha256(tag ‖ job_id ‖ accuser)``."""
 
+# -- Canaries (forced errors) -----------------------------------------------------------------
+CANARY_TAG = b"assay/v1/canary\x00"
+"""Domain tag of a canary commitment, ``sha256(tag ‖ salt ‖ job_id)``."""
+MAX_CANARY_SALT = 64
+"""Bytes; a salt of 32 random bytes is what the operator should use."""
+
+# -- Signed account transactions ----------------------------------------------------------------
+ACCOUNT_TX_TAG_PREFIX = "ledger_"
+"""A signed ledger transaction of type ``t`` is signed under the domain ``ledger_<t>``."""
+
 # -- Parameter bounds (a SetParams outside them is malformed) ---------------------------------
 MAX_COMMITTEE_SIZE = 101
 MAX_CHALLENGE_WINDOW = 10_000
 """Rounds; bounds how long a fee may sit in escrow."""
+MAX_UNBONDING_PERIOD = 1_000_000
+MAX_JAIL_PERIOD = 1_000_000
+MAX_TOMBSTONE_OFFENCES = 255
 
 # -- Genesis defaults --------------------------------------------------------------------------
 DEFAULT_SAMPLE_PPM = 50_000
@@ -70,6 +90,20 @@ DEFAULT_FALSE_ACCUSATION_SLASH = 2_000
 """Taken from a validator's stake when a committee finds its accusation VALID work."""
 DEFAULT_VERIFICATION_FEE = 10
 """Part of each job's fee paid to the validator whose VALID attestation checked it."""
+DEFAULT_LAZY_VALIDATOR_SLASH = 2_000
+"""Taken from a validator's stake for attesting VALID to a canary (Truebit's forced errors)."""
+DEFAULT_AVAILABILITY_WINDOW = 2
+"""Rounds a node has to serve a sampled job's output after a validator reports it missing.
+A node that does not is slashed the fraud slash S: withholding must cost as much as being
+caught, or a cheat that is sampled would simply withhold."""
+DEFAULT_UNBONDING_PERIOD = 32
+"""Rounds between ``Unbond`` and the earliest ``Withdraw`` (Cosmos: 21 days). It must cover
+:func:`slashing.rules.liability_horizon`, the longest an offence can take to be proven."""
+DEFAULT_JAIL_PERIOD = 8
+"""Rounds a slashed role may not act (Cosmos jails; here release is automatic)."""
+DEFAULT_TOMBSTONE_OFFENCES = 3
+"""Offences after which a role is tombstoned: slashed out for good (Cosmos tombstones on the
+first double-sign; equivocation here tombstones at once too)."""
 
 # -- How a slash is shared out (the rest of each slash is burned) ------------------------------
 DEFAULT_ACCUSER_SHARE_BPS = 4_000
@@ -79,8 +113,8 @@ DEFAULT_COMMITTEE_SHARE_BPS = 2_000
 DEFAULT_WRONGED_NODE_SHARE_BPS = 4_000
 """Of a false-accusation slash, to the node that was wrongly accused."""
 DEFAULT_REPORTER_SHARE_BPS = 1_000
-"""Of an equivocation slash, to the reporter; small because a node could report itself
-through a second identity and win this share back."""
+"""Of an equivocation or unavailability slash, to the reporter; small because a node could
+report itself through a second identity and win this share back."""
 
 # -- Event log ---------------------------------------------------------------------------------
 EVENT_SCHEMA_VERSION = 1
@@ -88,3 +122,11 @@ MAX_EVENT_BYTES = 2 * MAX_MESSAGE_BYTES + 4096
 """An event embeds at most two protocol messages, each bounded by the codec."""
 GENESIS_PREV_HASH = bytes(32)
 """The ``prev_hash`` of the first row of the hash-chained event log."""
+
+# -- Store --------------------------------------------------------------------------------------
+STATE_HASH_TAG = b"assay/v1/ledger-state\x00"
+"""Domain tag of the state hash, ``sha256(tag ‖ canonical state bytes)``."""
+SNAPSHOT_INTERVAL = 5_000
+"""Events between snapshots of the state; opening replays at most this many through the rules."""
+SNAPSHOTS_KEPT = 3
+"""Newest snapshots kept on disk; older ones are deleted when a new one is written."""

@@ -8,7 +8,17 @@ wrong. Events that carry protocol messages keep them as their signed,
 canonical bytes (what was received is what is logged) and decode them at
 construction, so a malformed embedded message is a malformed event.
 Signatures are not checked here: whether an event is allowed is a ledger
-rule (:mod:`slashing.rules`).
+rule (:mod:`slashing.rules`). Each event lists the signature checks the rule
+will make (:meth:`Event.signature_checks`), so the store can run them ahead,
+in parallel, for a batch.
+
+Account transactions (``Bond``, ``Unbond``, ``Withdraw``, ``ReportUnavailable``)
+may be signed by their account with a per-account ``nonce``, like an Ethereum
+transaction: the signature covers ``ledger_<type> ‖ 0x00 ‖`` the event's
+canonical map without its ``signature``, and the nonce must be the account's
+next. An unsigned ``Bond``, ``Unbond`` or ``Withdraw`` (nonce 0) is the
+operator's event, as ``Mint`` is: the ledger service decides who may send
+those, and accepts only signed ones from anyone else.
 """
 
 from __future__ import annotations
@@ -19,10 +29,12 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, ClassVar, Self, TypeVar
 
+import msgpack
+
 from assay import codec
 from assay.errors import MalformedMessage, ProtocolError, UnsupportedVersion
-from assay.hashing import DIGEST_BYTES
-from assay.keys import PUBLIC_KEY_BYTES
+from assay.hashing import DIGEST_BYTES, sha256
+from assay.keys import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, SigningKey
 from assay.messages import Attestation, Commitment, Evidence, JobRequest, SignedMessage
 from slashing import constants as c
 from slashing.state import LedgerParams
@@ -31,6 +43,9 @@ _UINT64_MAX = 2**64 - 1
 
 Checker = Callable[[str, str, object], None]
 """(event type, field name, value) → None, or raise MalformedMessage."""
+
+SignatureCheck = tuple[bytes, bytes, bytes, bytes]
+"""(signer's public key, domain tag, payload, signature): one Ed25519 check a rule makes."""
 
 
 def _account(event: str, name: str, v: object) -> None:
@@ -65,6 +80,23 @@ def _sized(sizes: tuple[int, ...]) -> Checker:
     return check
 
 
+def _signature(event: str, name: str, v: object) -> None:
+    if not isinstance(v, bytes) or len(v) not in (0, SIGNATURE_BYTES):
+        raise MalformedMessage(
+            f"{event}.{name} must be empty (unsigned) or a {SIGNATURE_BYTES}-byte signature"
+        )
+
+
+def _salt(event: str, name: str, v: object) -> None:
+    if not isinstance(v, bytes) or not 1 <= len(v) <= c.MAX_CANARY_SALT:
+        raise MalformedMessage(f"{event}.{name} must be 1..{c.MAX_CANARY_SALT} bytes")
+
+
+def _blob(event: str, name: str, v: object) -> None:
+    if not isinstance(v, bytes):
+        raise MalformedMessage(f"{event}.{name} must be bytes, got {type(v).__name__}")
+
+
 def _message_bytes(event: str, name: str, v: object) -> None:
     if not isinstance(v, bytes) or not v:
         raise MalformedMessage(f"{event}.{name} must be the bytes of a signed message")
@@ -82,11 +114,59 @@ def _spec(check: Checker, **kwargs: Any) -> Any:
 M = TypeVar("M", bound=SignedMessage)
 
 
+def body_of_canonical(data: bytes) -> bytes:
+    """The body bytes of a signed message from its canonical encoding, without re-normalising.
+
+    A canonical message is a map with sorted keys and minimal encodings, so
+    dropping its ``signature`` entry and packing the rest in the same order
+    gives exactly ``message.body_bytes()`` — with msgpack's C code instead of
+    :func:`assay.codec.encode`'s Python walk. Only for bytes that decoded as a
+    message (which checked they are canonical).
+    """
+    value = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)
+    body = msgpack.packb(
+        {k: v for k, v in value.items() if k != "signature"}, use_bin_type=True
+    )
+    assert isinstance(body, bytes)
+    return body
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """An embedded message with its body bytes and content id, each computed once."""
+
+    message: SignedMessage
+    body: bytes
+    content_id: bytes
+
+    @classmethod
+    def of(cls, message: SignedMessage, data: bytes) -> Sealed:
+        """``message`` as decoded from the canonical bytes ``data``."""
+        body = body_of_canonical(data)
+        return cls(message, body, sha256(body))
+
+    def check(self) -> SignatureCheck:
+        """The signature check that proves the named signer signed this body."""
+        signer = getattr(self.message, self.message.SIGNER)
+        return (signer, self.message.KIND.encode(), self.body, self.message.signature_bytes)
+
+
 def _embedded(kind: type[M], event: str, name: str, data: bytes) -> M:
     try:
         return kind.decode(data, max_bytes=codec.MAX_MESSAGE_BYTES)
     except ProtocolError as exc:
         raise MalformedMessage(f"{event}.{name} is not a well-formed {kind.KIND}: {exc}") from exc
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _field_names(cls: type[Event]) -> tuple[str, ...]:
+    """An event type's field names, looked up once (``dataclasses.fields`` is slow)."""
+    names = _FIELD_NAMES.get(cls)
+    if names is None:
+        names = _FIELD_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls))
+    return names
 
 
 @dataclass(frozen=True)
@@ -108,15 +188,26 @@ class Event:
         """Accounts the event names directly (its account history lists it)."""
         return ()
 
+    def signature_checks(self) -> tuple[SignatureCheck, ...]:
+        """Every signature check the event's rule makes on a valid event."""
+        return ()
+
     def to_fields(self) -> dict[str, object]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {name: getattr(self, name) for name in _field_names(type(self))}
 
     @classmethod
     def from_fields(cls, fields: dict[str, Any]) -> Self:
         return cls(**fields)
 
     def encode(self) -> bytes:
-        return codec.encode({"type": self.TYPE, "v": c.EVENT_SCHEMA_VERSION, **self.to_fields()})
+        """The canonical bytes; computed once (and known already for a decoded event)."""
+        data = self.__dict__.get("_canonical")
+        if data is None:
+            fields = self.to_fields()
+            data = codec.encode({"type": self.TYPE, "v": c.EVENT_SCHEMA_VERSION, **fields})
+            self.__dict__["_canonical"] = data
+        assert isinstance(data, bytes)
+        return data
 
     @classmethod
     def from_value(cls, value: object) -> Self:
@@ -140,7 +231,9 @@ class Event:
 
     @classmethod
     def decode(cls, data: bytes) -> Self:
-        return cls.from_value(codec.decode(data, max_bytes=c.MAX_EVENT_BYTES))
+        event = cls.from_value(codec.decode(data, max_bytes=c.MAX_EVENT_BYTES))
+        event.__dict__["_canonical"] = bytes(data)  # decode checked it is canonical
+        return event
 
 
 @dataclass(frozen=True)
@@ -157,7 +250,49 @@ class Mint(Event):
 
 
 @dataclass(frozen=True)
-class Bond(Event):
+class AccountTx(Event):
+    """An event an account may sign, with its next nonce; unsigned (nonce 0) from the operator."""
+
+    SIGNER: ClassVar[str] = "account"
+    SIGNATURE_REQUIRED: ClassVar[bool] = False
+
+    nonce: int = field(default=0, kw_only=True, metadata={"check": _round})
+    signature: bytes = field(default=b"", kw_only=True, metadata={"check": _signature})
+
+    @property
+    def signer(self) -> bytes:
+        value = getattr(self, self.SIGNER)
+        assert isinstance(value, bytes)
+        return value
+
+    @property
+    def is_signed(self) -> bool:
+        return bool(self.signature)
+
+    @classmethod
+    def domain(cls) -> bytes:
+        return (c.ACCOUNT_TX_TAG_PREFIX + cls.TYPE).encode()
+
+    def body_bytes(self) -> bytes:
+        """What the signature covers: the canonical event map without ``signature``."""
+        fields = {k: v for k, v in self.to_fields().items() if k != "signature"}
+        return codec.encode({"type": self.TYPE, "v": c.EVENT_SCHEMA_VERSION, **fields})
+
+    def signed(self, key: SigningKey) -> Self:
+        """This transaction signed by ``key``, which must be the signer's."""
+        if key.public.raw != self.signer:
+            raise ValueError(f"{self.TYPE} is signed by its {self.SIGNER}, not by this key")
+        signature = key.sign(self.domain(), self.body_bytes())
+        return dataclasses.replace(self, signature=signature)
+
+    def signature_checks(self) -> tuple[SignatureCheck, ...]:
+        if not self.is_signed:
+            return ()
+        return ((self.signer, self.domain(), self.body_bytes(), self.signature),)
+
+
+@dataclass(frozen=True)
+class Bond(AccountTx):
     """Move ``amount`` from ``account``'s balance into its stake for ``role``."""
 
     TYPE: ClassVar[str] = "bond"
@@ -165,6 +300,36 @@ class Bond(Event):
     account: bytes = _spec(_account)
     role: str = _spec(_role)
     amount: int = _spec(_amount)
+
+    def parties(self) -> tuple[bytes, ...]:
+        return (self.account,)
+
+
+@dataclass(frozen=True)
+class Unbond(AccountTx):
+    """Start moving ``amount`` of ``role`` stake out; ``Withdraw`` after the unbonding period.
+
+    The stake stays slashable for offences committed up to this round (Cosmos
+    unbonding delegations).
+    """
+
+    TYPE: ClassVar[str] = "unbond"
+
+    account: bytes = _spec(_account)
+    role: str = _spec(_role)
+    amount: int = _spec(_amount)
+
+    def parties(self) -> tuple[bytes, ...]:
+        return (self.account,)
+
+
+@dataclass(frozen=True)
+class Withdraw(AccountTx):
+    """Move every unbonding entry whose period is over to ``account``'s balance."""
+
+    TYPE: ClassVar[str] = "withdraw"
+
+    account: bytes = _spec(_account)
 
     def parties(self) -> tuple[bytes, ...]:
         return (self.account,)
@@ -227,11 +392,26 @@ class RecordJob(Event):
     def commitment_message(self) -> Commitment:
         return _embedded(Commitment, self.TYPE, "commitment", self.commitment)
 
+    @cached_property
+    def sealed_request(self) -> Sealed:
+        return Sealed.of(self.request_message, self.request)
+
+    @cached_property
+    def sealed_commitment(self) -> Sealed:
+        return Sealed.of(self.commitment_message, self.commitment)
+
+    @property
+    def job_id(self) -> bytes:
+        return self.sealed_request.content_id
+
     def embedded(self) -> tuple[SignedMessage, ...]:
         return (self.request_message, self.commitment_message)
 
     def parties(self) -> tuple[bytes, ...]:
         return (self.request_message.client, self.commitment_message.node)
+
+    def signature_checks(self) -> tuple[SignatureCheck, ...]:
+        return (self.sealed_request.check(), self.sealed_commitment.check())
 
 
 @dataclass(frozen=True)
@@ -257,11 +437,18 @@ class Attest(Event):
     def attestation_message(self) -> Attestation:
         return _embedded(Attestation, self.TYPE, "attestation", self.attestation)
 
+    @cached_property
+    def sealed_attestation(self) -> Sealed:
+        return Sealed.of(self.attestation_message, self.attestation)
+
     def embedded(self) -> tuple[SignedMessage, ...]:
         return (self.attestation_message,)
 
     def parties(self) -> tuple[bytes, ...]:
         return (self.attestation_message.validator,)
+
+    def signature_checks(self) -> tuple[SignatureCheck, ...]:
+        return (self.sealed_attestation.check(),)
 
 
 @dataclass(frozen=True)
@@ -284,16 +471,115 @@ class Accuse(Event):
     def conflicting_commitment(self) -> Commitment | None:
         return self.evidence_message.second()
 
+    @cached_property
+    def sealed_evidence(self) -> Sealed:
+        return Sealed.of(self.evidence_message, self.evidence)
+
+    @cached_property
+    def sealed_accused(self) -> Sealed:
+        return Sealed.of(self.accused_commitment, self.evidence_message.commitment)
+
+    @cached_property
+    def sealed_conflicting(self) -> Sealed | None:
+        second = self.conflicting_commitment
+        if second is None:
+            return None
+        return Sealed.of(second, self.evidence_message.conflicting)
+
     def embedded(self) -> tuple[SignedMessage, ...]:
         return (self.evidence_message,)
 
     def parties(self) -> tuple[bytes, ...]:
         return (self.evidence_message.accuser, self.accused_commitment.node)
 
+    def signature_checks(self) -> tuple[SignatureCheck, ...]:
+        sealed = [self.sealed_evidence, self.sealed_accused, self.sealed_conflicting]
+        return tuple(s.check() for s in sealed if s is not None)
+
+
+@dataclass(frozen=True)
+class ReportUnavailable(AccountTx):
+    """A validator's signed report that a sampled job's node did not serve its output.
+
+    Opens an availability challenge: the node (or anyone holding the output)
+    answers with ``ServeData`` within the availability window, or the node is
+    slashed as if caught. Always signed: a report is the reporter's claim.
+    """
+
+    TYPE: ClassVar[str] = "report_unavailable"
+    SIGNER: ClassVar[str] = "reporter"
+    SIGNATURE_REQUIRED: ClassVar[bool] = True
+
+    reporter: bytes = _spec(_account)
+    job_id: bytes = _spec(_sized((DIGEST_BYTES,)))
+
+    def parties(self) -> tuple[bytes, ...]:
+        return (self.reporter,)
+
+
+@dataclass(frozen=True)
+class ServeData(Event):
+    """A reported job's output, posted to the log where every validator can read it.
+
+    Needs no signature: the output must hash to the committed ``output_hash``
+    (the canonical bytes of the output tensor, in the ``exact`` mode), so
+    whoever holds it may post it.
+    """
+
+    TYPE: ClassVar[str] = "serve_data"
+
+    job_id: bytes = _spec(_sized((DIGEST_BYTES,)))
+    output: bytes = _spec(_blob)
+
+
+@dataclass(frozen=True)
+class PlantCanary(Event):
+    """Operator: commit to a canary job before recording it, as ``sha256(tag ‖ salt ‖ job_id)``.
+
+    A canary is an ordinary ``RecordJob`` whose committed output the operator
+    knows is wrong (Truebit's forced errors); only this hiding commitment says
+    so, and only its ``RevealCanary`` after the job is final tells anyone which
+    job it was.
+    """
+
+    TYPE: ClassVar[str] = "plant_canary"
+
+    digest: bytes = _spec(_sized((DIGEST_BYTES,)))
+
+
+@dataclass(frozen=True)
+class RevealCanary(Event):
+    """Operator: open a canary commitment; every validator that called the job VALID is slashed."""
+
+    TYPE: ClassVar[str] = "reveal_canary"
+
+    job_id: bytes = _spec(_sized((DIGEST_BYTES,)))
+    salt: bytes = _spec(_salt)
+
+
+def canary_digest(salt: bytes, job_id: bytes) -> bytes:
+    """The commitment a ``PlantCanary`` carries for a canary job."""
+    return sha256(c.CANARY_TAG + salt + job_id)
+
 
 EVENT_TYPES: Mapping[str, type[Event]] = {
     cls.TYPE: cls
-    for cls in (Mint, Bond, RegisterBeacon, SetParams, RecordJob, BeaconRound, Attest, Accuse)
+    for cls in (
+        Mint,
+        Bond,
+        RegisterBeacon,
+        SetParams,
+        RecordJob,
+        BeaconRound,
+        Attest,
+        Accuse,
+        Unbond,
+        Withdraw,
+        ReportUnavailable,
+        ServeData,
+        PlantCanary,
+        RevealCanary,
+    )
 }
 
 
@@ -303,4 +589,6 @@ def decode_event(data: bytes) -> Event:
     kind = value.get("type") if isinstance(value, dict) else None
     if not isinstance(kind, str) or kind not in EVENT_TYPES:
         raise MalformedMessage(f"unknown event type {kind!r}; known: {sorted(EVENT_TYPES)}")
-    return EVENT_TYPES[kind].from_value(value)
+    event = EVENT_TYPES[kind].from_value(value)
+    event.__dict__["_canonical"] = bytes(data)  # codec.decode checked it is canonical
+    return event

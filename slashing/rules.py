@@ -6,17 +6,39 @@ raises :class:`LedgerRuleError` — not ``assert``, which ``python -O``
 removes), and at the end the effect. Predicates are named questions
 (``is_bonded``, ``is_sampled_job``); money moves only through the helpers
 (``increase_balance``, ``slash_stake``, ``distribute``), so conservation
-(balances + bonds + escrow + burned = minted) can be read off them.
+(balances + bonds + unbonding + escrow + burned = minted) can be read off them.
 
 Rules are pure from the caller's view: :func:`apply_event` works on a copy
-and returns it, so a refused event leaves the caller's state untouched. They
-do no I/O and read no clock and no randomness but the beacon values in state.
+and returns it, and :func:`apply_event_in_place` undoes a refused event from
+the state's journal, so a refused event leaves the caller's state untouched.
+They do no I/O and read no clock and no randomness but the beacon values in
+state; signature checks go through :mod:`slashing.signatures`.
 
 Life of a job: ``RecordJob`` escrows the fee at round t; the value of round
 t+1 (its *sample round*) decides whether it is audited; validators ``Attest``
 sampled jobs; anyone bonded as validator may ``Accuse`` within the challenge
 window; at the first ``BeaconRound`` after ``sample round + challenge
-window`` an undisputed job settles.
+window`` an undisputed job settles. A validator that cannot fetch a sampled
+job's output reports it (``ReportUnavailable``); the output must then appear
+on the log (``ServeData``) within the availability window, which restarts the
+challenge window, or the node is slashed S and the client refunded.
+
+Offences and what they cost (each also jails the role for ``jail_period``
+rounds and counts towards its tombstone):
+
+* confirmed FRAUD (committee majority) or unavailability: the node loses S;
+* false accusation (committee majority VALID): the accuser loses its slash;
+* equivocation (two signed commitments to one job, self-contained evidence
+  as in Ethereum's proposer slashing): the node loses its slash and is
+  tombstoned at once, as Cosmos tombstones double-signers;
+* VALID on a canary (Truebit's forced errors, revealed after the job is
+  final): the validator loses ``lazy_validator_slash``, all of it burned.
+
+A slash takes bonded stake first, then unbonding stake that was still bonded
+when the offence was committed (Cosmos: unbonding delegations stay slashable
+for earlier infractions). ``unbonding_period`` must cover
+:func:`liability_horizon`, the longest any offence can take to be proven, so
+no stake is withdrawn before a slash it owes can reach it.
 
 Slash shares (basis points of what was actually taken; the rest is burned):
 
@@ -27,31 +49,57 @@ Slash shares (basis points of what was actually taken; the rest is burned):
   and ``committee_share_bps`` among the members who voted VALID.
 * equivocation: ``reporter_share_bps`` to the validator that reported it, none
   when the ledger caught it itself (a second ``RecordJob``).
+* unavailability: ``reporter_share_bps`` to the validator that reported it;
+  the client's fee is refunded.
+* lazy validator: nothing; all of it is burned, so canaries never pay the
+  operator who plants them.
+
+Canaries are ordinary jobs. The operator commits to one with ``PlantCanary``
+(a salted hash of its job id) in a round before it records the job from an
+ordinary-looking client and node, so nothing on the log marks it until
+``RevealCanary`` opens the commitment after the job is final. The operator is
+trusted to plant only jobs whose committed output is wrong, as it is trusted
+to mint; what the commitment rules out is calling a job a canary after seeing
+who attested it.
+
+Transactions from accounts (``Bond``, ``Unbond``, ``Withdraw``,
+``ReportUnavailable``) carry the account's signature and its next nonce, as an
+Ethereum transaction does; an unsigned ``Bond``, ``Unbond`` or ``Withdraw`` is
+the operator's. Job requests are replay-proof twice over: the job id is the
+request's content id, and each (client, nonce) is used once.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from assay.economics import violations
 from assay.errors import ProtocolError, ReplayedMessage
-from assay.hashing import sha256, short_hex
+from assay.hashing import sha256
 from assay.messages import Attestation, Offence, Verdict
 from assay.sampling import draw_committee, sampled
 from slashing import constants as c
 from slashing.events import (
+    AccountTx,
     Accuse,
     Attest,
     BeaconRound,
     Bond,
     Event,
     Mint,
+    PlantCanary,
     RecordJob,
     RegisterBeacon,
+    ReportUnavailable,
+    RevealCanary,
+    ServeData,
     SetParams,
+    Unbond,
+    Withdraw,
+    canary_digest,
 )
+from slashing.signatures import check_signature
 from slashing.state import (
     Account,
     Dispute,
@@ -60,7 +108,9 @@ from slashing.state import (
     LedgerParams,
     Stake,
     State,
+    Unbonding,
     Vote,
+    evolve,
 )
 
 
@@ -68,14 +118,34 @@ class LedgerRuleError(ProtocolError):
     """The event breaks a ledger rule; it was not applied and the state is unchanged."""
 
 
-def require(condition: bool, message: str) -> None:
+class UnknownAccount(LedgerRuleError):
+    """The event names an account the ledger has never seen."""
+
+
+class UnknownJob(LedgerRuleError):
+    """The event names a job the ledger has not recorded."""
+
+
+class InsufficientFunds(LedgerRuleError):
+    """A balance or stake is smaller than the amount the event moves."""
+
+
+class AmountOutOfRange(LedgerRuleError):
+    """An amount would take a total past its bound or leave a stake below its minimum."""
+
+
+class NonceOutOfOrder(LedgerRuleError):
+    """A signed transaction's nonce skips ahead of the account's next nonce."""
+
+
+def require(condition: bool, message: str, error: type[LedgerRuleError] = LedgerRuleError) -> None:
     """A rule's check: survives ``python -O``, unlike ``assert``."""
     if not condition:
-        raise LedgerRuleError(message)
+        raise error(message)
 
 
 def _hex(data: bytes) -> str:
-    return short_hex(data, 16)
+    return data[:8].hex()
 
 
 # -- Predicates ----------------------------------------------------------------------------------
@@ -85,13 +155,21 @@ def is_known_account(state: State, account: bytes) -> bool:
     return account in state.accounts
 
 
+def is_jailed(state: State, stake: Stake) -> bool:
+    return stake.jailed_until is not None and state.current_round < stake.jailed_until
+
+
 def is_bonded(state: State, account: bytes, role: str) -> bool:
-    """Bonded in ``role`` with at least the minimum stake and not slashed out."""
+    """Bonded in ``role`` with at least the minimum stake, not slashed out and not jailed."""
     record = state.accounts.get(account)
     if record is None:
         return False
     stake = record.stake(role)
-    return not stake.slashed_out and stake.amount >= c.MIN_STAKE[role]
+    return (
+        not stake.slashed_out
+        and stake.amount >= c.MIN_STAKE[role]
+        and not is_jailed(state, stake)
+    )
 
 
 def is_bonded_node(state: State, account: bytes) -> bool:
@@ -115,16 +193,44 @@ def is_sampled_job(state: State, params: LedgerParams, job: Job) -> bool:
 
 
 def is_in_challenge_window(state: State, params: LedgerParams, job: Job) -> bool:
-    return state.current_round <= job.sample_round + params.challenge_window
+    return state.current_round <= job.window_end(params.challenge_window)
 
 
 def is_settleable_job(state: State, params: LedgerParams, job: Job) -> bool:
-    """Pending, undisputed, and its challenge window has closed."""
+    """Pending, undisputed, unchallenged, and its challenge window has closed."""
     return (
         job.status is JobStatus.PENDING
         and job.open_dispute is None
+        and not job.has_open_challenge
         and not is_in_challenge_window(state, params, job)
     )
+
+
+def is_availability_deadline_over(state: State, params: LedgerParams, job: Job) -> bool:
+    return (
+        job.unavailable_since is not None
+        and state.current_round > job.unavailable_since + params.availability_window
+    )
+
+
+def has_open_case(state: State, account: bytes) -> bool:
+    """Whether an open dispute or availability challenge could still slash ``account``."""
+    for dispute_id in state.open_disputes:
+        dispute = state.disputes[dispute_id]
+        if account in (dispute.node, dispute.accuser):
+            return True
+    return any(state.jobs[job_id].node == account for job_id in state.open_challenges)
+
+
+def liability_horizon(params: LedgerParams) -> int:
+    """The most rounds between an offence and the slash that proves it.
+
+    A job recorded in round t is reported by t+1+W, served by t+1+W+A (which
+    restarts its window of W rounds), accused by t+1+2W+A, and its dispute
+    resolved by t+2+3W+A, when the job is final; a canary is revealed at most
+    W rounds after that. The unbonding period must be at least this long.
+    """
+    return 4 * params.challenge_window + params.availability_window + 2
 
 
 def is_vote_window_over(state: State, params: LedgerParams, dispute: Dispute) -> bool:
@@ -171,8 +277,55 @@ def get_job(state: State, job_id: bytes) -> Job:
     # Verify the job is recorded
     job = state.jobs.get(job_id)
     if job is None:
-        raise LedgerRuleError(f"unknown job {_hex(job_id)}")
+        raise UnknownJob(f"unknown job {_hex(job_id)}")
     return job
+
+
+def get_account(state: State, account: bytes, why: str) -> Account:
+    # Verify the account exists
+    record = state.accounts.get(account)
+    if record is None:
+        raise UnknownAccount(f"unknown account {_hex(account)}: {why}")
+    return record
+
+
+def authorise(state: State, event: AccountTx) -> Account:
+    """Verify who sent an account transaction; return the signer's account.
+
+    Signed: the signature must verify and the nonce be the account's next (a
+    used nonce is a replay, a later one is out of order). Unsigned: only for
+    the transactions the operator may send, with nonce 0.
+    """
+    account = get_account(state, event.signer, f"it cannot send a {event.TYPE} transaction")
+    if not event.is_signed:
+        # Verify the transaction may be the operator's
+        require(
+            not event.SIGNATURE_REQUIRED,
+            f"a {event.TYPE} transaction must be signed by its {event.SIGNER}",
+        )
+        require(event.nonce == 0, f"an unsigned {event.TYPE} carries nonce 0, got {event.nonce}")
+        return account
+    # Verify the account signed it
+    (check,) = event.signature_checks()
+    check_signature(check)
+    # Verify the nonce is the account's next
+    if event.nonce <= account.nonce:
+        raise ReplayedMessage(
+            f"nonce {event.nonce} of account {_hex(event.signer)} is already used "
+            f"(its last is {account.nonce})"
+        )
+    require(
+        event.nonce == account.nonce + 1,
+        f"nonce {event.nonce} of account {_hex(event.signer)} is out of order: "
+        f"the next is {account.nonce + 1}",
+        NonceOutOfOrder,
+    )
+    return account
+
+
+def used_nonce(account: Account, event: AccountTx) -> Account:
+    """The account with the transaction's nonce consumed (unchanged for the operator's)."""
+    return evolve(account, nonce=event.nonce) if event.is_signed else account
 
 
 # -- State changes -------------------------------------------------------------------------------
@@ -180,27 +333,84 @@ def get_job(state: State, job_id: bytes) -> Job:
 
 def increase_balance(state: State, account: bytes, amount: int) -> None:
     record = state.accounts.get(account, Account())
-    state.accounts[account] = dataclasses.replace(record, balance=record.balance + amount)
+    state.accounts[account] = evolve(record, balance=record.balance + amount)
 
 
 def decrease_balance(state: State, account: bytes, amount: int) -> None:
     record = state.accounts[account]
-    state.accounts[account] = dataclasses.replace(record, balance=record.balance - amount)
+    state.accounts[account] = evolve(record, balance=record.balance - amount)
 
 
-def slash_stake(state: State, account: bytes, role: str, amount: int) -> int:
-    """Take up to ``amount`` of the stake (never below zero) and return what was taken.
+def slash_stake(
+    state: State, account: bytes, role: str, amount: int, offence_round: int | None = None
+) -> int:
+    """Take up to ``amount`` and return what was taken: bonded stake first, then unbonding.
 
-    A role whose stake is left below its minimum is slashed out and stays so.
+    Unbonding entries of the role are taken from, oldest first, when they were
+    still bonded at ``offence_round`` (started in it or later); None, when the
+    offence's round is unknown, takes from every entry. A role whose stake is
+    left below its minimum is slashed out and stays so.
     """
     record = state.accounts.get(account, Account())
     stake = record.stake(role)
     taken = min(stake.amount, amount)
     left = stake.amount - taken
-    slashed = Stake(amount=left, slashed_out=stake.slashed_out or left < c.MIN_STAKE[role])
-    state.accounts[account] = record.with_stake(role, slashed)
+    entries = []
+    for entry in record.unbonding:
+        reachable = offence_round is None or entry.started_round >= offence_round
+        if entry.role == role and reachable and taken < amount:
+            take = min(entry.amount, amount - taken)
+            taken += take
+            entry = evolve(entry, amount=entry.amount - take)
+        if entry.amount:
+            entries.append(entry)
+    slashed = evolve(
+        stake, amount=left, slashed_out=stake.slashed_out or left < c.MIN_STAKE[role]
+    )
+    state.accounts[account] = evolve(
+        record.with_stake(role, slashed), unbonding=tuple(entries)
+    )
     state.counters.slashings += 1
     return taken
+
+
+def punish(
+    state: State,
+    params: LedgerParams,
+    account: bytes,
+    role: str,
+    amount: int,
+    offence_round: int | None,
+    tombstone: bool = False,
+) -> int:
+    """Slash, jail for the rest of the round and ``jail_period`` more (none when it is 0),
+    and tombstone at the ``tombstone_offences``-th offence.
+
+    Returns what the slash took.
+    """
+    was_out = state.accounts.get(account, Account()).stake(role).slashed_out
+    taken = slash_stake(state, account, role, amount, offence_round)
+    record = state.accounts[account]
+    stake = record.stake(role)
+    offences = stake.offences + 1
+    tombstoned = stake.slashed_out or tombstone or offences >= params.tombstone_offences
+    if tombstoned and not was_out:
+        state.counters.tombstones += 1
+    jailed_until = stake.jailed_until
+    if params.jail_period:
+        release = state.current_round + params.jail_period + 1
+        jailed_until = max(release, jailed_until or release)
+    jailed = evolve(
+        stake, offences=offences, slashed_out=tombstoned, jailed_until=jailed_until
+    )
+    state.accounts[account] = record.with_stake(role, jailed)
+    state.counters.jailings += 1
+    return taken
+
+
+def schedule_settlement(state: State, job_id: bytes, round_number: int) -> None:
+    """Try to settle the job at the beacon round ``round_number``."""
+    state.settle_queue[round_number] = (*state.settle_queue.get(round_number, ()), job_id)
 
 
 def distribute(state: State, amount: int, shares: Sequence[tuple[Sequence[bytes], int]]) -> None:
@@ -218,7 +428,9 @@ def distribute(state: State, amount: int, shares: Sequence[tuple[Sequence[bytes]
 
 def refund_job(state: State, job: Job) -> None:
     increase_balance(state, job.client, job.fee)
-    state.jobs[job.job_id] = dataclasses.replace(job, status=JobStatus.REFUNDED)
+    state.jobs[job.job_id] = evolve(
+        job, status=JobStatus.REFUNDED, closed_round=state.current_round
+    )
     state.counters.jobs_refunded += 1
 
 
@@ -229,8 +441,8 @@ def settle_job(state: State, params: LedgerParams, job: Job) -> None:
     its reward never depends on the sample (the R of the economic check). The
     verification fee goes to the first validator that attested VALID, or back
     to the client when nobody did. A sampled job that no validator attested
-    settles like any other: penalties for unavailable nodes and lazy
-    validators are not rules of this ledger version.
+    settles like any other: a validator that did not check it earns nothing,
+    and one that could not fetch its data reports it (``ReportUnavailable``).
     """
     if job.equivocated:
         refund_job(state, job)
@@ -238,30 +450,44 @@ def settle_job(state: State, params: LedgerParams, job: Job) -> None:
     increase_balance(state, job.node, job.fee - params.verification_fee)
     payee = job.verifier if job.verifier is not None else job.client
     increase_balance(state, payee, params.verification_fee)
-    state.jobs[job.job_id] = dataclasses.replace(job, status=JobStatus.SETTLED)
+    state.jobs[job.job_id] = evolve(
+        job, status=JobStatus.SETTLED, closed_round=state.current_round
+    )
     state.counters.jobs_settled += 1
 
 
 def punish_equivocation(
     state: State, params: LedgerParams, node: bytes, job_id: bytes, reporter: bytes | None
 ) -> None:
+    """Slash and tombstone; when the job is not on the ledger, when it was signed is unknown."""
     state.equivocations.add((node, job_id))
-    taken = slash_stake(state, node, c.NODE, params.equivocation_slash)
+    job = state.jobs.get(job_id)
+    ours = job is not None and job.node == node
+    offence_round = job.recorded_round if job is not None and ours else None
+    taken = punish(
+        state, params, node, c.NODE, params.equivocation_slash, offence_round, tombstone=True
+    )
     rewarded = (reporter,) if reporter is not None else ()
     distribute(state, taken, [(rewarded, params.reporter_share_bps)])
-    job = state.jobs.get(job_id)
-    if job is not None and job.node == node:
+    if job is not None and ours:
         # The client got two answers: the job settles as a refund
-        state.jobs[job_id] = dataclasses.replace(job, equivocated=True)
+        state.jobs[job_id] = evolve(job, equivocated=True)
     state.counters.equivocations += 1
 
 
-def resolve_dispute(state: State, params: LedgerParams, dispute: Dispute) -> None:
-    """Apply the committee's decision and close the dispute; the job may then settle."""
+def resolve_dispute(
+    state: State, params: LedgerParams, dispute: Dispute, in_beacon_round: bool
+) -> None:
+    """Apply the committee's decision and close the dispute; the job may then settle.
+
+    Resolved by a beacon round, the job may settle in that same round; resolved
+    by the last vote, in the next.
+    """
     outcome = dispute_outcome(dispute)
     majority = tuple(v.validator for v in dispute.votes if v.verdict is outcome)
+    job = state.jobs[dispute.job_id]
     if outcome is Verdict.FRAUD:
-        taken = slash_stake(state, dispute.node, c.NODE, params.fraud_slash)
+        taken = punish(state, params, dispute.node, c.NODE, params.fraud_slash, job.recorded_round)
         distribute(
             state,
             taken,
@@ -273,7 +499,14 @@ def resolve_dispute(state: State, params: LedgerParams, dispute: Dispute) -> Non
         refund_job(state, state.jobs[dispute.job_id])
         state.counters.disputes_fraud += 1
     elif outcome is Verdict.VALID:
-        taken = slash_stake(state, dispute.accuser, c.VALIDATOR, params.false_accusation_slash)
+        taken = punish(
+            state,
+            params,
+            dispute.accuser,
+            c.VALIDATOR,
+            params.false_accusation_slash,
+            dispute.opened_round,
+        )
         distribute(
             state,
             taken,
@@ -285,11 +518,32 @@ def resolve_dispute(state: State, params: LedgerParams, dispute: Dispute) -> Non
         state.counters.disputes_valid += 1
     else:
         state.counters.disputes_inconclusive += 1
-    state.disputes[dispute.dispute_id] = dataclasses.replace(
+    state.disputes[dispute.dispute_id] = evolve(
         dispute, outcome=outcome, closed_round=state.current_round
     )
+    del state.open_disputes[dispute.dispute_id]
     job = state.jobs[dispute.job_id]
-    state.jobs[job.job_id] = dataclasses.replace(job, open_dispute=None)
+    state.jobs[job.job_id] = evolve(job, open_dispute=None)
+    if job.status is JobStatus.PENDING:
+        # The job settles once its window has closed, at a round still to come
+        earliest = max(state.current_round, job.window_end(params.challenge_window) + 1)
+        if not in_beacon_round:
+            earliest = max(earliest, state.current_round + 1)
+        schedule_settlement(state, job.job_id, earliest)
+
+
+def resolve_unavailable(state: State, params: LedgerParams, job: Job) -> None:
+    """The output was not served in time: the node pays S, as if caught, and the client is refunded.
+
+    Withholding must cost what being caught costs, or a sampled cheat would
+    withhold its output rather than let it be checked.
+    """
+    assert job.availability_reporter is not None
+    taken = punish(state, params, job.node, c.NODE, params.fraud_slash, job.recorded_round)
+    distribute(state, taken, [((job.availability_reporter,), params.reporter_share_bps)])
+    del state.open_challenges[job.job_id]
+    refund_job(state, job)
+    state.counters.unavailability_slashes += 1
 
 
 # -- Genesis and admin ---------------------------------------------------------------------------
@@ -301,18 +555,14 @@ def process_mint(state: State, event: Mint) -> None:
     require(
         state.minted + event.amount <= c.MAX_SUPPLY,
         f"minting {event.amount} would take the supply past {c.MAX_SUPPLY}",
+        AmountOutOfRange,
     )
     increase_balance(state, event.account, event.amount)
     state.minted += event.amount
 
 
 def process_bond(state: State, event: Bond) -> None:
-    # Verify the account exists
-    require(
-        is_known_account(state, event.account),
-        f"unknown account {_hex(event.account)}: it holds no tokens to bond",
-    )
-    account = state.accounts[event.account]
+    account = authorise(state, event)
     stake = account.stake(event.role)
     # Verify a slashed-out role is not topped up
     require(
@@ -324,17 +574,87 @@ def process_bond(state: State, event: Bond) -> None:
         account.balance >= event.amount,
         f"account {_hex(event.account)} has balance {account.balance}, "
         f"less than the {event.amount} it would bond",
+        InsufficientFunds,
     )
     # Verify the stake reaches the role's minimum
     require(
         stake.amount + event.amount >= c.MIN_STAKE[event.role],
         f"stake as {event.role} would be {stake.amount + event.amount}, "
         f"below the minimum {c.MIN_STAKE[event.role]}",
+        AmountOutOfRange,
     )
-    bonded = dataclasses.replace(stake, amount=stake.amount + event.amount)
-    state.accounts[event.account] = dataclasses.replace(
-        account.with_stake(event.role, bonded), balance=account.balance - event.amount
+    bonded = evolve(stake, amount=stake.amount + event.amount)
+    state.accounts[event.account] = evolve(
+        used_nonce(account, event).with_stake(event.role, bonded),
+        balance=account.balance - event.amount,
     )
+
+
+def process_unbond(state: State, event: Unbond) -> None:
+    """Move stake into an unbonding entry, still slashable for what was done while bonded."""
+    params = get_params(state)
+    account = authorise(state, event)
+    stake = account.stake(event.role)
+    # Verify the stake covers the amount
+    require(
+        event.amount <= stake.amount,
+        f"account {_hex(event.account)} has {stake.amount} bonded as {event.role}, "
+        f"less than the {event.amount} it would unbond",
+        InsufficientFunds,
+    )
+    # Verify an active role keeps at least the minimum, or leaves entirely
+    left = stake.amount - event.amount
+    require(
+        left == 0 or left >= c.MIN_STAKE[event.role] or stake.slashed_out,
+        f"unbonding {event.amount} would leave {left} bonded as {event.role}: "
+        f"unbond all of it or keep at least the minimum {c.MIN_STAKE[event.role]}",
+        AmountOutOfRange,
+    )
+    # Verify the account has room for another entry
+    require(
+        len(account.unbonding) < c.MAX_UNBONDING_ENTRIES,
+        f"account {_hex(event.account)} already has {c.MAX_UNBONDING_ENTRIES} unbonding entries; "
+        "withdraw one first",
+    )
+    entry = Unbonding(
+        role=event.role,
+        amount=event.amount,
+        started_round=state.current_round,
+        release_round=state.current_round + params.unbonding_period,
+    )
+    unbonded = evolve(stake, amount=left)
+    state.accounts[event.account] = evolve(
+        used_nonce(account, event).with_stake(event.role, unbonded),
+        unbonding=(*account.unbonding, entry),
+    )
+    state.counters.unbondings += 1
+
+
+def process_withdraw(state: State, event: Withdraw) -> None:
+    """Pay out every unbonding entry whose period is over."""
+    account = authorise(state, event)
+    released = [e for e in account.unbonding if e.release_round <= state.current_round]
+    # Verify some unbonding stake is released
+    upcoming = [e.release_round for e in account.unbonding]
+    require(
+        bool(released),
+        f"account {_hex(event.account)} has no unbonding stake released by round "
+        f"{state.current_round}"
+        + (f"; the next is released in round {min(upcoming)}" if upcoming else ""),
+    )
+    # Verify no open dispute or availability challenge could still slash the account
+    require(
+        not has_open_case(state, event.account),
+        f"account {_hex(event.account)} is party to an open dispute or availability challenge; "
+        "it withdraws after it is resolved",
+    )
+    kept = tuple(e for e in account.unbonding if e.release_round > state.current_round)
+    state.accounts[event.account] = evolve(
+        used_nonce(account, event),
+        balance=account.balance + sum(e.amount for e in released),
+        unbonding=kept,
+    )
+    state.counters.withdrawals += 1
 
 
 def process_register_beacon(state: State, event: RegisterBeacon) -> None:
@@ -370,12 +690,20 @@ def process_set_params(state: State, event: SetParams) -> None:
         ("fraud_slash", params.fraud_slash, c.NODE),
         ("equivocation_slash", params.equivocation_slash, c.NODE),
         ("false_accusation_slash", params.false_accusation_slash, c.VALIDATOR),
+        ("lazy_validator_slash", params.lazy_validator_slash, c.VALIDATOR),
     ):
         require(
             0 < amount <= c.MIN_STAKE[role],
             f"{name} = {amount} must be positive and at most the minimum {role} stake "
             f"{c.MIN_STAKE[role]}, or a slash could not be collected in full",
         )
+    # Verify no stake can be withdrawn before a slash it owes is proven
+    require(
+        params.unbonding_period >= liability_horizon(params),
+        f"unbonding_period = {params.unbonding_period} rounds is shorter than the "
+        f"{liability_horizon(params)} rounds an offence can take to be proven "
+        f"(4 × challenge_window + availability_window + 2)",
+    )
     # Verify honest work is the best response (DESIGN decision 6)
     problems = violations(params.economics())
     require(not problems, "unsafe economic parameters: " + "; ".join(problems))
@@ -388,13 +716,15 @@ def process_set_params(state: State, event: SetParams) -> None:
 def process_record_job(state: State, event: RecordJob) -> None:
     request = event.request_message
     commitment = event.commitment_message
-    job_id = request.job_id
+    job_id = event.job_id
+    commitment_id = event.sealed_commitment.content_id
     params = get_params(state)
     # Verify a beacon is registered to sample the job
     require(state.beacon_key is not None, "no beacon is registered; jobs could not be sampled")
     # Verify the client signed the request and the node signed the commitment
-    request.verify()
-    commitment.verify()
+    request_check, commitment_check = event.signature_checks()
+    check_signature(request_check)
+    check_signature(commitment_check)
     # Verify the commitment answers this request
     require(
         commitment.job_id == job_id,
@@ -406,8 +736,8 @@ def process_record_job(state: State, event: RecordJob) -> None:
         f"the request asked for {_hex(request.model_id)}",
     )
     # Verify the commitment was not recorded before
-    if commitment.content_id in state.seen:
-        raise ReplayedMessage(f"commitment {_hex(commitment.content_id)} is already recorded")
+    if commitment_id in state.seen:
+        raise ReplayedMessage(f"commitment {_hex(commitment_id)} is already recorded")
     # Verify the node has not been slashed for equivocating on this job
     require(
         not is_slashed_for_equivocation(state, commitment.node, job_id),
@@ -421,33 +751,38 @@ def process_record_job(state: State, event: RecordJob) -> None:
             f"job {_hex(job_id)} is already recorded with node {_hex(existing.node)}'s commitment",
         )
         # A second, different signed commitment to one job is equivocation: slash now
-        state.seen.add(commitment.content_id)
+        state.seen.add(commitment_id)
         punish_equivocation(state, params, commitment.node, job_id, reporter=None)
         return
-    # Verify the node is bonded and not slashed out
+    # Verify the client has not used the request's nonce before
+    if (request.client, request.nonce) in state.request_nonces:
+        raise ReplayedMessage(
+            f"client {_hex(request.client)} already used nonce {request.nonce} for another job"
+        )
+    # Verify the node is bonded, not jailed and not slashed out
     require(
         is_bonded_node(state, commitment.node),
-        f"node {_hex(commitment.node)} is not bonded as a node (or is slashed out)",
+        f"node {_hex(commitment.node)} is not bonded as a node (or is jailed or slashed out)",
     )
     # Verify the fee pays the verification fee and a reward of at most R
     require(
         request.fee >= params.verification_fee,
         f"fee {request.fee} is below the verification fee {params.verification_fee}",
+        AmountOutOfRange,
     )
     require(
         request.fee - params.verification_fee <= params.reward,
         f"fee {request.fee} exceeds reward R = {params.reward} plus the verification fee "
         f"{params.verification_fee}; the slash was sized for rewards up to R",
+        AmountOutOfRange,
     )
     # Verify the client can pay
+    client = get_account(state, request.client, "the client holds no tokens")
     require(
-        is_known_account(state, request.client),
-        f"unknown account {_hex(request.client)}: the client holds no tokens",
-    )
-    balance = state.accounts[request.client].balance
-    require(
-        balance >= request.fee,
-        f"client {_hex(request.client)} has balance {balance}, less than the fee {request.fee}",
+        client.balance >= request.fee,
+        f"client {_hex(request.client)} has balance {client.balance}, less than the fee "
+        f"{request.fee}",
+        InsufficientFunds,
     )
     decrease_balance(state, request.client, request.fee)
     state.jobs[job_id] = Job(
@@ -456,11 +791,13 @@ def process_record_job(state: State, event: RecordJob) -> None:
         node=commitment.node,
         model_id=request.model_id,
         fee=request.fee,
-        commitment_id=commitment.content_id,
+        commitment_id=commitment_id,
         output_hash=commitment.output_hash,
         recorded_round=state.current_round,
     )
-    state.seen.add(commitment.content_id)
+    state.seen.add(commitment_id)
+    state.request_nonces.add((request.client, request.nonce))
+    schedule_settlement(state, job_id, state.current_round + params.challenge_window + 2)
     state.counters.jobs_recorded += 1
 
 
@@ -480,17 +817,28 @@ def process_beacon_round(state: State, event: BeaconRound) -> None:
     )
     state.randomness.append(event.randomness)
     # Disputes whose vote window has passed resolve on the votes they have
-    for dispute in list(state.disputes.values()):
-        if dispute.is_open and is_vote_window_over(state, params, dispute):
-            resolve_dispute(state, params, dispute)
-    # Undisputed jobs whose challenge window has passed settle
-    for job in list(state.jobs.values()):
+    for dispute_id in sorted(state.open_disputes):
+        dispute = state.disputes[dispute_id]
+        if is_vote_window_over(state, params, dispute):
+            resolve_dispute(state, params, dispute, in_beacon_round=True)
+    # Outputs reported unavailable and not served in time are slashed
+    for job_id in sorted(state.open_challenges):
+        job = state.jobs[job_id]
+        if is_availability_deadline_over(state, params, job):
+            resolve_unavailable(state, params, job)
+    # Jobs due this round whose challenge window has passed undisputed settle
+    for job_id in state.settle_queue.pop(state.current_round, ()):
+        job = state.jobs[job_id]
         if is_settleable_job(state, params, job):
             settle_job(state, params, job)
 
 
 def process_vote(
-    state: State, params: LedgerParams, dispute: Dispute, attestation: Attestation
+    state: State,
+    params: LedgerParams,
+    dispute: Dispute,
+    attestation: Attestation,
+    attestation_id: bytes,
 ) -> None:
     """A committee member's verdict in an open dispute; the last vote resolves it.
 
@@ -517,20 +865,22 @@ def process_vote(
         f"validator {_hex(attestation.validator)} already voted in dispute "
         f"{_hex(dispute.dispute_id)}",
     )
-    vote = Vote(attestation.validator, attestation.verdict, attestation.content_id)
-    dispute = dataclasses.replace(dispute, votes=(*dispute.votes, vote))
+    vote = Vote(attestation.validator, attestation.verdict, attestation_id)
+    dispute = evolve(dispute, votes=(*dispute.votes, vote))
     state.disputes[dispute.dispute_id] = dispute
-    state.seen.add(attestation.content_id)
+    state.seen.add(attestation_id)
     if len(dispute.votes) == len(dispute.committee):
-        resolve_dispute(state, params, dispute)
+        resolve_dispute(state, params, dispute, in_beacon_round=False)
 
 
 def process_attest(state: State, event: Attest) -> None:
     attestation = event.attestation_message
+    attestation_id = event.sealed_attestation.content_id
     validator = attestation.validator
     params = get_params(state)
     # Verify the validator signed the attestation
-    attestation.verify()
+    (check,) = event.signature_checks()
+    check_signature(check)
     job = get_job(state, attestation.job_id)
     # Verify it attests the recorded commitment
     require(
@@ -539,11 +889,11 @@ def process_attest(state: State, event: Attest) -> None:
         f"job {_hex(job.job_id)} recorded {_hex(job.commitment_id)}",
     )
     # Verify the attestation was not accepted before, as an audit or as a vote
-    if attestation.content_id in state.seen:
-        raise ReplayedMessage(f"attestation {_hex(attestation.content_id)} is already recorded")
+    if attestation_id in state.seen:
+        raise ReplayedMessage(f"attestation {_hex(attestation_id)} is already recorded")
     # While a dispute is open, attestations on the job are committee votes
     if job.open_dispute is not None:
-        process_vote(state, params, state.disputes[job.open_dispute], attestation)
+        process_vote(state, params, state.disputes[job.open_dispute], attestation, attestation_id)
         return
     # Verify it names the round that sampled the job
     require(
@@ -554,7 +904,7 @@ def process_attest(state: State, event: Attest) -> None:
     # Verify the validator is bonded
     require(
         is_bonded_validator(state, validator),
-        f"{_hex(validator)} is not bonded as a validator (or is slashed out)",
+        f"{_hex(validator)} is not bonded as a validator (or is jailed or slashed out)",
     )
     # Verify nobody attests their own job
     require(validator != job.node, f"node {_hex(validator)} cannot attest its own job")
@@ -585,12 +935,12 @@ def process_attest(state: State, event: Attest) -> None:
     verifier = job.verifier
     if verifier is None and attestation.verdict is Verdict.VALID:
         verifier = validator
-    state.jobs[job.job_id] = dataclasses.replace(
+    state.jobs[job.job_id] = evolve(
         job,
         attestations=(*job.attestations, (validator, attestation.verdict)),
         verifier=verifier,
     )
-    state.seen.add(attestation.content_id)
+    state.seen.add(attestation_id)
     state.counters.attestations += 1
 
 
@@ -606,7 +956,8 @@ def process_equivocation(state: State, params: LedgerParams, event: Accuse) -> N
     if second is None:
         raise LedgerRuleError("equivocation evidence carries no second commitment")
     # Verify the node signed the second commitment too
-    second.verify()
+    assert event.sealed_conflicting is not None
+    check_signature(event.sealed_conflicting.check())
     # Verify the node has an account to slash
     require(
         is_known_account(state, accused.node),
@@ -633,10 +984,11 @@ def process_mismatch(state: State, params: LedgerParams, event: Accuse) -> None:
     accused = event.accused_commitment
     accuser = evidence.accuser
     job = get_job(state, evidence.job_id)
+    accused_id = event.sealed_accused.content_id
     # Verify the evidence accuses the recorded commitment
     require(
-        accused.content_id == job.commitment_id,
-        f"evidence accuses commitment {_hex(accused.content_id)}, job {_hex(job.job_id)} "
+        accused_id == job.commitment_id,
+        f"evidence accuses commitment {_hex(accused_id)}, job {_hex(job.job_id)} "
         f"recorded {_hex(job.commitment_id)}",
     )
     # Verify the job is not settled
@@ -657,12 +1009,17 @@ def process_mismatch(state: State, params: LedgerParams, event: Accuse) -> None:
     require(
         is_in_challenge_window(state, params, job),
         f"the challenge window of job {_hex(job.job_id)} closed after round "
-        f"{job.sample_round + params.challenge_window}",
+        f"{job.window_end(params.challenge_window)}",
     )
     # Verify no dispute is already open on the job
     require(
         job.open_dispute is None,
         f"job {_hex(job.job_id)} already has open dispute {_hex(job.open_dispute or b'')}",
+    )
+    # Verify no availability challenge is open on the job: its output is not yet served
+    require(
+        not job.has_open_challenge,
+        f"job {_hex(job.job_id)} has an open availability challenge; accuse once it is served",
     )
     # Verify each validator accuses a job once
     require(
@@ -685,7 +1042,7 @@ def process_mismatch(state: State, params: LedgerParams, event: Accuse) -> None:
     # is revealed, so there is one)
     seed = committee_seed(job.job_id, accuser)
     committee = draw_committee(state.randomness[-1], seed, candidates, params.committee_size)
-    dispute_id = evidence.content_id
+    dispute_id = event.sealed_evidence.content_id
     state.disputes[dispute_id] = Dispute(
         dispute_id=dispute_id,
         job_id=job.job_id,
@@ -694,8 +1051,12 @@ def process_mismatch(state: State, params: LedgerParams, event: Accuse) -> None:
         opened_round=state.current_round,
         committee=committee,
     )
-    state.jobs[job.job_id] = dataclasses.replace(
-        job, open_dispute=dispute_id, accusers=(*job.accusers, accuser)
+    state.open_disputes[dispute_id] = None
+    state.jobs[job.job_id] = evolve(
+        job,
+        open_dispute=dispute_id,
+        accusers=(*job.accusers, accuser),
+        disputes=(*job.disputes, dispute_id),
     )
     state.counters.disputes_opened += 1
 
@@ -708,20 +1069,22 @@ OFFENCE_PROCESSORS: Mapping[Offence, Callable[[State, LedgerParams, Accuse], Non
 
 def process_accuse(state: State, event: Accuse) -> None:
     evidence = event.evidence_message
+    evidence_id = event.sealed_evidence.content_id
     accused = event.accused_commitment
     params = get_params(state)
     # Verify the accuser signed the evidence
-    evidence.verify()
+    check_signature(event.sealed_evidence.check())
     # Verify the evidence was not accepted before
-    if evidence.content_id in state.seen:
-        raise ReplayedMessage(f"evidence {_hex(evidence.content_id)} is already recorded")
+    if evidence_id in state.seen:
+        raise ReplayedMessage(f"evidence {_hex(evidence_id)} is already recorded")
     # Verify the accuser is a bonded validator
     require(
         is_bonded_validator(state, evidence.accuser),
-        f"accuser {_hex(evidence.accuser)} is not bonded as a validator (or is slashed out)",
+        f"accuser {_hex(evidence.accuser)} is not bonded as a validator "
+        "(or is jailed or slashed out)",
     )
     # Verify the node signed the accused commitment
-    accused.verify()
+    check_signature(event.sealed_accused.check())
     # Verify nobody accuses themself
     require(evidence.accuser != accused.node, "a node cannot accuse itself")
     # Verify the ledger judges this offence
@@ -732,7 +1095,151 @@ def process_accuse(state: State, event: Accuse) -> None:
             f"accepted: {[o.value for o in OFFENCE_PROCESSORS]}"
         )
     process_offence(state, params, event)
-    state.seen.add(evidence.content_id)
+    state.seen.add(evidence_id)
+
+
+# -- Availability --------------------------------------------------------------------------------
+
+
+def process_report_unavailable(state: State, event: ReportUnavailable) -> None:
+    """A validator could not fetch a sampled job's output: the node must post it on the log."""
+    params = get_params(state)
+    account = authorise(state, event)
+    reporter = event.reporter
+    # Verify the reporter is a bonded validator
+    require(
+        is_bonded_validator(state, reporter),
+        f"reporter {_hex(reporter)} is not bonded as a validator (or is jailed or slashed out)",
+    )
+    job = get_job(state, event.job_id)
+    # Verify nobody reports their own job
+    require(reporter != job.node, f"node {_hex(reporter)} cannot report its own job")
+    # Verify the job is not settled
+    require(job.status is JobStatus.PENDING, f"job {_hex(job.job_id)} is already {job.status}")
+    # Verify the job was sampled: only sampled jobs need their output served
+    require(
+        is_sampled_job(state, params, job),
+        f"job {_hex(job.job_id)} was not sampled (or its round {job.sample_round} is not "
+        "revealed); only a sampled job's output must be served",
+    )
+    # Verify the challenge window is open
+    require(
+        is_in_challenge_window(state, params, job),
+        f"the challenge window of job {_hex(job.job_id)} closed after round "
+        f"{job.window_end(params.challenge_window)}",
+    )
+    # Verify the output was never reported or served: once on the log, it is available
+    require(
+        job.unavailable_since is None,
+        f"job {_hex(job.job_id)} was already reported unavailable in round "
+        f"{job.unavailable_since}",
+    )
+    # Verify no dispute is open on the job
+    require(
+        job.open_dispute is None,
+        f"job {_hex(job.job_id)} has open dispute {_hex(job.open_dispute or b'')}",
+    )
+    state.accounts[reporter] = used_nonce(account, event)
+    state.jobs[job.job_id] = evolve(
+        job, unavailable_since=state.current_round, availability_reporter=reporter
+    )
+    state.open_challenges[job.job_id] = None
+    state.counters.unavailability_reports += 1
+
+
+def process_serve_data(state: State, event: ServeData) -> None:
+    """The reported output, on the log: the challenge closes and the challenge window restarts."""
+    params = get_params(state)
+    job = get_job(state, event.job_id)
+    # Verify an availability challenge is open on the job
+    require(
+        job.has_open_challenge,
+        f"job {_hex(job.job_id)} has no open availability challenge to answer",
+    )
+    assert job.unavailable_since is not None
+    # Verify the answer comes in time
+    deadline = job.unavailable_since + params.availability_window
+    require(
+        state.current_round <= deadline,
+        f"job {_hex(job.job_id)} had to be served by round {deadline}; "
+        f"the ledger is at round {state.current_round}",
+    )
+    # Verify the output is the committed one
+    require(
+        sha256(event.output) == job.output_hash,
+        f"the served output hashes to {_hex(sha256(event.output))}, "
+        f"job {_hex(job.job_id)} committed to {_hex(job.output_hash)}",
+    )
+    served = evolve(job, served_round=state.current_round)
+    state.jobs[job.job_id] = served
+    del state.open_challenges[job.job_id]
+    schedule_settlement(state, job.job_id, served.window_end(params.challenge_window) + 1)
+
+
+# -- Canaries ------------------------------------------------------------------------------------
+
+
+def process_plant_canary(state: State, event: PlantCanary) -> None:
+    """Operator: a hiding commitment to a canary job, made before the job is recorded."""
+    get_params(state)
+    # Verify the commitment is new
+    require(
+        event.digest not in state.canaries,
+        f"canary commitment {_hex(event.digest)} is already planted",
+    )
+    state.canaries[event.digest] = state.current_round
+
+
+def process_reveal_canary(state: State, event: RevealCanary) -> None:
+    """Operator: a job was a canary; every VALID on it, as audit or as vote, was lazy.
+
+    The reveal comes after the job is final, so no validator still to attest
+    learns which job it was, and at most a challenge window later, so the
+    lazy validators' stake is still within reach (:func:`liability_horizon`).
+    The slash is burned, so canaries are never income for the operator.
+    """
+    params = get_params(state)
+    job = get_job(state, event.job_id)
+    digest = canary_digest(event.salt, event.job_id)
+    # Verify the canary was planted
+    require(
+        digest in state.canaries,
+        f"no canary commitment for job {_hex(event.job_id)} with this salt",
+    )
+    # Verify the canary slashes once
+    if job.job_id in state.revealed_canaries:
+        raise ReplayedMessage(f"job {_hex(job.job_id)} is already revealed as a canary")
+    # Verify it was planted before the job was recorded, so no job is called a canary afterwards
+    planted = state.canaries[digest]
+    require(
+        planted < job.recorded_round,
+        f"the canary commitment was planted in round {planted}, not before job "
+        f"{_hex(job.job_id)} was recorded in round {job.recorded_round}",
+    )
+    # Verify the job is final: nobody can attest it any more
+    if job.status is JobStatus.PENDING or job.closed_round is None:
+        raise LedgerRuleError(
+            f"job {_hex(job.job_id)} is still pending; a canary is revealed once it is final"
+        )
+    # Verify the reveal is in time for the stake it may take
+    deadline = job.closed_round + params.challenge_window
+    require(
+        state.current_round <= deadline,
+        f"canary job {_hex(job.job_id)} had to be revealed by round {deadline}",
+    )
+    lazy = [v for v, verdict in job.attestations if verdict is Verdict.VALID]
+    for dispute_id in job.disputes:
+        votes = state.disputes[dispute_id].votes
+        lazy += [v.validator for v in votes if v.verdict is Verdict.VALID]
+    for validator in dict.fromkeys(lazy):
+        taken = punish(
+            state, params, validator, c.VALIDATOR, params.lazy_validator_slash, job.sample_round
+        )
+        distribute(state, taken, [])
+        state.counters.lazy_validators_slashed += 1
+    del state.canaries[digest]
+    state.revealed_canaries.add(job.job_id)
+    state.counters.canaries_revealed += 1
 
 
 # -- Dispatch ------------------------------------------------------------------------------------
@@ -740,12 +1247,18 @@ def process_accuse(state: State, event: Accuse) -> None:
 PROCESSORS: Mapping[type[Event], Callable[[State, Any], None]] = {
     Mint: process_mint,
     Bond: process_bond,
+    Unbond: process_unbond,
+    Withdraw: process_withdraw,
     RegisterBeacon: process_register_beacon,
     SetParams: process_set_params,
     RecordJob: process_record_job,
     BeaconRound: process_beacon_round,
     Attest: process_attest,
     Accuse: process_accuse,
+    ReportUnavailable: process_report_unavailable,
+    ServeData: process_serve_data,
+    PlantCanary: process_plant_canary,
+    RevealCanary: process_reveal_canary,
 }
 
 
@@ -770,3 +1283,18 @@ def apply_event(state: State, event: Event) -> State:
     after = state.copy()
     process_event(after, event)
     return after
+
+
+def apply_event_in_place(state: State, event: Event) -> None:
+    """Apply ``event`` to ``state`` itself; a refused event is undone and changes nothing.
+
+    Costs what the event changes rather than a copy of every table (see
+    :meth:`State.savepoint`); the store and long simulations use this.
+    """
+    point = state.savepoint()
+    try:
+        process_event(state, event)
+    except BaseException:
+        state.rollback(point)
+        raise
+    state.release(point)

@@ -5,24 +5,155 @@ one puts a new record in its table. So :meth:`State.copy` needs only to copy
 the tables, not the records, and a copy is as independent as a deep copy while
 costing one pointer per entry.
 
-Iteration order of every table is insertion order, which the log fixes, so
-rules that walk a table (settlement, committee candidates) are deterministic.
-Sets are only ever asked about membership, never walked.
+The tables journal their writes while a :meth:`State.savepoint` is open, so
+the store can apply an event in place and undo it if a rule refuses it, at
+the cost of the entries it changed rather than a copy of every table.
+
+No rule depends on the order of a table: rules that walk one sort it first or
+walk an index whose order the log fixes (the settlement queue), so an undone
+delete that re-inserts a key at the end changes nothing. The canonical
+encoding (:func:`encode_state`) sorts every table by key, which makes
+:func:`state_hash` a function of the state's content alone.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import enum
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple, TypeVar
 
+from assay import codec
 from assay.economics import EconomicParams
 from assay.errors import MalformedMessage
+from assay.hashing import sha256
 from assay.messages import Verdict
 from assay.sampling import PPM
 from slashing import constants as c
 
 _UINT64_MAX = 2**64 - 1
+K = TypeVar("K")
+V = TypeVar("V")
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def evolve(record: R, **changes: Any) -> R:
+    """``dataclasses.replace`` for the ledger's frozen records, an order of magnitude faster.
+
+    The records (:class:`Stake`, :class:`Unbonding`, :class:`Account`,
+    :class:`Job`, :class:`Dispute`) check nothing on construction, so a copy
+    of the instance dict with the changes applied is the same record
+    ``replace`` would build, without re-running ``__init__``.
+    """
+    names = record.__dataclass_fields__  # type: ignore[attr-defined]
+    unknown = changes.keys() - names.keys()
+    if unknown:
+        raise TypeError(f"{type(record).__name__} has no fields {sorted(unknown)}")
+    copy = object.__new__(type(record))
+    copy.__dict__.update(record.__dict__)
+    copy.__dict__.update(changes)
+    return copy
+
+# -- Journaled tables ------------------------------------------------------------------------------
+
+_MISSING: Any = object()
+
+
+class Journal:
+    """Undo records of the writes made since the oldest open savepoint of one state."""
+
+    __slots__ = ("depth", "undo")
+
+    def __init__(self) -> None:
+        self.depth = 0
+        self.undo: list[tuple[Any, Any, Any]] = []
+
+
+class JournaledDict(dict[K, V]):
+    """A dict that records how to undo each write while its journal is open."""
+
+    __slots__ = ("journal",)
+
+    def __init__(self, items: Iterable[tuple[K, V]] | dict[K, V] = (), *, journal: Journal) -> None:
+        super().__init__(items)
+        self.journal = journal
+
+    def __setitem__(self, key: K, value: V) -> None:
+        if self.journal.depth:
+            self.journal.undo.append((self, key, dict.get(self, key, _MISSING)))
+        dict.__setitem__(self, key, value)
+
+    def __delitem__(self, key: K) -> None:
+        if self.journal.depth:
+            self.journal.undo.append((self, key, dict.__getitem__(self, key)))
+        dict.__delitem__(self, key)
+
+    def pop(self, key: K, default: Any = _MISSING) -> Any:
+        if key in self:
+            value = dict.__getitem__(self, key)
+            del self[key]
+            return value
+        if default is _MISSING:
+            raise KeyError(key)
+        return default
+
+    def setdefault(self, key: K, default: Any = None) -> Any:
+        if key not in self:
+            self[key] = default
+        return dict.__getitem__(self, key)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def clear(self) -> None:
+        for key in list(self):
+            del self[key]
+
+    def popitem(self) -> tuple[K, V]:
+        key = next(reversed(self))
+        return key, self.pop(key)
+
+    def __ior__(self, other: Any) -> JournaledDict[K, V]:  # type: ignore[override,misc]
+        self.update(other)
+        return self
+
+
+_ABSENT = object()
+_PRESENT = object()
+
+
+class JournaledSet(set[T]):
+    """A set that records how to undo each add or discard while its journal is open."""
+
+    __slots__ = ("journal",)
+
+    def __init__(self, items: Iterable[T] = (), *, journal: Journal) -> None:
+        super().__init__(items)
+        self.journal = journal
+
+    def add(self, item: T) -> None:
+        if self.journal.depth and item not in self:
+            self.journal.undo.append((self, item, _ABSENT))
+        set.add(self, item)
+
+    def discard(self, item: T) -> None:  # type: ignore[override]
+        if self.journal.depth and item in self:
+            self.journal.undo.append((self, item, _PRESENT))
+        set.discard(self, item)
+
+    def remove(self, item: T) -> None:
+        if item not in self:
+            raise KeyError(item)
+        self.discard(item)
+
+    def _refuse(self, *args: Any) -> None:
+        raise TypeError("ledger sets change one element at a time (add, discard)")
+
+    update = clear = pop = difference_update = intersection_update = _refuse  # type: ignore[assignment]
+    symmetric_difference_update = _refuse
 
 
 class JobStatus(enum.StrEnum):
@@ -36,19 +167,45 @@ class JobStatus(enum.StrEnum):
 
 @dataclass(frozen=True)
 class Stake:
-    """Tokens bonded in one role; ``slashed_out`` once a slash left less than the minimum."""
+    """Tokens bonded in one role and the role's standing.
+
+    ``slashed_out`` is the tombstone (Cosmos): set when a slash leaves less than
+    the minimum stake, on equivocation, or at the ``tombstone_offences``-th
+    offence; a tombstoned role never bonds or acts again. ``jailed_until`` is
+    the first round in which a jailed role may act again.
+    """
 
     amount: int = 0
     slashed_out: bool = False
+    jailed_until: int | None = None
+    offences: int = 0
+
+    @property
+    def tombstoned(self) -> bool:
+        return self.slashed_out
+
+
+@dataclass(frozen=True)
+class Unbonding:
+    """Stake on its way out: still slashable for offences committed up to ``started_round``."""
+
+    role: str
+    amount: int
+    started_round: int
+    release_round: int
+    """The first round in which ``Withdraw`` may move it to the balance."""
 
 
 @dataclass(frozen=True)
 class Account:
-    """A public key's free balance and its stake in each role."""
+    """A public key's free balance, its stake in each role, and stake on its way out."""
 
     balance: int = 0
     node: Stake = field(default_factory=Stake)
     validator: Stake = field(default_factory=Stake)
+    nonce: int = 0
+    """The nonce of the account's last signed transaction (0: none yet)."""
+    unbonding: tuple[Unbonding, ...] = ()
 
     def stake(self, role: str) -> Stake:
         if role == c.NODE:
@@ -59,14 +216,18 @@ class Account:
 
     def with_stake(self, role: str, stake: Stake) -> Account:
         if role == c.NODE:
-            return dataclasses.replace(self, node=stake)
+            return evolve(self, node=stake)
         if role == c.VALIDATOR:
-            return dataclasses.replace(self, validator=stake)
+            return evolve(self, validator=stake)
         raise ValueError(f"unknown role {role!r}; roles are {c.ROLES}")
 
     @property
     def bonded(self) -> int:
         return self.node.amount + self.validator.amount
+
+    @property
+    def unbonding_total(self) -> int:
+        return sum(entry.amount for entry in self.unbonding)
 
 
 @dataclass(frozen=True)
@@ -91,6 +252,11 @@ class LedgerParams:
     committee_share_bps: int
     wronged_node_share_bps: int
     reporter_share_bps: int
+    lazy_validator_slash: int = c.DEFAULT_LAZY_VALIDATOR_SLASH
+    availability_window: int = c.DEFAULT_AVAILABILITY_WINDOW
+    unbonding_period: int = c.DEFAULT_UNBONDING_PERIOD
+    jail_period: int = c.DEFAULT_JAIL_PERIOD
+    tombstone_offences: int = c.DEFAULT_TOMBSTONE_OFFENCES
 
     def __post_init__(self) -> None:
         bounds = {
@@ -102,6 +268,10 @@ class LedgerParams:
             "committee_share_bps": (0, c.BPS),
             "wronged_node_share_bps": (0, c.BPS),
             "reporter_share_bps": (0, c.BPS),
+            "availability_window": (1, c.MAX_CHALLENGE_WINDOW),
+            "unbonding_period": (1, c.MAX_UNBONDING_PERIOD),
+            "jail_period": (0, c.MAX_JAIL_PERIOD),
+            "tombstone_offences": (1, c.MAX_TOMBSTONE_OFFENCES),
         }
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -128,6 +298,11 @@ class LedgerParams:
             committee_share_bps=c.DEFAULT_COMMITTEE_SHARE_BPS,
             wronged_node_share_bps=c.DEFAULT_WRONGED_NODE_SHARE_BPS,
             reporter_share_bps=c.DEFAULT_REPORTER_SHARE_BPS,
+            lazy_validator_slash=c.DEFAULT_LAZY_VALIDATOR_SLASH,
+            availability_window=c.DEFAULT_AVAILABILITY_WINDOW,
+            unbonding_period=c.DEFAULT_UNBONDING_PERIOD,
+            jail_period=c.DEFAULT_JAIL_PERIOD,
+            tombstone_offences=c.DEFAULT_TOMBSTONE_OFFENCES,
         )
 
     def economics(self) -> EconomicParams:
@@ -160,11 +335,34 @@ class Job:
     accusers: tuple[bytes, ...] = ()
     open_dispute: bytes | None = None
     equivocated: bool = False
+    disputes: tuple[bytes, ...] = ()
+    """Every dispute ever opened on the job, in order."""
+    unavailable_since: int | None = None
+    """The round a validator reported the job's output unavailable (an open challenge)."""
+    availability_reporter: bytes | None = None
+    served_round: int | None = None
+    """The round the node answered the report by posting the output; the window restarts."""
+    closed_round: int | None = None
+    """The round the job settled or was refunded."""
 
     @property
     def sample_round(self) -> int:
         """The first beacon round after recording: its value decides whether the job is audited."""
         return self.recorded_round + 1
+
+    @property
+    def has_open_challenge(self) -> bool:
+        """Reported unavailable, not served, and not yet slashed and refunded for it."""
+        return (
+            self.unavailable_since is not None
+            and self.served_round is None
+            and self.status is JobStatus.PENDING
+        )
+
+    def window_end(self, challenge_window: int) -> int:
+        """The last round in which the job may be attested, accused or reported."""
+        start = self.served_round if self.served_round is not None else self.sample_round
+        return start + challenge_window
 
     @property
     def escrow(self) -> int:
@@ -216,6 +414,33 @@ class Counters:
     disputes_inconclusive: int = 0
     equivocations: int = 0
     slashings: int = 0
+    unavailability_reports: int = 0
+    unavailability_slashes: int = 0
+    canaries_revealed: int = 0
+    lazy_validators_slashed: int = 0
+    jailings: int = 0
+    tombstones: int = 0
+    unbondings: int = 0
+    withdrawals: int = 0
+
+
+class Savepoint(NamedTuple):
+    """Where a state's journal stood, and its scalar fields, when the savepoint was taken."""
+
+    mark: int
+    rounds: int
+    params: LedgerParams | None
+    beacon_key: bytes | None
+    first_round: int
+    minted: int
+    burned: int
+    counters: dict[str, int]
+
+
+_TABLES = (
+    "accounts", "jobs", "disputes", "canaries", "open_disputes", "open_challenges", "settle_queue"
+)
+_SETS = ("equivocations", "seen", "request_nonces", "revealed_canaries")
 
 
 @dataclass
@@ -237,6 +462,27 @@ class State:
     minted: int = 0
     burned: int = 0
     counters: Counters = field(default_factory=Counters)
+    request_nonces: set[tuple[bytes, int]] = field(default_factory=set)
+    """(client, nonce) of every recorded job request: a client's nonce is used once."""
+    canaries: dict[bytes, int] = field(default_factory=dict)
+    """Unrevealed canary commitments ``sha256(tag ‖ salt ‖ job_id)`` → the round planted."""
+    revealed_canaries: set[bytes] = field(default_factory=set)
+    """Job ids revealed as canaries: each slashes its lazy validators once."""
+    open_disputes: dict[bytes, None] = field(default_factory=dict)
+    """Index: ids of the disputes not yet resolved."""
+    open_challenges: dict[bytes, None] = field(default_factory=dict)
+    """Index: ids of the jobs whose output was reported unavailable and not yet served."""
+    settle_queue: dict[int, tuple[bytes, ...]] = field(default_factory=dict)
+    """Index: round → jobs to try to settle in it, so a round never walks every job."""
+
+    def __post_init__(self) -> None:
+        self._journal = Journal()
+        for name in _TABLES:
+            setattr(self, name, JournaledDict(getattr(self, name), journal=self._journal))
+        for name in _SETS:
+            setattr(self, name, JournaledSet(getattr(self, name), journal=self._journal))
+        self.randomness = list(self.randomness)
+        self.counters = dataclasses.replace(self.counters)
 
     @property
     def current_round(self) -> int:
@@ -254,22 +500,163 @@ class State:
         return sum(job.escrow for job in self.jobs.values())
 
     def total_supply(self) -> int:
-        """Balances + bonds + escrow + burned; conservation says it always equals ``minted``."""
-        held = sum(a.balance + a.bonded for a in self.accounts.values())
+        """Balances + bonds + unbonding + escrow + burned; conservation: always ``minted``."""
+        held = sum(a.balance + a.bonded + a.unbonding_total for a in self.accounts.values())
         return held + self.escrow() + self.burned
 
     def copy(self) -> State:
-        return State(
-            accounts=dict(self.accounts),
-            jobs=dict(self.jobs),
-            disputes=dict(self.disputes),
-            equivocations=set(self.equivocations),
-            seen=set(self.seen),
+        """An independent state; the constructor copies every table and set."""
+        return State(**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+
+    # -- savepoints --------------------------------------------------------------------------------
+
+    def savepoint(self) -> Savepoint:
+        """Start journaling; :meth:`rollback` returns the state to exactly this point."""
+        self._journal.depth += 1
+        return Savepoint(
+            mark=len(self._journal.undo),
+            rounds=len(self.randomness),
             params=self.params,
             beacon_key=self.beacon_key,
             first_round=self.first_round,
-            randomness=list(self.randomness),
             minted=self.minted,
             burned=self.burned,
-            counters=dataclasses.replace(self.counters),
+            counters=dict(self.counters.__dict__),
         )
+
+    def rollback(self, point: Savepoint) -> None:
+        """Undo every change made since ``point`` and close it."""
+        undo = self._journal.undo
+        while len(undo) > point.mark:
+            container, key, old = undo.pop()
+            if isinstance(container, dict):
+                if old is _MISSING:
+                    dict.__delitem__(container, key)
+                else:
+                    dict.__setitem__(container, key, old)
+            elif old is _ABSENT:
+                set.discard(container, key)
+            else:
+                set.add(container, key)
+        del self.randomness[point.rounds :]
+        self.params, self.beacon_key = point.params, point.beacon_key
+        self.first_round, self.minted, self.burned = point.first_round, point.minted, point.burned
+        self.counters.__dict__.update(point.counters)
+        self._release()
+
+    def release(self, point: Savepoint) -> None:
+        """Keep the changes made since ``point`` and close it."""
+        self._release()
+
+    def _release(self) -> None:
+        self._journal.depth -= 1
+        if not self._journal.depth:
+            self._journal.undo.clear()
+
+    def changed_accounts(self, point: Savepoint) -> Iterator[bytes]:
+        """Accounts whose record was written since ``point`` (which must still be open)."""
+        accounts = self.accounts
+        for container, key, _old in self._journal.undo[point.mark :]:
+            if container is accounts:
+                yield key
+
+
+# -- Canonical encoding and the state hash ---------------------------------------------------------
+
+
+def _to_value(value: object) -> object:
+    """A record as codec values: dataclasses as maps, enums as strings, tables sorted by key."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _to_value(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, dict):
+        return [[_to_value(k), _to_value(v)] for k, v in sorted(value.items(), key=_sort_key)]
+    if isinstance(value, (set, frozenset)):
+        return [_to_value(v) for v in sorted(value)]
+    if isinstance(value, (list, tuple)):
+        return [_to_value(v) for v in value]
+    return value
+
+
+def _sort_key(item: tuple[Any, Any]) -> Any:
+    return item[0]
+
+
+def encode_state(state: State) -> bytes:
+    """The canonical bytes of a state: equal states, and only they, have equal bytes."""
+    return codec.encode(
+        {f.name: _to_value(getattr(state, f.name)) for f in dataclasses.fields(state)}
+    )
+
+
+def state_hash(state: State) -> bytes:
+    """What snapshots and replays compare: ``sha256(tag ‖ encode_state(state))``."""
+    return sha256(c.STATE_HASH_TAG + encode_state(state))
+
+
+def _decode_stake(v: Any) -> Stake:
+    return Stake(**v)
+
+
+def _decode_account(v: Any) -> Account:
+    return Account(
+        balance=v["balance"],
+        node=_decode_stake(v["node"]),
+        validator=_decode_stake(v["validator"]),
+        nonce=v["nonce"],
+        unbonding=tuple(Unbonding(**e) for e in v["unbonding"]),
+    )
+
+
+def _decode_job(v: Any) -> Job:
+    return Job(
+        **{
+            **v,
+            "status": JobStatus(v["status"]),
+            "attestations": tuple((a, Verdict(verdict)) for a, verdict in v["attestations"]),
+            "accusers": tuple(v["accusers"]),
+            "disputes": tuple(v["disputes"]),
+        }
+    )
+
+
+def _decode_dispute(v: Any) -> Dispute:
+    return Dispute(
+        **{
+            **v,
+            "committee": tuple(v["committee"]),
+            "votes": tuple(
+                Vote(x["validator"], Verdict(x["verdict"]), x["attestation_id"]) for x in v["votes"]
+            ),
+            "outcome": None if v["outcome"] is None else Verdict(v["outcome"]),
+        }
+    )
+
+
+def decode_state(data: bytes) -> State:
+    """The inverse of :func:`encode_state`; raises MalformedMessage on bytes it did not write."""
+    value = codec.decode(data, max_bytes=2**40)
+    try:
+        return State(
+            accounts={k: _decode_account(v) for k, v in value["accounts"]},
+            jobs={k: _decode_job(v) for k, v in value["jobs"]},
+            disputes={k: _decode_dispute(v) for k, v in value["disputes"]},
+            equivocations={(n, j) for n, j in value["equivocations"]},
+            seen=set(value["seen"]),
+            params=None if value["params"] is None else LedgerParams(**value["params"]),
+            beacon_key=value["beacon_key"],
+            first_round=value["first_round"],
+            randomness=list(value["randomness"]),
+            minted=value["minted"],
+            burned=value["burned"],
+            counters=Counters(**value["counters"]),
+            request_nonces={(client, nonce) for client, nonce in value["request_nonces"]},
+            canaries=dict(value["canaries"]),
+            revealed_canaries=set(value["revealed_canaries"]),
+            open_disputes=dict(value["open_disputes"]),
+            open_challenges=dict(value["open_challenges"]),
+            settle_queue={r: tuple(ids) for r, ids in value["settle_queue"]},
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise MalformedMessage(f"bytes are not an encoded ledger state: {exc!r:.200}") from exc

@@ -41,13 +41,28 @@ from slashing.events import (
     Bond,
     Event,
     Mint,
+    PlantCanary,
     RecordJob,
     RegisterBeacon,
+    ReportUnavailable,
+    RevealCanary,
+    ServeData,
     SetParams,
+    Unbond,
+    Withdraw,
+    canary_digest,
     decode_event,
 )
-from slashing.rules import LedgerRuleError, apply_event
-from slashing.state import Dispute, JobStatus, LedgerParams, State
+from slashing.rules import LedgerRuleError, NonceOutOfOrder, apply_event, process_event
+from slashing.state import (
+    Dispute,
+    JobStatus,
+    LedgerParams,
+    State,
+    decode_state,
+    encode_state,
+    state_hash,
+)
 from slashing.store import Ledger, LedgerCorrupt, chain_hash
 
 # -- A small world: keys, genesis, message builders ---------------------------------------------
@@ -60,8 +75,10 @@ VALIDATORS = tuple(SigningKey.derive(f"ledger/validator-{i}") for i in range(5))
 STRANGER = SigningKey.derive("ledger/stranger")
 CHEATER = SigningKey.derive("ledger/cheater")
 EXTRA_VALIDATOR = SigningKey.derive("ledger/validator-5")
-KEY_OF = {k.public.raw: k for k in (CLIENT, POOR_CLIENT, NODE, OTHER_NODE, CHEATER,
-                                    *VALIDATORS, EXTRA_VALIDATOR)}
+CANARY_NODE = SigningKey.derive("ledger/canary-node")
+"""The operator's node for canaries: bonded like any other, its outputs deliberately wrong."""
+KEY_OF = {k.public.raw: k for k in (CLIENT, POOR_CLIENT, NODE, OTHER_NODE, CHEATER, STRANGER,
+                                    CANARY_NODE, *VALIDATORS, EXTRA_VALIDATOR)}
 
 BEACON_KEY = bytes(range(48))
 MODEL = sha256(b"ledger/model")
@@ -991,43 +1008,67 @@ def test_a_file_that_is_not_a_ledger_is_refused(tmp_path: Path) -> None:
 HONEST_NODES = (NODE, OTHER_NODE)
 MACHINE_VALIDATORS = (*VALIDATORS, EXTRA_VALIDATOR)
 MACHINE_ACCOUNTS = (CLIENT, POOR_CLIENT, *HONEST_NODES, CHEATER, *MACHINE_VALIDATORS, STRANGER)
-MACHINE_PARAMS = params(sample_ppm=PPM // 2, challenge_window=2)
+MACHINE_PARAMS = params(sample_ppm=PPM // 2, challenge_window=2, availability_window=1,
+                        unbonding_period=11, jail_period=2)
 
 
 class LedgerMachine(RuleBasedStateMachine):
     """Random events, valid and not, from honest nodes, a cheating node and lying accusers.
 
     Validators attest and vote truthfully or INCONCLUSIVE (or not at all) but
-    accuse anyone; the cheater commits wrong outputs, equivocates and forges
-    evidence against honest nodes; anyone replays what was accepted. Laws:
-    tokens are conserved, no honest node ever loses stake, and a refused event
-    changes nothing.
+    accuse anyone, and some attest VALID without checking; the cheater commits
+    wrong outputs, equivocates, forges evidence against honest nodes, withholds
+    its outputs, and unbonds and withdraws with signed transactions (nonces
+    right and wrong); the operator plants canaries; anyone replays what was
+    accepted and re-submits evidence for offences already punished. Laws:
+    tokens are conserved, nothing goes negative, no honest node and no
+    validator that never lied loses stake, a refused event changes nothing, no
+    offence is punished twice, no unbonding stake leaves while an offence
+    committed when it was bonded can still be proven, and the accepted log
+    replays to the same state hash.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self.state = fold([
-            *genesis(MACHINE_PARAMS, nodes=(*HONEST_NODES, CHEATER), validators=MACHINE_VALIDATORS),
+        genesis_events = [
+            *genesis(MACHINE_PARAMS, nodes=(*HONEST_NODES, CHEATER, CANARY_NODE),
+                     validators=MACHINE_VALIDATORS),
             Mint(pk(CHEATER), 5 * MIN_NODE), Bond(pk(CHEATER), c.NODE, 5 * MIN_NODE),
-        ])  # the cheater can afford several slashes before it is slashed out
+        ]  # the cheater can afford several slashes before it is slashed out
+        self.state = fold(genesis_events)
+        self.log: list[Event] = list(genesis_events)
         self.jobs: dict[bytes, tuple[JobRequest, Commitment, bool]] = {}
         """job id → request, recorded commitment, and whether its output is right."""
         self.replayable: list[Event] = []
         self.nonce = 0
         self.floor = {pk(k): self.state.accounts[pk(k)].node.amount for k in HONEST_NODES}
+        self.validator_floor = {pk(k): MIN_VALIDATOR for k in MACHINE_VALIDATORS}
+        self.liars: set[bytes] = set()
+        """Validators that accused a right output or called a wrong one VALID."""
+        self.canaries: dict[bytes, list[bytes]] = {}
+        """canary job id → the salts planted for it (two: the second must never slash again)."""
+        self.punished: list[Event] = []
+        """Accepted events that punished someone, to re-submit in other words."""
 
-    def submit(self, event: Event) -> bool:
+    def submit(self, event: Event) -> ProtocolError | None:
+        """Apply ``event``; return the error that refused it (and check it changed nothing)."""
         before = self.state.copy()
         try:
             after = apply_event(self.state, event)
-        except ProtocolError:
+        except ProtocolError as exc:
             assert self.state == before
-            return False
+            return exc
         assert self.state == before
+        if after.counters.slashings > before.counters.slashings:
+            self.punished.append(event)
         self.state = after
+        self.log.append(event)
         if isinstance(event, (RecordJob, Attest, Accuse)):
             self.replayable.append(event)
-        return True
+        return None
+
+    def accepted(self, event: Event) -> bool:
+        return self.submit(event) is None
 
     def revealed_jobs(self, data: st.DataObject) -> list[bytes]:
         """Pending jobs whose sample round is revealed; mostly only the sampled ones."""
@@ -1058,8 +1099,18 @@ class LedgerMachine(RuleBasedStateMachine):
         req = request(self.nonce, fee, client)
         wrong = cheat and node is CHEATER
         com = commit(req, node, b"wrong" if wrong else b"right")
-        if self.submit(record(req, com)):
+        if self.accepted(record(req, com)):
             self.jobs[req.job_id] = (req, com, not wrong)
+
+    @precondition(lambda self: self.jobs)
+    @rule(data=st.data())
+    def client_reuses_a_nonce(self, data: st.DataObject) -> None:
+        """Another request with a used nonce: refused however it differs."""
+        old, com, _ = data.draw(st.sampled_from(list(self.jobs.values())))
+        again = request(old.nonce, old.fee - 1 if old.fee > FEE - 1 else old.fee + 1,
+                        KEY_OF.get(old.client, CLIENT))
+        error = self.submit(record(again, commit(again, KEY_OF[com.node])))
+        assert error is not None
 
     @precondition(lambda self: any(com.node == pk(CHEATER) for _, com, _ in self.jobs.values()))
     @rule(data=st.data(), output=st.binary(min_size=1, max_size=2))
@@ -1081,13 +1132,18 @@ class LedgerMachine(RuleBasedStateMachine):
         req = request(20_000 + nonce)
         first, second = (forge(unsigned_commitment(req, pk(victim), out), CHEATER)
                          for out in (b"one", b"two"))
-        assert not self.submit(equivocation(reporter, first, second))
+        assert not self.accepted(equivocation(reporter, first, second))
 
-    @rule(salt=st.binary(max_size=1), skew=st.sampled_from((1, 1, 1, 0, 2)))
+    @rule(salt=st.binary(max_size=1), skew=st.sampled_from((1, 1, 1, 1, 0, 2)))
     def beacon_round(self, salt: bytes, skew: int) -> None:
         number = max(self.state.current_round + skew, 0)
         in_order = number == self.state.current_round + 1
-        assert self.submit(beacon(number, salt)) == in_order
+        assert self.accepted(beacon(number, salt)) == in_order
+
+    @rule(rounds=st.integers(2, 8))
+    def time_passes(self, rounds: int) -> None:
+        for _ in range(rounds):
+            self.beacon_round(b"later", 1)
 
     @precondition(lambda self: self.has_revealed_jobs())
     @rule(data=st.data(), validator=st.sampled_from(MACHINE_VALIDATORS), truthful=st.booleans())
@@ -1101,13 +1157,28 @@ class LedgerMachine(RuleBasedStateMachine):
         self.submit(attest(validator, com, verdict, job.sample_round))
 
     @precondition(lambda self: self.has_revealed_jobs())
+    @rule(data=st.data(), validator=st.sampled_from(MACHINE_VALIDATORS[-2:]))
+    def lazy_attest(self, data: st.DataObject, validator: SigningKey) -> None:
+        """VALID without re-executing: lies when the output is wrong (canaries included)."""
+        candidates = self.revealed_jobs(data)
+        if not candidates:
+            return
+        job = self.state.jobs[data.draw(st.sampled_from(candidates))]
+        com = self.jobs[job.job_id][1]
+        lies = not self.jobs[job.job_id][2]
+        if self.accepted(attest(validator, com, Verdict.VALID, job.sample_round)) and lies:
+            self.liars.add(pk(validator))
+
+    @precondition(lambda self: self.has_revealed_jobs())
     @rule(data=st.data(), accuser=st.sampled_from(MACHINE_VALIDATORS))
     def accuse_mismatch(self, data: st.DataObject, accuser: SigningKey) -> None:
         candidates = self.revealed_jobs(data)
         if not candidates:
             return
         job = self.state.jobs[data.draw(st.sampled_from(candidates))]
-        self.submit(mismatch(accuser, self.jobs[job.job_id][1], job.sample_round))
+        lies = self.jobs[job.job_id][2]
+        if self.accepted(mismatch(accuser, self.jobs[job.job_id][1], job.sample_round)) and lies:
+            self.liars.add(pk(accuser))
 
     @precondition(lambda self: any(d.is_open for d in self.state.disputes.values()))
     @rule(data=st.data())
@@ -1124,12 +1195,113 @@ class LedgerMachine(RuleBasedStateMachine):
             if verdict is not None:
                 vote = attest(KEY_OF[member], self.jobs[job.job_id][1], verdict,
                               dispute.opened_round, reason=f"vote {dispute.dispute_id.hex()}")
-                assert self.submit(vote)
+                assert self.accepted(vote)
+
+    @precondition(lambda self: self.has_revealed_jobs())
+    @rule(data=st.data(), reporter=st.sampled_from(MACHINE_VALIDATORS), serves=st.booleans())
+    def report_unavailable(self, data: st.DataObject, reporter: SigningKey, serves: bool) -> None:
+        """A report on a sampled job; honest nodes serve at once, the cheater when it likes."""
+        candidates = self.revealed_jobs(data)
+        if not candidates:
+            return
+        job = self.state.jobs[data.draw(st.sampled_from(candidates))]
+        report = ReportUnavailable(pk(reporter), job.job_id,
+                                   nonce=self.state.accounts[pk(reporter)].nonce + 1)
+        if not self.accepted(report.signed(reporter)):
+            return
+        if job.node != pk(CHEATER) or serves:
+            output = b"right" if self.jobs[job.job_id][2] else b"wrong"
+            if job.node == pk(CANARY_NODE):
+                output = b"canary"
+            assert self.accepted(ServeData(job.job_id, output + job.job_id))
+
+    @rule(amount=st.sampled_from((MIN_NODE, 2 * MIN_NODE, 5 * MIN_NODE, 1)),
+          skew=st.sampled_from((0, 0, 0, -1, 1)))
+    def cheater_unbonds(self, amount: int, skew: int) -> None:
+        account = self.state.accounts[pk(CHEATER)]
+        tx = Unbond(pk(CHEATER), c.NODE, amount, nonce=account.nonce + 1 + skew)
+        error = self.submit(tx.signed(CHEATER))
+        if skew < 0:
+            assert isinstance(error, ReplayedMessage)
+        elif skew > 0:
+            assert isinstance(error, NonceOutOfOrder)
+
+    @rule(skew=st.sampled_from((0, 0, 0, -1, 1)))
+    def cheater_withdraws(self, skew: int) -> None:
+        before = self.state.accounts[pk(CHEATER)]
+        tx = Withdraw(pk(CHEATER), nonce=before.nonce + 1 + skew)
+        if not self.accepted(tx.signed(CHEATER)):
+            return
+        assert skew == 0
+        gone = [e for e in before.unbonding if e not in self.state.accounts[pk(CHEATER)].unbonding]
+        for entry in gone:
+            # No offence committed while it was bonded can still be proven
+            assert entry.release_round <= self.state.current_round
+            for job in self.state.jobs.values():
+                if job.node == pk(CHEATER) and job.recorded_round <= entry.started_round:
+                    assert job.status is not JobStatus.PENDING, "withdrew ahead of a pending job"
+            assert not any(self.state.disputes[d].node == pk(CHEATER)
+                           for d in self.state.open_disputes)
+
+    @rule(wrong_salt=st.booleans())
+    def operator_runs_a_canary(self, wrong_salt: bool) -> None:
+        """Plant two commitments to a canary, record it next round; it looks like any job."""
+        self.nonce += 1
+        req = request(self.nonce)
+        salts = [sha256(b"salt" + req.job_id + bytes([i])) for i in range(2)]
+        for salt in salts:
+            assert self.accepted(PlantCanary(canary_digest(salt, req.job_id)))
+        self.beacon_round(b"canary", 1)
+        com = commit(req, CANARY_NODE, b"canary")
+        if self.accepted(record(req, com)):
+            self.jobs[req.job_id] = (req, com, False)
+            self.canaries[req.job_id] = salts if not wrong_salt else [b"wrong", *salts]
+
+    @precondition(lambda self: self.canaries)
+    @rule(data=st.data())
+    def operator_reveals_a_canary(self, data: st.DataObject) -> None:
+        job_id = data.draw(st.sampled_from(sorted(self.canaries)))
+        salts = self.canaries[job_id]
+        results = [self.submit(RevealCanary(job_id, salt)) for salt in salts]
+        assert sum(r is None for r in results) <= 1, "a canary slashed twice"
+        if any(r is None for r in results):
+            del self.canaries[job_id]
 
     @precondition(lambda self: self.replayable)
     @rule(data=st.data())
     def replay(self, data: st.DataObject) -> None:
-        assert not self.submit(data.draw(st.sampled_from(self.replayable)))
+        assert not self.accepted(data.draw(st.sampled_from(self.replayable)))
+
+    @precondition(lambda self: self.punished)
+    @rule(data=st.data(), reporter=st.sampled_from(MACHINE_VALIDATORS))
+    def punish_again(self, data: st.DataObject, reporter: SigningKey) -> None:
+        """The evidence behind an accepted slash, re-worded or re-reported: nobody loses more."""
+        event = data.draw(st.sampled_from(self.punished))
+        variants: list[Event] = []
+        if isinstance(event, Accuse):
+            evidence = event.evidence_message
+            if evidence.offence is Offence.EQUIVOCATION:
+                second = event.conflicting_commitment
+                assert second is not None
+                variants.append(equivocation(reporter, second, event.accused_commitment))
+            else:
+                variants.append(mismatch(reporter, event.accused_commitment,
+                                         evidence.beacon_round, detail="again"))
+        elif isinstance(event, RecordJob):
+            variants.append(record(event.request_message, commit(
+                event.request_message, KEY_OF[event.commitment_message.node], b"yet another")))
+        for variant in variants:
+            stakes = {a: (r.node.amount, r.unbonding_total) for a, r in self.state.accounts.items()}
+            if self.accepted(variant):
+                if isinstance(variant, Accuse):
+                    accused = variant.accused_commitment.node
+                    if self.jobs.get(variant.evidence_message.job_id, (None, None, False))[2]:
+                        self.liars.add(pk(reporter))  # a new, false accusation: its own offence
+                else:
+                    assert isinstance(variant, RecordJob)
+                    accused = variant.commitment_message.node
+                now = self.state.accounts[accused]
+                assert (now.node.amount, now.unbonding_total) == stakes[accused]
 
     @rule(account=st.sampled_from(MACHINE_ACCOUNTS), amount=st.integers(1, 30_000))
     def mint(self, account: SigningKey, amount: int) -> None:
@@ -1145,16 +1317,42 @@ class LedgerMachine(RuleBasedStateMachine):
         assert self.state.total_supply() == self.state.minted
 
     @invariant()
+    def nothing_is_negative(self) -> None:
+        for record_ in self.state.accounts.values():
+            assert record_.balance >= 0 and record_.node.amount >= 0
+            assert record_.validator.amount >= 0
+            assert all(e.amount > 0 for e in record_.unbonding)
+        assert all(j.fee >= 0 for j in self.state.jobs.values()) and self.state.burned >= 0
+
+    @invariant()
     def honest_nodes_never_lose_stake(self) -> None:
         for key in HONEST_NODES:
             stake = self.state.accounts[pk(key)].node
-            assert not stake.slashed_out
+            assert not stake.slashed_out and stake.offences == 0
             assert stake.amount >= self.floor[pk(key)]
             self.floor[pk(key)] = stake.amount
 
+    @invariant()
+    def validators_that_never_lied_keep_their_stake(self) -> None:
+        for key in MACHINE_VALIDATORS:
+            if pk(key) in self.liars:
+                continue
+            stake = self.state.accounts[pk(key)].validator
+            assert stake.offences == 0 and stake.amount >= self.validator_floor[pk(key)]
+            self.validator_floor[pk(key)] = stake.amount
+
+    def teardown(self) -> None:
+        """The accepted log replays to the same state, and the state hash is its content's."""
+        replayed = State()
+        for event in self.log:
+            process_event(replayed, event)
+        assert replayed == self.state
+        assert state_hash(replayed) == state_hash(self.state)
+        assert decode_state(encode_state(self.state)) == self.state
+
 
 LedgerMachine.TestCase.settings = settings(
-    max_examples=250, stateful_step_count=60, deadline=None,
+    max_examples=150, stateful_step_count=60, deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 TestLedgerMachine = LedgerMachine.TestCase

@@ -1,0 +1,569 @@
+"""The ledger's stake lifecycle and offences: signed transactions, unbonding, jail, tombstone,
+unavailability and canaries; bad input; the state hash and the journal."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from assay.errors import BadSignature, MalformedMessage, ProtocolError, ReplayedMessage
+from assay.hashing import sha256
+from assay.messages import Commitment, Verdict
+from slashing import constants as c
+from slashing.events import (
+    Bond,
+    Event,
+    Mint,
+    PlantCanary,
+    ReportUnavailable,
+    RevealCanary,
+    ServeData,
+    SetParams,
+    Unbond,
+    Withdraw,
+    body_of_canonical,
+    canary_digest,
+)
+from slashing.rules import (
+    AmountOutOfRange,
+    InsufficientFunds,
+    LedgerRuleError,
+    NonceOutOfOrder,
+    UnknownAccount,
+    UnknownJob,
+    apply_event,
+    apply_event_in_place,
+    liability_horizon,
+    slash_stake,
+)
+from slashing.state import (
+    Account,
+    JobStatus,
+    Stake,
+    State,
+    Unbonding,
+    decode_state,
+    encode_state,
+    state_hash,
+)
+from tests import strategies
+from tests.test_ledger import (
+    CANARY_NODE,
+    CHEATER,
+    CLIENT,
+    FEE,
+    MIN_NODE,
+    MIN_VALIDATOR,
+    NODE,
+    STRANGER,
+    VALIDATORS,
+    World,
+    attest,
+    beacon,
+    commit,
+    mismatch,
+    params,
+    pk,
+    record,
+    request,
+)
+
+P = params()
+S = P.fraud_slash
+W = P.challenge_window
+A = P.availability_window
+
+
+def world_with(*extra: Event) -> World:
+    """The default world (every job sampled) plus a well-staked cheater and a canary node."""
+    world = World()
+    world.apply(
+        Mint(pk(CHEATER), 5 * MIN_NODE), Bond(pk(CHEATER), c.NODE, 4 * MIN_NODE),
+        Mint(pk(CANARY_NODE), MIN_NODE), Bond(pk(CANARY_NODE), c.NODE, MIN_NODE),
+        *extra,
+    )
+    return world
+
+
+def confirm_fraud(world: World, com: Commitment, accuser_index: int = 0) -> None:
+    world.apply(mismatch(VALIDATORS[accuser_index], com, world.state.jobs[com.job_id].sample_round))
+    dispute = world.open_dispute()
+    world.apply(*(attest(m, com, Verdict.FRAUD, dispute.opened_round)
+                  for m in world.committee()))
+
+
+def node_total(world: World, key: object) -> int:
+    account = world.state.accounts[pk(key)]  # type: ignore[arg-type]
+    return account.node.amount + account.unbonding_total
+
+
+# -- Signed account transactions -------------------------------------------------------------------
+
+
+def test_signed_transactions_take_the_next_nonce() -> None:
+    world = world_with()
+    first = Bond(pk(CHEATER), c.NODE, 1, nonce=1).signed(CHEATER)
+    world.apply(first)
+    assert world.state.accounts[pk(CHEATER)].nonce == 1
+    world.refuse(first, ReplayedMessage, "nonce 1 .* is already used")
+    world.refuse(Bond(pk(CHEATER), c.NODE, 1, nonce=3).signed(CHEATER), NonceOutOfOrder,
+                 "nonce 3 .* out of order: the next is 2")
+    body = Bond(pk(CHEATER), c.NODE, 1, nonce=2).body_bytes()
+    forged = Bond(pk(CHEATER), c.NODE, 1, nonce=2, signature=NODE.sign(Bond.domain(), body))
+    world.refuse(forged, BadSignature, "does not verify")
+    world.refuse(Bond(pk(STRANGER), c.NODE, 1, nonce=1).signed(STRANGER), UnknownAccount,
+                 "unknown account")
+    world.refuse(Bond(pk(CHEATER), c.NODE, 1, nonce=2), LedgerRuleError, "unsigned bond carries")
+    world.apply(Bond(pk(CHEATER), c.NODE, 1, nonce=2).signed(CHEATER))
+    with pytest.raises(ValueError, match="signed by its account"):
+        Bond(pk(CHEATER), c.NODE, 1, nonce=3).signed(NODE)
+
+
+def test_a_signature_for_one_transaction_type_is_not_valid_for_another() -> None:
+    world = world_with()
+    bond = Bond(pk(CHEATER), c.NODE, MIN_NODE, nonce=1).signed(CHEATER)
+    unbond = Unbond(pk(CHEATER), c.NODE, MIN_NODE, nonce=1, signature=bond.signature)
+    world.refuse(unbond, BadSignature, "ledger_unbond")
+
+
+# -- Unbonding -------------------------------------------------------------------------------------
+
+
+def test_unbond_then_withdraw_after_the_period() -> None:
+    world = world_with()
+    world.next_round()
+    world.apply(Unbond(pk(CHEATER), c.NODE, MIN_NODE, nonce=1).signed(CHEATER))
+    account = world.state.accounts[pk(CHEATER)]
+    (entry,) = account.unbonding
+    assert (account.node.amount, entry.amount) == (3 * MIN_NODE, MIN_NODE)
+    assert (entry.started_round, entry.release_round) == (0, P.unbonding_period)
+    assert world.state.total_supply() == world.state.minted
+    early = Withdraw(pk(CHEATER), nonce=2).signed(CHEATER)
+    world.refuse(early, LedgerRuleError, f"next is released in round {P.unbonding_period}")
+    for _ in range(P.unbonding_period):
+        world.next_round()
+    balance = world.balance(CHEATER)
+    world.apply(early)
+    assert world.balance(CHEATER) == balance + MIN_NODE
+    assert world.state.accounts[pk(CHEATER)].unbonding == ()
+    assert world.state.total_supply() == world.state.minted
+
+
+def test_unbond_guards() -> None:
+    world = world_with()
+    world.refuse(Unbond(pk(CHEATER), c.NODE, 5 * MIN_NODE, nonce=1).signed(CHEATER),
+                 InsufficientFunds, "less than the 50000 it would unbond")
+    world.refuse(Unbond(pk(CHEATER), c.NODE, 4 * MIN_NODE - 1, nonce=1).signed(CHEATER),
+                 AmountOutOfRange, "would leave 1 bonded")
+    for nonce in range(1, c.MAX_UNBONDING_ENTRIES + 1):
+        world.apply(Unbond(pk(CHEATER), c.NODE, 1_000, nonce=nonce).signed(CHEATER))
+    world.refuse(Unbond(pk(CHEATER), c.NODE, 1_000, nonce=8).signed(CHEATER),
+                 LedgerRuleError, "already has 7 unbonding entries")
+
+
+def test_unbonding_cannot_escape_a_pending_fraud_slash() -> None:
+    world = world_with()
+    wrong = world.job(1, node=CHEATER, output=b"wrong")
+    world.next_round()
+    world.apply(Unbond(pk(CHEATER), c.NODE, 4 * MIN_NODE, nonce=1).signed(CHEATER))
+    assert world.state.accounts[pk(CHEATER)].node.amount == 0  # all of it on its way out
+    world.apply(mismatch(VALIDATORS[0], wrong, 0))
+    withdraw = Withdraw(pk(CHEATER), nonce=2).signed(CHEATER)
+    world.refuse(withdraw, LedgerRuleError, "no unbonding stake released")
+    dispute = world.open_dispute()
+    world.apply(*(attest(m, wrong, Verdict.FRAUD, dispute.opened_round)
+                  for m in world.committee()))
+    assert node_total(world, CHEATER) == 4 * MIN_NODE - S  # taken from the unbonding entry
+    assert world.state.total_supply() == world.state.minted
+    while world.state.current_round < P.unbonding_period:
+        world.next_round()
+    balance = world.balance(CHEATER)
+    world.apply(withdraw)
+    assert world.balance(CHEATER) == balance + 4 * MIN_NODE - S
+
+
+def test_a_withdrawal_waits_for_an_open_dispute() -> None:
+    world = world_with()
+    world.next_round()
+    world.apply(Unbond(pk(CHEATER), c.NODE, MIN_NODE, nonce=1).signed(CHEATER))
+    while world.state.current_round < P.unbonding_period - 2:
+        world.next_round()
+    wrong = world.job(1, node=CHEATER, output=b"wrong")  # with the stake still bonded
+    world.next_round()
+    world.apply(mismatch(VALIDATORS[0], wrong, world.state.current_round))
+    world.next_round()
+    assert world.state.current_round >= P.unbonding_period
+    withdraw = Withdraw(pk(CHEATER), nonce=2).signed(CHEATER)
+    world.refuse(withdraw, LedgerRuleError, "party to an open dispute")
+    dispute = world.open_dispute()
+    world.apply(*(attest(m, wrong, Verdict.FRAUD, dispute.opened_round)
+                  for m in world.committee()))
+    world.apply(withdraw)
+    assert world.state.accounts[pk(CHEATER)].unbonding == ()
+
+
+def test_slash_reaches_only_stake_bonded_at_the_offence() -> None:
+    state = State()
+    account = Account(
+        node=Stake(amount=1_000),
+        unbonding=(
+            Unbonding(c.NODE, 2_000, started_round=3, release_round=40),
+            Unbonding(c.VALIDATOR, 5_000, started_round=9, release_round=40),
+            Unbonding(c.NODE, 4_000, started_round=9, release_round=40),
+        ),
+    )
+    state.accounts[b"a"] = account
+    taken = slash_stake(state, b"a", c.NODE, 6_000, offence_round=5)
+    after = state.accounts[b"a"]
+    assert taken == 5_000  # 1 000 bonded + 4 000 unbonding since round 9; not the round-3 entry
+    assert after.node.amount == 0
+    assert [e.amount for e in after.unbonding] == [2_000, 5_000]
+    taken = slash_stake(state, b"a", c.NODE, 10_000, offence_round=None)
+    assert taken == 2_000 and [e.role for e in state.accounts[b"a"].unbonding] == [c.VALIDATOR]
+
+
+@settings(max_examples=25, deadline=None)
+@given(unbond_after=st.integers(0, W), amount=st.sampled_from((MIN_NODE, 2 * MIN_NODE,
+                                                                   4 * MIN_NODE)))
+def test_a_confirmed_fraud_always_takes_its_slash(unbond_after: int, amount: int) -> None:
+    """However soon after the offence the cheater unbonds, the slash is taken in full."""
+    world = world_with()
+    wrong = world.job(1, node=CHEATER, output=b"wrong")
+    world.next_round()
+    accused = False
+    for step in range(2 * W + 1):
+        if step == unbond_after:
+            world.apply(Unbond(pk(CHEATER), c.NODE, amount, nonce=1).signed(CHEATER))
+        if not accused and step == W:
+            world.apply(mismatch(VALIDATORS[0], wrong, 0))
+            dispute = world.open_dispute()
+            world.apply(*(attest(m, wrong, Verdict.FRAUD, dispute.opened_round)
+                          for m in world.committee()))
+            accused = True
+        world.next_round()
+    assert node_total(world, CHEATER) == 4 * MIN_NODE - S
+
+
+def test_genesis_refuses_an_unbonding_period_shorter_than_the_liability_horizon() -> None:
+    short = params(unbonding_period=liability_horizon(P) - 1)
+    with pytest.raises(LedgerRuleError, match=r"unbonding_period = 19 rounds is shorter than"):
+        apply_event(State(), SetParams(short))
+
+
+# -- Jail and tombstone ----------------------------------------------------------------------------
+
+
+def test_an_offence_jails_and_repeated_ones_tombstone() -> None:
+    world = world_with()
+    for nonce in (1, 2, 3):
+        wrong = world.job(nonce, node=CHEATER, output=b"wrong")
+        world.next_round()
+        confirm_fraud(world, wrong)
+        stake = world.state.accounts[pk(CHEATER)].node
+        assert stake.offences == nonce
+        if nonce < P.tombstone_offences:
+            assert not stake.slashed_out and stake.jailed_until is not None
+            again = request(100 + nonce)
+            world.refuse(record(again, commit(again, CHEATER)), LedgerRuleError, "jailed")
+            while world.state.current_round < stake.jailed_until:
+                world.next_round()
+    stake = world.state.accounts[pk(CHEATER)].node
+    assert stake.slashed_out and stake.amount == 4 * MIN_NODE - 3 * S
+    world.refuse(Bond(pk(CHEATER), c.NODE, 1), LedgerRuleError, "slashed out")
+    assert world.state.counters.tombstones == 1
+
+
+def test_equivocation_tombstones_at_once() -> None:
+    world = world_with()
+    req = request(1)
+    world.apply(record(req, commit(req, CHEATER)), record(req, commit(req, CHEATER, b"other")))
+    stake = world.state.accounts[pk(CHEATER)].node
+    assert stake.slashed_out and stake.amount == 4 * MIN_NODE - P.equivocation_slash
+
+
+def test_a_jailed_validator_neither_attests_nor_sits_on_committees() -> None:
+    world = world_with()
+    honest = world.job(1)
+    world.next_round()
+    liar = VALIDATORS[0]
+    world.apply(Mint(pk(liar), 2 * MIN_VALIDATOR),
+                Bond(pk(liar), c.VALIDATOR, 2 * MIN_VALIDATOR))
+    world.apply(mismatch(liar, honest, 0))
+    world.apply(*(attest(m, honest, Verdict.VALID, 0) for m in world.committee()))
+    stake = world.state.accounts[pk(liar)].validator
+    assert stake.offences == 1 and not stake.slashed_out and stake.jailed_until is not None
+    other = world.job(2)
+    world.next_round()
+    world.refuse(attest(liar, other, Verdict.VALID, 1), LedgerRuleError, "jailed")
+    world.apply(mismatch(VALIDATORS[1], other, 1))
+    assert pk(liar) not in world.open_dispute().committee
+
+
+# -- Unavailability --------------------------------------------------------------------------------
+
+
+def report(key: object, job_id: bytes, world: World) -> ReportUnavailable:
+    nonce = world.state.accounts[pk(key)].nonce + 1  # type: ignore[arg-type]
+    return ReportUnavailable(pk(key), job_id, nonce=nonce).signed(key)  # type: ignore[arg-type]
+
+
+def test_an_unserved_output_is_slashed_as_fraud_and_refunded() -> None:
+    world = world_with()
+    com = world.job(1, node=CHEATER, output=b"hidden")
+    world.next_round()
+    reporter = VALIDATORS[2]
+    before, client = world.balance(reporter), world.balance(CLIENT)
+    world.apply(report(reporter, com.job_id, world))
+    for _ in range(A):
+        world.next_round()
+    assert world.state.jobs[com.job_id].status is JobStatus.PENDING  # still time to serve
+    world.next_round()
+    job = world.state.jobs[com.job_id]
+    assert job.status is JobStatus.REFUNDED and world.balance(CLIENT) == client + FEE
+    assert node_total(world, CHEATER) == 4 * MIN_NODE - S
+    assert world.balance(reporter) == before + S * P.reporter_share_bps // c.BPS
+    assert world.state.accounts[pk(CHEATER)].node.offences == 1
+    assert world.state.total_supply() == world.state.minted
+
+
+def test_serving_the_output_answers_the_report_and_restarts_the_window() -> None:
+    world = world_with()
+    com = world.job(1, output=b"right")
+    world.next_round()
+    world.apply(report(VALIDATORS[2], com.job_id, world))
+    world.refuse(ServeData(com.job_id, b"not it"), LedgerRuleError, "served output hashes to")
+    world.refuse(mismatch(VALIDATORS[0], com, 0), LedgerRuleError, "open availability challenge")
+    world.next_round()
+    world.apply(ServeData(com.job_id, b"right" + com.job_id))
+    job = world.state.jobs[com.job_id]
+    assert job.served_round == 1 and not job.has_open_challenge
+    for _ in range(W):
+        world.next_round()  # past the original window's settlement (round W + 1): restarted
+    assert world.state.current_round == W + 1
+    assert world.state.jobs[com.job_id].status is JobStatus.PENDING
+    world.next_round()
+    assert world.state.jobs[com.job_id].status is JobStatus.SETTLED
+    assert world.state.accounts[pk(NODE)].node.offences == 0
+    world.refuse(report(VALIDATORS[2], com.job_id, world), LedgerRuleError, "already settled")
+
+
+def test_report_and_serve_guards() -> None:
+    world = world_with()
+    com = world.job(1)
+    world.refuse(ReportUnavailable(pk(VALIDATORS[0]), com.job_id), LedgerRuleError,
+                 "must be signed by its reporter")
+    world.refuse(report(VALIDATORS[0], com.job_id, world), LedgerRuleError, "was not sampled")
+    world.next_round()
+    world.refuse(report(CLIENT, com.job_id, world), LedgerRuleError, "not bonded as a validator")
+    world.refuse(report(VALIDATORS[0], sha256(b"nope"), world), UnknownJob, "unknown job")
+    world.refuse(ServeData(com.job_id, b"right" + com.job_id), LedgerRuleError,
+                 "no open availability challenge")
+    world.apply(report(VALIDATORS[0], com.job_id, world))
+    world.refuse(report(VALIDATORS[1], com.job_id, world), LedgerRuleError,
+                 "already reported unavailable")
+    for _ in range(A):
+        world.next_round()
+    world.next_round()
+    world.refuse(ServeData(com.job_id, b"right" + com.job_id), LedgerRuleError,
+                 "no open availability challenge")
+
+
+# -- Canaries --------------------------------------------------------------------------------------
+
+
+SALT = sha256(b"canary salt")
+OTHER_SALT = sha256(b"second salt")
+
+
+def canary_world(lazy: bool = True) -> tuple[World, Commitment]:
+    """A canary planted, recorded next round, sampled; a lazy validator calls it VALID."""
+    world = world_with()
+    req = request(77)
+    world.apply(PlantCanary(canary_digest(SALT, req.job_id)),
+                PlantCanary(canary_digest(OTHER_SALT, req.job_id)))
+    world.next_round()
+    com = commit(req, CANARY_NODE, b"deliberately wrong")
+    world.apply(record(req, com))
+    world.next_round()
+    if lazy:
+        world.apply(attest(VALIDATORS[3], com, Verdict.VALID, 1))
+    world.apply(attest(VALIDATORS[4], com, Verdict.INCONCLUSIVE, 1))
+    return world, com
+
+
+def settle(world: World, com: Commitment) -> None:
+    while world.state.jobs[com.job_id].status is JobStatus.PENDING:
+        world.next_round()
+
+
+def test_a_revealed_canary_slashes_the_validators_that_called_it_valid() -> None:
+    world, com = canary_world()
+    job = world.state.jobs[com.job_id]
+    assert job.client == pk(CLIENT) and job.node == pk(CANARY_NODE)  # an ordinary job
+    reveal = RevealCanary(com.job_id, SALT)
+    world.refuse(reveal, LedgerRuleError, "still pending")
+    settle(world, com)
+    burned = world.state.burned
+    world.apply(reveal)
+    lazy = world.state.accounts[pk(VALIDATORS[3])].validator
+    assert lazy.amount == MIN_VALIDATOR - P.lazy_validator_slash and lazy.offences == 1
+    assert world.state.accounts[pk(VALIDATORS[4])].validator.offences == 0  # INCONCLUSIVE
+    assert world.state.burned == burned + P.lazy_validator_slash  # never the operator's income
+    world.refuse(reveal, LedgerRuleError, "no canary commitment")
+    assert world.state.total_supply() == world.state.minted
+
+
+def test_a_canary_reveals_once_however_many_salts_were_planted() -> None:
+    world, com = canary_world()
+    settle(world, com)
+    world.apply(RevealCanary(com.job_id, SALT))
+    world.refuse(RevealCanary(com.job_id, OTHER_SALT), ReplayedMessage, "already revealed")
+
+
+def test_a_canary_catches_lazy_committee_votes_and_rewards_the_honest_accuser() -> None:
+    world, com = canary_world(lazy=False)
+    accuser = VALIDATORS[0]
+    before = world.balance(accuser)
+    world.apply(mismatch(accuser, com, 1))
+    members = world.committee()
+    world.apply(attest(members[0], com, Verdict.VALID, 1, reason="lazy vote"))
+    world.apply(*(attest(m, com, Verdict.FRAUD, 1) for m in members[1:]))
+    assert world.balance(accuser) == before + S * P.accuser_share_bps // c.BPS  # the jackpot
+    settle(world, com)
+    world.apply(RevealCanary(com.job_id, SALT))
+    assert world.state.accounts[pk(members[0])].validator.offences == 1
+
+
+def test_a_canary_must_be_planted_before_the_job_and_revealed_in_time() -> None:
+    world = world_with()
+    req = request(5)
+    com = commit(req, CANARY_NODE, b"wrong")
+    world.apply(record(req, com), PlantCanary(canary_digest(SALT, req.job_id)))
+    settle(world, com)
+    world.refuse(RevealCanary(com.job_id, SALT), LedgerRuleError, "not before job")
+    world2, com2 = canary_world()
+    settle(world2, com2)
+    for _ in range(W + 1):
+        world2.next_round()
+    world2.refuse(RevealCanary(com2.job_id, SALT), LedgerRuleError, "had to be revealed by")
+    world2.refuse(RevealCanary(sha256(b"x"), SALT), UnknownJob, "unknown job")
+    world2.refuse(PlantCanary(canary_digest(SALT, com2.job_id)), LedgerRuleError,
+                  "already planted")
+
+
+# -- Bad input: each refused with its own error, nothing changed -----------------------------------
+
+
+BAD_INPUT: dict[str, tuple[Callable[[World], Event], type[ProtocolError], str]] = {
+    "invalid signature": (
+        lambda w: Unbond(pk(CHEATER), c.NODE, MIN_NODE, nonce=1,
+                         signature=NODE.sign(Unbond.domain(), b"something else")),
+        BadSignature, "does not verify"),
+    "unknown account (bond)": (lambda w: Bond(pk(STRANGER), c.NODE, MIN_NODE),
+                               UnknownAccount, "unknown account"),
+    "unknown account (client)": (
+        lambda w: record(request(9, client=STRANGER), commit(request(9, client=STRANGER))),
+        UnknownAccount, "client holds no tokens"),
+    "mint past the supply": (lambda w: Mint(pk(CLIENT), c.MAX_SUPPLY), AmountOutOfRange, "past"),
+    "bond more than the balance": (lambda w: Bond(pk(CLIENT), c.NODE, 10**12),
+                                   InsufficientFunds, "less than the"),
+    "fee above R": (lambda w: record(request(9, fee=FEE + 1), commit(request(9, fee=FEE + 1))),
+                    AmountOutOfRange, "exceeds reward"),
+    "replayed job": (lambda w: record(request(1), commit(request(1))), ReplayedMessage,
+                     "already recorded"),
+    "reused request nonce": (
+        lambda w: record(request(1, fee=FEE - 1), commit(request(1, fee=FEE - 1))),
+        ReplayedMessage, "already used nonce 1"),
+    "replayed nonce": (lambda w: Bond(pk(CHEATER), c.NODE, 1, nonce=1).signed(CHEATER),
+                       ReplayedMessage, "already used"),
+    "nonce out of order": (lambda w: Bond(pk(CHEATER), c.NODE, 1, nonce=5).signed(CHEATER),
+                           NonceOutOfOrder, "out of order"),
+    "evidence for an unknown job": (lambda w: mismatch(VALIDATORS[0], commit(request(99)), 0),
+                                    UnknownJob, "unknown job"),
+    "attestation for an unknown job": (
+        lambda w: attest(VALIDATORS[0], commit(request(99)), Verdict.VALID, 0),
+        UnknownJob, "unknown job"),
+    "report for an unknown job": (lambda w: report(VALIDATORS[0], sha256(b"?"), w),
+                                  UnknownJob, "unknown job"),
+    "data for an unknown job": (lambda w: ServeData(sha256(b"?"), b"x"), UnknownJob,
+                                "unknown job"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT), ids=list(BAD_INPUT))
+def test_bad_input_is_refused_with_a_specific_error(case: str) -> None:
+    world = world_with(Bond(pk(CHEATER), c.NODE, 1, nonce=1).signed(CHEATER))
+    world.job(1)
+    world.next_round()
+    make, error, match = BAD_INPUT[case]
+    world.refuse(make(world), error, match)
+    in_place = world.state.copy()
+    with pytest.raises(error, match=match):
+        apply_event_in_place(in_place, make(world))
+    assert in_place == world.state and state_hash(in_place) == state_hash(world.state)
+
+
+@pytest.mark.parametrize(
+    ("make", "match"),
+    [
+        (lambda: Mint(pk(CLIENT), -1), "mint.amount must be a positive 64-bit"),
+        (lambda: Mint(pk(CLIENT), 2**64), "mint.amount must be a positive 64-bit"),
+        (lambda: Unbond(pk(CLIENT), c.NODE, 0), "unbond.amount must be a positive"),
+        (lambda: Bond(pk(CLIENT), c.NODE, 5, nonce=-1), "bond.nonce must be an unsigned"),
+        (lambda: Withdraw(pk(CLIENT), signature=b"short"), "withdraw.signature must be empty"),
+        (lambda: RevealCanary(sha256(b"j"), b""), "reveal_canary.salt must be 1..64"),
+        (lambda: ServeData(b"short", b""), "serve_data.job_id must be 32 bytes"),
+    ],
+)
+def test_amounts_that_overflow_or_go_negative_are_malformed(
+    make: Callable[[], Event], match: str
+) -> None:
+    with pytest.raises(MalformedMessage, match=match):
+        make()
+
+
+# -- The state hash and the journal ----------------------------------------------------------------
+
+
+def test_the_state_hash_depends_on_content_not_on_insertion_order() -> None:
+    world = world_with()
+    com = world.job(1)
+    world.next_round()
+    world.apply(attest(VALIDATORS[0], com, Verdict.VALID, 0))
+    state = world.state
+    shuffled = state.copy()
+    shuffled.accounts = dict(reversed(list(state.accounts.items())))
+    shuffled = State(**{f.name: getattr(shuffled, f.name)
+                        for f in dataclasses.fields(State)})
+    assert shuffled == state and state_hash(shuffled) == state_hash(state)
+    assert decode_state(encode_state(state)) == state
+    changed = apply_event(state, Mint(pk(CLIENT), 1))
+    assert state_hash(changed) != state_hash(state)
+
+
+def test_a_rollback_restores_every_table_exactly() -> None:
+    world, com = canary_world()
+    state = world.state
+    before = state.copy()
+    point = state.savepoint()
+    while state.jobs[com.job_id].status is JobStatus.PENDING:
+        apply_event_in_place(state, beacon(state.current_round + 1))
+    apply_event_in_place(state, RevealCanary(com.job_id, SALT))
+    assert state != before
+    state.rollback(point)
+    assert state == before and state_hash(state) == state_hash(before)
+    assert not state.savepoint().mark  # the journal is empty again
+
+
+@settings(max_examples=60, deadline=None)
+@given(message=st.one_of(strategies.job_requests(), strategies.commitments(),
+                         strategies.attestations(), strategies.evidence()))
+def test_body_bytes_from_the_canonical_encoding_are_the_message_body(message: object) -> None:
+    from assay.messages import SignedMessage
+
+    assert isinstance(message, SignedMessage)
+    assert body_of_canonical(message.encode()) == message.body_bytes()
