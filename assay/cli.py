@@ -52,12 +52,39 @@ def positive_int(text: str) -> int:
 # -- demo --------------------------------------------------------------------------------------
 
 
+def cmd_demo_zk(args: argparse.Namespace) -> int:
+    """`assay demo --zk`: every job proved and every proof checked; forged proofs caught."""
+    from assay.demo import run_zk_demo
+    from prover.zk import DEVNET_SRS_WARNING
+
+    print(f"WARNING: {DEVNET_SRS_WARNING}", file=sys.stderr)
+    summary = run_zk_demo(jobs=args.zk_jobs, seed=args.seed, workdir=args.workdir)
+    report = summary.to_json()
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(
+            f"zk demo: {summary.jobs} jobs of a small MLP (2^{summary.logrows}-row EZKL circuit, "
+            f"setup {summary.setup_seconds:.1f} s), every proof checked\n"
+            f"  valid proofs {summary.valid} · forged {summary.forged} · caught {summary.caught} "
+            f"as INVALID_PROOF evidence · missed {summary.missed} · honest flagged "
+            f"{summary.honest_flagged}\n"
+            f"  prove {report['prove_seconds_mean']} s/job · "
+            f"verify {report['verify_ms_mean']} ms/job · proof {summary.proof_bytes} bytes"
+        )
+        for reason in summary.reasons:
+            print(f"  caught: {reason}")
+    return 0 if summary.caught == summary.forged and summary.honest_flagged == 0 else 1
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
     from assay.demo import DemoConfig, DemoConfigError, run_demo
 
+    if args.zk:
+        return cmd_demo_zk(args)
     try:
         config = DemoConfig(
             nodes=args.nodes,
@@ -68,6 +95,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             validators=args.validators,
             seed=args.seed,
             threads=args.threads,
+            llm=args.llm,
         )
     except DemoConfigError as exc:
         raise CommandError(str(exc)) from exc
@@ -151,6 +179,10 @@ def cmd_models_add(args: argparse.Namespace) -> int:
     assert isinstance(registry, ModelRegistry)
     entry = registry.add(Path(args.directory), mode=args.mode, name=args.name)
     print(f"registered {entry.name} ({entry.kind}, mode {entry.mode}) as {entry.model_id.hex()}")
+    if args.suggest:
+        from assay.commands.zk import print_mode_suggestion
+
+        print_mode_suggestion(entry.path, args.latency)
     return 0
 
 
@@ -208,6 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--threads", type=positive_int, default=1, help="torch threads (1)")
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")
     demo.add_argument(
+        "--zk", action="store_true",
+        help="the zk path: every job of a small MLP proved with EZKL, every proof checked",
+    )
+    demo.add_argument("--zk-jobs", type=positive_int, default=8, help="jobs in --zk (8)")
+    demo.add_argument(
+        "--llm", action="store_true",
+        help="serve GPT-2 and Llama generations in the llm mode (seeded sampling + sketch)",
+    )
+    demo.add_argument(
         "--workdir", type=Path, default=None,
         help="keep the registry and SQLite ledger here (default: a temporary directory)",
     )
@@ -224,6 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add.add_argument("--name", default=None, help="a name to show (default: the directory name)")
     add.add_argument("--registry", default=None, help=registry_help)
+    add.add_argument(
+        "--no-suggest", dest="suggest", action="store_false",
+        help="skip the suggested verification mode (zk or sampled re-execution)",
+    )
+    add.add_argument(
+        "--latency", type=float, default=10.0,
+        help="seconds a client accepts for a checked result, for the suggestion (10)",
+    )
     add.set_defaults(func=cmd_models_add)
     listing = model_commands.add_parser("list", help="list registered models")
     listing.add_argument("--registry", default=None, help=registry_help)
@@ -257,7 +306,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     assert isinstance(code, int)
     return code
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -14,6 +14,12 @@ mismatch files evidence, a committee drawn with the beacon re-executes and
 votes, and the ledger slashes whoever the majority finds wrong. After the
 last job, rounds advance until every challenge window has closed and every
 fee is settled.
+
+With ``llm=True`` (``assay demo --llm``) the models are the zoo's GPT-2 and
+Llama registered in the ``llm`` mode: clients ask for seeded sampled
+generations, nodes commit to tokens and an activation sketch, and validators
+judge them with one prefill (:mod:`verifier.llm`); the cheater generates
+with a same-architecture model from another seed.
 """
 
 from __future__ import annotations
@@ -37,8 +43,10 @@ from assay.messages import Commitment, Evidence, JobRequest, Verdict
 from assay.sampling import check_rate_ppm, sampled
 from prover import zoo
 from prover.adversary import SubstituteModel
+from prover.llm.job import LLMJob
+from prover.llm.sampler import SamplingParams
 from prover.model_store import save_model
-from prover.node import InferenceNode, load_registered_models
+from prover.node import InferenceNode, load_registered_llms, load_registered_models
 from prover.registry import ModelRegistry
 from prover.runtime import DeterministicRuntime
 from slashing import (
@@ -52,12 +60,15 @@ from slashing import (
     RecordJob,
     RegisterBeacon,
     SetParams,
+    is_bonded,
 )
 from slashing import constants as c
 from verifier.sampling import assigned_validator
 from verifier.validator import Validator
 
 DEMO_MODELS: tuple[str, ...] = ("mlp", "cnn", "gpt2", "llama")
+LLM_DEMO_MODELS: tuple[str, ...] = ("gpt2", "llama")
+LLM_DEMO_NEW_TOKENS = 32
 NODE_BOND = 20_000
 VALIDATOR_BOND = 20_000
 CLIENTS = 3
@@ -79,6 +90,7 @@ class DemoConfig:
     seed: int = 7
     threads: int = 1
     models: tuple[str, ...] = DEMO_MODELS
+    llm: bool = False
 
     def __post_init__(self) -> None:
         checks = [
@@ -241,17 +253,19 @@ class DemoNetwork:
         substitutes: dict[bytes, nn.Module] = {}
         self.example_inputs: dict[bytes, Callable[[int], torch.Tensor]] = {}
         self.model_ids: list[bytes] = []
-        for index, name in enumerate(config.models):
+        mode, names = ("llm", LLM_DEMO_MODELS) if config.llm else ("exact", config.models)
+        for index, name in enumerate(names):
             built = zoo.build(name, seed=config.seed * 100 + index)
             directory = workdir / "models" / name
             save_model(directory, built.module, built.kind, built.config)
-            entry = registry.add(directory, mode="exact", name=name)
+            entry = registry.add(directory, mode=mode, name=name)
             # The cheater's "cheaper model": same architecture, other weights
             cheap = zoo.build(name, seed=config.seed * 100 + index + 50)
             substitutes[entry.model_id] = cheap.module
             self.example_inputs[entry.model_id] = built.example_input
             self.model_ids.append(entry.model_id)
         models = load_registered_models(registry)
+        llms = load_registered_llms(registry)
 
         self.nodes: list[InferenceNode] = []
         self.reports: list[NodeReport] = []
@@ -262,13 +276,13 @@ class DemoNetwork:
                 if cheater
                 else None
             )
-            node = InferenceNode(_key(config.seed, "node", i), models, runtime, cheat)
+            node = InferenceNode(_key(config.seed, "node", i), models, runtime, cheat, llms)
             self.nodes.append(node)
             self.reports.append(
                 NodeReport(name=f"node-{i}", node_id=node.node_id.hex()[:12], cheater=cheater)
             )
         self.validators = [
-            Validator(_key(config.seed, "validator", i), models, runtime)
+            Validator(_key(config.seed, "validator", i), models, runtime, llms)
             for i in range(config.validators)
         ]
         self.by_validator_id = {v.validator_id: v for v in self.validators}
@@ -312,8 +326,9 @@ class DemoNetwork:
 
     # -- jobs --------------------------------------------------------------------------------------
     def active_nodes(self) -> list[int]:
-        accounts = self.ledger.state.accounts
-        return [i for i, n in enumerate(self.nodes) if not accounts[n.node_id].node.slashed_out]
+        """Nodes the ledger takes jobs from: bonded, not jailed, not slashed out."""
+        state = self.ledger.state
+        return [i for i, n in enumerate(self.nodes) if is_bonded(state, n.node_id, c.NODE)]
 
     def submit(self, index: int, rng: random.Random) -> bytes | None:
         """One client job to the next active node; returns the job id, or None if none is left."""
@@ -324,12 +339,17 @@ class DemoNetwork:
         node = self.nodes[node_index]
         model_id = self.model_ids[index % len(self.model_ids)]
         client = self.clients[index % len(self.clients)]
+        params: tuple[tuple[str, int | str], ...] = ()
+        if self.config.llm:
+            job = LLMJob(LLM_DEMO_NEW_TOKENS, "float32", SamplingParams(seed=rng.randrange(2**63)))
+            params = tuple(job.to_params().items())
         request = JobRequest(
             model_id=model_id,
             input=Tensor.from_torch(self.example_inputs[model_id](rng.randrange(2**31))),
             client=client.public.raw,
             nonce=index,
             fee=self.fee,
+            params=params,
         ).signed(client)
         result = node.handle(request)
         self.inference_seconds += result.seconds
@@ -344,11 +364,8 @@ class DemoNetwork:
         return request.job_id
 
     def bonded_validators(self) -> list[bytes]:
-        return [
-            v
-            for v, account in self.ledger.state.accounts.items()
-            if account.validator.amount and not account.validator.slashed_out
-        ]
+        state = self.ledger.state
+        return [v for v in state.accounts if is_bonded(state, v, c.VALIDATOR)]
 
     def audit(self, job_ids: Sequence[bytes]) -> None:
         """Audit the sampled jobs among ``job_ids``, whose sample round has just been revealed."""
@@ -366,22 +383,29 @@ class DemoNetwork:
             )
             if chosen is None:
                 continue
-            request, _output = self.nodes[node_index].job_data(job_id)  # the validator's fetch
-            finding = self.by_validator_id[chosen].audit(request, commitment, job.sample_round)
+            request, output = self.nodes[node_index].job_data(job_id)  # the validator's fetch
+            finding = self.by_validator_id[chosen].audit(
+                request, commitment, job.sample_round, output
+            )
             if isinstance(finding, Evidence):
                 self.reports[node_index].mismatches += 1
                 self.ledger.append(Accuse(evidence=finding.encode()))
-                self.run_dispute(finding, request, commitment, job.sample_round)
+                self.run_dispute(finding, request, commitment, job.sample_round, output)
             else:
                 self.ledger.append(Attest(attestation=finding.encode()))
 
     def run_dispute(
-        self, evidence: Evidence, request: JobRequest, commitment: Commitment, round_: int
+        self,
+        evidence: Evidence,
+        request: JobRequest,
+        commitment: Commitment,
+        round_: int,
+        output: Tensor | None = None,
     ) -> None:
         """Each committee member re-executes and votes; the last vote resolves the dispute."""
         dispute = self.ledger.state.disputes[evidence.content_id]
         for member in dispute.committee:
-            vote = self.by_validator_id[member].vote(request, commitment, round_)
+            vote = self.by_validator_id[member].vote(request, commitment, round_, output)
             self.ledger.append(Attest(attestation=vote.encode()))
 
     def close(self) -> None:
@@ -471,3 +495,126 @@ def _summarise(
         },
     )
     return summary
+
+
+# -- the zk path (`assay demo --zk`) ---------------------------------------------------------------
+
+
+@dataclass
+class ZkDemoSummary:
+    """Every zk job's proof checked; the forger's forged proofs caught as INVALID_PROOF."""
+
+    jobs: int = 0
+    forged: int = 0
+    valid: int = 0
+    caught: int = 0
+    missed: int = 0
+    honest_flagged: int = 0
+    logrows: int = 0
+    setup_seconds: float = 0.0
+    prove_seconds: list[float] = field(default_factory=list)
+    verify_seconds: list[float] = field(default_factory=list)
+    proof_bytes: int = 0
+    reasons: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "jobs": self.jobs,
+            "forged": self.forged,
+            "valid": self.valid,
+            "caught": self.caught,
+            "missed": self.missed,
+            "honest_flagged": self.honest_flagged,
+            "logrows": self.logrows,
+            "setup_seconds": round(self.setup_seconds, 3),
+            "prove_seconds_mean": round(sum(self.prove_seconds) / max(1, self.jobs), 3),
+            "verify_ms_mean": round(1000 * sum(self.verify_seconds) / max(1, self.jobs), 2),
+            "proof_bytes": self.proof_bytes,
+            "reasons": self.reasons,
+        }
+
+
+def run_zk_demo(jobs: int = 4, seed: int = 7, workdir: Path | None = None) -> ZkDemoSummary:
+    """Two nodes prove every job of a small MLP; one forges half of its proofs.
+
+    The forger serves a cheaper model's output with a proof it already has —
+    for another input, or for another output — which a sampled network would
+    miss with probability 1−p; here every proof is checked and each forgery
+    becomes signed INVALID_PROOF evidence. Uses a devnet SRS (testing only).
+    """
+    import warnings
+
+    from prover.node import tensor_hash
+    from prover.zk import (
+        SMALL_MLP_CONFIG,
+        DevnetSrsWarning,
+        ZkArtifactStore,
+        ZkProof,
+        ZkProver,
+        small_mlp,
+    )
+    from verifier.zk import ZkKey
+
+    with tempfile.TemporaryDirectory(prefix="assay-zk-demo-") as tmp:
+        root = Path(workdir) if workdir is not None else Path(tmp)
+        registry = ModelRegistry(root / "registry")
+        module = small_mlp(seed, SMALL_MLP_CONFIG)
+        save_model(root / "models" / "zk-mlp", module, "mlp", dict(SMALL_MLP_CONFIG))
+        entry = registry.add(root / "models" / "zk-mlp", mode="zk", name="zk-mlp")
+        inputs = [zoo.example_input("mlp", SMALL_MLP_CONFIG, seed + i) for i in range(8)]
+        started = time.perf_counter()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DevnetSrsWarning)  # the CLI says it, once
+            artifacts = ZkArtifactStore(root / "zk").setup(entry.model_id, module, inputs)
+        entry = registry.update_params(entry.model_id, artifacts.registry_params())
+        summary = ZkDemoSummary(logrows=artifacts.logrows)
+        summary.setup_seconds = time.perf_counter() - started
+        prover = ZkProver(artifacts)
+        honest = InferenceNode(_key(seed, "zk-node", 0), {}, zk_provers={entry.model_id: prover})
+        forger = InferenceNode(_key(seed, "zk-node", 1), {}, zk_provers={entry.model_id: prover})
+        validator = Validator(
+            _key(seed, "zk-validator", 0), {},
+            zk_keys={entry.model_id: ZkKey.from_artifacts(artifacts, entry.params)},
+        )
+        client = _key(seed, "zk-client", 0)
+        cheap = small_mlp(seed + 50, SMALL_MLP_CONFIG)
+        last_proof: dict[bytes, bytes] = {}
+        for index in range(jobs):
+            node = (honest, forger)[index % 2]
+            request = JobRequest(
+                model_id=entry.model_id,
+                input=Tensor.from_torch(zoo.example_input("mlp", SMALL_MLP_CONFIG, 1000 + index)),
+                client=client.public.raw, nonce=index, fee=1,
+            ).signed(client)
+            forging = node is forger and node.node_id in last_proof and index % 4 == 3
+            if forging:
+                # an earlier job's proof, replayed with its own output (a proof for another
+                # input), or dressing the cheaper model's output (a proof for another output)
+                if summary.forged % 2 == 0:
+                    output = ZkProof.decode(last_proof[node.node_id]).output_tensor()
+                else:
+                    with torch.inference_mode():
+                        output = Tensor.from_torch(cheap(request.input.to_torch()))
+                commitment = Commitment(
+                    job_id=request.job_id, model_id=entry.model_id,
+                    input_hash=tensor_hash(request.input), output_hash=tensor_hash(output),
+                    node=node.node_id, mode="zk", aux=last_proof[node.node_id],
+                ).signed(node.key)
+                summary.forged += 1
+            else:
+                result = node.handle(request)
+                commitment = result.commitment
+                summary.prove_seconds.append(result.seconds)
+                last_proof[node.node_id] = commitment.aux
+                summary.proof_bytes = len(ZkProof.decode(commitment.aux).proof)
+            summary.jobs += 1
+            finding = validator.audit(request, commitment, beacon_round=0)
+            summary.verify_seconds.append(validator.stats.seconds - sum(summary.verify_seconds))
+            if isinstance(finding, Evidence):
+                summary.reasons.append(finding.detail)
+                summary.caught += forging
+                summary.honest_flagged += not forging
+            else:
+                summary.valid += finding.verdict is Verdict.VALID
+                summary.missed += forging
+        return summary

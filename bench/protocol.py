@@ -18,21 +18,18 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from assay.codec import Tensor, encode  # noqa: E402
-from assay.hashing import sha256  # noqa: E402
-from assay.keys import SigningKey  # noqa: E402
-from assay.messages import Commitment, JobRequest  # noqa: E402
-from prover import zoo  # noqa: E402
-from prover.runtime import DeterministicRuntime  # noqa: E402
+from assay.codec import Tensor, encode
+from assay.hashing import sha256
+from assay.keys import SigningKey
+from assay.messages import Commitment, JobRequest
+from prover import zoo
+from prover.runtime import DeterministicRuntime
 
 RESULTS = Path(__file__).resolve().parent / "results" / "protocol.json"
 
@@ -148,7 +145,7 @@ def main() -> None:
         )
         + "\n"
     )
-    print(f"wrote {RESULTS.relative_to(Path.cwd()) if RESULTS.is_relative_to(Path.cwd()) else RESULTS}")
+    print(f"wrote {RESULTS}")
 
 
 if __name__ == "__main__":

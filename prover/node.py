@@ -5,6 +5,15 @@ the client's signature, runs the model alone in the deterministic runtime,
 and signs a :class:`~assay.messages.Commitment` binding the job id, model id,
 input hash and output hash to its key. It keeps each job's request and output
 so that a validator that samples the job can fetch them for re-execution.
+
+Models registered in the ``llm`` mode (``llms``) generate instead: the node
+samples with the job's seeded sampler and commits to the token ids (output
+hash) and a sketch of the final hidden states (``Commitment.aux``); see
+:mod:`prover.llm`.
+
+Models with a zk prover (``zk_provers``) prove every job instead: the output
+is the circuit's, and the commitment's ``aux`` carries the EZKL proof that
+binds it to the model, the input and the output; see :mod:`prover.zk`.
 """
 
 from __future__ import annotations
@@ -22,11 +31,18 @@ from assay.hashing import sha256
 from assay.keys import SigningKey
 from assay.messages import Commitment, JobRequest
 from prover.adversary import CheatStrategy
+from prover.llm.commit import run_llm_job
+from prover.llm.generate import LLM
+from prover.llm.job import Calibration, calibration_from_params
 from prover.model_store import load_model
 from prover.registry import ModelRegistry
 from prover.runtime import DeterministicRuntime
+from prover.signer_protection import SignerProtection
+from prover.zk import ZkProver
 
 EXACT_MODE = "exact"
+LLM_MODE = "llm"
+ZK_MODE = "zk"
 
 
 class JobRejected(ProtocolError):
@@ -56,6 +72,16 @@ def load_registered_models(
     }
 
 
+def load_registered_llms(registry: ModelRegistry) -> dict[bytes, tuple[LLM, Calibration]]:
+    """Every ``llm``-mode model in the registry with its calibration, keyed by model id."""
+    llms = {}
+    for entry in registry.list():
+        if entry.mode == LLM_MODE:
+            module = load_model(Path(entry.path))[0]
+            llms[entry.model_id] = (LLM(module), calibration_from_params(entry.params))
+    return llms
+
+
 class InferenceNode:
     """One operator's node: its key, its loaded models and its runtime."""
 
@@ -65,11 +91,20 @@ class InferenceNode:
         models: Mapping[bytes, nn.Module],
         runtime: DeterministicRuntime | None = None,
         cheat: CheatStrategy | None = None,
+        llms: Mapping[bytes, tuple[LLM, Calibration]] | None = None,
+        llm_attention: str = "sdpa",
+        zk_provers: Mapping[bytes, ZkProver] | None = None,
+        protection: SignerProtection | None = None,
     ) -> None:
         self.key = key
         self.models = dict(models)
         self.runtime = runtime or DeterministicRuntime()
         self.cheat = cheat
+        self.llms = dict(llms or {})
+        self.llm_attention = llm_attention
+        self._substitute_llms: dict[int, LLM] = {}
+        self.zk_provers = dict(zk_provers or {})
+        self.protection = protection
         self._served: dict[bytes, tuple[JobRequest, Tensor]] = {}
 
     @property
@@ -79,6 +114,10 @@ class InferenceNode:
     def handle(self, request: JobRequest) -> JobResult:
         """Run one job and return its output with a signed commitment."""
         request.verify()
+        if request.model_id in self.llms:
+            return self._handle_llm(request)
+        if request.model_id in self.zk_provers:
+            return self._handle_zk(request)
         model = self.models.get(request.model_id)
         if model is None:
             raise JobRejected(f"this node does not serve model {request.model_id.hex()[:16]}…")
@@ -98,9 +137,68 @@ class InferenceNode:
             output_hash=tensor_hash(output),
             node=self.node_id,
             mode=EXACT_MODE,
-        ).signed(self.key)
+        )
+        commitment = self.sign(commitment)
         self._served[request.job_id] = (request, output)
         return JobResult(output=output, commitment=commitment, seconds=seconds)
+
+    def _handle_llm(self, request: JobRequest) -> JobResult:
+        llm, calibration = self.llms[request.model_id]
+        if self.cheat is not None:
+            module = self.cheat.choose_model(request, llm.module)
+            if module is not llm.module:
+                llm = self._substitute_llms.setdefault(id(module), LLM(module))
+        started = time.perf_counter()
+        try:
+            result = run_llm_job(llm, request, calibration, attention=self.llm_attention,
+                                 threads=self.runtime.threads)
+        except (ValueError, RuntimeError) as exc:
+            raise JobRejected(f"model could not run this job: {exc}") from exc
+        seconds = time.perf_counter() - started
+        commitment = Commitment(
+            job_id=request.job_id,
+            model_id=request.model_id,
+            input_hash=tensor_hash(request.input),
+            output_hash=tensor_hash(result.output),
+            node=self.node_id,
+            mode=LLM_MODE,
+            aux=result.aux,
+        )
+        commitment = self.sign(commitment)
+        self._served[request.job_id] = (request, result.output)
+        return JobResult(output=result.output, commitment=commitment, seconds=seconds)
+
+    def _handle_zk(self, request: JobRequest) -> JobResult:
+        """Prove the job: the output is the circuit's, the proof rides in ``aux`` (prover.zk)."""
+        started = time.perf_counter()
+        try:
+            proof = self.zk_provers[request.model_id].prove(request.input.to_torch())
+        except ValueError as exc:
+            raise JobRejected(f"model could not prove this input: {exc}") from exc
+        seconds = time.perf_counter() - started
+        output = proof.output_tensor()
+        commitment = Commitment(
+            job_id=request.job_id,
+            model_id=request.model_id,
+            input_hash=tensor_hash(request.input),
+            output_hash=tensor_hash(output),
+            node=self.node_id,
+            mode=ZK_MODE,
+            aux=proof.encode(),
+        )
+        commitment = self.sign(commitment)
+        self._served[request.job_id] = (request, output)
+        return JobResult(output=output, commitment=commitment, seconds=seconds)
+
+    def sign(self, commitment: Commitment) -> Commitment:
+        """Sign a commitment, after the signer protection database (if any) recorded it.
+
+        Raises ``SigningRefused`` rather than sign a second, different
+        commitment for a job (equivocation).
+        """
+        if self.protection is not None:
+            self.protection.approve(commitment)
+        return commitment.signed(self.key)
 
     def job_data(self, job_id: bytes) -> tuple[JobRequest, Tensor]:
         """What a validator fetches to re-execute a sampled job."""

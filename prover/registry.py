@@ -16,6 +16,7 @@ was. One process writes a registry at a time.
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import json
 import os
 import tempfile
@@ -182,6 +183,18 @@ class ModelRegistry:
         if entry is None:
             raise UnknownModel(f"model {_id_hex(model_id)} is not in the registry at {self.path}")
         return entry
+
+    def update_params(self, model_id: bytes | str, params: Mapping[str, Any]) -> RegistryEntry:
+        """Merge ``params`` into a listed model's entry (later stages pin what they set up)."""
+        entry = self.get(model_id)
+        merged = {**entry.params, **params}
+        try:
+            json.dumps(merged, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise ModelRegistryError(f"params must be finite JSON values: {exc}") from exc
+        updated = dataclasses.replace(entry, params=merged)
+        self._write({**self._read(), entry.model_id.hex(): updated})
+        return updated
 
     def remove(self, model_id: bytes | str) -> RegistryEntry:
         """Drop ``model_id`` from the registry (the model directory is left alone)."""

@@ -3,7 +3,11 @@
 For a sampled job the validator re-executes with the prover's runtime and
 signs what it found: an :class:`~assay.messages.Attestation` for VALID or
 INCONCLUSIVE, or :class:`~assay.messages.Evidence` for FRAUD, which embeds the
-node's signed commitment so the claim can be checked by anyone. As a member
+node's signed commitment so the claim can be checked by anyone. ``llm``
+commitments are judged with one prefill (:mod:`verifier.llm`) and need the
+output the node served. ``zk`` commitments are checked by their proof
+(:mod:`verifier.zk`), every one of them, and a failing proof is
+``INVALID_PROOF`` evidence that needs no committee. As a member
 of a dispute committee it re-executes the same way and signs its vote as an
 attestation, whatever the verdict.
 """
@@ -15,10 +19,15 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from assay.codec import Tensor
 from assay.keys import SigningKey
 from assay.messages import Attestation, Commitment, Evidence, JobRequest, Offence, Verdict
+from prover.llm.generate import LLM
+from prover.llm.job import Calibration
 from prover.runtime import DeterministicRuntime
-from verifier.reexecute import Check, check_exact
+from verifier.llm import LLM_MODE
+from verifier.reexecute import Check, check_exact, check_llm
+from verifier.zk import ZK_MODE, ZkKey, check_zk
 
 
 @dataclass
@@ -36,32 +45,59 @@ class Validator:
         key: SigningKey,
         models: Mapping[bytes, nn.Module],
         runtime: DeterministicRuntime | None = None,
+        llms: Mapping[bytes, tuple[LLM, Calibration]] | None = None,
+        zk_keys: Mapping[bytes, ZkKey] | None = None,
     ) -> None:
         self.key = key
         self.models = dict(models)
         self.runtime = runtime or DeterministicRuntime()
+        self.llms = dict(llms or {})
+        self.zk_keys = dict(zk_keys or {})
         self.stats = ValidatorStats()
 
     @property
     def validator_id(self) -> bytes:
         return self.key.public.raw
 
-    def _check(self, request: JobRequest, commitment: Commitment) -> Check:
-        check = check_exact(request, commitment, self.models.get(request.model_id), self.runtime)
+    def _check(
+        self, request: JobRequest, commitment: Commitment, output: Tensor | None
+    ) -> Check:
+        if self._is_zk(request, commitment):
+            check = check_zk(request, commitment, self.zk_keys.get(request.model_id))
+        elif commitment.mode == LLM_MODE or request.model_id in self.llms:
+            llm = self.llms.get(request.model_id)
+            check = check_llm(request, commitment, output, llm, self.runtime.threads)
+        else:
+            model = self.models.get(request.model_id)
+            check = check_exact(request, commitment, model, self.runtime)
         self.stats.seconds += check.seconds
         self.stats.verdicts[check.verdict] += 1
         return check
 
+    def _is_zk(self, request: JobRequest, commitment: Commitment) -> bool:
+        return commitment.mode == ZK_MODE or request.model_id in self.zk_keys
+
     def audit(
-        self, request: JobRequest, commitment: Commitment, beacon_round: int
+        self,
+        request: JobRequest,
+        commitment: Commitment,
+        beacon_round: int,
+        output: Tensor | None = None,
     ) -> Attestation | Evidence:
-        """Re-execute a sampled job; FRAUD becomes evidence, anything else an attestation."""
+        """Re-execute a sampled job; FRAUD becomes evidence, anything else an attestation.
+
+        ``output`` is the output the node served (needed for ``llm`` jobs).
+        """
         self.stats.audited += 1
-        check = self._check(request, commitment)
+        check = self._check(request, commitment, output)
         if check.verdict is Verdict.FRAUD:
             self.stats.mismatches += 1
             return Evidence(
-                offence=Offence.MISMATCH,
+                offence=(
+                    Offence.INVALID_PROOF
+                    if self._is_zk(request, commitment)
+                    else Offence.MISMATCH
+                ),
                 job_id=commitment.job_id,
                 accuser=self.validator_id,
                 commitment=commitment.encode(),
@@ -71,10 +107,17 @@ class Validator:
             ).signed(self.key)
         return self._attestation(commitment, check, beacon_round)
 
-    def vote(self, request: JobRequest, commitment: Commitment, beacon_round: int) -> Attestation:
+    def vote(
+        self,
+        request: JobRequest,
+        commitment: Commitment,
+        beacon_round: int,
+        output: Tensor | None = None,
+    ) -> Attestation:
         """A committee member's independent re-execution, signed whatever it finds."""
         self.stats.votes += 1
-        return self._attestation(commitment, self._check(request, commitment), beacon_round)
+        check = self._check(request, commitment, output)
+        return self._attestation(commitment, check, beacon_round)
 
     def _attestation(self, commitment: Commitment, check: Check, beacon_round: int) -> Attestation:
         return Attestation(

@@ -1,0 +1,75 @@
+"""``assay calibrate MODEL``: measure honest variation and store ``llm`` tolerances.
+
+Runs the honest-variation matrix of :mod:`verifier.calibrate` (batching with
+padding, 1 and 2 threads, SDPA and eager attention, KV cache against
+prefill, float32 and bfloat16) on a model registered in the ``llm`` mode, and
+stores the tolerances, with the margin they leave and what was measured, in
+the model's registry entry under ``params["llm"]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _find_entry(registry: Any, model: str) -> Any:
+    from prover.registry import UnknownModel
+
+    for entry in registry.list():
+        if model in (entry.name, entry.model_id.hex()):
+            return entry
+    raise UnknownModel(f"no model named or with id {model!r} in the registry at {registry.path}")
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from assay.cli import CommandError
+    from prover.llm.generate import LLM
+    from prover.llm.job import REGISTRY_KEY
+    from prover.model_store import load_model
+    from prover.registry import ModelRegistry, default_registry_root
+    from verifier.calibrate import calibrate
+
+    if args.jobs < 1:
+        raise CommandError(f"--jobs must be at least 1, got {args.jobs}")
+    registry = ModelRegistry(Path(args.registry) if args.registry else default_registry_root())
+    entry = _find_entry(registry, args.model)
+    if entry.mode != "llm":
+        raise CommandError(
+            f"model {entry.name} is registered in mode {entry.mode!r}; calibration is for 'llm'"
+        )
+    module, _ = load_model(Path(entry.path))
+    calibration = calibrate(LLM(module), jobs_per_setting=args.jobs, seed=args.seed)
+    registry.update_params(entry.model_id, {REGISTRY_KEY: calibration.to_json()})
+    if args.json:
+        print(json.dumps(calibration.to_json(), indent=2))
+        return 0
+    print(f"calibrated {entry.name} ({entry.model_id.hex()[:16]}…), margin "
+          f"{calibration.record['margin']} of each threshold:")
+    for dtype, tol in sorted(calibration.tolerances.items()):
+        seen = calibration.record["measured"][dtype]
+        print(f"  {dtype:<9} token_tau {tol.token_tau:.3g} (worst honest gap/2δ "
+              f"{max(seen['max_gap'], 2 * seen['max_logit_dev']):.3g}), sketch step "
+              f"2^{tol.sketch_exp}, sketch_tau {tol.sketch_tau:.3g}, rms_tau "
+              f"{tol.sketch_rms_tau:.3g} quanta; {seen['jobs']} jobs, "
+              f"{seen['positions']} positions")
+    return 0
+
+
+def register(commands: Any) -> None:
+    parser = commands.add_parser(
+        "calibrate", help="measure honest variation of an llm model and store its tolerances"
+    )
+    parser.add_argument("model", help="registered model name or id (hex)")
+    parser.add_argument(
+        "--jobs", type=int, default=12, help="honest jobs per setting and dtype (12)"
+    )
+    parser.add_argument("--seed", type=int, default=1, help="seed of the honest jobs (1)")
+    parser.add_argument(
+        "--registry", default=None,
+        help="registry directory (default: $ASSAY_HOME/models, ASSAY_HOME=~/.assay)",
+    )
+    parser.add_argument("--json", action="store_true", help="print the calibration as JSON")
+    parser.set_defaults(func=cmd_calibrate)

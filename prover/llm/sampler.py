@@ -1,0 +1,152 @@
+"""A sampler whose randomness any verifier can regenerate, on any hardware.
+
+Sampling is Gumbel-max: the token at generated position ``i`` is
+``argmax_v (logit_v + T · g[i, v])`` over the tokens that survive top-k and
+top-p, which draws exactly from ``softmax(logits / T)`` restricted to them
+(Gumbel 1954; the "Gumbel-max trick", Maddison et al. 2014). Greedy decoding
+is ``T = 0``. The noise ``g[i, v]`` is a pure function of (job seed, i, v):
+a counter-mode hash RNG in the style of Random123 (Salmon et al., SC 2011)
+built from the SplitMix64 finaliser (Steele, Lea and Flood, OOPSLA 2014),
+computed in 64-bit integer arithmetic, which is exact on every machine. A
+verifier regenerates the same noise for every position at once and checks
+each committed token against its own logits, as Token-DiFR and Gonka do.
+
+Writing the choice in logit units (``logit + T · g`` rather than
+``logit / T + g``) makes an honest node's disagreement with a verifier a
+difference of logits, which is what floating-point variation perturbs; the
+verifier's margin is calibrated in those units.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+NOISE_DOMAIN = b"assay/llm/sampler/v1"
+_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_TWO_POW_MINUS_53 = 2.0**-53
+MAX_POSITIONS = 2**32
+MAX_VOCAB = 2**32
+PPM = 1_000_000
+MILLI = 1_000
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """What the job pins about sampling, as the integers a ``JobRequest`` carries.
+
+    ``temperature_milli`` is T × 1000 (0 = greedy), ``top_k`` 0 means off,
+    ``top_p_ppm`` is p × 10⁶ (10⁶ = off).
+    """
+
+    seed: int
+    temperature_milli: int = MILLI
+    top_k: int = 0
+    top_p_ppm: int = PPM
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.seed < 2**64:
+            raise ValueError(f"seed must be an unsigned 64-bit integer, got {self.seed}")
+        if not 0 <= self.temperature_milli <= 100 * MILLI:
+            raise ValueError(f"temperature_milli must be 0..100000, got {self.temperature_milli}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must not be negative, got {self.top_k}")
+        if not 0 < self.top_p_ppm <= PPM:
+            raise ValueError(f"top_p_ppm must be 1..{PPM}, got {self.top_p_ppm}")
+
+    @property
+    def temperature(self) -> float:
+        return self.temperature_milli / MILLI
+
+    @property
+    def top_p(self) -> float:
+        return self.top_p_ppm / PPM
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature_milli == 0
+
+
+def noise_key(seed: int) -> tuple[np.uint64, np.uint64]:
+    """Two 64-bit keys for the counter RNG, from SHA-256 of the domain tag and the job seed."""
+    digest = hashlib.sha256(NOISE_DOMAIN + seed.to_bytes(8, "big")).digest()
+    return (
+        np.uint64(int.from_bytes(digest[:8], "big")),
+        np.uint64(int.from_bytes(digest[8:16], "big")),
+    )
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """SplitMix64's finaliser: a bijection of 64-bit words with full avalanche."""
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+def hash_words(seed: int, positions: np.ndarray, vocab: int) -> np.ndarray:
+    """Keyed 64-bit words ``[len(positions), vocab]``: word (i, v) hashes counter ``i·2³² + v``."""
+    if vocab <= 0 or vocab > MAX_VOCAB:
+        raise ValueError(f"vocabulary size must be 1..{MAX_VOCAB}, got {vocab}")
+    pos = np.asarray(positions, dtype=np.uint64)
+    if pos.size and int(pos.max()) >= MAX_POSITIONS:
+        raise ValueError(f"positions must be below {MAX_POSITIONS}")
+    k0, k1 = noise_key(seed)
+    counter = (pos[:, None] << np.uint64(32)) | np.arange(vocab, dtype=np.uint64)[None, :]
+    with np.errstate(over="ignore"):
+        return _mix64(_mix64(counter ^ k0) + k1 * _GOLDEN)
+
+
+def uniforms(seed: int, positions: np.ndarray, vocab: int) -> np.ndarray:
+    """Uniform float64 in (0, 1): the top 53 bits of each word, centred in their cell."""
+    words = hash_words(seed, positions, vocab)
+    return ((words >> np.uint64(11)).astype(np.float64) + 0.5) * _TWO_POW_MINUS_53
+
+
+def gumbel_noise(seed: int, n_positions: int, vocab: int, start: int = 0) -> torch.Tensor:
+    """Standard Gumbel noise ``[n_positions, vocab]`` (float64) for generated positions."""
+    u = uniforms(seed, np.arange(start, start + n_positions, dtype=np.uint64), vocab)
+    return torch.from_numpy(-np.log(-np.log(u)))
+
+
+def kept_mask(
+    logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor
+) -> torch.Tensor:
+    """Which tokens survive top-k then top-p, per row (``[B, V]`` bool), as a node computes it.
+
+    A token survives top-p when the probability mass ranked strictly above it
+    is below p (the smallest prefix whose mass reaches p). Ties are broken by
+    the sort, which is stable, so lower token ids rank first.
+    """
+    vocab = logits.shape[-1]
+    order = torch.sort(logits, dim=-1, descending=True, stable=True)
+    ranks = torch.empty_like(order.indices)
+    ranks.scatter_(-1, order.indices, torch.arange(vocab).expand_as(order.indices))
+    k = torch.where(top_k > 0, top_k, torch.full_like(top_k, vocab))
+    keep = ranks < k[:, None]
+    scaled = order.values / temperature.clamp_min(1e-6)[:, None]
+    probs = torch.softmax(scaled, dim=-1)
+    mass_above_sorted = torch.cumsum(probs, dim=-1) - probs
+    mass_above = torch.empty_like(mass_above_sorted)
+    mass_above.scatter_(-1, order.indices, mass_above_sorted)
+    keep &= (mass_above < top_p[:, None]) | (top_p[:, None] >= 1.0)
+    return keep
+
+
+def choose_tokens(
+    logits: torch.Tensor, noise: torch.Tensor, params: list[SamplingParams]
+) -> torch.Tensor:
+    """One sampling step: ``logits`` and ``noise`` ``[B, V]`` (float64) → token ids ``[B]``."""
+    temperature = torch.tensor([p.temperature for p in params], dtype=torch.float64)
+    scores = logits + temperature[:, None] * noise
+    if any(p.top_k > 0 or p.top_p_ppm < PPM for p in params):
+        top_k = torch.tensor([p.top_k for p in params], dtype=torch.int64)
+        top_p = torch.tensor([p.top_p for p in params], dtype=torch.float64)
+        keep = kept_mask(logits, temperature, top_k, top_p)
+        scores = scores.masked_fill(~keep, float("-inf"))
+    return torch.argmax(scores, dim=-1)

@@ -1,0 +1,250 @@
+"""Verification of ``llm`` jobs: one teacher-forced prefill, a sampling check, a sketch check.
+
+The validator runs the pinned model at the pinned dtype once over prompt +
+output and gets, for every generated position, the logits and the final
+hidden state that should have produced the committed token. Two checks:
+
+- **Sampling.** It regenerates the sampler's noise from the job seed
+  (:mod:`prover.llm.sampler`) and measures, for each committed token ``t``,
+  the *gap* ``max_v (l_v + T·g_v) − (l_t + T·g_t)`` over the tokens that any
+  honest node must have kept under top-k/top-p. An honest node chose ``t`` as
+  the argmax of the same expression on logits that differ from the
+  verifier's by float noise ``δ``, so its gap is at most ``2δ``; a token kept
+  by no honest node (outside top-k/top-p, with the same tolerance) has gap
+  ∞. This is what catches a generation that is not the pinned model's:
+  another model, the wrong temperature or seed, fabricated tokens, and the
+  prefill attack (cheap tokens, honest sketch), which sketches alone miss.
+- **Sketch.** It recomputes the block values of :mod:`prover.llm.sketch` from
+  its own hidden states and measures each committed residue's distance in
+  quanta: the largest one, and the root-mean-square over the job. This
+  catches changes that keep most tokens plausible: quantised weights, a
+  wrong dtype, a skipped layer, a changed prompt.
+
+Each check's score is its deviation divided by the calibrated tolerance
+(:class:`prover.llm.job.Tolerances`); the sketch score is the larger of the
+two sketch ratios. A score above 1 is FRAUD;
+from ``SUSPICIOUS`` to 1 the validator neither accuses nor vouches
+(INCONCLUSIVE); below, VALID. Problems that are not the node's provable
+fault (no model here, a run that failed, output that does not match the
+commitment's hash as fetched) are INCONCLUSIVE, never FRAUD.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from assay.codec import Tensor, encode
+from assay.hashing import sha256
+from assay.messages import Commitment, JobRequest, Verdict
+from prover.llm.generate import LLM, GenerationError, prefill
+from prover.llm.job import Calibration, LLMJob, LLMJobError, Tolerances, parse_job
+from prover.llm.sampler import SamplingParams, gumbel_noise
+from prover.llm.sketch import BLOCK, SketchError, decode_sketch, deviations
+
+LLM_MODE = "llm"
+SUSPICIOUS = 0.8
+"""Scores in (SUSPICIOUS, 1] are INCONCLUSIVE: too close to the line to vouch for."""
+
+
+@dataclass(frozen=True)
+class LLMCheck:
+    """A verdict with its evidence: scores are largest deviation ÷ tolerance."""
+
+    verdict: Verdict
+    reason: str
+    token_score: float = 0.0
+    sketch_score: float = 0.0
+    tokens_to_fraud: int | None = None  # generated tokens needed to reach FRAUD, when FRAUD
+    seconds: float = 0.0
+
+    @property
+    def score(self) -> float:
+        return max(self.token_score, self.sketch_score)
+
+
+def _tensor_hash(t: Tensor) -> bytes:
+    return sha256(encode(t))
+
+
+def _count_at_least(sorted_asc: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
+    """Per row, how many values are ≥ each threshold: ``[n, V]`` sorted, ``[n, m]`` → ``[n, m]``."""
+    return sorted_asc.shape[-1] - torch.searchsorted(sorted_asc, thresholds, right=False)
+
+
+def sampling_gaps(
+    logits: torch.Tensor, noise: torch.Tensor, tokens: torch.Tensor, params: SamplingParams,
+    tol: float,
+) -> torch.Tensor:
+    """Each committed token's gap ``[n]`` (logit units; ∞ when no honest node could keep it).
+
+    ``tol`` bounds how far an honest node's logit comparisons can differ from
+    the verifier's; top-k/top-p membership is decided with that slack both
+    ways: a token counts against ``t`` only if every honest node kept it, and
+    ``t`` is allowed if some honest node could have kept it. Both filters
+    keep a prefix of the tokens ranked by logit, so a node that kept ``t``
+    kept every token clearly above it (logit ≥ ``l_t + tol``) whatever the
+    probability slack: those always count against ``t``.
+    """
+    n, vocab = logits.shape
+    rows = torch.arange(n)
+    chosen = logits[rows, tokens]  # [n]
+    if params.greedy:
+        return (logits.max(dim=-1).values - chosen).clamp_min(0.0)
+    temperature = params.temperature
+    scores = logits + temperature * noise  # [n, V]
+    if params.top_k == 0 and params.top_p_ppm >= 1_000_000:
+        return (scores.max(dim=-1).values - scores[rows, tokens]).clamp_min(0.0)
+    ascending = torch.sort(logits, dim=-1).values  # [n, V]
+    k = params.top_k if 0 < params.top_k < vocab else vocab
+    # top-k: t possible if fewer than k tokens lie clearly above it; v certain if, even with
+    # every near-tie ranked above it, it stays within k.
+    t_possible = _count_at_least(ascending, (chosen + tol)[:, None]).squeeze(1) < k
+    certain = _count_at_least(ascending, logits - tol) <= k  # [n, V]
+    if params.top_p_ppm < 1_000_000:
+        probs = torch.softmax(ascending.flip(-1) / temperature, dim=-1)  # descending order
+        cumulative = torch.cumsum(probs, dim=-1)  # mass of the i+1 most likely tokens
+        slack = math.expm1(tol / temperature)
+        p = params.top_p
+
+        def mass_at_least(thresholds: torch.Tensor) -> torch.Tensor:
+            count = _count_at_least(ascending, thresholds)  # [n, m]
+            index = (count - 1).clamp_min(0)
+            return torch.where(count > 0, cumulative.gather(-1, index), 0.0)
+
+        p_v = torch.softmax(logits / temperature, dim=-1)
+        t_possible &= mass_at_least((chosen + tol)[:, None]).squeeze(1) < p * (1 + slack)
+        certain &= (mass_at_least(logits - tol) - p_v) < p * (1 - slack)
+    certain |= logits >= (chosen + tol)[:, None]  # ranked clearly above t: kept if t was
+    best = scores.masked_fill(~certain, float("-inf")).max(dim=-1).values
+    gaps = (best - scores[rows, tokens]).clamp_min(0.0)
+    return torch.where(t_possible, gaps, torch.full_like(gaps, math.inf))
+
+
+def _fraud(reason: str, tokens_to_fraud: int | None = None, seconds: float = 0.0) -> LLMCheck:
+    return LLMCheck(Verdict.FRAUD, reason, math.inf, 0.0, tokens_to_fraud, seconds)
+
+
+def _inconclusive(reason: str, seconds: float = 0.0) -> LLMCheck:
+    return LLMCheck(Verdict.INCONCLUSIVE, reason, seconds=seconds)
+
+
+def _output_tokens(output: Tensor, vocab: int) -> torch.Tensor | str:
+    """The committed token ids ``[n]``, or why the output is not a valid generation."""
+    if output.dtype != "int64" or len(output.shape) != 2 or output.shape[0] != 1:
+        return f"output must be int64 token ids [1, n]; got {output.dtype} {list(output.shape)}"
+    tokens = output.to_torch()[0]
+    if tokens.numel() == 0:
+        return "output holds no tokens"
+    if int(tokens.min()) < 0 or int(tokens.max()) >= vocab:
+        return f"output token ids must be in 0..{vocab - 1}"
+    return tokens
+
+
+def _length_problem(tokens: torch.Tensor, job: LLMJob) -> str | None:
+    n = tokens.numel()
+    if n > job.max_new_tokens:
+        return f"output has {n} tokens; the job allows {job.max_new_tokens}"
+    if job.stop_token is not None:
+        stops = (tokens == job.stop_token).nonzero()
+        if stops.numel() and int(stops[0, 0]) != n - 1:
+            return f"output continues past the stop token at position {int(stops[0, 0])}"
+        if n < job.max_new_tokens and not stops.numel():
+            return f"output stops after {n} of {job.max_new_tokens} tokens without a stop token"
+    elif n < job.max_new_tokens:
+        return f"output is truncated: {n} of {job.max_new_tokens} tokens"
+    return None
+
+
+def _first_over(values: torch.Tensor, tau: float) -> int | None:
+    over = (values > tau).nonzero()
+    return int(over[0, 0]) if over.numel() else None
+
+
+def verify_generation(
+    request: JobRequest,
+    commitment: Commitment,
+    output: Tensor | None,
+    llm: LLM | None,
+    calibration: Calibration,
+    attention: str = "eager",
+    threads: int = 1,
+) -> LLMCheck:
+    """Judge one ``llm`` commitment; see the module docstring for the rules."""
+    if commitment.job_id != request.job_id:
+        return _inconclusive("commitment is for another job")
+    if commitment.model_id != request.model_id:
+        return _fraud("commitment names a model the client did not ask for")
+    if commitment.input_hash != _tensor_hash(request.input):
+        return _fraud("commitment's input hash is not the request's prompt")
+    if commitment.mode != LLM_MODE:
+        return _fraud(f"commitment is in mode {commitment.mode!r}; this model's jobs are 'llm'")
+    try:
+        job = parse_job(request)
+    except LLMJobError as exc:
+        return _inconclusive(f"job parameters are not a valid llm job: {exc}")
+    if output is None:
+        return _inconclusive("the node did not provide the output")
+    if _tensor_hash(output) != commitment.output_hash:
+        return _inconclusive("the output fetched does not match the commitment's output hash")
+    if llm is None:
+        return _inconclusive("validator does not hold this model")
+    tokens = _output_tokens(output, llm.vocab_size)
+    if isinstance(tokens, str):
+        return _fraud(f"committed output is not a generation: {tokens}", 0)
+    n = tokens.numel()
+    problem = _length_problem(tokens, job)
+    if problem is not None:
+        return _fraud(problem, n)
+    try:
+        sketch = decode_sketch(commitment.aux, n)
+    except SketchError as exc:
+        return _fraud(f"malformed sketch: {exc}", 0)
+    tolerances: Tolerances = calibration.for_dtype(job.dtype)
+    if sketch.exp != tolerances.sketch_exp:
+        return _fraud(
+            f"sketch step 2^{sketch.exp} is not the model's calibrated 2^{tolerances.sketch_exp}", 0
+        )
+    started = time.perf_counter()
+    try:
+        prompt = request.input.to_torch()
+        if prompt.dim() == 2 and prompt.shape[0] == 1:
+            prompt = prompt[0]
+        view = prefill(llm, prompt, tokens, job.dtype, attention=attention, threads=threads)
+    except (GenerationError, LLMJobError, ValueError, RuntimeError) as exc:
+        return _inconclusive(f"prefill failed: {exc}", time.perf_counter() - started)
+    noise = gumbel_noise(job.sampling.seed, n, llm.vocab_size)
+    gaps = sampling_gaps(view.logits, noise, tokens, job.sampling, tolerances.token_tau)
+    sketch_dev = deviations(sketch, view.hidden, job.sampling.seed)  # [blocks, K] quanta
+    block_dev = sketch_dev.abs().amax(dim=-1)  # [blocks]
+    rms = float(sketch_dev.pow(2).mean().sqrt())
+    seconds = time.perf_counter() - started
+    token_score = float(gaps.max()) / tolerances.token_tau
+    sketch_score = max(float(block_dev.max()) / tolerances.sketch_tau,
+                       rms / tolerances.sketch_rms_tau)
+    first_token = _first_over(gaps, tolerances.token_tau)
+    first_block = _first_over(block_dev, tolerances.sketch_tau)
+    reached = [
+        *([first_token + 1] if first_token is not None else []),
+        *([min((first_block + 1) * BLOCK, n)] if first_block is not None else []),
+        *([n] if rms > tolerances.sketch_rms_tau else []),
+    ]
+    detail = f"token score {token_score:.3g}, sketch score {sketch_score:.3g}"
+    if reached:
+        which = "token" if first_token is not None and first_token + 1 == min(reached) else "sketch"
+        return LLMCheck(
+            Verdict.FRAUD, f"{which} check failed ({detail})", token_score, sketch_score,
+            min(reached), seconds,
+        )
+    if max(token_score, sketch_score) > SUSPICIOUS:
+        return LLMCheck(
+            Verdict.INCONCLUSIVE, f"close to the tolerance ({detail})", token_score, sketch_score,
+            None, seconds,
+        )
+    return LLMCheck(
+        Verdict.VALID, f"tokens and sketch match ({detail})", token_score, sketch_score, None,
+        seconds,
+    )
