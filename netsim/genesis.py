@@ -1,0 +1,45 @@
+"""Before the first job: fund everyone and have the ledger accept the parameters.
+
+The parameters go through the ledger's own ``SetParams`` rule, so a
+configuration the network would refuse (say, p so low that
+``p(1−r)(R+S) > C`` fails for the ledger's estimate of C) is refused here
+with the ledger's message, whichever path runs it.
+"""
+
+from __future__ import annotations
+
+from netsim.config import ConfigError, SimConfig
+from slashing import LedgerRuleError, SetParams, State, apply_event
+from slashing import constants as c
+
+INT64_SUPPLY = min(c.MAX_SUPPLY, 2**63 - 1)
+
+class ParamsRefused(ValueError):
+    """The ledger's ``SetParams`` rule refused the configuration's parameters."""
+
+
+def check_params(config: SimConfig) -> None:
+    try:
+        apply_event(State(), SetParams(params=config.ledger))
+    except LedgerRuleError as exc:
+        raise ParamsRefused(str(exc)) from exc
+
+
+def client_funds(config: SimConfig, total_jobs: int) -> int:
+    """Each client's mint: the fees of every job it pays for (job i is paid by client i mod n).
+
+    The fast path keeps money in int64, so the whole supply must fit in 63 bits
+    (the ledger's own cap is 64).
+    """
+    per_client = -(-total_jobs // config.clients)
+    funds = config.fee * per_client
+    supply = (
+        funds * config.clients
+        + config.node_bond * config.nodes
+        + config.validator_bond * config.validators
+    )
+    if supply > INT64_SUPPLY:
+        raise ConfigError(
+            f"fees and bonds need {supply} tokens, more than netsim's supply cap {INT64_SUPPLY}"
+        )
+    return funds
