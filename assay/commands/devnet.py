@@ -1,0 +1,363 @@
+"""``assay devnet up | down``: a whole network as separate OS processes on loopback.
+
+``up`` writes everything a network needs into one directory, then starts a
+ledger, the nodes and the validators, each ``python -m assay <role> run
+--config <file>`` in its own session (process group), logging to
+``logs/<name>.log``, and waits until every one is healthy: nodes by their HTTP
+``/health``, the ledger and validators by ``assay_ready`` and ``assay_peers``
+on their metrics endpoints (all bound to 127.0.0.1). ``devnet.json`` records
+the processes, ports and keys; ``down`` sends SIGTERM to each process group,
+then SIGKILL to any still running after a grace period.
+
+Devnet keys use a low scrypt cost and passwords in files next to them: they
+are for throwaway local networks, never for stake that matters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from assay.config import to_toml
+
+DEVNET_FILE = "devnet.json"
+ASSAY = (sys.executable, "-m", "assay")
+"""The ``assay`` command as this interpreter runs it."""
+DEVNET_SCRYPT_N = 2**14
+NODE_FUNDS = 50_000
+VALIDATOR_FUNDS = 50_000
+CLIENT_FUNDS = 10**12
+STAKE = 20_000
+MODELS = (("gpt2", "llm"), ("mlp", "exact"))
+
+
+@dataclass
+class Member:
+    name: str
+    role: str
+    config: str
+    pubkey: str
+    address: str
+    http_port: int = 0
+    metrics_port: int = 0
+    client_pubkey: str = ""
+    pid: int = 0
+
+
+@dataclass
+class Devnet:
+    directory: str
+    members: list[Member] = field(default_factory=list)
+    models: dict[str, str] = field(default_factory=dict)
+
+    def save(self) -> None:
+        (Path(self.directory) / DEVNET_FILE).write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, directory: Path) -> Devnet:
+        data = json.loads((Path(directory) / DEVNET_FILE).read_text())
+        return cls(data["directory"], [Member(**m) for m in data["members"]], data["models"])
+
+    def by_role(self, role: str) -> list[Member]:
+        return [m for m in self.members if m.role == role]
+
+    def member(self, name: str) -> Member:
+        return next(m for m in self.members if m.name == name)
+
+
+def free_ports(n: int) -> list[int]:
+    """Ports the kernel hands out now on 127.0.0.1 (held together so they differ)."""
+    sockets = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _key(directory: Path, name: str) -> Any:
+    from assay.keys import SigningKey
+    from assay.keystore import encrypt, write_keystore
+
+    key = SigningKey.generate()
+    (directory / "keys").mkdir(parents=True, exist_ok=True)
+    password = os.urandom(16).hex()
+    (directory / "keys" / f"{name}.pass").write_text(password + "\n")
+    os.chmod(directory / "keys" / f"{name}.pass", 0o600)
+    write_keystore(directory / "keys" / f"{name}.json",
+                   encrypt(key, password, f"devnet {name}", n=DEVNET_SCRYPT_N))
+    return key
+
+
+def create(
+    directory: Path,
+    nodes: int,
+    validators: int,
+    cheaters: int = 0,
+    sample_ppm: int = 500_000,
+    round_seconds: float = 1.0,
+    cheat_rate: float = 1.0,
+) -> Devnet:
+    """Write keys, models, genesis and one config per process; start nothing."""
+    from assay.net.identity import peer_address
+    from prover import zoo
+    from prover.model_store import save_model
+    from prover.registry import ModelRegistry
+
+    if nodes < 1 or validators < 2 or not 0 <= cheaters <= nodes:
+        raise ValueError("a devnet needs nodes >= 1, validators >= 2 and 0 <= cheaters <= nodes")
+    directory = Path(directory).resolve()
+    if (directory / DEVNET_FILE).exists():
+        raise ValueError(f"{directory} already holds a devnet; run devnet down and remove it")
+    directory.mkdir(parents=True, exist_ok=True)
+    net = Devnet(str(directory))
+    registry = ModelRegistry(directory / "registry")
+    for index, (name, mode) in enumerate(MODELS):
+        built = zoo.build(name, seed=100 + index)
+        save_model(directory / "models" / name, built.module, built.kind, built.config)
+        entry = registry.add(directory / "models" / name, mode=mode, name=name)
+        net.models[name] = entry.model_id.hex()
+
+    ports = iter(free_ports(1 + nodes * 3 + validators * 2 + 2))
+    ledger_key = _key(directory, "ledger")
+    ledger_port, ledger_metrics = next(ports), next(ports)
+    ledger_address = peer_address("127.0.0.1", ledger_port, ledger_key.public.raw)
+    (directory / "beacon.secret").write_text(format(int.from_bytes(os.urandom(31), "big") + 1,
+                                                    "x") + "\n")
+    os.chmod(directory / "beacon.secret", 0o600)
+    mints: list[tuple[str, int]] = []
+    members: list[Member] = []
+    for i in range(nodes):
+        name = f"node-{i}"
+        key, client = _key(directory, name), _key(directory, f"{name}-client")
+        listen, http, metrics = next(ports), next(ports), next(ports)
+        settings = {
+            "keystore": f"keys/{name}.json", "password_file": f"keys/{name}.pass",
+            "client_keystore": f"keys/{name}-client.json",
+            "client_password_file": f"keys/{name}-client.pass",
+            "data_dir": f"data/{name}", "registry": "registry",
+            "listen": f"/ip4/127.0.0.1/tcp/{listen}", "ledger": ledger_address,
+            "stake": STAKE, "http_port": http, "metrics": True, "metrics_port": metrics,
+            "cheat_rate": cheat_rate if i >= nodes - cheaters else 0.0,
+        }
+        members.append(Member(name, "node", f"{name}.toml", key.public.hex(),
+                              peer_address("127.0.0.1", listen, key.public.raw), http, metrics,
+                              client.public.hex()))
+        (directory / f"{name}.toml").write_text(to_toml("node", settings))
+        mints += [(key.public.hex(), NODE_FUNDS), (client.public.hex(), CLIENT_FUNDS)]
+    for i in range(validators):
+        name = f"validator-{i}"
+        key = _key(directory, name)
+        listen, metrics = next(ports), next(ports)
+        settings = {
+            "keystore": f"keys/{name}.json", "password_file": f"keys/{name}.pass",
+            "data_dir": f"data/{name}", "registry": "registry",
+            "listen": f"/ip4/127.0.0.1/tcp/{listen}", "ledger": ledger_address,
+            "stake": STAKE, "metrics": True, "metrics_port": metrics,
+        }
+        members.append(Member(name, "validator", f"{name}.toml", key.public.hex(),
+                              peer_address("127.0.0.1", listen, key.public.raw), 0, metrics))
+        (directory / f"{name}.toml").write_text(to_toml("validator", settings))
+        mints.append((key.public.hex(), VALIDATOR_FUNDS))
+    everyone = [m.address for m in members]
+    for m in members:
+        path = directory / m.config
+        peers = [a for a in everyone if a != m.address]
+        path.write_text(path.read_text() + f"bootstrap = {json.dumps(peers)}\n")
+    ledger = Member("ledger", "ledger", "ledger.toml", ledger_key.public.hex(), ledger_address,
+                    0, ledger_metrics)
+    (directory / "ledger.toml").write_text(to_toml("ledger", {
+        "keystore": "keys/ledger.json", "password_file": "keys/ledger.pass",
+        "database": "ledger.sqlite", "beacon_secret_file": "beacon.secret",
+        "genesis": "genesis.toml", "listen": f"/ip4/127.0.0.1/tcp/{ledger_port}",
+        "round_seconds": round_seconds, "metrics": True, "metrics_port": ledger_metrics,
+    }))
+    committee = min(3, validators - 1)
+    genesis = [f"[params]\nsample_ppm = {sample_ppm}\ncommittee_size = {committee}\n"]
+    genesis += [f'[[mint]]\naccount = "{a}"\namount = {n}\n' for a, n in mints]
+    (directory / "genesis.toml").write_text("\n".join(genesis))
+    net.members = [ledger, *members]
+    net.save()
+    return net
+
+
+def start(net: Devnet, member: Member) -> None:
+    """Start one member in its own process group, appending to its log."""
+    directory = Path(net.directory)
+    (directory / "logs").mkdir(exist_ok=True)
+    log = (directory / "logs" / f"{member.name}.log").open("ab")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [
+        str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]))}
+    env = {k: v for k, v in env.items() if not k.startswith("ASSAY_")}
+    process = subprocess.Popen(
+        [*ASSAY, member.role, "run", "--config", str(directory / member.config)],
+        stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=directory, env=env,
+        start_new_session=True,
+    )
+    member.pid = process.pid
+    net.save()
+
+
+def _get(url: str, timeout: float = 2.0) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+    except (OSError, ValueError):
+        return 0, ""
+
+
+def metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def is_healthy(member: Member) -> bool:
+    if member.role == "node":
+        return _get(f"http://127.0.0.1:{member.http_port}/health")[0] == 200
+    status, text = _get(f"http://127.0.0.1:{member.metrics_port}/metrics")
+    connected = member.role == "ledger" or metric(text, "assay_peers") > 0
+    return status == 200 and metric(text, "assay_ready") == 1 and connected
+
+
+def is_running(member: Member) -> bool:
+    if not member.pid:
+        return False
+    try:
+        pid, _ = os.waitpid(member.pid, os.WNOHANG)
+        if pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(member.pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def wait_healthy(net: Devnet, members: list[Member] | None = None, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    waiting = list(members if members is not None else net.members)
+    while waiting:
+        for m in list(waiting):
+            if not is_running(m):
+                raise RuntimeError(f"{m.name} exited; see {net.directory}/logs/{m.name}.log")
+            if is_healthy(m):
+                waiting.remove(m)
+        if waiting and time.monotonic() > deadline:
+            names = ", ".join(m.name for m in waiting)
+            raise TimeoutError(f"not healthy after {timeout:.0f} s: {names}")
+        time.sleep(0.2)
+
+
+def stop(member: Member, sig: int = signal.SIGTERM, grace: float = 15.0) -> int | None:
+    """Signal a member's process group and wait; SIGKILL after ``grace``. Returns its status."""
+    if not member.pid:
+        return None
+    try:
+        os.killpg(member.pid, sig)
+    except ProcessLookupError:
+        return None
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            pid, status = os.waitpid(member.pid, os.WNOHANG)
+            if pid:
+                member.pid = 0
+                return os.waitstatus_to_exitcode(status)
+        except ChildProcessError:
+            if not is_running(member):
+                member.pid = 0
+                return None
+        time.sleep(0.05)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(member.pid, signal.SIGKILL)
+    member.pid = 0
+    return None
+
+
+def up(net: Devnet, timeout: float = 180) -> None:
+    ledger, others = net.members[0], net.members[1:]
+    start(net, ledger)
+    wait_healthy(net, [ledger], timeout)
+    for m in others:
+        start(net, m)
+    wait_healthy(net, others, timeout)
+
+
+def down(net: Devnet) -> None:
+    for m in reversed(net.members):
+        stop(m)
+    net.save()
+
+
+def cmd_devnet_up(args: argparse.Namespace) -> int:
+    from assay.cli import CommandError
+
+    try:
+        net = create(Path(args.dir), args.nodes, args.validators, args.cheaters, args.p,
+                     args.round_seconds)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    try:
+        up(net, args.timeout)
+    except (RuntimeError, TimeoutError) as exc:
+        down(net)
+        raise CommandError(str(exc)) from exc
+    for m in net.members:
+        http = f"  http://127.0.0.1:{m.http_port}/v1" if m.http_port else ""
+        print(f"{m.name:<12} pid {m.pid:<7} {m.address}{http}")
+    print(f"devnet up in {net.directory}; stop it with: assay devnet down --dir {args.dir}")
+    return 0
+
+
+def cmd_devnet_down(args: argparse.Namespace) -> int:
+    from assay.cli import CommandError
+
+    try:
+        net = Devnet.load(Path(args.dir))
+    except (OSError, ValueError, KeyError) as exc:
+        raise CommandError(f"no devnet in {args.dir}: {exc}") from exc
+    down(net)
+    print(f"devnet in {net.directory} stopped")
+    return 0
+
+
+def register(commands: Any) -> None:
+    from assay.cli import positive_int, rate_ppm
+
+    devnet = commands.add_parser("devnet", help="a local multi-process network on loopback")
+    actions = devnet.add_subparsers(dest="devnet_command", required=True, metavar="ACTION")
+    start_parser = actions.add_parser("up", help="start a ledger, nodes and validators")
+    start_parser.add_argument("--dir", default="devnet", help="directory for the devnet (devnet)")
+    start_parser.add_argument("--nodes", type=positive_int, default=3)
+    start_parser.add_argument("--validators", type=positive_int, default=2)
+    start_parser.add_argument("--cheaters", type=positive_int, default=0)
+    start_parser.add_argument("-p", "--sample-rate", dest="p", type=rate_ppm, default=500_000,
+                              help="probability that a job is re-executed (0.5)")
+    start_parser.add_argument("--round-seconds", type=float, default=1.0)
+    start_parser.add_argument("--timeout", type=float, default=180.0)
+    start_parser.set_defaults(func=cmd_devnet_up)
+    stop_parser = actions.add_parser("down", help="stop a devnet started with up")
+    stop_parser.add_argument("--dir", default="devnet")
+    stop_parser.set_defaults(func=cmd_devnet_down)

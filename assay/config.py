@@ -1,0 +1,244 @@
+"""Service configuration: a TOML file, then ``ASSAY_*`` environment variables, then flags.
+
+Each role has a dataclass of settings with defaults. :func:`load` reads the
+role's table from a TOML file (``[node]``, ``[validator]`` or ``[ledger]``),
+overrides it with ``ASSAY_<SETTING>`` environment variables and then with
+command-line values, in that order of increasing precedence, the way
+Ethereum's validator clients do. Unknown keys and values of the wrong type are
+refused with a message naming the key. Settings marked secret are replaced by
+``"<redacted>"`` in :func:`effective`, which ``assay config show`` prints.
+Passwords are never settings: keystores take a password *file*.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+ENV_PREFIX = "ASSAY_"
+REDACTED = "<redacted>"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the file, key or variable."""
+
+
+def _secret(default: str = "") -> Any:
+    return field(default=default, metadata={"secret": True})
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """``assay node run``: an inference node."""
+
+    keystore: str = "node-key.json"
+    password_file: str = ""
+    data_dir: str = "node-data"
+    registry: str = ""
+    listen: str = "/ip4/127.0.0.1/tcp/9000"
+    bootstrap: list[str] = field(default_factory=list)
+    ledger: str = ""
+    stake: int = 20_000
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    api_key: str = _secret()
+    client_keystore: str = ""
+    client_password_file: str = ""
+    fee: int = 110
+    threads: int = 1
+    max_new_tokens: int = 256
+    metrics: bool = False
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9400
+    log_format: str = "text"
+    cheat_rate: float = 0.0
+
+
+@dataclass(frozen=True)
+class ValidatorConfig:
+    """``assay validator run``: samples, re-executes, attests, accuses and votes."""
+
+    keystore: str = "validator-key.json"
+    password_file: str = ""
+    data_dir: str = "validator-data"
+    registry: str = ""
+    listen: str = "/ip4/127.0.0.1/tcp/9200"
+    bootstrap: list[str] = field(default_factory=list)
+    ledger: str = ""
+    stake: int = 20_000
+    threads: int = 1
+    metrics: bool = False
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9401
+    log_format: str = "text"
+
+
+@dataclass(frozen=True)
+class LedgerConfig:
+    """``assay ledger run``: the devnet's SQLite ledger and beacon behind libp2p."""
+
+    keystore: str = "ledger-key.json"
+    password_file: str = ""
+    database: str = "ledger.sqlite"
+    beacon_secret_file: str = "beacon.secret"
+    genesis: str = "genesis.toml"
+    listen: str = "/ip4/127.0.0.1/tcp/9100"
+    bootstrap: list[str] = field(default_factory=list)
+    round_seconds: float = 1.0
+    metrics: bool = False
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9402
+    log_format: str = "text"
+
+
+ROLES: Mapping[str, type[Any]] = {
+    "node": NodeConfig,
+    "validator": ValidatorConfig,
+    "ledger": LedgerConfig,
+}
+C = TypeVar("C")
+
+
+def _field_type(cls: type[Any], name: str) -> Any:
+    return typing.get_type_hints(cls)[name]
+
+
+def _coerce(value: Any, kind: Any, where: str) -> Any:
+    """Check a TOML value, or parse an environment/flag string, as ``kind``."""
+    origin = typing.get_origin(kind)
+    if origin in (list, types.GenericAlias) or kind == list[str]:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+        raise ConfigError(f"{where} must be a list of strings")
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on", "0", "false",
+                                                        "no", "off"):
+            return value.lower() in ("1", "true", "yes", "on")
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where} must be an integer, got {value!r}")
+    if kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where} must be a number, got {value!r}")
+    if isinstance(value, str):
+        return value
+    raise ConfigError(f"{where} must be a string, got {value!r}")
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with Path(path).open("rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config {path} is not valid TOML: {exc}") from exc
+
+
+def role_of(data: Mapping[str, Any], path: Path) -> str:
+    """The one role table a config file holds."""
+    found = [role for role in ROLES if role in data]
+    if len(found) != 1:
+        raise ConfigError(f"{path} must hold exactly one of the tables {list(ROLES)}")
+    return found[0]
+
+
+def load(
+    cls: type[C],
+    path: Path | None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> C:
+    """Defaults < TOML file < ``ASSAY_*`` environment < ``overrides`` (the CLI's flags)."""
+    role = next(name for name, kind in ROLES.items() if kind is cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    values: dict[str, Any] = {}
+    if path is not None:
+        data = read_toml(path)
+        table = data.get(role)
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path} has no [{role}] table")
+        base = Path(path).resolve().parent
+        for key, value in table.items():
+            if key not in names:
+                raise ConfigError(f"{path}: unknown setting [{role}].{key}")
+            values[key] = _resolve(
+                _coerce(value, _field_type(cls, key), f"{path}: [{role}].{key}"), key, base
+            )
+    env = os.environ if environ is None else environ
+    for name in names:
+        variable = ENV_PREFIX + name.upper()
+        if variable in env:
+            values[name] = _coerce(env[variable], _field_type(cls, name), variable)
+    for name, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if name not in names:
+            raise ConfigError(f"unknown setting {name!r} for {role}")
+        values[name] = _coerce(value, _field_type(cls, name), f"--{name.replace('_', '-')}")
+    return cls(**values)
+
+
+PATH_SETTINGS = frozenset(
+    {"keystore", "password_file", "data_dir", "registry", "client_keystore",
+     "client_password_file", "database", "beacon_secret_file", "genesis"}
+)
+
+
+def _resolve(value: Any, key: str, base: Path) -> Any:
+    """Relative paths in a file are relative to the file, so a config can move with its keys."""
+    if key in PATH_SETTINGS and isinstance(value, str) and value and not Path(value).is_absolute():
+        return str(base / value)
+    return value
+
+
+def effective(config: Any) -> dict[str, Any]:
+    """The settings as a plain map, with secret values redacted."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        out[f.name] = REDACTED if f.metadata.get("secret") and value else value
+    return out
+
+
+def to_toml(role: str, settings: Mapping[str, Any]) -> str:
+    """A ``[role]`` TOML table of ``settings`` (strings, numbers, booleans, string lists)."""
+    lines = [f"[{role}]"]
+    for key, value in settings.items():
+        lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    escaped = str(value).replace("\\", "\\\\").replace('"', '\\"')
+    return f'"{escaped}"'

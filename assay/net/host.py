@@ -1,0 +1,279 @@
+"""A Noise-only py-libp2p host with gossipsub and request/response protocols.
+
+The host's libp2p identity is the operator's Ed25519 key (DESIGN decision 2),
+so a peer id names the key that signs a node's commitments and a stream's
+remote peer, authenticated by the Noise handshake, is that key. py-libp2p's
+default security options also accept plaintext and secio; this host offers
+Noise alone, so a peer that will not speak Noise cannot connect.
+
+Gossipsub is set up with explicit parameters: py-libp2p's defaults are a
+120 s heartbeat (meshes form and repair slowly) and 10 messages per second per
+peer per topic, above which messages are silently dropped. Every topic has a
+validator that runs before a message is relayed or delivered
+(:class:`assay.net.gossip.GossipValidator`), and subscriptions are drained by
+their own task, because py-libp2p drops deliveries once 32 are queued.
+
+Everything runs in the nursery of :meth:`PeerHost.running`, including one
+task that keeps dialling the bootstrap peers, so a restarted ledger or node is
+reconnected without anyone noticing more than a failed request.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import multiaddr
+import trio
+from libp2p import new_host
+from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.custom_types import TProtocol
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import info_from_p2p_addr
+from libp2p.pubsub import pubsub as libp2p_pubsub
+from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
+from libp2p.pubsub.pubsub import Pubsub
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.tools.anyio_service import background_trio_service
+
+from assay.errors import OversizedMessage, ProtocolError
+from assay.keys import SigningKey
+from assay.net import wire
+from assay.net.gossip import GossipValidator, Validate, drop_reason
+from assay.net.identity import peer_id_of, public_key_of
+from assay.net.metrics import Metrics
+
+log = logging.getLogger("assay.net")
+
+SUBSCRIPTION_QUEUE = 4096
+"""Deliveries py-libp2p queues per subscription before dropping (its default is 32)."""
+OUTBOUND_HIGH_WATER = 16
+BACKPRESSURE_MAX_WAIT_S = 2.0
+RECONNECT_INTERVAL_S = 1.0
+DIAL_TIMEOUT_S = 3.0
+
+
+class PeerUnavailable(ProtocolError):
+    """A request could not reach the peer, or the peer did not answer in time."""
+
+
+@dataclass(frozen=True)
+class GossipParams:
+    """Gossipsub settings, all explicit (see the module docstring for why)."""
+
+    degree: int = 6
+    degree_low: int = 4
+    degree_high: int = 12
+    heartbeat_interval_s: int = 1
+    fanout_ttl_s: int = 30
+    gossip_window: int = 3
+    gossip_history: int = 5
+    max_messages_per_topic_per_s: float = 2000.0
+    seen_ttl_s: int = 120
+
+
+GossipHandler = Callable[[Any, bytes], Awaitable[None]]
+"""(the validated, decoded message, its publisher's key) → None."""
+
+
+class PeerHost:
+    """One process's presence on the network; see the module docstring."""
+
+    def __init__(
+        self,
+        key: SigningKey,
+        listen: str,
+        bootstrap: Sequence[str] = (),
+        metrics: Metrics | None = None,
+        gossip: GossipParams | None = None,
+    ) -> None:
+        self.key = key
+        self.metrics = metrics or Metrics()
+        self.listen = multiaddr.Multiaddr(listen)
+        self.bootstrap = [multiaddr.Multiaddr(a) for a in bootstrap]
+        key_pair = create_new_key_pair(key.seed())
+        noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
+        self.host = new_host(
+            key_pair=key_pair,
+            sec_opt={NOISE_PROTOCOL_ID: noise},
+            listen_addrs=[self.listen],
+        )
+        params = gossip or GossipParams()
+        self.router = GossipSub(
+            [PROTOCOL_ID_V11],
+            degree=params.degree,
+            degree_low=params.degree_low,
+            degree_high=params.degree_high,
+            time_to_live=params.fanout_ttl_s,
+            gossip_window=params.gossip_window,
+            gossip_history=params.gossip_history,
+            heartbeat_interval=params.heartbeat_interval_s,
+            max_messages_per_topic_per_second=params.max_messages_per_topic_per_s,
+        )
+        self.pubsub = Pubsub(
+            self.host, self.router, seen_ttl=params.seen_ttl_s,
+            max_inbound_rpc_size=4 * wire.MAX_GOSSIP_BYTES,
+        )
+        self._topics: dict[str, tuple[GossipValidator, GossipHandler]] = {}
+        self.ready = trio.Event()
+
+    @property
+    def public_key(self) -> bytes:
+        return self.key.public.raw
+
+    @property
+    def peer_id(self) -> ID:
+        return self.host.get_id()
+
+    def addresses(self) -> list[str]:
+        return [str(a) for a in self.host.get_addrs()]
+
+    def connected(self) -> list[bytes]:
+        out = []
+        for peer in self.host.get_connected_peers():
+            try:
+                out.append(public_key_of(peer))
+            except ProtocolError:
+                continue
+        return out
+
+    # -- gossip --------------------------------------------------------------------------------
+    def subscribe(self, topic: str, validate: Validate, handler: GossipHandler) -> None:
+        """Validate every message on ``topic`` before relay; hand valid ones to ``handler``."""
+        validator = GossipValidator(topic, validate, self.metrics)
+        self.pubsub.set_topic_validator(topic, validator.libp2p_validator, False)
+        self._topics[topic] = (validator, handler)
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        """Publish, first waiting (bounded) while any peer's outbound queue is nearly full.
+
+        py-libp2p queues at most 32 RPCs per peer and drops the rest silently,
+        so a burst faster than the slowest peer drains would be lost.
+        """
+        if len(data) > wire.MAX_GOSSIP_BYTES:
+            raise OversizedMessage(f"{len(data)} bytes exceed the gossip bound")
+        with trio.move_on_after(BACKPRESSURE_MAX_WAIT_S):
+            while any(len(q) >= OUTBOUND_HIGH_WATER for q in self.pubsub.peer_queues.values()):
+                await trio.sleep(0.002)
+        await self.pubsub.publish(topic, data)
+
+    async def _drain(self, topic: str) -> None:
+        validator, handler = self._topics[topic]
+        libp2p_pubsub.SUBSCRIPTION_CHANNEL_SIZE = SUBSCRIPTION_QUEUE  # read when subscribing
+        subscription = await self.pubsub.subscribe(topic)
+        me = self.peer_id.to_bytes()
+        while True:
+            message = await subscription.get()
+            if message.from_id == me:
+                continue
+            accepted = validator.take(bytes(message.data))
+            if accepted is None:
+                continue
+            try:
+                await handler(accepted, public_key_of(ID(message.from_id)))
+            except Exception as exc:  # a handler bug must not stop the topic
+                validator.count_drop("handler_error")
+                log.warning("handler for %s failed: %s", topic, exc)
+
+    # -- requests ------------------------------------------------------------------------------
+    def serve(self, protocol: str, handler: wire.Handler) -> None:
+        """Answer one framed request per stream on ``protocol`` with ``handler``."""
+        max_bytes = wire.MAX_REQUEST_BYTES[protocol]
+        metrics = self.metrics
+
+        async def on_stream(stream: Any) -> None:
+            reason = None
+            try:
+                sender = public_key_of(stream.muxed_conn.peer_id)
+                with trio.fail_after(wire.STREAM_TIMEOUT_S):
+                    data = await wire.read_frame(stream, max_bytes)
+                try:
+                    response = await handler(data, sender)
+                except ProtocolError as exc:
+                    reason = drop_reason(exc)
+                    response = wire.error_response(str(exc))
+                with trio.fail_after(wire.STREAM_TIMEOUT_S):
+                    await stream.write(wire.frame(response))
+            except trio.TooSlowError:
+                reason = "timeout"
+            except ProtocolError as exc:
+                reason = drop_reason(exc)
+            except Exception as exc:  # stream resets and anything a peer can provoke
+                reason = "stream_error"
+                log.debug("stream on %s failed: %s", protocol, exc)
+            if reason is None:
+                metrics.requests.labels(protocol, "ok").inc()
+            else:
+                metrics.requests_dropped.labels(protocol, reason).inc()
+            with trio.move_on_after(1):
+                try:
+                    await stream.close()
+                except Exception:
+                    log.debug("closing a stream on %s failed", protocol)
+
+        self.host.set_stream_handler(TProtocol(protocol), on_stream)
+
+    async def request(
+        self, peer: bytes, protocol: str, payload: bytes, timeout: float = 10.0
+    ) -> dict[str, Any]:
+        """Send one request and return the peer's ``ok`` response map.
+
+        Raises :class:`PeerUnavailable` when the peer cannot be reached or is
+        too slow, and :class:`wire.RemoteError` when it refuses the request.
+        """
+        try:
+            with trio.fail_after(timeout):
+                stream = await self.host.new_stream(peer_id_of(peer), [TProtocol(protocol)])
+                try:
+                    await stream.write(wire.frame(payload))
+                    data = await wire.read_frame(stream, wire.MAX_RESPONSE_BYTES)
+                finally:
+                    with trio.move_on_after(1):
+                        await stream.close()
+        except trio.TooSlowError as exc:
+            raise PeerUnavailable(f"{protocol}: no answer within {timeout} s") from exc
+        except ProtocolError:
+            raise
+        except Exception as exc:  # dial failures, resets: py-libp2p raises many types
+            raise PeerUnavailable(f"{protocol}: {type(exc).__name__}: {exc}") from exc
+        return dict(wire.check_response(wire.decode_map(data, wire.MAX_RESPONSE_BYTES)))
+
+    # -- lifetime ------------------------------------------------------------------------------
+    async def _keep_connected(self) -> None:
+        while True:
+            connected = set(self.host.get_connected_peers())
+            for address in self.bootstrap:
+                info = info_from_p2p_addr(address)
+                if info.peer_id == self.peer_id or info.peer_id in connected:
+                    continue
+                with trio.move_on_after(DIAL_TIMEOUT_S):
+                    try:
+                        await self.host.connect(info)
+                    except Exception as exc:  # the peer is down: try again next round
+                        log.debug("dial %s failed: %s", address, exc)
+            self.metrics.peers.set(len(self.host.get_connected_peers()))
+            await trio.sleep(RECONNECT_INTERVAL_S)
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[PeerHost]:
+        """Listen, start gossipsub, subscribe, keep dialling bootstrap peers; stop on exit."""
+        async with (
+            self.host.run([self.listen]),
+            background_trio_service(self.pubsub),
+            background_trio_service(self.router),
+            trio.open_nursery() as nursery,
+        ):
+            await self.pubsub.wait_until_ready()
+            for topic in self._topics:
+                nursery.start_soon(self._drain, topic)
+            nursery.start_soon(self._keep_connected)
+            self.ready.set()
+            try:
+                yield self
+            finally:
+                nursery.cancel_scope.cancel()

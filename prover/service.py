@@ -1,0 +1,461 @@
+"""The inference node as a long-running service: libp2p, an OpenAI-compatible HTTP API, metrics.
+
+:class:`NodeService` wraps an :class:`~prover.node.InferenceNode`. A job, from
+the job protocol or from HTTP, goes through :meth:`NodeService.execute`:
+
+1. if the signing journal already holds a commitment for the job id, that one
+   is returned (a retried request never makes the node sign twice: two
+   commitments to one job are equivocation);
+2. the model runs in a worker thread, one job at a time (exact mode computes
+   every job alone), so the event loop keeps serving;
+3. the commitment, request and output are journalled, the ledger records the
+   job (``record_job``), and the commitment is gossiped for validators.
+
+HTTP jobs are signed by the node's *client key*, the account that pays the
+fees of its HTTP users (a gateway account): OpenAI clients do not sign. Text
+uses a byte-level tokenizer (UTF-8 bytes are token ids), which is the real
+vocabulary of the zoo's 256-token GPT-2 and Llama. Completions run as ``llm``
+mode jobs: the commitment binds the generated tokens and a sketch of the
+hidden states, and every response carries it in an ``assay`` field.
+
+Shutdown (SIGTERM): stop accepting jobs, let in-flight ones finish, close
+the journal, return; the command then exits 0.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import itertools
+import logging
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import trio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from torch import nn
+
+from assay import codec
+from assay.codec import Tensor
+from assay.config import NodeConfig
+from assay.errors import ProtocolError
+from assay.keys import SigningKey
+from assay.keystore import SigningJournal
+from assay.messages import Commitment, JobRequest
+from assay.net import validate, wire
+from assay.net.host import PeerHost, PeerUnavailable
+from assay.net.http import HttpError, metrics_app, read_json, serve_http
+from assay.net.ledger_client import LedgerClient
+from assay.net.metrics import Metrics
+from assay.sampling import PPM
+from prover.adversary import SubstituteModel
+from prover.node import LLM_MODE, InferenceNode, JobRejected
+from prover.registry import RegistryEntry
+
+log = logging.getLogger("assay.node")
+
+COMMITMENT = "commitment"
+SHUTDOWN_GRACE_S = 30.0
+BOND_RETRY_S = 1.0
+MAX_PROMPT_TOKENS = 1024
+
+
+class NodeUnavailable(ProtocolError):
+    """The node is shutting down or not ready; the client should go elsewhere."""
+
+
+def encode_text(text: str) -> list[int]:
+    """Byte-level tokenization: each UTF-8 byte is one token id (vocabulary 256)."""
+    return list(text.encode("utf-8"))
+
+
+def decode_tokens(ids: Sequence[int]) -> str:
+    return bytes(ids).decode("utf-8", errors="replace")
+
+
+def chat_prompt(messages: Any) -> str:
+    """A plain chat template: one ``role: content`` line per message, then ``assistant:``."""
+    if not isinstance(messages, list) or not messages:
+        raise HttpError(400, "malformed", "messages must be a non-empty list")
+    lines = []
+    for message in messages:
+        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
+            raise HttpError(400, "malformed", "each message needs a string content")
+        lines.append(f"{message.get('role', 'user')}: {message['content']}")
+    return "\n".join([*lines, "assistant:"])
+
+
+def cheating_substitutes(models: Mapping[bytes, nn.Module]) -> dict[bytes, nn.Module]:
+    """For a devnet cheater: each model with its first weight tensor slightly changed."""
+    out = {}
+    for model_id, module in models.items():
+        cheap = copy.deepcopy(module)
+        with torch.no_grad():
+            first = next(cheap.parameters())
+            first.mul_(1.05)
+        out[model_id] = cheap
+    return out
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    entry: RegistryEntry
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+    def card(self) -> dict[str, Any]:
+        return {
+            "id": self.entry.name, "object": "model", "created": self.entry.added_at,
+            "owned_by": "assay",
+            "assay": {"model_id": self.entry.model_id.hex(), "mode": self.entry.mode,
+                      "kind": self.entry.kind},
+        }
+
+
+class NodeService:
+    def __init__(
+        self,
+        config: NodeConfig,
+        node: InferenceNode,
+        client_key: SigningKey,
+        entries: Sequence[RegistryEntry],
+        host: PeerHost,
+        journal: SigningJournal,
+        metrics: Metrics,
+    ) -> None:
+        self.config = config
+        self.node = node
+        self.client_key = client_key
+        self.served = [ServedModel(e) for e in entries]
+        self.models = {m.name: m for m in self.served}
+        self.models.update({m.entry.model_id.hex(): m for m in self.served})
+        self.host = host
+        self.journal = journal
+        self.metrics = metrics
+        self.ledger = LedgerClient(host, config.ledger)
+        self.accepting = True
+        self.bonded = False
+        self.in_flight = 0
+        self._job_lock = trio.Lock()
+        self._nonces = itertools.count(time.time_ns())
+        host.subscribe(wire.TOPIC_COMMITMENTS, validate.commitments(self.ledger), self._ignore)
+        host.subscribe(wire.TOPIC_BEACON, validate.beacon_rounds(self.ledger), self._ignore)
+        host.serve(wire.PROTOCOL_JOB, self.handle_job)
+        host.serve(wire.PROTOCOL_JOB_DATA, self.handle_job_data)
+
+    async def _ignore(self, message: Any, sender: bytes) -> None:
+        """Nodes relay these topics (validated) so the mesh is dense; they act on none."""
+
+    # -- jobs ----------------------------------------------------------------------------------
+    def recorded(self, job_id: bytes) -> tuple[JobRequest, Tensor, Commitment] | None:
+        kept = self.journal.get(COMMITMENT, job_id)
+        if kept is None:
+            return None
+        data = codec.decode(kept[1])
+        return JobRequest.decode(data["request"]), data["output"], Commitment.decode(kept[0])
+
+    async def execute(self, request: JobRequest) -> tuple[Tensor, Commitment]:
+        """Run, journal, record and gossip one job (see the module docstring)."""
+        if not self.accepting:
+            raise NodeUnavailable("this node is shutting down; send the job to another node")
+        self.in_flight += 1
+        started = time.perf_counter()
+        try:
+            async with self._job_lock:
+                kept = self.recorded(request.job_id)
+                if kept is None:
+                    result = await trio.to_thread.run_sync(self.node.handle, request)
+                    extra = codec.encode({"request": request.encode(), "output": result.output})
+                    self.journal.record(COMMITMENT, request.job_id, result.commitment.encode(),
+                                        extra)
+                    output, commitment = result.output, result.commitment
+                    fresh = True
+                else:
+                    _, output, commitment = kept
+                    fresh = False
+            try:
+                await self.ledger.call("record_job", request=request.encode(),
+                                       commitment=commitment.encode())
+            except wire.RemoteError as exc:
+                if fresh or "already recorded" not in str(exc):
+                    raise JobRejected(f"the ledger refused the job: {exc}") from exc
+            await self.host.publish(wire.TOPIC_COMMITMENTS, commitment.encode())
+            self.metrics.jobs_committed.labels(commitment.mode).inc()
+            if commitment.mode == LLM_MODE:
+                self.metrics.tokens_generated.inc(output.numel)
+            self.metrics.job_latency.observe(time.perf_counter() - started)
+            return output, commitment
+        except ProtocolError as exc:
+            self.metrics.jobs_failed.labels(type(exc).__name__).inc()
+            raise
+        finally:
+            self.in_flight -= 1
+
+    async def handle_job(self, data: bytes, sender: bytes) -> bytes:
+        request = JobRequest.decode(data, wire.MAX_REQUEST_BYTES[wire.PROTOCOL_JOB]).verify()
+        try:
+            output, commitment = await self.execute(request)
+        except (JobRejected, NodeUnavailable, PeerUnavailable) as exc:
+            return wire.error_response(str(exc))
+        return wire.ok_response(output=output, commitment=commitment.encode())
+
+    async def handle_job_data(self, data: bytes, sender: bytes) -> bytes:
+        """Job data for re-execution, to staked validators only."""
+        request = wire.decode_map(data, wire.MAX_REQUEST_BYTES[wire.PROTOCOL_JOB_DATA])
+        job_id = request.get("job_id")
+        if not isinstance(job_id, bytes) or len(job_id) != 32:
+            raise ProtocolError("job_id must be 32 bytes")
+        if sender not in self.ledger.validators:
+            return wire.error_response("job data is served to staked validators only")
+        kept = self.recorded(job_id)
+        if kept is None:
+            return wire.error_response(f"no served job {job_id.hex()[:16]}…")
+        job_request, output, _ = kept
+        return wire.ok_response(request=job_request.encode(), output=output)
+
+    # -- HTTP ----------------------------------------------------------------------------------
+    def _model(self, name: Any, mode: str | None) -> ServedModel:
+        served = self.models.get(name) if isinstance(name, str) else None
+        if served is None:
+            raise HttpError(404, "unknown_model", f"model {name!r} is not served by this node")
+        if mode == LLM_MODE and served.entry.mode != LLM_MODE:
+            raise HttpError(400, "wrong_mode", f"model {name!r} is not a text model; use /v1/infer")
+        if mode != LLM_MODE and served.entry.mode == LLM_MODE:
+            raise HttpError(400, "wrong_mode", f"model {name!r} generates text; use completions")
+        return served
+
+    def _request(self, served: ServedModel, tensor: Tensor, params: dict[str, Any]) -> JobRequest:
+        return JobRequest(
+            model_id=served.entry.model_id, input=tensor, client=self.client_key.public.raw,
+            nonce=next(self._nonces), fee=self.config.fee, params=tuple(params.items()),
+        ).signed(self.client_key)
+
+    def _assay_field(self, commitment: Commitment) -> dict[str, Any]:
+        return {
+            "job_id": commitment.job_id.hex(),
+            "commitment_id": commitment.content_id.hex(),
+            "commitment": base64.b64encode(commitment.encode()).decode(),
+            "signature": commitment.signature.hex(),
+            "node": commitment.node.hex(),
+            "mode": commitment.mode,
+        }
+
+    async def _run_http(self, request: JobRequest) -> tuple[Tensor, Commitment]:
+        try:
+            return await self.execute(request)
+        except NodeUnavailable as exc:
+            raise HttpError(503, "unavailable", str(exc)) from exc
+        except (JobRejected, PeerUnavailable) as exc:
+            raise HttpError(502, "job_failed", str(exc)) from exc
+        except ProtocolError as exc:
+            raise HttpError(400, "invalid_job", str(exc)) from exc
+
+    def _generation_params(self, body: dict[str, Any]) -> dict[str, Any]:
+        def number(name: str, default: float, low: float, high: float) -> float:
+            value = body.get(name, default)
+            if value is None:
+                value = default
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise HttpError(400, "malformed", f"{name} must be a number")
+            if not low <= value <= high:
+                raise HttpError(400, "malformed", f"{name} must be in {low}..{high}")
+            return float(value)
+
+        max_tokens = int(number("max_tokens", 16, 1, self.config.max_new_tokens))
+        seed = body.get("seed")
+        if seed is None:
+            seed = secrets.randbelow(2**63)
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+            raise HttpError(400, "malformed", "seed must be an unsigned 64-bit integer")
+        return {
+            "max_new_tokens": max_tokens,
+            "dtype": "float32",
+            "seed": seed,
+            "temperature_milli": round(number("temperature", 1.0, 0.0, 2.0) * 1000),
+            "top_k": int(number("top_k", 0, 0, 256)),
+            "top_p_ppm": round(number("top_p", 1.0, 0.0, 1.0) * PPM) or PPM,
+        }
+
+    async def _generate(
+        self, body: dict[str, Any], prompt: str
+    ) -> tuple[ServedModel, list[int], list[int], Commitment, dict[str, Any]]:
+        served = self._model(body.get("model"), LLM_MODE)
+        ids = encode_text(prompt)
+        if not 1 <= len(ids) <= MAX_PROMPT_TOKENS:
+            raise HttpError(400, "malformed", f"prompt must be 1..{MAX_PROMPT_TOKENS} bytes")
+        params = self._generation_params(body)
+        tensor = Tensor.from_torch(torch.tensor([ids], dtype=torch.int64))
+        output, commitment = await self._run_http(self._request(served, tensor, params))
+        generated = [int(t) for t in output.to_torch().reshape(-1).tolist()]
+        return served, ids, generated, commitment, params
+
+    @staticmethod
+    def _usage(prompt: list[int], generated: list[int]) -> dict[str, int]:
+        return {"prompt_tokens": len(prompt), "completion_tokens": len(generated),
+                "total_tokens": len(prompt) + len(generated)}
+
+    async def completions(self, body: dict[str, Any]) -> dict[str, Any]:
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1:
+            prompt = prompt[0]
+        if not isinstance(prompt, str):
+            raise HttpError(400, "malformed", "prompt must be a string")
+        if body.get("stream"):
+            raise HttpError(400, "unsupported", "streaming is not supported")
+        served, ids, generated, commitment, params = await self._generate(body, prompt)
+        return {
+            "id": f"cmpl-{commitment.job_id.hex()[:24]}", "object": "text_completion",
+            "created": int(time.time()), "model": served.name,
+            "choices": [{"index": 0, "text": decode_tokens(generated), "logprobs": None,
+                         "finish_reason": "length"}],
+            "usage": self._usage(ids, generated),
+            "assay": {**self._assay_field(commitment), "seed": params["seed"]},
+        }
+
+    async def chat_completions(self, body: dict[str, Any]) -> dict[str, Any]:
+        if body.get("stream"):
+            raise HttpError(400, "unsupported", "streaming is not supported")
+        prompt = chat_prompt(body.get("messages"))
+        served, ids, generated, commitment, params = await self._generate(body, prompt)
+        return {
+            "id": f"chatcmpl-{commitment.job_id.hex()[:24]}", "object": "chat.completion",
+            "created": int(time.time()), "model": served.name,
+            "choices": [{"index": 0, "finish_reason": "length", "logprobs": None,
+                         "message": {"role": "assistant", "content": decode_tokens(generated)}}],
+            "usage": self._usage(ids, generated),
+            "assay": {**self._assay_field(commitment), "seed": params["seed"]},
+        }
+
+    async def infer(self, body: dict[str, Any]) -> dict[str, Any]:
+        """A tensor job: ``input`` is ``{dtype, shape, data}`` with ``data`` base64."""
+        served = self._model(body.get("model"), None)
+        raw = body.get("input")
+        try:
+            assert isinstance(raw, dict)
+            tensor = Tensor(str(raw["dtype"]), tuple(int(d) for d in raw["shape"]),
+                            base64.b64decode(raw["data"], validate=True))
+        except (AssertionError, KeyError, TypeError, ValueError) as exc:
+            raise HttpError(400, "malformed",
+                            f"input must be {{dtype, shape, data (base64)}}: {exc}") from exc
+        output, commitment = await self._run_http(self._request(served, tensor, {}))
+        return {
+            "model": served.name,
+            "output": {"dtype": output.dtype, "shape": list(output.shape),
+                       "data": base64.b64encode(output.data).decode()},
+            "assay": self._assay_field(commitment),
+        }
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        checks = {
+            "models_loaded": bool(self.models),
+            "ledger_reachable": self.ledger.reachable(),
+            "bonded": self.bonded,
+            "peers": len(self.host.connected()),
+            "accepting_jobs": self.accepting,
+        }
+        ready = all(v for v in checks.values())
+        self.metrics.ready.set(1 if ready else 0)
+        return ready, checks
+
+    def app(self) -> Starlette:
+        def endpoint(path: str, method: Any, needs_body: bool = True) -> Route:
+            async def handle(request: Request) -> Response:
+                try:
+                    self._authorise(request)
+                    body = await read_json(request) if needs_body else {}
+                    result = await method(body)
+                except HttpError as exc:
+                    self.metrics.http_rejected.labels(path, exc.reason).inc()
+                    self.metrics.http_requests.labels(path, str(exc.status)).inc()
+                    return exc.response()
+                self.metrics.http_requests.labels(path, "200").inc()
+                return JSONResponse(result)
+
+            return Route(path, handle, methods=["POST" if needs_body else "GET"])
+
+        async def models(body: dict[str, Any]) -> dict[str, Any]:
+            return {"object": "list", "data": [m.card() for m in self.served]}
+
+        async def health(request: Request) -> Response:
+            ready, checks = self.health()
+            return JSONResponse({"status": "ready" if ready else "not ready", **checks},
+                                status_code=200 if ready else 503)
+
+        return Starlette(routes=[
+            Route("/health", health),
+            endpoint("/v1/models", models, needs_body=False),
+            endpoint("/v1/completions", self.completions),
+            endpoint("/v1/chat/completions", self.chat_completions),
+            endpoint("/v1/infer", self.infer),
+        ])
+
+    def _authorise(self, request: Request) -> None:
+        if not self.config.api_key:
+            return
+        if request.headers.get("authorization") != f"Bearer {self.config.api_key}":
+            raise HttpError(401, "unauthorised", "a valid API key is required")
+
+    # -- lifetime ------------------------------------------------------------------------------
+    async def _bond(self) -> None:
+        me = self.node.node_id
+        while True:
+            await self.ledger.wait_reachable()
+            try:
+                account = await self.ledger.call("account", account=me)
+                stake = int(account.get("node_stake", 0)) if account.get("found") else 0
+                if stake < self.config.stake:
+                    await self.ledger.call("bond", role="node", amount=self.config.stake - stake)
+                    log.info("bonded %d as a node", self.config.stake - stake)
+                self.bonded = True
+                return
+            except ProtocolError as exc:
+                log.warning("bonding failed, retrying: %s", exc)
+                await trio.sleep(BOND_RETRY_S)
+
+    async def run(self, shutdown: trio.Event) -> None:
+        """Serve until ``shutdown`` is set, then drain in-flight jobs and return."""
+        http_done = trio.Event()
+        stop_http = trio.Event()
+        async with self.host.running(), trio.open_nursery() as nursery:
+            nursery.start_soon(self.ledger.keep_fresh)
+            nursery.start_soon(self._bond)
+
+            async def http() -> None:
+                await serve_http(self.app(), self.config.http_host, self.config.http_port,
+                                 stop_http)
+                http_done.set()
+
+            nursery.start_soon(http)
+            if self.config.metrics:
+                nursery.start_soon(serve_http, metrics_app(self.metrics),
+                                   self.config.metrics_host, self.config.metrics_port, stop_http)
+            log.info("node %s serving %d models", self.node.node_id.hex()[:16], len(self.served))
+            await shutdown.wait()
+            log.info("shutting down: no new jobs, %d in flight", self.in_flight)
+            self.accepting = False
+            with trio.move_on_after(SHUTDOWN_GRACE_S):
+                while self.in_flight:
+                    await trio.sleep(0.05)
+            stop_http.set()
+            with trio.move_on_after(5):
+                await http_done.wait()
+            nursery.cancel_scope.cancel()
+        self.journal.close()
+
+
+def build_cheat(
+    models: Mapping[bytes, nn.Module], rate: float, seed: int
+) -> SubstituteModel | None:
+    """A devnet cheater runs a changed model on ``rate`` of its jobs."""
+    if rate <= 0:
+        return None
+    return SubstituteModel(cheating_substitutes(models), round(rate * PPM), seed)

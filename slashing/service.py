@@ -1,0 +1,301 @@
+"""The devnet's ledger service: the SQLite ledger and the beacon behind a libp2p endpoint.
+
+One process owns the event log (:class:`slashing.Ledger`) and the devnet
+beacon key. Its nursery runs the host and one ticker that reveals a beacon
+round every ``round_seconds``, appends it and gossips it on
+``/assay/1/beacon/msgpack``. Everything else arrives on the ledger protocol as
+one framed request per stream:
+
+``{"op": "record_job" | "attest" | "accuse", ...}``
+    transactions named by the signed protocol messages they carry (a request
+    and a commitment, an attestation, evidence), from anyone: the rules check
+    the signatures. The service builds the ledger event, so the roles never
+    see the event format.
+``{"op": "bond", "role", "amount"}``
+    bonds the *sender's* tokens: the Noise handshake authenticated the
+    sender's key, which is the account. ``Mint`` and the genesis events never
+    come from the network.
+``{"op": "status" | "job" | "dispute" | "beacon" | "account", ...}``
+    read-only queries answered from the folded state.
+
+A refused transaction changes nothing (the rules are all-or-nothing) and is
+counted in ``assay_ledger_tx_total{outcome="refused"}``; a request that does
+not even decode is counted in ``assay_requests_dropped_total``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from assay.beacon import DevnetBeacon
+from assay.economics import min_slash_fabrication, min_slash_posp
+from assay.errors import MalformedMessage, ProtocolError
+from assay.keys import SigningKey
+from assay.net import wire
+from assay.net.host import PeerHost
+from assay.net.metrics import Metrics
+from slashing import (
+    Accuse,
+    Attest,
+    BeaconRound,
+    Bond,
+    Ledger,
+    LedgerParams,
+    Mint,
+    RecordJob,
+    RegisterBeacon,
+    SetParams,
+)
+from slashing import constants as c
+from slashing.events import Event
+
+log = logging.getLogger("assay.ledger")
+
+@dataclass(frozen=True)
+class Genesis:
+    """What a new ledger starts with: parameters and initial balances."""
+
+    params: LedgerParams
+    mints: tuple[tuple[bytes, int], ...]
+
+    @classmethod
+    def from_toml(cls, data: dict[str, Any]) -> Genesis:
+        """``[params]`` overrides of the defaults and ``[[mint]]`` tables of account and amount."""
+        overrides = data.get("params", {})
+        known = {f.name for f in fields(LedgerParams)}
+        if not isinstance(overrides, dict) or set(overrides) - known:
+            raise MalformedMessage(f"genesis [params] may only set {sorted(known)}")
+        params = safe_params(LedgerParams(**{**LedgerParams.default().__dict__, **overrides}))
+        mints = []
+        for entry in data.get("mint", []):
+            try:
+                mints.append((bytes.fromhex(entry["account"]), int(entry["amount"])))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise MalformedMessage(f"genesis [[mint]] entry {entry!r}: {exc}") from exc
+        return cls(params=params, mints=tuple(mints))
+
+
+def safe_params(params: LedgerParams) -> LedgerParams:
+    """Raise the fraud slash to the least value that keeps both economic conditions."""
+    needed = max(min_slash_posp(params.economics()), min_slash_fabrication(params.economics()))
+    if needed <= params.fraud_slash:
+        return params
+    return LedgerParams(**{**params.__dict__, "fraud_slash": needed})
+
+
+def _hex(value: bytes | None) -> bytes:
+    return value if value is not None else b""
+
+
+class LedgerService:
+    def __init__(
+        self,
+        host: PeerHost,
+        ledger: Ledger,
+        beacon: DevnetBeacon,
+        genesis: Genesis,
+        round_seconds: float,
+        metrics: Metrics,
+    ) -> None:
+        self.host = host
+        self.ledger = ledger
+        self.beacon = beacon
+        self.round_seconds = round_seconds
+        self.metrics = metrics
+        if ledger.length == 0:
+            self._genesis(genesis)
+        self._catch_up_beacon()
+        host.serve(wire.PROTOCOL_LEDGER, self.handle)
+
+    @classmethod
+    def open(
+        cls,
+        key: SigningKey,
+        database: Path,
+        beacon_secret: int,
+        genesis: Genesis,
+        listen: str,
+        round_seconds: float,
+        metrics: Metrics,
+        bootstrap: tuple[str, ...] = (),
+    ) -> LedgerService:
+        host = PeerHost(key, listen, bootstrap, metrics)
+        return cls(host, Ledger.open(database), DevnetBeacon(beacon_secret), genesis,
+                   round_seconds, metrics)
+
+    def _genesis(self, genesis: Genesis) -> None:
+        self.ledger.append(RegisterBeacon(public_key=self.beacon.public_key, first_round=0))
+        self.ledger.append(SetParams(params=genesis.params))
+        for account, amount in genesis.mints:
+            self.ledger.append(Mint(account=account, amount=amount))
+
+    def _catch_up_beacon(self) -> None:
+        """Re-derive the revealed chain after a restart and check it is the one logged."""
+        state = self.ledger.state
+        if state.beacon_key != self.beacon.public_key:
+            raise MalformedMessage("the beacon secret does not match the ledger's beacon key")
+        for number in range(state.first_round, state.current_round + 1):
+            revealed = self.beacon.reveal(number)
+            if revealed.randomness != state.beacon_value(number):
+                raise MalformedMessage(f"beacon round {number} differs from the logged one")
+
+    # -- beacon --------------------------------------------------------------------------------
+    def advance_round(self) -> BeaconRound:
+        revealed = self.beacon.reveal(self.ledger.state.current_round + 1)
+        event = BeaconRound(
+            round=revealed.round, signature=revealed.signature, randomness=revealed.randomness
+        )
+        self.ledger.append(event)
+        self.metrics.beacon_round.set(revealed.round)
+        return event
+
+    async def _tick(self) -> None:
+        while True:
+            event = self.advance_round()
+            payload = wire.encode_map(
+                {"round": event.round, "signature": event.signature,
+                 "randomness": event.randomness}
+            )
+            try:
+                await self.host.publish(wire.TOPIC_BEACON, payload)
+            except Exception as exc:  # no peers yet: rounds are also served on request
+                log.debug("publishing round %d failed: %s", event.round, exc)
+            await trio.sleep(self.round_seconds)
+
+    # -- requests ------------------------------------------------------------------------------
+    async def handle(self, data: bytes, sender: bytes) -> bytes:
+        request = wire.decode_map(data, wire.MAX_REQUEST_BYTES[wire.PROTOCOL_LEDGER])
+        op = request.get("op")
+        if isinstance(op, str) and op in TRANSACTIONS:
+            return TRANSACTIONS[op](self, request, sender)
+        if isinstance(op, str) and op in QUERIES:
+            return QUERIES[op](self, request)
+        raise MalformedMessage(f"unknown ledger op {op!r}")
+
+    def _append(self, event: Event) -> bytes:
+        try:
+            entry = self.ledger.append(event)
+        except ProtocolError as exc:
+            self.metrics.ledger_tx.labels(event.TYPE, "refused").inc()
+            return wire.error_response(str(exc))
+        self.metrics.ledger_tx.labels(event.TYPE, "accepted").inc()
+        return wire.ok_response(seq=entry.seq)
+
+    def _record_job(self, request: dict[str, Any], sender: bytes) -> bytes:
+        return self._append(
+            RecordJob(request=_blob(request, "request"), commitment=_blob(request, "commitment"))
+        )
+
+    def _attest(self, request: dict[str, Any], sender: bytes) -> bytes:
+        return self._append(Attest(attestation=_blob(request, "attestation")))
+
+    def _accuse(self, request: dict[str, Any], sender: bytes) -> bytes:
+        return self._append(Accuse(evidence=_blob(request, "evidence")))
+
+    def _bond(self, request: dict[str, Any], sender: bytes) -> bytes:
+        """Bond the sender's own tokens: Noise authenticated the sender as the account."""
+        role, amount = request.get("role"), request.get("amount")
+        if not isinstance(amount, int):
+            raise MalformedMessage("bond amount must be an integer")
+        return self._append(Bond(account=sender, role=str(role), amount=amount))
+
+    def _status(self, request: dict[str, Any]) -> bytes:
+        state = self.ledger.state
+        params = state.params
+        assert params is not None
+        nodes = [a for a, acc in state.accounts.items()
+                 if acc.node.amount >= c.MIN_STAKE[c.NODE] and not acc.node.slashed_out]
+        validators = [a for a, acc in state.accounts.items()
+                      if acc.validator.amount >= c.MIN_STAKE[c.VALIDATOR]
+                      and not acc.validator.slashed_out]
+        return wire.ok_response(
+            round=state.current_round, beacon_key=_hex(state.beacon_key),
+            sample_ppm=params.sample_ppm, committee_size=params.committee_size,
+            verification_fee=params.verification_fee, reward=params.reward,
+            nodes=sorted(nodes), validators=sorted(validators), length=self.ledger.length,
+        )
+
+    def _job(self, request: dict[str, Any]) -> bytes:
+        job = self.ledger.state.jobs.get(_bytes(request, "job_id"))
+        if job is None:
+            return wire.ok_response(found=False)
+        return wire.ok_response(
+            found=True, node=job.node, commitment_id=job.commitment_id,
+            recorded_round=job.recorded_round, sample_round=job.sample_round,
+            status=str(job.status), open_dispute=_hex(job.open_dispute),
+            attested_by=[v for v, _ in job.attestations],
+        )
+
+    def _dispute(self, request: dict[str, Any]) -> bytes:
+        dispute = self.ledger.state.disputes.get(_bytes(request, "dispute_id"))
+        if dispute is None:
+            return wire.ok_response(found=False)
+        return wire.ok_response(
+            found=True, job_id=dispute.job_id, committee=list(dispute.committee),
+            opened_round=dispute.opened_round, open=dispute.is_open,
+            outcome=str(dispute.outcome or ""),
+        )
+
+    def _beacon(self, request: dict[str, Any]) -> bytes:
+        number = request.get("round")
+        state = self.ledger.state
+        if not isinstance(number, int) or not state.first_round <= number <= state.current_round:
+            return wire.ok_response(found=False)
+        revealed = self.beacon.get(number)
+        return wire.ok_response(found=True, round=number, signature=revealed.signature,
+                                randomness=revealed.randomness)
+
+    def _account(self, request: dict[str, Any]) -> bytes:
+        account = self.ledger.state.accounts.get(_bytes(request, "account"))
+        if account is None:
+            return wire.ok_response(found=False)
+        return wire.ok_response(
+            found=True, balance=account.balance, node_stake=account.node.amount,
+            node_slashed_out=account.node.slashed_out, validator_stake=account.validator.amount,
+            validator_slashed_out=account.validator.slashed_out,
+        )
+
+    # -- lifetime ------------------------------------------------------------------------------
+    async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled; the log is flushed on every append, so stopping is safe."""
+        async with self.host.running(), trio.open_nursery() as nursery:
+            nursery.start_soon(self._tick)
+            self.metrics.ready.set(1)
+            task_status.started()
+
+    def close(self) -> None:
+        self.ledger.close()
+
+
+def _bytes(request: dict[str, Any], name: str) -> bytes:
+    value = request.get(name)
+    if not isinstance(value, bytes) or len(value) != 32:
+        raise MalformedMessage(f"{name} must be 32 bytes")
+    return value
+
+
+def _blob(request: dict[str, Any], name: str) -> bytes:
+    value = request.get(name)
+    if not isinstance(value, bytes) or not value:
+        raise MalformedMessage(f"{name} must be the bytes of a signed message")
+    return value
+
+
+TRANSACTIONS = {
+    "record_job": LedgerService._record_job,
+    "attest": LedgerService._attest,
+    "accuse": LedgerService._accuse,
+    "bond": LedgerService._bond,
+}
+QUERIES = {
+    "status": LedgerService._status,
+    "job": LedgerService._job,
+    "dispute": LedgerService._dispute,
+    "beacon": LedgerService._beacon,
+    "account": LedgerService._account,
+}
