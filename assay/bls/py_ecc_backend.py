@@ -8,13 +8,21 @@ not on a hot path.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 from eth_typing import BLSPubkey, BLSSignature
 from eth_utils.exceptions import ValidationError
-from py_ecc.bls.ciphersuites import G2ProofOfPossession
 
-from assay.bls import BlsError, check_secret_key
+_RECURSION_LIMIT = sys.getrecursionlimit()
+from py_ecc.bls.ciphersuites import G2ProofOfPossession  # noqa: E402
+
+# Importing py_ecc raises the interpreter's recursion limit to 100,000 for the
+# whole process, which lets hostile nested input overflow the C stack instead
+# of raising RecursionError; BLS never needs it, so the limit is put back.
+sys.setrecursionlimit(_RECURSION_LIMIT)
+
+from assay.bls import BlsError, check_secret_key  # noqa: E402
 
 
 class PyEccBackend:
