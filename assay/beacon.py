@@ -87,11 +87,9 @@ class BeaconSource(Protocol):
 
     def get(self, round_number: int, /) -> BeaconRound:
         """Round ``round_number``, or raise BeaconNotRevealed if it is not available yet."""
-        ...
 
     def verify(self, beacon_round: BeaconRound, /) -> bool:
         """Whether ``beacon_round`` is the genuine round of this beacon with that number."""
-        ...
 
 
 def randomness_of(signature: bytes) -> bytes:

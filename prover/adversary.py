@@ -25,7 +25,6 @@ class CheatStrategy(Protocol):
 
     def choose_model(self, request: JobRequest, honest: nn.Module) -> nn.Module:
         """The module the node actually runs for this job."""
-        ...
 
 
 class SubstituteModel:

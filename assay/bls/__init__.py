@@ -39,27 +39,21 @@ class BlsBackend(Protocol):
 
     def sk_to_pk(self, sk: int) -> bytes:
         """SkToPk: the compressed G1 public key of secret key ``sk``."""
-        ...
 
     def sign(self, sk: int, msg: bytes) -> bytes:
         """Sign: the compressed G2 signature ``sk * H(msg)``."""
-        ...
 
     def verify(self, pk: bytes, msg: bytes, sig: bytes) -> bool:
         """Verify: true only for a valid key and a valid signature on ``msg``."""
-        ...
 
     def aggregate(self, sigs: Sequence[bytes]) -> bytes:
         """Aggregate: the sum of the signatures; raises BlsError if any does not decode."""
-        ...
 
     def fast_aggregate_verify(self, pks: Sequence[bytes], msg: bytes, sig: bytes) -> bool:
         """FastAggregateVerify: ``sig`` aggregates signatures by all ``pks`` on one ``msg``."""
-        ...
 
     def aggregate_verify(self, pks: Sequence[bytes], msgs: Sequence[bytes], sig: bytes) -> bool:
         """AggregateVerify: ``sig`` aggregates signatures by ``pks[i]`` on ``msgs[i]``."""
-        ...
 
 
 def check_secret_key(sk: int) -> int:
