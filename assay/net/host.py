@@ -218,6 +218,17 @@ class PeerHost:
 
         self.host.set_stream_handler(TProtocol(protocol), on_stream)
 
+    def forget_failed_dials(self, peer: bytes) -> None:
+        """Let ``peer`` be dialled again at once.
+
+        py-libp2p refuses for 60 s to redial a peer whose addresses all failed,
+        which outlasts a restart of the ledger; a client that knows the peer is
+        worth retrying clears that before it retries.
+        """
+        unblock = getattr(self.host.get_network(), "unblock_peer", None)
+        if unblock is not None:
+            unblock(peer_id_of(peer))
+
     async def request(
         self, peer: bytes, protocol: str, payload: bytes, timeout: float = 10.0
     ) -> dict[str, Any]:

@@ -57,6 +57,7 @@ class LedgerClient:
             except PeerUnavailable:
                 if left <= RETRY_S:
                     raise
+                self.host.forget_failed_dials(self.key)
                 await trio.sleep(RETRY_S)
 
     async def refresh(self) -> None:
