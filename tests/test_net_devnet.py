@@ -6,6 +6,7 @@ its own session and killed in the fixture's ``finally``, pass or fail.
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -162,3 +163,21 @@ def test_ledger_restart_nodes_reconnect_and_continue(net: devnet.Devnet) -> None
     devnet.wait_healthy(net, [node], timeout=60)
     done = client(node).completions.create(model="gpt2", prompt="again", max_tokens=4, seed=9)
     assert done.usage is not None
+
+
+def test_assay_infer_submits_a_signed_job_and_checks_the_commitment(
+    net: devnet.Devnet, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from assay.cli import main
+
+    node = net.member("node-0")
+    keys = Path(net.directory) / "keys"
+    common = ["infer", "--node", node.address, "--keystore", str(keys / "node-1-client.json"),
+              "--password-file", str(keys / "node-1-client.pass"), "--json"]
+    assert main([*common, "--model", net.models["gpt2"], "--prompt", "Hi", "--max-tokens", "5",
+                 "--seed", "4"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["node"] == node.pubkey and answer["mode"] == "llm"
+    assert len(answer["tokens"]) == 5 and answer["seed"] == 4
+    assert main([*common, "--model", "00" * 32, "--prompt", "Hi"]) == 2
+    assert "refused the job" in capsys.readouterr().err
