@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Self
@@ -35,6 +36,8 @@ from assay.hashing import DIGEST_BYTES
 from assay.keys import PUBLIC_KEY_BYTES
 from assay.messages import Commitment
 
+SIGNER_PROTECTION_FILE = "signer-protection.sqlite"
+"""Its file name, in a node's ``data_dir`` or in ``$ASSAY_HOME``."""
 INTERCHANGE_FORMAT = "assay-signer-protection"
 INTERCHANGE_VERSION = "1"
 _SCHEMA = (
@@ -54,10 +57,12 @@ class SignerProtection:
 
     def __init__(self, connection: sqlite3.Connection) -> None:
         self._db = connection
+        self._lock = threading.Lock()
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> SignerProtection:
-        db = sqlite3.connect(path, isolation_level=None)
+        # The node service signs in worker threads: one connection, used under a lock.
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=FULL")
         db.execute(_SCHEMA)
@@ -69,6 +74,10 @@ class SignerProtection:
         Raises :class:`SigningRefused` when the node already signed a different
         commitment for the job, or the job is blocked by an import.
         """
+        with self._lock:
+            self._approve(commitment)
+
+    def _approve(self, commitment: Commitment) -> None:
         root = commitment.content_id
         self._db.execute("BEGIN IMMEDIATE")
         try:

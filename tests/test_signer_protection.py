@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -38,6 +39,19 @@ def test_protection_survives_a_restart(tmp_path: Path) -> None:
             protection.approve(commitment(b"job", b"two"))
         root = protection.signed_root(KEY.public.raw, sha256(b"job"))
         assert root == commitment(b"job", b"one").content_id
+
+
+def test_worker_threads_sign_through_one_database(tmp_path: Path) -> None:
+    """The node service signs in worker threads; each thread is held to the same record."""
+    protection = SignerProtection.open(tmp_path / "p.sqlite")
+    node = InferenceNode(KEY, {}, protection=protection)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(
+            lambda i: node.sign(commitment(b"job %d" % (i % 8), b"one")), range(32)))
+    assert len({r.content_id for r in results}) == 8
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        refused = pool.submit(node.sign, commitment(b"job 3", b"two")).exception()
+    assert isinstance(refused, SigningRefused)
 
 
 def test_export_import_moves_protection_and_blocks_conflicts(tmp_path: Path) -> None:

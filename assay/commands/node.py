@@ -22,6 +22,7 @@ def cmd_node_run(args: argparse.Namespace) -> int:
     from prover.registry import ModelRegistry, default_registry_root
     from prover.runtime import DeterministicRuntime
     from prover.service import NodeService, build_cheat
+    from prover.signer_protection import SIGNER_PROTECTION_FILE, SignerProtection
 
     config: NodeConfig = settings(args, NodeConfig)
     configure_logging(config.log_format)
@@ -43,8 +44,10 @@ def cmd_node_run(args: argparse.Namespace) -> int:
         raise CommandError(f"no exact or llm models in the registry at {registry.path}")
     modules: dict[bytes, Any] = {**models, **{i: llm.module for i, (llm, _) in llms.items()}}
     cheat = build_cheat(modules, config.cheat_rate, int.from_bytes(sha256(key.seed())[:4], "big"))
+    Path(config.data_dir).mkdir(parents=True, exist_ok=True)
+    protection = SignerProtection.open(Path(config.data_dir) / SIGNER_PROTECTION_FILE)
     node = InferenceNode(key, models, DeterministicRuntime(threads=config.threads), cheat,
-                         llms=llms)
+                         llms=llms, protection=protection)
     metrics = Metrics()
     host = PeerHost(key, config.listen, [*config.bootstrap, config.ledger], metrics)
     journal = SigningJournal(Path(config.data_dir) / "journal.sqlite")

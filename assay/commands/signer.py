@@ -22,7 +22,9 @@ from assay.cli import CommandError
 def default_protection_path() -> Path:
     """``$ASSAY_HOME/signer-protection.sqlite``, with ``ASSAY_HOME`` defaulting to ``~/.assay``."""
     home = Path(os.environ.get("ASSAY_HOME") or "~/.assay").expanduser()
-    return home / "signer-protection.sqlite"
+    from prover.signer_protection import SIGNER_PROTECTION_FILE
+
+    return home / SIGNER_PROTECTION_FILE
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -66,7 +68,10 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     actions = signer.add_subparsers(dest="signer_command", required=True, metavar="ACTION")
-    db_help = "the database (default: $ASSAY_HOME/signer-protection.sqlite, ASSAY_HOME=~/.assay)"
+    db_help = (
+        "the database: a running node keeps it in its data_dir "
+        "(default: $ASSAY_HOME/signer-protection.sqlite, ASSAY_HOME=~/.assay)"
+    )
     export = actions.add_parser("export", help="write the interchange JSON")
     export.add_argument("--db", type=Path, default=default_protection_path(), help=db_help)
     export.add_argument("--out", default=None, help="file to write (default: standard output)")
