@@ -17,6 +17,7 @@ import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from assay.sampling import PPM
 
@@ -49,6 +50,23 @@ def positive_int(text: str) -> int:
     return value
 
 
+def progress_bar(disable: bool = False) -> Any:
+    """A rich progress bar on stderr, off when asked or when stderr is not a terminal."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    err = Console(stderr=True)
+    return Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+        disable=disable or not err.is_terminal,
+    )
+
+
 # -- demo --------------------------------------------------------------------------------------
 
 
@@ -78,9 +96,6 @@ def cmd_demo_zk(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
     from assay.demo import DemoConfig, DemoConfigError, run_demo
 
     if args.zk:
@@ -99,16 +114,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         )
     except DemoConfigError as exc:
         raise CommandError(str(exc)) from exc
-    err = Console(stderr=True)
-    with Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-        disable=args.json or not err.is_terminal,
-    ) as progress:
+    with progress_bar(disable=args.json) as progress:
         task = progress.add_task("jobs", total=config.jobs)
         summary = run_demo(
             config,

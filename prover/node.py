@@ -130,17 +130,7 @@ class InferenceNode:
             raise JobRejected(f"model could not run this input: {exc}") from exc
         seconds = time.perf_counter() - started
         output = Tensor.from_torch(raw)
-        commitment = Commitment(
-            job_id=request.job_id,
-            model_id=request.model_id,
-            input_hash=tensor_hash(request.input),
-            output_hash=tensor_hash(output),
-            node=self.node_id,
-            mode=EXACT_MODE,
-        )
-        commitment = self.sign(commitment)
-        self._served[request.job_id] = (request, output)
-        return JobResult(output=output, commitment=commitment, seconds=seconds)
+        return self._commit(request, output, EXACT_MODE, seconds)
 
     def _handle_llm(self, request: JobRequest) -> JobResult:
         llm, calibration = self.llms[request.model_id]
@@ -155,18 +145,7 @@ class InferenceNode:
         except (ValueError, RuntimeError) as exc:
             raise JobRejected(f"model could not run this job: {exc}") from exc
         seconds = time.perf_counter() - started
-        commitment = Commitment(
-            job_id=request.job_id,
-            model_id=request.model_id,
-            input_hash=tensor_hash(request.input),
-            output_hash=tensor_hash(result.output),
-            node=self.node_id,
-            mode=LLM_MODE,
-            aux=result.aux,
-        )
-        commitment = self.sign(commitment)
-        self._served[request.job_id] = (request, result.output)
-        return JobResult(output=result.output, commitment=commitment, seconds=seconds)
+        return self._commit(request, result.output, LLM_MODE, seconds, result.aux)
 
     def _handle_zk(self, request: JobRequest) -> JobResult:
         """Prove the job: the output is the circuit's, the proof rides in ``aux`` (prover.zk)."""
@@ -177,18 +156,7 @@ class InferenceNode:
             raise JobRejected(f"model could not prove this input: {exc}") from exc
         seconds = time.perf_counter() - started
         output = proof.output_tensor()
-        commitment = Commitment(
-            job_id=request.job_id,
-            model_id=request.model_id,
-            input_hash=tensor_hash(request.input),
-            output_hash=tensor_hash(output),
-            node=self.node_id,
-            mode=ZK_MODE,
-            aux=proof.encode(),
-        )
-        commitment = self.sign(commitment)
-        self._served[request.job_id] = (request, output)
-        return JobResult(output=output, commitment=commitment, seconds=seconds)
+        return self._commit(request, output, ZK_MODE, seconds, proof.encode())
 
     def sign(self, commitment: Commitment) -> Commitment:
         """Sign a commitment, after the signer protection database (if any) recorded it.
@@ -199,6 +167,22 @@ class InferenceNode:
         if self.protection is not None:
             self.protection.approve(commitment)
         return commitment.signed(self.key)
+
+    def _commit(
+        self, request: JobRequest, output: Tensor, mode: str, seconds: float, aux: bytes = b""
+    ) -> JobResult:
+        """Sign the commitment that binds this job to ``output`` and keep the job's data."""
+        commitment = self.sign(Commitment(
+            job_id=request.job_id,
+            model_id=request.model_id,
+            input_hash=tensor_hash(request.input),
+            output_hash=tensor_hash(output),
+            node=self.node_id,
+            mode=mode,
+            aux=aux,
+        ))
+        self._served[request.job_id] = (request, output)
+        return JobResult(output=output, commitment=commitment, seconds=seconds)
 
     def job_data(self, job_id: bytes) -> tuple[JobRequest, Tensor]:
         """What a validator fetches to re-execute a sampled job."""

@@ -15,25 +15,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from assay.cli import CommandError, positive_int
+from assay.cli import CommandError, positive_int, progress_bar
 
 DEFAULT_ROOT = Path("netsim-runs")
-
-
-def _progress(disable: bool) -> Any:
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    err = Console(stderr=True)
-    return Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-        disable=disable or not err.is_terminal,
-    )
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
@@ -66,7 +50,7 @@ def cmd_sim_run(args: argparse.Namespace) -> int:
     config = _load(args)
     out = args.out or DEFAULT_ROOT / f"{Path(args.config).stem}-seed{config.seed}"
     started = time.perf_counter()
-    with _progress(args.json) as progress:
+    with progress_bar(args.json) as progress:
         task = progress.add_task(f"{config.path} path, epochs", total=config.epochs)
         try:
             tables = run_tables(config, on_epoch=lambda n: progress.advance(task, n))
@@ -106,7 +90,7 @@ def cmd_sim_sweep(args: argparse.Namespace) -> int:
     for axis in axes:
         total *= len(axis.values)
     started = time.perf_counter()
-    with _progress(False) as progress:
+    with progress_bar(False) as progress:
         task = progress.add_task(f"sweep ({backend})", total=total)
         try:
             rows = run_sweep(tree, axes, args.replicates, args.workers, args.ray,
