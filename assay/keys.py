@@ -4,23 +4,31 @@ A node's Ed25519 key is both its network identity and the key that signs its
 messages. Every signature covers ``DOMAIN_PREFIX ‖ tag ‖ 0x00 ‖ payload`` so a
 signature made for one kind of message can never be replayed as another kind
 (a commitment signature is useless as an attestation, and vice versa).
+
+Signatures are verified with libsodium (through PyNaCl) and nothing else, so
+every verifier in the network accepts exactly the same signatures.
+libsodium's check is strict: besides the RFC 8032 equation it refuses a
+non-canonical ``S`` (``S ≥ L``), a small-order ``R``, and a public key that is
+non-canonical or of small order (``crypto_sign_ed25519_verify_detached`` in
+libsodium's ``crypto_sign/ed25519/ref10/open.c``). Keys and signatures made
+by :class:`SigningKey` always pass; signing stays with ``cryptography``, whose
+Ed25519 signatures are deterministic and so byte-for-byte the same.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import (
-    Ed25519PrivateKey,
-    Ed25519PublicKey,
-)
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import (
     Encoding,
     NoEncryption,
     PrivateFormat,
     PublicFormat,
 )
+from nacl.exceptions import BadSignatureError as SodiumBadSignature
+from nacl.signing import VerifyKey
 
 from assay.errors import BadSignature, MalformedMessage
 from assay.hashing import sha256
@@ -29,6 +37,8 @@ PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
 SEED_BYTES = 32
 DOMAIN_PREFIX = b"assay/v1/"
+VERIFY_KEYS_CACHED = 4_096
+"""Verify-key objects kept, most recently used first (a ledger sees few distinct signers)."""
 
 
 def signing_bytes(tag: bytes, payload: bytes) -> bytes:
@@ -36,6 +46,11 @@ def signing_bytes(tag: bytes, payload: bytes) -> bytes:
     if not tag or b"\x00" in tag:
         raise ValueError(f"domain tag {tag!r} must be non-empty and contain no NUL byte")
     return DOMAIN_PREFIX + tag + b"\x00" + payload
+
+
+@lru_cache(maxsize=VERIFY_KEYS_CACHED)
+def _verify_key(raw: bytes) -> VerifyKey:
+    return VerifyKey(raw)
 
 
 @dataclass(frozen=True)
@@ -57,9 +72,8 @@ class PublicKey:
                 f"signature is {len(signature)} bytes; Ed25519 signatures are {SIGNATURE_BYTES}"
             )
         try:
-            key = Ed25519PublicKey.from_public_bytes(self.raw)
-            key.verify(signature, signing_bytes(tag, payload))
-        except (InvalidSignature, ValueError) as exc:
+            _verify_key(self.raw).verify(signing_bytes(tag, payload), bytes(signature))
+        except (SodiumBadSignature, ValueError, TypeError) as exc:
             raise BadSignature(
                 f"signature does not verify for key {self.raw.hex()[:16]}… "
                 f"under domain {tag.decode(errors='replace')!r}"

@@ -8,10 +8,11 @@ event counts once its transaction has committed with ``synchronous=FULL``.
 
 * ``single_tx_per_s``: one ``Ledger.append`` per event (one fsync each);
 * ``batched_tx_per_s``: ``Ledger.append_batch`` of ``--batch`` events, with
-  signatures checked in ``--workers`` processes;
+  signatures checked in ``--workers`` threads;
 * ``replay_events_per_s``: ``Ledger.verify``, which replays the whole log
   from genesis through the rules, signatures included, with the same workers;
-  ``replay_events_per_s_one_process`` without them.
+  ``replay_events_per_s_one_process`` without them (every check in the
+  applying thread).
 
     python bench/ledger.py [--quick] [--workers N] [--batch N]
 
@@ -75,7 +76,7 @@ def measure_replay(directory: Path, workers: int) -> tuple[float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a small run, under a minute")
-    parser.add_argument("--workers", type=int, default=2, help="signature worker processes (2)")
+    parser.add_argument("--workers", type=int, default=2, help="signature worker threads (2)")
     parser.add_argument("--batch", type=int, default=1_000, help="events per batch (1000)")
     args = parser.parse_args()
     jobs, single = (2_000, 150) if args.quick else (20_000, 600)

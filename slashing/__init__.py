@@ -3,7 +3,7 @@
 ``events`` defines what is logged, ``rules`` the ``process_<event>`` functions
 that decide whether it may be and what it does, ``state`` the containers they
 work on (and the canonical state hash), ``constants`` every number they use,
-``signatures`` the Ed25519 checks the rules make (in worker processes for a
+``signatures`` the Ed25519 checks the rules make (in worker threads for a
 batch), ``store`` the SQLite log whose fold is the state, with its snapshots,
 ``workload`` a deterministic stream of valid events for benchmarks and crash
 tests, and ``service`` the devnet's ledger behind a libp2p endpoint.

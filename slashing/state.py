@@ -22,7 +22,9 @@ import dataclasses
 import enum
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar, cast
+
+import msgpack
 
 from assay import codec
 from assay.economics import EconomicParams
@@ -583,11 +585,116 @@ def _sort_key(item: tuple[Any, Any]) -> Any:
     return item[0]
 
 
+class _Unusual(Exception):
+    """A value the one-walk encoder leaves to :func:`assay.codec.encode`."""
+
+
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+_RECORD_FIELDS: dict[type, tuple[tuple[str, ...], bool] | None] = {}
+"""Each record type's field names in canonical (UTF-8 byte) order and whether it is frozen;
+None for a type that is no dataclass."""
+
+
+def _record_fields(cls: type) -> tuple[tuple[str, ...], bool] | None:
+    try:
+        return _RECORD_FIELDS[cls]
+    except KeyError:
+        found = None
+        if dataclasses.is_dataclass(cls):
+            fields = (f.name for f in dataclasses.fields(cls))
+            names = tuple(sorted(fields, key=lambda name: name.encode("utf-8")))
+            found = (names, bool(cls.__dataclass_params__.frozen))  # type: ignore[attr-defined]
+        _RECORD_FIELDS[cls] = found
+        return found
+
+
+class _Walk:
+    """The canonical values of frozen records from the last encoding, reused by the next.
+
+    A frozen record is never changed (a rule puts a new record in its table,
+    see :func:`evolve`), so its canonical value is a function of the object:
+    most records of a large state (settled jobs) are the same objects from one
+    snapshot to the next. Entries are keyed by ``id`` and hold the record, so
+    an id cannot be reused while it is cached, and a hit must be the very same
+    object. Each encoding keeps only the records it met: the cache holds the
+    records of the last state encoded, no more. Mutable records
+    (:class:`Counters`, the state itself) are walked every time.
+    """
+
+    previous: ClassVar[dict[int, tuple[object, int, object]]] = {}
+
+    def __init__(self) -> None:
+        self.met: dict[int, tuple[object, int, object]] = {}
+
+    def canonical(self, value: object, depth: int) -> object:
+        """``codec``'s normalised form of ``_to_value(value)``, built in one walk.
+
+        A snapshot encodes every record of the state, and :func:`_to_value`
+        followed by codec's own check walks each of them twice and looks their
+        fields up every time. Here records become maps with their fields already
+        in canonical order, tables key-sorted lists of pairs, tuples lists, enums
+        their values: what ``codec.encode`` would pack, so packing it gives the
+        same bytes. A value this walk does not know, an integer outside int64 or
+        nesting past codec's bound raises :class:`_Unusual`, and
+        :func:`encode_state` then takes codec's own path for the whole state.
+        """
+        cls = type(value)
+        if cls is bytes or cls is str or cls is bool or value is None:
+            return value
+        if cls is int:
+            if _INT64_MIN <= cast(int, value) <= _INT64_MAX:
+                return value
+            raise _Unusual
+        if depth + 2 > codec.MAX_DEPTH:  # what it holds lies at most two levels deeper
+            raise _Unusual
+        record = _record_fields(cls)
+        if record is not None:
+            names, frozen = record
+            if not frozen:
+                return {name: self.canonical(getattr(value, name), depth + 1) for name in names}
+            key = id(value)
+            hit = _Walk.previous.get(key) or self.met.get(key)
+            if hit is None or hit[0] is not value or hit[1] != depth:
+                fields = {name: self.canonical(getattr(value, name), depth + 1) for name in names}
+                hit = (value, depth, fields)
+            self.met[key] = hit
+            return hit[2]
+        if isinstance(value, enum.Enum):
+            return self.canonical(value.value, depth)
+        # Tables and sets are long: their keys and members, mostly bytes, skip the call.
+        if isinstance(value, dict):
+            return [
+                [
+                    k if type(k) is bytes else self.canonical(k, depth + 2),
+                    self.canonical(v, depth + 2),
+                ]
+                for k, v in sorted(value.items(), key=_sort_key)
+            ]
+        if isinstance(value, (set, frozenset)):
+            return [v if type(v) is bytes else self.canonical(v, depth + 1) for v in sorted(value)]
+        if isinstance(value, (list, tuple)):
+            return [v if type(v) is bytes else self.canonical(v, depth + 1) for v in value]
+        raise _Unusual
+
+
 def encode_state(state: State) -> bytes:
-    """The canonical bytes of a state: equal states, and only they, have equal bytes."""
-    return codec.encode(
-        {f.name: _to_value(getattr(state, f.name)) for f in dataclasses.fields(state)}
-    )
+    """The canonical bytes of a state: equal states, and only they, have equal bytes.
+
+    These are ``codec.encode`` of the state's value (:func:`_to_value`);
+    :meth:`_Walk.canonical` builds that value already normalised, so it is
+    packed directly, unless it holds something only codec's own path handles.
+    """
+    walk = _Walk()
+    try:
+        value = walk.canonical(state, 0)
+    except _Unusual:
+        return codec.encode(
+            {f.name: _to_value(getattr(state, f.name)) for f in dataclasses.fields(state)}
+        )
+    _Walk.previous = walk.met
+    packed = msgpack.packb(value, use_bin_type=True)
+    assert isinstance(packed, bytes)
+    return packed
 
 
 def state_hash(state: State) -> bytes:

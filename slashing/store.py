@@ -240,7 +240,7 @@ class Ledger:
         """Open (or create) the log at ``path``, verify its chain and rebuild the state.
 
         ``signature_workers`` > 0 checks the signatures of replays and batches
-        in that many worker processes.
+        in that many worker threads (:mod:`slashing.signatures`).
         """
         if snapshot_interval < 1:
             raise ValueError(f"snapshot interval must be at least 1, got {snapshot_interval}")

@@ -29,13 +29,14 @@ from assay.errors import (
     UnsupportedVersion,
 )
 from assay.hashing import sha256
-from assay.keys import SigningKey
+from assay.keys import PublicKey, SigningKey
 from assay.messages import Attestation, Commitment, Evidence, JobRequest, Offence, Verdict
 from assay.sampling import PPM, sampled
 from slashing import constants as c
 from slashing.events import (
     EVENT_TYPES,
     Accuse,
+    AccuseInvalidProof,
     Attest,
     BeaconRound,
     Bond,
@@ -436,6 +437,40 @@ def test_record_job_guards() -> None:
                  "already recorded with node")
     with pytest.raises(LedgerRuleError, match="no parameters yet"):
         apply_event(State(), record(req, com))
+
+
+ED25519_ORDER = 2**252 + 27742317777372353535851937790883648493
+"""L, the order of the Ed25519 base point (RFC 8032, section 5.1)."""
+IDENTITY_POINT = (1).to_bytes(32, "little")
+"""The encoding of the neutral element, a point of small order (order 1)."""
+
+
+def test_a_malleated_signature_is_refused() -> None:
+    """``S + L`` satisfies the verification equation too; a strict verifier refuses it."""
+    world = World()
+    req = request(1)
+    com = commit(req)
+    r, s = req.signature[:32], int.from_bytes(req.signature[32:], "little")
+    malleated = dataclasses.replace(req, signature=r + (s + ED25519_ORDER).to_bytes(32, "little"))
+    assert malleated.job_id == req.job_id  # the body, and so the job, is the same
+    world.refuse(record(malleated, com), BadSignature, "does not verify")
+    world.apply(record(req, com))
+
+
+def test_a_small_order_key_cannot_sign_for_everyone() -> None:
+    """Key and R the neutral element with S = 0 pass the bare equation for any message.
+
+    A verifier that skipped the small-order checks would let anyone sign for
+    that account; the ledger must refuse such a signature however it arrives.
+    """
+    forged = IDENTITY_POINT + bytes(32)
+    with pytest.raises(BadSignature, match="does not verify"):
+        PublicKey(IDENTITY_POINT).verify(b"job_request", b"any payload", forged)
+    world = World()
+    world.apply(Mint(IDENTITY_POINT, MIN_VALIDATOR))
+    bond = Bond(IDENTITY_POINT, c.VALIDATOR, MIN_VALIDATOR, nonce=1)
+    bond = dataclasses.replace(bond, signature=forged)
+    world.refuse(bond, BadSignature, "does not verify")
 
 
 def test_second_commitment_to_a_job_is_equivocation_slashed_at_once() -> None:
