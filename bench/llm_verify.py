@@ -38,7 +38,7 @@ from prover import zoo  # noqa: E402
 from prover.llm.commit import package  # noqa: E402
 from prover.llm.generate import LLM, Generated, generate, prefill  # noqa: E402
 from prover.llm.job import Calibration, LLMJob  # noqa: E402
-from prover.llm.sampler import SamplingParams, choose_tokens, gumbel_noise  # noqa: E402
+from prover.llm.sampler import Sampler, SamplingParams  # noqa: E402
 from prover.llm.sketch import make_sketch, sketch_bytes  # noqa: E402
 from prover.node import tensor_hash  # noqa: E402
 from verifier.calibrate import HONEST_SETTINGS, HonestSetting, calibrate, honest_jobs  # noqa: E402
@@ -237,25 +237,43 @@ def _no_top_k(job: LLMJob) -> LLMJob:
     return replace(job, sampling=replace(job.sampling, top_k=0, top_p_ppm=1_000_000))
 
 
-# name -> (attack, job filter, in the issue's floor?)
-ATTACKS: dict[str, tuple[Attack, Callable[[LLMJob], bool], bool]] = {
-    "other_seed_weights": (by_model(lambda m: m.other_seed), lambda j: True, True),
-    "int8_weights": (by_model(lambda m: m.int8), lambda j: True, True),
-    "int4_weights": (by_model(lambda m: m.int4), lambda j: True, True),
-    "layer_skipped": (by_model(lambda m: m.skipped), lambda j: True, True),
-    "prompt_one_token_changed": (prompt_changed, lambda j: True, True),
-    "wrong_temperature": (with_job(_temperature), lambda j: not j.sampling.greedy, True),
-    "wrong_seed": (with_job(_seed), lambda j: not j.sampling.greedy, True),
-    "prefill_attack": (prefill_attack, lambda j: True, True),
-    "random_tokens": (random_tokens, lambda j: True, True),
-    "truncated": (truncated, lambda j: True, True),
-    "bf16_instead_of_fp32": (wrong_dtype, lambda j: j.dtype == "float32", False),
-    "greedy_instead_of_sampling": (with_job(_greedy), lambda j: not j.sampling.greedy, False),
-    "top_k_top_p_ignored": (with_job(_no_top_k),
-                            lambda j: j.sampling.top_k > 0 or j.sampling.top_p_ppm < 1_000_000,
-                            False),
-    "sketch_byte_tampered": (tampered_sketch, lambda j: True, False),
+def _small_top_k(job: LLMJob) -> LLMJob:
+    """Top-k jobs with a k small enough that ignoring it changes the output (vocabulary 256)."""
+    if job.sampling.top_k == 0:
+        return job
+    return replace(job, sampling=replace(job.sampling, top_k=4, temperature_milli=1000))
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    attack: Attack
+    applies: Callable[[LLMJob], bool] = lambda j: True
+    in_issue_floor: bool = True
+    prepare: Callable[[LLMJob], LLMJob] = lambda j: j  # the job the client asks for
+
+
+ATTACKS: dict[str, AttackSpec] = {
+    "other_seed_weights": AttackSpec(by_model(lambda m: m.other_seed)),
+    "int8_weights": AttackSpec(by_model(lambda m: m.int8)),
+    "int4_weights": AttackSpec(by_model(lambda m: m.int4)),
+    "layer_skipped": AttackSpec(by_model(lambda m: m.skipped)),
+    "prompt_one_token_changed": AttackSpec(prompt_changed),
+    "wrong_temperature": AttackSpec(with_job(_temperature), lambda j: not j.sampling.greedy),
+    "wrong_seed": AttackSpec(with_job(_seed), lambda j: not j.sampling.greedy),
+    "prefill_attack": AttackSpec(prefill_attack),
+    "random_tokens": AttackSpec(random_tokens),
+    "truncated": AttackSpec(truncated),
+    "bf16_instead_of_fp32": AttackSpec(wrong_dtype, lambda j: j.dtype == "float32", False),
+    "greedy_instead_of_sampling": AttackSpec(with_job(_greedy), lambda j: not j.sampling.greedy,
+                                             False),
+    "top_k_top_p_ignored": AttackSpec(
+        with_job(_no_top_k), lambda j: j.sampling.top_k > 0 or j.sampling.top_p_ppm < 1_000_000,
+        False, _small_top_k),
+    "sketch_byte_tampered": AttackSpec(tampered_sketch, in_issue_floor=False),
 }
+"""Each attack runs on jobs where it changes the commitment: a job whose cheated output and
+sketch are byte-identical to the honest node's (a wrong temperature that happens to pick the same
+tokens) cheats nothing and is reported apart, as ``identical_to_honest``."""
 
 
 # -- TOPLOC side by side ---------------------------------------------------------------------------
@@ -302,7 +320,7 @@ def run_honest(models: dict[str, Models], cals: dict[str, Calibration], jobs_per
                toploc: object | None) -> dict[str, object]:
     checks: list[LLMCheck] = []
     by_setting: dict[str, dict[str, int]] = {}
-    worst = {"token": 0.0, "sketch": 0.0}
+    worst = {"token": 0.0, "sketch": 0.0, "gap_sum": 0.0}
     toploc_fail = toploc_jobs = 0
     nonce = 0
     for name, m in models.items():
@@ -326,6 +344,7 @@ def run_honest(models: dict[str, Models], cals: dict[str, Calibration], jobs_per
                     cell["inconclusive"] += check.verdict is Verdict.INCONCLUSIVE
                     worst["token"] = max(worst["token"], check.token_score)
                     worst["sketch"] = max(worst["sketch"], check.sketch_score)
+                    worst["gap_sum"] = max(worst["gap_sum"], check.gap_sum_score)
                     if toploc is not None:
                         view = prefill(m.real, prompt, tokens, dtype,
                                        attention=setting.verifier_attention)
@@ -342,6 +361,7 @@ def run_honest(models: dict[str, Models], cals: dict[str, Calibration], jobs_per
         "max_score_ratio": max(worst.values()),
         "max_token_score_ratio": worst["token"],
         "max_sketch_score_ratio": worst["sketch"],
+        "max_gap_sum_score_ratio": worst["gap_sum"],
         "by_setting": by_setting,
         "toploc": {"jobs": toploc_jobs, "failures": toploc_fail} if toploc else None,
     }
@@ -350,18 +370,37 @@ def run_honest(models: dict[str, Models], cals: dict[str, Calibration], jobs_per
 def run_attacks(models: dict[str, Models], cals: dict[str, Calibration], jobs_per_cell: int,
                 toploc: object | None) -> dict[str, dict[str, object]]:
     out: dict[str, dict[str, object]] = {}
-    for attack_name, (attack, applies, floor) in ATTACKS.items():
+    honest_cache: dict[tuple[str, LLMJob, bytes], tuple[torch.Tensor, bytes]] = {}
+
+    def honest(name: str, m: Models, prompt: torch.Tensor, job: LLMJob) -> tuple[torch.Tensor,
+                                                                                 bytes]:
+        key = (name, job, prompt.numpy().tobytes())
+        if key not in honest_cache:
+            honest_cache[key] = committed(gen1(m.real, prompt, job), job, cals[name])
+        return honest_cache[key]
+
+    for attack_name, spec in ATTACKS.items():
         checks: list[LLMCheck] = []
+        identical: list[LLMCheck] = []
         by_dtype: dict[str, list[LLMCheck]] = {d: [] for d in DTYPES}
         toploc_caught = toploc_jobs = 0
         g = torch.Generator().manual_seed(5)
         for name, m in models.items():
             for dtype in DTYPES:
-                pool = [j for j in honest_jobs(m.real, 4 * jobs_per_cell, dtype, seed=7000)
-                        if applies(j[1])][:jobs_per_cell]
+                pool = [(p, spec.prepare(j)) for p, j in
+                        honest_jobs(m.real, 4 * jobs_per_cell, dtype, seed=7000)
+                        if spec.applies(j)]
+                deviating = 0
                 for i, (prompt, job) in enumerate(pool):
-                    tokens, aux, states = attack(m, prompt, job, cals[name], g)
+                    if deviating == jobs_per_cell:
+                        break
+                    tokens, aux, states = spec.attack(m, prompt, job, cals[name], g)
                     check = judge(m.real, cals[name], prompt, job, tokens, aux, 10_000 + i)
+                    honest_tokens, honest_aux = honest(name, m, prompt, job)
+                    if torch.equal(tokens, honest_tokens) and aux == honest_aux:
+                        identical.append(check)  # the same commitment as the honest node's
+                        continue
+                    deviating += 1
                     checks.append(check)
                     by_dtype[dtype].append(check)
                     if toploc is not None and states is not None and tokens.numel():
@@ -371,14 +410,17 @@ def run_attacks(models: dict[str, Models], cals: dict[str, Calibration], jobs_pe
                         toploc_caught += not ok
         out[attack_name] = {
             **tally(checks),
-            "in_issue_floor": floor,
+            "in_issue_floor": spec.in_issue_floor,
             "by_dtype": {d: tally(c) for d, c in by_dtype.items()},
+            "identical_to_honest": tally(identical),
+            "raw": tally(checks + identical),
             "toploc": ({"jobs": toploc_jobs, "detected": toploc_caught}
                        if toploc is not None and toploc_jobs else None),
         }
         row = out[attack_name]
         print(f"  attack {attack_name:<28} fraud {row['fraud']}/{row['jobs']} "
-              f"valid {row['valid']} median tokens {row['median_tokens_to_fraud']}", flush=True)
+              f"valid {row['valid']} median tokens {row['median_tokens_to_fraud']} "
+              f"(+{len(identical)} identical to honest)", flush=True)
     return out
 
 
@@ -387,12 +429,13 @@ def run_cost(models: dict[str, Models], cals: dict[str, Calibration], lengths: t
     speedup: dict[str, dict[str, float]] = {}
     overhead: list[float] = []
     extra: list[float] = []
+    by_cell: dict[str, dict[str, float]] = {}
     for name, m in models.items():
         for n in lengths:
             prompt = torch.randint(0, 256, (32,), generator=torch.Generator().manual_seed(n))
             job = LLMJob(max_new_tokens=n, dtype="float32",
                          sampling=SamplingParams(seed=n, temperature_milli=1000))
-            gen_times, ver_times = [], []
+            gen_times, ver_times, ours_times, plain_times = [], [], [], []
             for r in range(repeats):
                 t0 = time.perf_counter()
                 made = gen1(m.real, prompt, job)
@@ -404,16 +447,24 @@ def run_cost(models: dict[str, Models], cals: dict[str, Calibration], lengths: t
                 assert check.verdict is Verdict.VALID, check.reason
                 gen_times.append(t1 - t0)
                 ver_times.append(t3 - t2)
-                ours, plain = sampler_and_sketch_seconds(m.real, made, job, cals[name])
-                overhead.append(100 * ours / (t1 - t0))
-                extra.append(100 * (ours - plain) / (t1 - t0))
+                for _ in range(5):
+                    ours, plain = sampler_and_sketch_seconds(m.real, made, job, cals[name])
+                    ours_times.append(ours)
+                    plain_times.append(plain)
+            # best of the repeats for each part (timings only get worse under load), then the
+            # worst setting
+            overhead.append(100 * min(ours_times) / min(gen_times))
+            extra.append(100 * (min(ours_times) - min(plain_times)) / min(gen_times))
+            by_cell.setdefault(name, {})[str(n)] = round(overhead[-1], 3)
             speedup.setdefault(str(n), {})[name] = min(gen_times) / min(ver_times)
             print(f"  cost {name} {n:>5} tokens: generate {min(gen_times) * 1e3:.0f} ms, "
-                  f"verify {min(ver_times) * 1e3:.1f} ms", flush=True)
+                  f"verify {min(ver_times) * 1e3:.1f} ms, sampler + sketch "
+                  f"{min(ours_times) * 1e3:.2f} ms ({overhead[-1]:.2f}%)", flush=True)
     return {
         "verify_speedup": {n: min(v.values()) for n, v in speedup.items()},
         "verify_speedup_by_model": speedup,
         "prover_overhead_pct": max(overhead),
+        "prover_overhead_pct_by_model": by_cell,
         "prover_overhead_vs_multinomial_pct": max(extra),
     }
 
@@ -424,10 +475,10 @@ def sampler_and_sketch_seconds(llm: LLM, made: Generated, job: LLMJob, cal: Cali
     with torch.inference_mode():
         logits = llm.variant(job.dtype).get_output_embeddings()(made.hidden).double()
     n = logits.shape[0]
-    t0 = time.perf_counter()
-    noise = gumbel_noise(job.sampling.seed, n, llm.vocab_size)
+    t0 = time.perf_counter()  # what generate() does per job: one Sampler, one choice per step
+    sampler = Sampler([job.sampling], [n], llm.vocab_size)
     for i in range(n):
-        choose_tokens(logits[i : i + 1], noise[i : i + 1], [job.sampling])
+        sampler.choose(logits[i : i + 1], i)
     make_sketch(made.hidden, job.sampling.seed, cal.for_dtype(job.dtype).sketch_exp)
     ours = time.perf_counter() - t0
     g = torch.Generator().manual_seed(0)
@@ -445,18 +496,22 @@ def print_table(result: dict[str, object]) -> None:
     print(f"  jobs {honest['jobs']}  positions {honest['positions']}  FRAUD {honest['fraud']}  "
           f"INCONCLUSIVE {honest['inconclusive']}  max score/threshold "
           f"{honest['max_score_ratio']:.3f} (token {honest['max_token_score_ratio']:.3f}, "
+          f"gap sum {honest['max_gap_sum_score_ratio']:.3f}, "
           f"sketch {honest['max_sketch_score_ratio']:.3f})")
     for s, cell in honest["by_setting"].items():
         print(f"    {s:<48} jobs {cell['jobs']:>5} fraud {cell['fraud']} "
               f"inconclusive {cell['inconclusive']}")
     peers = result["peers"]["toploc"]
-    print("\nAttacks (must be FRAUD)                 jobs  FRAUD  VALID  INCONC  "
-          "median tokens  TOPLOC detected")
+    print("\nAttacks (must be FRAUD; jobs whose output deviates from the honest node's)")
+    print("                                        jobs  FRAUD  VALID  INCONC  "
+          "median tokens  TOPLOC detected  identical to honest (VALID)")
     for name, row in result["attacks"].items():
         t = row["toploc"]
         tl = f"{t['detected']}/{t['jobs']}" if t else "-"
+        same = row["identical_to_honest"]
         print(f"  {name:<36} {row['jobs']:>5} {row['fraud']:>6} {row['valid']:>6} "
-              f"{row['inconclusive']:>7}  {row['median_tokens_to_fraud']!s:>13}  {tl:>15}")
+              f"{row['inconclusive']:>7}  {row['median_tokens_to_fraud']!s:>13}  {tl:>15}  "
+              f"{same['jobs']:>5} ({same['valid']})")
     print("\nCost")
     print(f"  commitment bytes/token: {result['bytes_per_token']} (by length "
           f"{result['bytes_per_token_by_length']}); TOPLOC {peers['bytes_per_token']}")
@@ -504,6 +559,9 @@ def main() -> int:
         "bytes_per_token_note": "Commitment.aux (sketch) per generated token; the token ids "
                                 "themselves are bound by output_hash and served as the output",
         "prover_overhead_pct": round(cost["prover_overhead_pct"], 3),
+        "prover_overhead_method": "per model and length, best-of-repeats sampler + sketch time "
+                                  "÷ best-of-repeats generation time; the largest is reported",
+        "prover_overhead_pct_by_model": cost["prover_overhead_pct_by_model"],
         "prover_overhead_vs_multinomial_pct": round(cost["prover_overhead_vs_multinomial_pct"], 3),
         "verify_speedup": {k: round(v, 1) for k, v in cost["verify_speedup"].items()},
         "verify_speedup_by_model": cost["verify_speedup_by_model"],

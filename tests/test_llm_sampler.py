@@ -14,6 +14,7 @@ from prover import zoo
 from prover.llm.generate import LLM, generate
 from prover.llm.job import LLMJob
 from prover.llm.sampler import (
+    Sampler,
     SamplingParams,
     choose_tokens,
     gumbel_noise,
@@ -87,6 +88,25 @@ def test_top_k_and_top_p_keep_the_right_tokens() -> None:
     assert keep_p.tolist() == [[True, True, False, False]]
     keep_p = kept_mask(logits, one, torch.tensor([0]), torch.tensor([0.81], dtype=torch.float64))
     assert keep_p.tolist() == [[True, True, True, False]]
+
+
+def test_prepared_sampler_chooses_exactly_what_choose_tokens_does() -> None:
+    """The node's batched Sampler is an optimisation of the definition, not a new sampler."""
+    params = [SamplingParams(seed=3, temperature_milli=0),
+              SamplingParams(seed=4, temperature_milli=700, top_k=40),
+              SamplingParams(seed=5, temperature_milli=1000, top_p_ppm=900_000),
+              SamplingParams(seed=6, temperature_milli=1300)]
+    steps = [10, 20, 15, 20]
+    sampler = Sampler(params, steps, 256)
+    g = torch.Generator().manual_seed(0)
+    for step in range(20):
+        logits = 3 * torch.randn(4, 256, generator=g, dtype=torch.float64)
+        noise = torch.stack([gumbel_noise(p.seed, 1, 256, start=step)[0] for p in params])
+        live = torch.tensor([step < n for n in steps])
+        reference = choose_tokens(logits, noise, params)
+        assert torch.equal(sampler.choose(logits, step)[live], reference[live]), step
+    plain = Sampler(params[3:], [20], 256)  # no filters: one add and an argmax
+    assert not plain.filtered
 
 
 def test_greedy_ignores_the_noise() -> None:

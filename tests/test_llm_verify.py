@@ -116,6 +116,11 @@ def attack_commitments(name: str, dtype: str) -> dict[str, tuple[torch.Tensor, L
     wrong_t = dataclasses.replace(j, sampling=dataclasses.replace(j.sampling,
                                                                   temperature_milli=700))
     wrong_seed = dataclasses.replace(j, sampling=dataclasses.replace(j.sampling, seed=100))
+    j_p = job(98, dtype, top_p_ppm=900_000)  # top-p: the bfloat16 misses of the mass slack
+    greedy_p = dataclasses.replace(j_p, sampling=dataclasses.replace(j_p.sampling,
+                                                                     temperature_milli=0))
+    wrong_t_p = dataclasses.replace(j_p, sampling=dataclasses.replace(j_p.sampling,
+                                                                      temperature_milli=700))
     return {
         "other seed": (p, j, generate(LLM(zoo.build(name, 1).module), [p], [j])[0], None),
         "int4": (p, j, generate(LLM(quantized(real.module, 4)), [p], [j])[0], None),
@@ -123,6 +128,8 @@ def attack_commitments(name: str, dtype: str) -> dict[str, tuple[torch.Tensor, L
         "prompt changed": (p, j, generate(real, [other_prompt], [j])[0], None),
         "wrong temperature": (p, j, generate(real, [p], [wrong_t])[0], None),
         "wrong seed": (p, j, generate(real, [p], [wrong_seed])[0], None),
+        "wrong temperature, top-p": (p, j_p, generate(real, [p], [wrong_t_p])[0], None),
+        "greedy, top-p": (p, j_p, generate(real, [p], [greedy_p])[0], None),
         "prefill attack": (p, j, cheap, honest_sketch),
         "truncated": (p, j, Generated(honest.tokens[:40], honest.hidden[:40]), None),
     }
@@ -143,12 +150,63 @@ def test_sampling_gap_is_zero_for_the_argmax_and_infinite_outside_top_k() -> Non
     logits = torch.tensor([[3.0, 1.0, 0.0, -2.0]], dtype=torch.float64)
     noise = torch.zeros_like(logits)
     params = SamplingParams(seed=0, temperature_milli=1000, top_k=2)
-    assert float(sampling_gaps(logits, noise, torch.tensor([0]), params, 1e-3)[0]) == 0.0
-    assert float(sampling_gaps(logits, noise, torch.tensor([1]), params, 1e-3)[0]) == 2.0
-    assert float(sampling_gaps(logits, noise, torch.tensor([2]), params, 1e-3)[0]) == float("inf")
+
+    def gap(t: int) -> float:
+        return float(sampling_gaps(logits, noise, torch.tensor([t]), params, 1e-3, 1e-3)[0])
+
+    assert gap(0) == 0.0
+    assert gap(1) == 2.0
+    assert gap(2) == float("inf")
     # a near-tie at the top-k boundary is tolerated both ways
     tie = torch.tensor([[3.0, 1.0, 1.0 - 1e-6, -2.0]], dtype=torch.float64)
-    assert float(sampling_gaps(tie, noise, torch.tensor([2]), params, 1e-3)[0]) < 2.1
+    assert float(sampling_gaps(tie, noise, torch.tensor([2]), params, 1e-3, 1e-3)[0]) < 2.1
+
+
+def test_gap_sum_catches_a_wrong_temperature_that_no_single_token_shows() -> None:
+    """bfloat16, T = 1 committed, T = 0.7 used: with the per-token limit out of reach, the
+    job's sum of gaps still convicts; the honest job stays far below the same limit."""
+    model = llm("llama")
+    p, j = prompt(5), job(5, "bfloat16")
+    cheat_job = dataclasses.replace(j, sampling=dataclasses.replace(j.sampling,
+                                                                    temperature_milli=700))
+    lax = dataclasses.replace(CAL.for_dtype("bfloat16"), token_tau=1e6)
+    cal = Calibration(tolerances={**CAL.tolerances, "bfloat16": lax}, record={})
+    cheat = generate(model, [p], [cheat_job])[0]
+    honest = generate(model, [p], [j])[0]
+    assert not torch.equal(cheat.tokens, honest.tokens)
+    caught = judge(model, p, j, cheat, package(cheat, j, cal).aux, cal=cal)
+    assert caught.verdict is Verdict.FRAUD and caught.reason.startswith("gap-sum"), caught.reason
+    assert caught.token_score < 1 < caught.gap_sum_score
+    assert caught.tokens_to_fraud is not None and caught.tokens_to_fraud <= N_NEW
+    fine = judge(model, p, j, honest, cal=cal)
+    assert fine.verdict is Verdict.VALID and fine.gap_sum_score < 0.66, fine.reason
+
+
+def test_gap_sum_limit_grows_with_the_job_and_old_entries_still_load() -> None:
+    tol = CAL.for_dtype("bfloat16")
+    assert tol.gap_sum_limit(1) == tol.gap_sum_limit(64) == tol.gap_sum_tau
+    assert tol.gap_sum_limit(256) == 4 * tol.gap_sum_tau
+    stored = CAL.to_json()
+    for t in stored["tolerances"].values():
+        del t["mass_tau"], t["gap_sum_tau"]
+    old = Calibration.from_json(stored).for_dtype("bfloat16")
+    assert {m for row in old.mass_tau for m in row} == {old.token_tau}
+    assert old.gap_sum_tau == 64 * old.token_tau
+    # between calibrated temperatures the larger bound applies; beyond them the nearest
+    assert tol.mass_levels(0.8) == tuple(map(max, tol.mass_levels(0.7), tol.mass_levels(1.0)))
+    assert tol.mass_levels(0.01) == tol.mass_tau[0] and tol.mass_levels(9.0) == tol.mass_tau[-1]
+
+
+def test_top_p_slack_is_additive_mass() -> None:
+    """Token 2 sits past p = 0.8 by 0.05 of mass: out with a 0.01 slack, possible with 0.1."""
+    logits = torch.log(torch.tensor([[0.5, 0.35, 0.1, 0.05]], dtype=torch.float64))
+    noise = torch.tensor([[0.0, 0.0, 5.0, 0.0]], dtype=torch.float64)
+    params = SamplingParams(seed=0, temperature_milli=1000, top_p_ppm=800_000)
+    assert float(sampling_gaps(logits, noise, torch.tensor([2]), params, 1e-6, 0.01)[0]) == \
+        float("inf")
+    assert float(sampling_gaps(logits, noise, torch.tensor([2]), params, 1e-6, 0.1)[0]) == 0.0
+    # token 0, which every node kept, scores above token 1: a gap
+    assert float(sampling_gaps(logits, noise, torch.tensor([1]), params, 1e-6, 0.01)[0]) > 0
 
 
 def test_scores_near_the_threshold_are_inconclusive() -> None:
@@ -258,6 +316,11 @@ def test_calibration_puts_honest_runs_inside_the_margin() -> None:
     for dtype in ("float32", "bfloat16"):
         tol = cal.for_dtype(dtype)
         assert tol.token_tau > 0 and tol.sketch_tau > 0 and tol.sketch_rms_tau > 0
+        assert min(map(min, tol.mass_tau)) > 0 and tol.gap_sum_tau >= tol.token_tau
+        seen = cal.record["measured"][dtype]
+        assert seen["max_gap_sum"] <= cal.record["margin"] * tol.gap_sum_tau
+        for measured, tau in zip(seen["max_mass_dev"], tol.mass_tau, strict=True):
+            assert all(m <= cal.record["margin"] * t for m, t in zip(measured, tau, strict=True))
     assert Calibration.from_json(json.loads(json.dumps(cal.to_json()))) == cal
     deviations = measure(model, [(prompt(0), job(0))], setting)
     assert deviations[0].logit_dev < cal.for_dtype("float32").token_tau

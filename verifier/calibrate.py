@@ -8,11 +8,26 @@ prefill, the three quantities the checks of :mod:`verifier.llm` compare:
 
 - ``logit_dev``: the largest |node logit − verifier logit|;
 - ``gap``: the largest sampling gap of a committed token (≤ 2 · logit_dev);
+- ``mass_dev``: per temperature of ``MASS_TEMPERATURES`` and bin of the
+  verifier's probability mass (``MASS_LEVELS``), the largest ``T`` ×
+  |node − verifier| mass of exactly the token sets the top-p check of
+  :func:`verifier.llm.sampling_gaps` compares with ``p`` — the tokens of
+  logit ≥ ``l_v + token_tau``, and those of logit ≥ ``l_v − token_tau``
+  other than ``v``, for every token ``v``; it is largest where a large top
+  probability shifts and small in the tail;
+- ``gap_sum``: the sum of a job's sampling gaps, judged with the final
+  ``token_tau`` and ``mass_tau``;
 - ``block_dev``: the largest |node − verifier| sketch block value;
 - ``block_rms``: the root-mean-square of those differences over the job.
 
 Tolerances leave a margin: ``token_tau = max(gap, 2·logit_dev) / MARGIN``
-(never below ``TOKEN_TAU_FLOOR``); the sketch step is the largest power of
+(never below ``TOKEN_TAU_FLOOR``); ``mass_tau = mass_dev / MARGIN`` per
+temperature and bin (never below ``MASS_TAU_FLOOR``; a bin no honest set
+reached takes the largest value at that temperature); ``gap_sum_tau`` is the
+largest honest gap sum per ``GAP_SUM_TOKENS`` tokens over ``MARGIN``, but
+never below ``token_tau`` (one token's allowance, so that a job with one
+worst-case honest gap sits at ``MARGIN`` of both); the sketch step is the
+largest power of
 two ≤ the worst honest ``block_rms`` (but at least ``block_dev / 32``, so an
 honest deviation never wraps the 256-residue); ``sketch_tau`` and
 ``sketch_rms_tau`` are the worst honest values in quanta, plus the rounding
@@ -27,20 +42,29 @@ from __future__ import annotations
 import math
 import platform
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import torch
 
 from prover.llm.generate import LLM, Generated, generate, prefill
-from prover.llm.job import DTYPES, Calibration, LLMJob, Tolerances
+from prover.llm.job import (
+    DTYPES,
+    GAP_SUM_TOKENS,
+    MASS_LEVELS,
+    MASS_TEMPERATURES,
+    Calibration,
+    LLMJob,
+    Tolerances,
+)
 from prover.llm.sampler import SamplingParams, gumbel_noise
 from prover.llm.sketch import MAX_EXP, MIN_EXP, block_values
 from verifier.llm import sampling_gaps
 
 MARGIN = 0.5
 TOKEN_TAU_FLOOR = {"float32": 1e-4, "bfloat16": 1e-2}
+MASS_TAU_FLOOR = {"float32": 1e-5, "bfloat16": 1e-3}
 PROVISIONAL_TOL = {"float32": 1e-3, "bfloat16": 0.5}
-"""Top-k/top-p slack used while measuring gaps, before tolerances exist."""
+"""Top-k/top-p slack (logit and mass) used while measuring gaps, before tolerances exist."""
 
 SAMPLING_MIX: tuple[tuple[int, int, int], ...] = (
     (0, 0, 1_000_000),  # greedy
@@ -75,13 +99,67 @@ HONEST_SETTINGS: tuple[HonestSetting, ...] = (
 
 @dataclass(frozen=True)
 class Deviation:
-    """One honest job's largest deviations."""
+    """One honest job's largest deviations, and what its gaps are recomputed from."""
 
     logit_dev: float
     gap: float
     block_dev: float
     block_rms: float
     tokens: int
+    verifier_logits: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    node_logits: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    committed: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    sampling: SamplingParams | None = field(default=None, repr=False, compare=False)
+
+    def gap_sum(self, tolerances: Tolerances) -> float:
+        """The sum of this job's sampling gaps under ``tolerances``, per ``GAP_SUM_TOKENS``."""
+        if self.verifier_logits is None or self.committed is None or self.sampling is None:
+            return 0.0
+        noise = gumbel_noise(self.sampling.seed, self.tokens, self.verifier_logits.shape[-1])
+        gaps = sampling_gaps(self.verifier_logits, noise, self.committed, self.sampling,
+                             tolerances.token_tau,
+                             tolerances.mass_levels(self.sampling.temperature))
+        return float(gaps.sum()) * GAP_SUM_TOKENS / max(self.tokens, GAP_SUM_TOKENS)
+
+
+    def mass_dev(self, tol: float) -> list[list[float]]:
+        """Per ``MASS_TEMPERATURES`` × ``MASS_LEVELS`` bin, ``T`` × the largest |node − verifier|
+        mass of the sets the top-p check uses with logit slack ``tol`` (-1: no set)."""
+        if self.node_logits is None or self.verifier_logits is None:
+            return [[-1.0] * len(MASS_LEVELS) for _ in MASS_TEMPERATURES]
+        return mass_deviation(self.node_logits, self.verifier_logits, tol)
+
+
+def mass_deviation(node_logits: torch.Tensor, verifier_logits: torch.Tensor, tol: float
+                   ) -> list[list[float]]:
+    """See :meth:`Deviation.mass_dev`; logits ``[n, V]``."""
+    order = torch.sort(verifier_logits, dim=-1, descending=False, stable=True)
+    ascending = order.values
+    vocab = ascending.shape[-1]
+    # sets {u : l_u ≥ x} are the last `count` tokens of the ascending order
+    count_above = vocab - torch.searchsorted(ascending, verifier_logits + tol, right=False)
+    count_band = vocab - torch.searchsorted(ascending, verifier_logits - tol, right=False)
+    levels = torch.tensor(MASS_LEVELS[:-1], dtype=torch.float64)
+    table = []
+    for t in MASS_TEMPERATURES:
+        worst = torch.full((len(MASS_LEVELS),), -1.0, dtype=torch.float64)
+        diffs, masses = [], []
+        mine_p = torch.softmax(verifier_logits / t, dim=-1)
+        node_p = torch.softmax(node_logits / t, dim=-1)
+        mine_top = torch.cumsum(mine_p.gather(-1, order.indices).flip(-1), dim=-1)  # top-k mass
+        node_top = torch.cumsum(node_p.gather(-1, order.indices).flip(-1), dim=-1)
+        for count, minus_own in ((count_above, False), (count_band, True)):
+            index = (count - 1).clamp_min(0)
+            mine = torch.where(count > 0, mine_top.gather(-1, index), 0.0)
+            node = torch.where(count > 0, node_top.gather(-1, index), 0.0)
+            if minus_own:
+                mine, node = mine - mine_p, node - node_p
+            masses.append(mine.flatten())
+            diffs.append((t * (node - mine).abs()).flatten())
+        bins = torch.bucketize(torch.cat(masses), levels, right=False)
+        worst = worst.scatter_reduce(0, bins, torch.cat(diffs), reduce="amax")
+        table.append([float(w) for w in worst])
+    return table
 
 
 def honest_jobs(
@@ -124,8 +202,9 @@ def measure(
         with torch.inference_mode():
             node_logits = head(made.hidden).double()
         noise = gumbel_noise(job.sampling.seed, made.tokens.numel(), llm.vocab_size)
-        gaps = sampling_gaps(view.logits, noise, made.tokens, job.sampling,
-                             PROVISIONAL_TOL[job.dtype])
+        provisional = PROVISIONAL_TOL[job.dtype]
+        gaps = sampling_gaps(view.logits, noise, made.tokens, job.sampling, provisional,
+                             provisional)
         seed = job.sampling.seed
         blocks = block_values(made.hidden, seed) - block_values(view.hidden, seed)
         out.append(Deviation(
@@ -134,6 +213,10 @@ def measure(
             block_dev=float(blocks.abs().max()),
             block_rms=float(blocks.pow(2).mean().sqrt()),
             tokens=made.tokens.numel(),
+            node_logits=node_logits,
+            verifier_logits=view.logits,
+            committed=made.tokens,
+            sampling=job.sampling,
         ))
     return out
 
@@ -152,12 +235,29 @@ def tolerances_from(deviations: Sequence[Deviation], dtype: str) -> Tolerances:
         exp = MIN_EXP
     exp = min(max(exp, MIN_EXP), MAX_EXP)
     step = 2.0**exp
-    return Tolerances(
+    worst_mass = _table_max([d.mass_dev(token_tau) for d in deviations])
+    mass_tau = tuple(
+        tuple(max((m if m >= 0 else max(row)) / MARGIN, MASS_TAU_FLOOR[dtype]) for m in row)
+        for row in worst_mass
+    )
+    partial = Tolerances(
         token_tau=token_tau,
         sketch_exp=exp,
         sketch_tau=(worst_block / step + 0.5) / MARGIN,
         sketch_rms_tau=math.sqrt((worst_rms / step) ** 2 + 1 / 12) / MARGIN,
+        mass_tau=mass_tau,
+        gap_sum_tau=math.inf,
     )
+    worst_sum = max(d.gap_sum(partial) for d in deviations)
+    if not math.isfinite(worst_sum):
+        raise ValueError(f"an honest {dtype} token is outside the calibrated top-k/top-p slack")
+    return replace(partial, gap_sum_tau=max(worst_sum / MARGIN, token_tau))
+
+
+def _table_max(tables: Sequence[list[list[float]]]) -> list[list[float]]:
+    """Elementwise maximum of equally shaped tables."""
+    return [[max(t[i][j] for t in tables) for j in range(len(tables[0][i]))]
+            for i in range(len(tables[0]))]
 
 
 def calibrate(
@@ -179,6 +279,9 @@ def calibrate(
             "max_gap": max(d.gap for d in deviations),
             "max_block_dev": max(d.block_dev for d in deviations),
             "max_block_rms": max(d.block_rms for d in deviations),
+            "max_mass_dev": _table_max(
+                [d.mass_dev(tolerances[dtype].token_tau) for d in deviations]),
+            "max_gap_sum": max(d.gap_sum(tolerances[dtype]) for d in deviations),
         }
     record = {
         "source": "assay calibrate",

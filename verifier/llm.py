@@ -2,7 +2,7 @@
 
 The validator runs the pinned model at the pinned dtype once over prompt +
 output and gets, for every generated position, the logits and the final
-hidden state that should have produced the committed token. Two checks:
+hidden state that should have produced the committed token. Three checks:
 
 - **Sampling.** It regenerates the sampler's noise from the job seed
   (:mod:`prover.llm.sampler`) and measures, for each committed token ``t``,
@@ -14,6 +14,15 @@ hidden state that should have produced the committed token. Two checks:
   ∞. This is what catches a generation that is not the pinned model's:
   another model, the wrong temperature or seed, fabricated tokens, and the
   prefill attack (cheap tokens, honest sketch), which sketches alone miss.
+  Top-p membership allows for the honest difference in probability mass,
+  calibrated (as ``T`` × the difference) per level of cumulative probability.
+- **Gap sum.** An honest token's gap is non-zero only at a near-tie of the
+  top two scores, so over a job honest gaps are rare and small, while a
+  sampler that is slightly off (a wrong temperature, greedy decoding in
+  bfloat16, where ``δ`` is large) leaves a small gap at a large share of
+  positions. The sum of the gaps over the job, against a calibrated limit
+  per 64 tokens (scaled up for longer jobs), catches such shifts that no
+  single token shows.
 - **Sketch.** It recomputes the block values of :mod:`prover.llm.sketch` from
   its own hidden states and measures each committed residue's distance in
   quanta: the largest one, and the root-mean-square over the job. This
@@ -33,6 +42,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -41,7 +51,14 @@ from assay.codec import Tensor, encode
 from assay.hashing import sha256
 from assay.messages import Commitment, JobRequest, Verdict
 from prover.llm.generate import LLM, GenerationError, prefill
-from prover.llm.job import Calibration, LLMJob, LLMJobError, Tolerances, parse_job
+from prover.llm.job import (
+    MASS_LEVELS,
+    Calibration,
+    LLMJob,
+    LLMJobError,
+    Tolerances,
+    parse_job,
+)
 from prover.llm.sampler import SamplingParams, gumbel_noise
 from prover.llm.sketch import BLOCK, SketchError, decode_sketch, deviations
 
@@ -60,10 +77,11 @@ class LLMCheck:
     sketch_score: float = 0.0
     tokens_to_fraud: int | None = None  # generated tokens needed to reach FRAUD, when FRAUD
     seconds: float = 0.0
+    gap_sum_score: float = 0.0
 
     @property
     def score(self) -> float:
-        return max(self.token_score, self.sketch_score)
+        return max(self.token_score, self.sketch_score, self.gap_sum_score)
 
 
 def _tensor_hash(t: Tensor) -> bytes:
@@ -77,17 +95,20 @@ def _count_at_least(sorted_asc: torch.Tensor, thresholds: torch.Tensor) -> torch
 
 def sampling_gaps(
     logits: torch.Tensor, noise: torch.Tensor, tokens: torch.Tensor, params: SamplingParams,
-    tol: float,
+    tol: float, mass_tol: float | Sequence[float],
 ) -> torch.Tensor:
     """Each committed token's gap ``[n]`` (logit units; ∞ when no honest node could keep it).
 
     ``tol`` bounds how far an honest node's logit comparisons can differ from
-    the verifier's; top-k/top-p membership is decided with that slack both
-    ways: a token counts against ``t`` only if every honest node kept it, and
-    ``t`` is allowed if some honest node could have kept it. Both filters
-    keep a prefix of the tokens ranked by logit, so a node that kept ``t``
-    kept every token clearly above it (logit ≥ ``l_t + tol``) whatever the
-    probability slack: those always count against ``t``.
+    the verifier's, and ``mass_tol`` how far its probability mass of the
+    token sets below can differ at this temperature, ``T`` × the difference,
+    per ``MASS_LEVELS`` bin of the verifier's mass (one number: every bin;
+    the slack is ``mass_tol / T``). Top-k/top-p membership is decided with
+    these slacks both ways: a token counts against ``t`` only if every honest
+    node kept it, and ``t`` is allowed if some honest node could have kept it.
+    Both filters keep a prefix of the tokens ranked by logit, so a node that
+    kept ``t`` kept every token clearly above it (logit ≥ ``l_t + tol``)
+    whatever the probability slack: those always count against ``t``.
     """
     n, vocab = logits.shape
     rows = torch.arange(n)
@@ -107,7 +128,8 @@ def sampling_gaps(
     if params.top_p_ppm < 1_000_000:
         probs = torch.softmax(ascending.flip(-1) / temperature, dim=-1)  # descending order
         cumulative = torch.cumsum(probs, dim=-1)  # mass of the i+1 most likely tokens
-        slack = math.expm1(tol / temperature)
+        per_level = torch.as_tensor(mass_tol, dtype=torch.float64).expand(len(MASS_LEVELS))
+        levels = torch.tensor(MASS_LEVELS[:-1], dtype=torch.float64)
         p = params.top_p
 
         def mass_at_least(thresholds: torch.Tensor) -> torch.Tensor:
@@ -115,9 +137,18 @@ def sampling_gaps(
             index = (count - 1).clamp_min(0)
             return torch.where(count > 0, cumulative.gather(-1, index), 0.0)
 
+        def slack(mass: torch.Tensor) -> torch.Tensor:  # additive, on probability mass
+            bound = per_level[torch.bucketize(mass, levels, right=False)] / temperature
+            return bound.clamp(max=1.0)
+
+        # A node that kept t ranks every token of logit ≥ l_t + tol above it, and a node
+        # ranks above v only tokens of logit ≥ l_v − tol other than v; its mass of either set
+        # is within the slack of ours (calibrated on exactly these sets).
+        above_t = mass_at_least((chosen + tol)[:, None]).squeeze(1)
+        t_possible &= above_t - slack(above_t) < p
         p_v = torch.softmax(logits / temperature, dim=-1)
-        t_possible &= mass_at_least((chosen + tol)[:, None]).squeeze(1) < p * (1 + slack)
-        certain &= (mass_at_least(logits - tol) - p_v) < p * (1 - slack)
+        above_v = mass_at_least(logits - tol) - p_v
+        certain &= above_v + slack(above_v) < p
     certain |= logits >= (chosen + tol)[:, None]  # ranked clearly above t: kept if t was
     best = scores.masked_fill(~certain, float("-inf")).max(dim=-1).values
     gaps = (best - scores[rows, tokens]).clamp_min(0.0)
@@ -217,34 +248,46 @@ def verify_generation(
     except (GenerationError, LLMJobError, ValueError, RuntimeError) as exc:
         return _inconclusive(f"prefill failed: {exc}", time.perf_counter() - started)
     noise = gumbel_noise(job.sampling.seed, n, llm.vocab_size)
-    gaps = sampling_gaps(view.logits, noise, tokens, job.sampling, tolerances.token_tau)
+    gaps = sampling_gaps(view.logits, noise, tokens, job.sampling, tolerances.token_tau,
+                         tolerances.mass_levels(job.sampling.temperature))
     sketch_dev = deviations(sketch, view.hidden, job.sampling.seed)  # [blocks, K] quanta
     block_dev = sketch_dev.abs().amax(dim=-1)  # [blocks]
     rms = float(sketch_dev.pow(2).mean().sqrt())
     seconds = time.perf_counter() - started
     token_score = float(gaps.max()) / tolerances.token_tau
+    gap_sums = torch.cumsum(gaps, dim=0)  # [n]: each prefix's sum of gaps
+    gap_sum_score = float(gap_sums[-1]) / tolerances.gap_sum_limit(n)
     sketch_score = max(float(block_dev.max()) / tolerances.sketch_tau,
                        rms / tolerances.sketch_rms_tau)
     first_token = _first_over(gaps, tolerances.token_tau)
+    first_sum = _first_sum_over(gap_sums, tolerances) if gap_sum_score > 1 else None
     first_block = _first_over(block_dev, tolerances.sketch_tau)
-    reached = [
-        *([first_token + 1] if first_token is not None else []),
-        *([min((first_block + 1) * BLOCK, n)] if first_block is not None else []),
-        *([n] if rms > tolerances.sketch_rms_tau else []),
-    ]
-    detail = f"token score {token_score:.3g}, sketch score {sketch_score:.3g}"
-    if reached:
-        which = "token" if first_token is not None and first_token + 1 == min(reached) else "sketch"
-        return LLMCheck(
-            Verdict.FRAUD, f"{which} check failed ({detail})", token_score, sketch_score,
-            min(reached), seconds,
-        )
-    if max(token_score, sketch_score) > SUSPICIOUS:
-        return LLMCheck(
-            Verdict.INCONCLUSIVE, f"close to the tolerance ({detail})", token_score, sketch_score,
-            None, seconds,
-        )
-    return LLMCheck(
-        Verdict.VALID, f"tokens and sketch match ({detail})", token_score, sketch_score, None,
-        seconds,
-    )
+    reached = {
+        "token": first_token + 1 if first_token is not None else None,
+        "gap-sum": first_sum,
+        "sketch": min((first_block + 1) * BLOCK, n) if first_block is not None else None,
+        "sketch rms": n if rms > tolerances.sketch_rms_tau else None,
+    }
+    detail = (f"token score {token_score:.3g}, gap-sum score {gap_sum_score:.3g}, "
+              f"sketch score {sketch_score:.3g}")
+    scores = (token_score, sketch_score, None, seconds, gap_sum_score)
+    hits = {which: at for which, at in reached.items() if at is not None}
+    if hits:
+        which = min(hits, key=lambda w: hits[w])  # the check that needs the fewest tokens
+        return LLMCheck(Verdict.FRAUD, f"{which} check failed ({detail})", scores[0], scores[1],
+                        hits[which], seconds, gap_sum_score)
+    if max(token_score, sketch_score, gap_sum_score) > SUSPICIOUS:
+        return LLMCheck(Verdict.INCONCLUSIVE, f"close to the tolerance ({detail})", *scores)
+    return LLMCheck(Verdict.VALID, f"tokens and sketch match ({detail})", *scores)
+
+
+def _first_sum_over(gap_sums: torch.Tensor, tolerances: Tolerances) -> int:
+    """The shortest prefix, in tokens, whose gap sum alone exceeds its own limit.
+
+    Called when the whole output's does, so there is one.
+    """
+    n = gap_sums.numel()
+    limits = torch.tensor([tolerances.gap_sum_limit(i) for i in range(1, n + 1)],
+                          dtype=torch.float64)
+    over = (gap_sums > limits).nonzero()
+    return int(over[0, 0]) + 1 if over.numel() else n

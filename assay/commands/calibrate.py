@@ -3,7 +3,8 @@
 Runs the honest-variation matrix of :mod:`verifier.calibrate` (batching with
 padding, 1 and 2 threads, SDPA and eager attention, KV cache against
 prefill, float32 and bfloat16) on a model registered in the ``llm`` mode, and
-stores the tolerances, with the margin they leave and what was measured, in
+stores the tolerances (per-token gap, top-p mass slack, per-job gap sum,
+sketch), with the margin they leave and what was measured, in
 the model's registry entry under ``params["llm"]``.
 """
 
@@ -27,7 +28,7 @@ def _find_entry(registry: Any, model: str) -> Any:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from assay.cli import CommandError
     from prover.llm.generate import LLM
-    from prover.llm.job import REGISTRY_KEY
+    from prover.llm.job import GAP_SUM_TOKENS, REGISTRY_KEY
     from prover.model_store import load_model
     from prover.registry import ModelRegistry, default_registry_root
     from verifier.calibrate import calibrate
@@ -51,7 +52,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     for dtype, tol in sorted(calibration.tolerances.items()):
         seen = calibration.record["measured"][dtype]
         print(f"  {dtype:<9} token_tau {tol.token_tau:.3g} (worst honest gap/2δ "
-              f"{max(seen['max_gap'], 2 * seen['max_logit_dev']):.3g}), sketch step "
+              f"{max(seen['max_gap'], 2 * seen['max_logit_dev']):.3g}), mass_tau "
+              f"{min(map(min, tol.mass_tau)):.3g}–{max(map(max, tol.mass_tau)):.3g} (worst "
+              f"honest T·Δmass {max(map(max, seen['max_mass_dev'])):.3g}), gap_sum_tau "
+              f"{tol.gap_sum_tau:.3g} per {GAP_SUM_TOKENS} tokens (worst honest "
+              f"{seen['max_gap_sum']:.3g}), sketch step "
               f"2^{tol.sketch_exp}, sketch_tau {tol.sketch_tau:.3g}, rms_tau "
               f"{tol.sketch_rms_tau:.3g} quanta; {seen['jobs']} jobs, "
               f"{seen['positions']} positions")

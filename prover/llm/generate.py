@@ -22,7 +22,7 @@ from torch import nn
 from transformers import DynamicCache, PreTrainedModel
 
 from prover.llm.job import DTYPES, LLMJob
-from prover.llm.sampler import choose_tokens, gumbel_noise
+from prover.llm.sampler import Sampler
 
 ATTENTION_KINDS = ("eager", "sdpa")
 _ONE_RUN_AT_A_TIME = threading.Lock()
@@ -129,12 +129,8 @@ def generate(
     for row, prompt in enumerate(prompts):
         ids[row, width - prompt.numel():] = prompt
         mask[row, width - prompt.numel():] = 1
-    noise = torch.zeros((batch, steps, llm.vocab_size), dtype=torch.float64)
-    for row, job in enumerate(jobs):
-        noise[row, : job.max_new_tokens] = gumbel_noise(
-            job.sampling.seed, job.max_new_tokens, llm.vocab_size
-        )
-    sampling = [job.sampling for job in jobs]
+    sampler = Sampler([job.sampling for job in jobs], [job.max_new_tokens for job in jobs],
+                      llm.vocab_size)
     head = model.get_output_embeddings()
     tokens = torch.zeros((batch, steps), dtype=torch.int64)
     hidden: list[torch.Tensor] = []
@@ -149,7 +145,7 @@ def generate(
             h = out.last_hidden_state[:, -1]  # [B, d]
             hidden.append(h)
             logits = head(h).to(torch.float64)  # [B, V]
-            chosen = choose_tokens(logits, noise[:, step], sampling)  # [B]
+            chosen = sampler.choose(logits, step)  # [B]
             tokens[:, step] = chosen
             if step + 1 == steps:
                 break

@@ -39,6 +39,14 @@ KNOWN_PARAMS = frozenset(
     {"max_new_tokens", "dtype", "seed", "temperature_milli", "top_k", "top_p_ppm", "stop_token"}
 )
 REGISTRY_KEY = "llm"
+GAP_SUM_TOKENS = 64
+"""The job length ``gap_sum_tau`` is stated for; longer jobs' limits grow in proportion."""
+MASS_TEMPERATURES = (0.1, 0.25, 0.5, 0.7, 1.0, 1.5, 2.0)
+"""Temperatures ``mass_tau`` is calibrated at."""
+MASS_LEVELS = (0.5, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 1.0)
+"""Upper edges of the cumulative-probability bins ``mass_tau`` is calibrated on: honest mass
+differences are largest where the top tokens are (a shift of one large probability) and shrink
+toward the tail, where top-p's boundary usually lies."""
 
 
 class LLMJobError(ValueError):
@@ -110,24 +118,72 @@ def parse_job(request: JobRequest) -> LLMJob:
 class Tolerances:
     """One dtype's thresholds; a deviation past any of them is FRAUD.
 
-    ``token_tau`` bounds a token's sampling gap (logits); ``sketch_exp`` fixes
-    the sketch's quantisation step ``2^sketch_exp``; ``sketch_tau`` bounds one
-    sketch value's deviation and ``sketch_rms_tau`` the job's root-mean-square
-    deviation, both in quanta.
+    ``token_tau`` bounds a token's sampling gap (logits); ``mass_tau`` bounds,
+    per temperature of ``MASS_TEMPERATURES`` and level of probability mass
+    (``MASS_LEVELS``), ``T ×`` the difference between an honest node's and
+    the verifier's probability mass of the token sets the top-p check uses
+    (the slack at ``T`` is :meth:`mass_levels` ``/ T``); ``gap_sum_tau`` bounds the sum
+    of a job's sampling gaps per ``GAP_SUM_TOKENS`` generated tokens (logits);
+    ``sketch_exp`` fixes the sketch's quantisation step ``2^sketch_exp``;
+    ``sketch_tau`` bounds one sketch value's deviation and ``sketch_rms_tau``
+    the job's root-mean-square deviation, both in quanta.
     """
 
     token_tau: float
     sketch_exp: int
     sketch_tau: float
     sketch_rms_tau: float
+    mass_tau: tuple[tuple[float, ...], ...]  # [MASS_TEMPERATURES][MASS_LEVELS]
+    gap_sum_tau: float
+
+    def __post_init__(self) -> None:
+        if len(self.mass_tau) != len(MASS_TEMPERATURES) or any(
+            len(row) != len(MASS_LEVELS) for row in self.mass_tau
+        ):
+            raise ValueError(f"mass_tau needs {len(MASS_TEMPERATURES)} rows (MASS_TEMPERATURES) "
+                             f"of {len(MASS_LEVELS)} values (MASS_LEVELS)")
+
+    def mass_levels(self, temperature: float) -> tuple[float, ...]:
+        """Per ``MASS_LEVELS`` bin, the bound on ``T ×`` an honest mass difference at ``T``.
+
+        Between two calibrated temperatures, the larger of their bounds; beyond
+        the ends, the nearest end's.
+        """
+        grid = MASS_TEMPERATURES
+        if temperature <= grid[0]:
+            return self.mass_tau[0]
+        if temperature >= grid[-1]:
+            return self.mass_tau[-1]
+        hi = next(i for i, t in enumerate(grid) if t >= temperature)
+        if grid[hi] == temperature:
+            return self.mass_tau[hi]
+        return tuple(max(a, b) for a, b in zip(self.mass_tau[hi - 1], self.mass_tau[hi],
+                                                strict=True))
+
+    def gap_sum_limit(self, n_tokens: int) -> float:
+        """The largest honest sum of sampling gaps over ``n_tokens`` generated tokens."""
+        return self.gap_sum_tau * max(1.0, n_tokens / GAP_SUM_TOKENS)
 
 
+BF16_MASS_TAU = (
+    (0.074, 0.074, 0.056, 0.048, 0.074, 0.053, 0.024, 0.025),
+    (0.089, 0.09, 0.08, 0.072, 0.076, 0.059, 0.018, 0.0071),
+    (0.094, 0.11, 0.084, 0.056, 0.046, 0.033, 0.018, 0.0074),
+    (0.11, 0.083, 0.086, 0.056, 0.036, 0.024, 0.013, 0.0064),
+    (0.081, 0.081, 0.056, 0.054, 0.031, 0.025, 0.018, 0.0076),
+    (0.066, 0.095, 0.06, 0.05, 0.033, 0.023, 0.012, 0.0048),
+    (0.092, 0.074, 0.059, 0.039, 0.031, 0.02, 0.011, 0.0041),
+)
 DEFAULT_TOLERANCES: Mapping[str, Tolerances] = {
-    "float32": Tolerances(token_tau=1e-4, sketch_exp=-13, sketch_tau=8.7, sketch_rms_tau=3.4),
-    "bfloat16": Tolerances(token_tau=1.1, sketch_exp=1, sketch_tau=7.4, sketch_rms_tau=2.8),
+    "float32": Tolerances(token_tau=1e-4, sketch_exp=-13, sketch_tau=8.7, sketch_rms_tau=3.4,
+                          mass_tau=((1e-5,) * len(MASS_LEVELS),) * len(MASS_TEMPERATURES),
+                          gap_sum_tau=1e-4),
+    "bfloat16": Tolerances(token_tau=1.1, sketch_exp=1, sketch_tau=7.4, sketch_rms_tau=2.8,
+                           mass_tau=BF16_MASS_TAU, gap_sum_tau=1.1),
 }
 """Used when a model has no calibration: the larger of the zoo GPT-2's and Llama's tolerances
-from ``bench/llm_verify.py``'s calibration (12 jobs per setting, seed 1, CPU)."""
+from ``bench/llm_verify.py``'s calibration (12 jobs per setting, seed 1, CPU); ``BF16_MASS_TAU``
+rows are ``MASS_TEMPERATURES``, columns ``MASS_LEVELS``."""
 
 
 @dataclass(frozen=True)
@@ -155,6 +211,13 @@ class Calibration:
                     sketch_exp=int(t["sketch_exp"]),
                     sketch_tau=float(t["sketch_tau"]),
                     sketch_rms_tau=float(t["sketch_rms_tau"]),
+                    # entries calibrated before these existed: loose slacks (T·TV is at most about
+                    # the logit deviation, and token_tau is four times that) and no sum check
+                    mass_tau=tuple(tuple(float(m) for m in row) for row in t.get(
+                        "mass_tau",
+                        [[t["token_tau"]] * len(MASS_LEVELS)] * len(MASS_TEMPERATURES))),
+                    gap_sum_tau=float(t.get("gap_sum_tau",
+                                            GAP_SUM_TOKENS * float(t["token_tau"]))),
                 )
                 for d, t in value["tolerances"].items()
             }

@@ -20,6 +20,7 @@ verifier's margin is calibrated in those units.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -83,35 +84,59 @@ def noise_key(seed: int) -> tuple[np.uint64, np.uint64]:
 
 
 def _mix64(z: np.ndarray) -> np.ndarray:
-    """SplitMix64's finaliser: a bijection of 64-bit words with full avalanche."""
-    z = (z ^ (z >> np.uint64(30))) * _MIX1
-    z = (z ^ (z >> np.uint64(27))) * _MIX2
-    return z ^ (z >> np.uint64(31))
+    """SplitMix64's finaliser, in place: a bijection of 64-bit words with full avalanche."""
+    tmp = np.right_shift(z, np.uint64(30))
+    z ^= tmp
+    z *= _MIX1
+    np.right_shift(z, np.uint64(27), out=tmp)
+    z ^= tmp
+    z *= _MIX2
+    np.right_shift(z, np.uint64(31), out=tmp)
+    z ^= tmp
+    return z
 
 
 def hash_words(seed: int, positions: np.ndarray, vocab: int) -> np.ndarray:
-    """Keyed 64-bit words ``[len(positions), vocab]``: word (i, v) hashes counter ``i·2³² + v``."""
+    """Keyed 64-bit words ``[len(positions), vocab]``: word (i, v) hashes counter ``i·2³² + v``.
+
+    The word is ``mix(mix(counter ⊕ k0) + k1·φ)`` (φ the golden-ratio constant,
+    arithmetic mod 2⁶⁴); it is computed in place, one array for the whole block.
+    """
     if vocab <= 0 or vocab > MAX_VOCAB:
         raise ValueError(f"vocabulary size must be 1..{MAX_VOCAB}, got {vocab}")
     pos = np.asarray(positions, dtype=np.uint64)
     if pos.size and int(pos.max()) >= MAX_POSITIONS:
         raise ValueError(f"positions must be below {MAX_POSITIONS}")
     k0, k1 = noise_key(seed)
-    counter = (pos[:, None] << np.uint64(32)) | np.arange(vocab, dtype=np.uint64)[None, :]
+    offset = np.uint64((int(k1) * int(_GOLDEN)) & int(_M64))
+    words = np.empty((pos.size, vocab), dtype=np.uint64)
+    # counter ⊕ k0 = ((i·2³²) ⊕ k0) ⊕ v, as v < 2³² fills the counter's low half
+    np.bitwise_xor(((pos << np.uint64(32)) ^ k0)[:, None], np.arange(vocab, dtype=np.uint64),
+                   out=words)
     with np.errstate(over="ignore"):
-        return _mix64(_mix64(counter ^ k0) + k1 * _GOLDEN)
+        _mix64(words)
+        words += offset
+        return _mix64(words)
 
 
 def uniforms(seed: int, positions: np.ndarray, vocab: int) -> np.ndarray:
     """Uniform float64 in (0, 1): the top 53 bits of each word, centred in their cell."""
     words = hash_words(seed, positions, vocab)
-    return ((words >> np.uint64(11)).astype(np.float64) + 0.5) * _TWO_POW_MINUS_53
+    words >>= np.uint64(11)
+    u = words.astype(np.float64)
+    u += 0.5
+    u *= _TWO_POW_MINUS_53
+    return u
 
 
 def gumbel_noise(seed: int, n_positions: int, vocab: int, start: int = 0) -> torch.Tensor:
-    """Standard Gumbel noise ``[n_positions, vocab]`` (float64) for generated positions."""
-    u = uniforms(seed, np.arange(start, start + n_positions, dtype=np.uint64), vocab)
-    return torch.from_numpy(-np.log(-np.log(u)))
+    """Standard Gumbel noise ``−log(−log u)`` ``[n_positions, vocab]`` (float64)."""
+    g = uniforms(seed, np.arange(start, start + n_positions, dtype=np.uint64), vocab)
+    np.log(g, out=g)
+    np.negative(g, out=g)
+    np.log(g, out=g)
+    np.negative(g, out=g)
+    return torch.from_numpy(g)
 
 
 def kept_mask(
@@ -141,7 +166,11 @@ def kept_mask(
 def choose_tokens(
     logits: torch.Tensor, noise: torch.Tensor, params: list[SamplingParams]
 ) -> torch.Tensor:
-    """One sampling step: ``logits`` and ``noise`` ``[B, V]`` (float64) → token ids ``[B]``."""
+    """One sampling step: ``logits`` and ``noise`` ``[B, V]`` (float64) → token ids ``[B]``.
+
+    The definition; :class:`Sampler` computes the same tokens with the
+    per-job work done once per batch instead of once per step.
+    """
     temperature = torch.tensor([p.temperature for p in params], dtype=torch.float64)
     scores = logits + temperature[:, None] * noise
     if any(p.top_k > 0 or p.top_p_ppm < PPM for p in params):
@@ -150,3 +179,48 @@ def choose_tokens(
         keep = kept_mask(logits, temperature, top_k, top_p)
         scores = scores.masked_fill(~keep, float("-inf"))
     return torch.argmax(scores, dim=-1)
+
+
+class Sampler:
+    """A batch's sampler, prepared once: ``T·g`` for every job and step, and the filters.
+
+    ``choose(logits, step)`` returns exactly :func:`choose_tokens`' tokens
+    (``T·g`` is the same product, added to the same logits), with one add and
+    one argmax per step when no job filters with top-k/top-p. Greedy jobs draw
+    no noise: ``0·g`` adds zero.
+    """
+
+    def __init__(self, params: Sequence[SamplingParams], steps: Sequence[int], vocab: int
+                 ) -> None:
+        if len(params) != len(steps):
+            raise ValueError("a sampler needs one step count per job")
+        self.params = list(params)
+        width = max(steps, default=0)
+        self.temperature = torch.tensor([p.temperature for p in params], dtype=torch.float64)
+        rows = []
+        for p, n in zip(params, steps, strict=True):
+            if p.greedy or n == 0:
+                rows.append(torch.zeros((width, vocab), dtype=torch.float64))
+                continue
+            row = gumbel_noise(p.seed, n, vocab).mul_(p.temperature)
+            if n < width:
+                row = torch.cat([row, torch.zeros((width - n, vocab), dtype=torch.float64)])
+            rows.append(row)
+        if len(rows) == 1:
+            self.scaled_noise = rows[0][None]
+        else:
+            self.scaled_noise = (torch.stack(rows) if rows
+                                 else torch.zeros((0, width, vocab), dtype=torch.float64))
+        self._by_step = self.scaled_noise.unbind(1)  # [B, V] views, one per step
+        self._scores = torch.empty((len(rows), vocab), dtype=torch.float64)
+        self.filtered = any(p.top_k > 0 or p.top_p_ppm < PPM for p in params)
+        self.top_k = torch.tensor([p.top_k for p in params], dtype=torch.int64)
+        self.top_p = torch.tensor([p.top_p for p in params], dtype=torch.float64)
+
+    def choose(self, logits: torch.Tensor, step: int) -> torch.Tensor:
+        """Token ids ``[B]`` at generated position ``step``, from float64 ``logits`` ``[B, V]``."""
+        scores = torch.add(logits, self._by_step[step], out=self._scores)
+        if self.filtered:
+            keep = kept_mask(logits, self.temperature, self.top_k, self.top_p)
+            scores = scores.masked_fill(~keep, float("-inf"))
+        return torch.argmax(scores, dim=-1)
