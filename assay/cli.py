@@ -92,7 +92,22 @@ def cmd_demo_zk(args: argparse.Namespace) -> int:
         )
         for reason in summary.reasons:
             print(f"  caught: {reason}")
-    return 0 if summary.caught == summary.forged and summary.honest_flagged == 0 else 1
+        print(
+            f"  ledger re-checked {summary.evidence_accepted} INVALID_PROOF evidence, no "
+            f"committee: forger slashed {summary.forger_slashed} "
+            f"({summary.forger_stake_before} → {summary.forger_stake_after} staked"
+            f"{', jailed' if summary.forger_jailed else ''}) · honest node earned "
+            f"{summary.honest_earnings}, lost {summary.honest_stake_lost} · "
+            f"{summary.ledger_events} ledger events replayed"
+        )
+    caught_and_slashed = (
+        summary.caught == summary.forged
+        and summary.evidence_accepted == summary.caught
+        and summary.honest_flagged == 0
+        and summary.honest_stake_lost == 0
+        and (summary.forged == 0 or summary.forger_slashed > 0)
+    )
+    return 0 if caught_and_slashed else 1
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

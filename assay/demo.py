@@ -499,10 +499,13 @@ def _summarise(
 
 # -- the zk path (`assay demo --zk`) ---------------------------------------------------------------
 
+ZK_FORGER_BOND = 2 * NODE_BOND
+"""The forger bonds enough to pay a slash for each of its forgeries and stay above the minimum."""
+
 
 @dataclass
 class ZkDemoSummary:
-    """Every zk job's proof checked; the forger's forged proofs caught as INVALID_PROOF."""
+    """Every zk job's proof checked; each forged proof caught as INVALID_PROOF and slashed."""
 
     jobs: int = 0
     forged: int = 0
@@ -516,6 +519,19 @@ class ZkDemoSummary:
     verify_seconds: list[float] = field(default_factory=list)
     proof_bytes: int = 0
     reasons: list[str] = field(default_factory=list)
+    evidence_accepted: int = 0
+    """INVALID_PROOF evidence the ledger re-checked and slashed on."""
+    forger_stake_before: int = 0
+    forger_stake_after: int = 0
+    forger_jailed: bool = False
+    honest_earnings: int = 0
+    honest_stake_lost: int = 0
+    ledger_events: int = 0
+    supply_conserved: bool = False
+
+    @property
+    def forger_slashed(self) -> int:
+        return self.forger_stake_before - self.forger_stake_after
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -527,33 +543,50 @@ class ZkDemoSummary:
             "honest_flagged": self.honest_flagged,
             "logrows": self.logrows,
             "setup_seconds": round(self.setup_seconds, 3),
-            "prove_seconds_mean": round(sum(self.prove_seconds) / max(1, self.jobs), 3),
+            "prove_seconds_mean": round(
+                sum(self.prove_seconds) / max(1, len(self.prove_seconds)), 3
+            ),
             "verify_ms_mean": round(1000 * sum(self.verify_seconds) / max(1, self.jobs), 2),
             "proof_bytes": self.proof_bytes,
             "reasons": self.reasons,
+            "evidence_accepted": self.evidence_accepted,
+            "forger_stake_before": self.forger_stake_before,
+            "forger_stake_after": self.forger_stake_after,
+            "forger_slashed": self.forger_slashed,
+            "forger_jailed": self.forger_jailed,
+            "honest_earnings": self.honest_earnings,
+            "honest_stake_lost": self.honest_stake_lost,
+            "ledger_events": self.ledger_events,
+            "supply_conserved": self.supply_conserved,
         }
 
 
 def run_zk_demo(jobs: int = 4, seed: int = 7, workdir: Path | None = None) -> ZkDemoSummary:
-    """Two nodes prove every job of a small MLP; one forges half of its proofs.
+    """Two nodes prove every job of a small MLP; one forges every other proof it sends.
 
     The forger serves a cheaper model's output with a proof it already has —
     for another input, or for another output — which a sampled network would
-    miss with probability 1−p; here every proof is checked and each forgery
-    becomes signed INVALID_PROOF evidence. Uses a devnet SRS (testing only).
+    miss with probability 1−p; here every proof is checked, each forgery
+    becomes signed INVALID_PROOF evidence, and the ledger re-checks the proof
+    under the registered verifying key and slashes the forger on the evidence
+    alone (no committee), jails it and refunds the client. Jobs of one round
+    are recorded, then checked. Uses a devnet SRS (testing only).
     """
     import warnings
 
     from prover.node import tensor_hash
     from prover.zk import (
+        SETTINGS_FILE,
         SMALL_MLP_CONFIG,
+        VK_FILE,
         DevnetSrsWarning,
         ZkArtifactStore,
         ZkProof,
         ZkProver,
         small_mlp,
     )
-    from verifier.zk import ZkKey
+    from slashing import AccuseInvalidProof, RegisterZkModel, install_proof_checker
+    from verifier.zk import LedgerProofChecker, ZkKey
 
     with tempfile.TemporaryDirectory(prefix="assay-zk-demo-") as tmp:
         root = Path(workdir) if workdir is not None else Path(tmp)
@@ -563,9 +596,10 @@ def run_zk_demo(jobs: int = 4, seed: int = 7, workdir: Path | None = None) -> Zk
         entry = registry.add(root / "models" / "zk-mlp", mode="zk", name="zk-mlp")
         inputs = [zoo.example_input("mlp", SMALL_MLP_CONFIG, seed + i) for i in range(8)]
         started = time.perf_counter()
+        store = ZkArtifactStore(root / "zk")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DevnetSrsWarning)  # the CLI says it, once
-            artifacts = ZkArtifactStore(root / "zk").setup(entry.model_id, module, inputs)
+            artifacts = store.setup(entry.model_id, module, inputs)
         entry = registry.update_params(entry.model_id, artifacts.registry_params())
         summary = ZkDemoSummary(logrows=artifacts.logrows)
         summary.setup_seconds = time.perf_counter() - started
@@ -577,44 +611,108 @@ def run_zk_demo(jobs: int = 4, seed: int = 7, workdir: Path | None = None) -> Zk
             zk_keys={entry.model_id: ZkKey.from_artifacts(artifacts, entry.params)},
         )
         client = _key(seed, "zk-client", 0)
-        cheap = small_mlp(seed + 50, SMALL_MLP_CONFIG)
-        last_proof: dict[bytes, bytes] = {}
-        for index in range(jobs):
-            node = (honest, forger)[index % 2]
-            request = JobRequest(
-                model_id=entry.model_id,
-                input=Tensor.from_torch(zoo.example_input("mlp", SMALL_MLP_CONFIG, 1000 + index)),
-                client=client.public.raw, nonce=index, fee=1,
-            ).signed(client)
-            forging = node is forger and node.node_id in last_proof and index % 4 == 3
-            if forging:
-                # an earlier job's proof, replayed with its own output (a proof for another
-                # input), or dressing the cheaper model's output (a proof for another output)
-                if summary.forged % 2 == 0:
-                    output = ZkProof.decode(last_proof[node.node_id]).output_tensor()
+        beacon_secret = int.from_bytes(sha256(f"demo/{seed}/zk-beacon".encode()), "big")
+        beacon = DevnetBeacon(beacon_secret % (2**250) + 1)
+        params = demo_params(c.DEFAULT_SAMPLE_PPM)
+        fee = params.reward + params.verification_fee
+        previous_checker = install_proof_checker(LedgerProofChecker(store))
+        ledger = Ledger.open(root / "ledger.sqlite")
+        try:
+
+            def advance_round() -> None:
+                revealed = beacon.reveal(ledger.state.current_round + 1)
+                if not beacon.verify(revealed):
+                    raise RuntimeError(f"beacon round {revealed.round} does not verify")
+                ledger.append(BeaconRound(revealed.round, revealed.signature, revealed.randomness))
+
+            ledger.append(RegisterBeacon(public_key=beacon.public_key, first_round=0))
+            ledger.append(SetParams(params=params))
+            ledger.append(
+                RegisterZkModel(
+                    model_id=entry.model_id,
+                    verifying_key=artifacts.path(VK_FILE).read_bytes(),
+                    settings=artifacts.path(SETTINGS_FILE).read_bytes(),
+                    srs_sha256=artifacts.srs_sha256,
+                )
+            )
+            ledger.append(Mint(account=client.public.raw, amount=fee * jobs))
+            for node, bond in ((honest, NODE_BOND), (forger, ZK_FORGER_BOND)):
+                ledger.append(Mint(account=node.node_id, amount=bond))
+                ledger.append(Bond(account=node.node_id, role=c.NODE, amount=bond))
+            ledger.append(Mint(account=validator.validator_id, amount=VALIDATOR_BOND))
+            ledger.append(
+                Bond(account=validator.validator_id, role=c.VALIDATOR, amount=VALIDATOR_BOND)
+            )
+            advance_round()
+            summary.forger_stake_before = ledger.state.accounts[forger.node_id].node.amount
+            honest_balance = ledger.state.accounts[honest.node_id].balance
+            cheap = small_mlp(seed + 50, SMALL_MLP_CONFIG)
+            last_proof: dict[bytes, bytes] = {}
+            served: list[tuple[JobRequest, Commitment, bool]] = []
+            for index in range(jobs):
+                node = (honest, forger)[index % 2]
+                request = JobRequest(
+                    model_id=entry.model_id,
+                    input=Tensor.from_torch(
+                        zoo.example_input("mlp", SMALL_MLP_CONFIG, 1000 + index)
+                    ),
+                    client=client.public.raw, nonce=index, fee=fee,
+                ).signed(client)
+                forging = node is forger and node.node_id in last_proof and index % 4 == 3
+                if forging:
+                    # an earlier job's proof, replayed with its own output (a proof for another
+                    # input), or dressing the cheaper model's output (a proof for another output)
+                    if summary.forged % 2 == 0:
+                        output = ZkProof.decode(last_proof[node.node_id]).output_tensor()
+                    else:
+                        with torch.inference_mode():
+                            output = Tensor.from_torch(cheap(request.input.to_torch()))
+                    commitment = Commitment(
+                        job_id=request.job_id, model_id=entry.model_id,
+                        input_hash=tensor_hash(request.input), output_hash=tensor_hash(output),
+                        node=node.node_id, mode="zk", aux=last_proof[node.node_id],
+                    ).signed(node.key)
+                    summary.forged += 1
                 else:
-                    with torch.inference_mode():
-                        output = Tensor.from_torch(cheap(request.input.to_torch()))
-                commitment = Commitment(
-                    job_id=request.job_id, model_id=entry.model_id,
-                    input_hash=tensor_hash(request.input), output_hash=tensor_hash(output),
-                    node=node.node_id, mode="zk", aux=last_proof[node.node_id],
-                ).signed(node.key)
-                summary.forged += 1
-            else:
-                result = node.handle(request)
-                commitment = result.commitment
-                summary.prove_seconds.append(result.seconds)
-                last_proof[node.node_id] = commitment.aux
-                summary.proof_bytes = len(ZkProof.decode(commitment.aux).proof)
-            summary.jobs += 1
-            finding = validator.audit(request, commitment, beacon_round=0)
-            summary.verify_seconds.append(validator.stats.seconds - sum(summary.verify_seconds))
-            if isinstance(finding, Evidence):
-                summary.reasons.append(finding.detail)
-                summary.caught += forging
-                summary.honest_flagged += not forging
-            else:
-                summary.valid += finding.verdict is Verdict.VALID
-                summary.missed += forging
+                    result = node.handle(request)
+                    commitment = result.commitment
+                    summary.prove_seconds.append(result.seconds)
+                    last_proof[node.node_id] = commitment.aux
+                    summary.proof_bytes = len(ZkProof.decode(commitment.aux).proof)
+                ledger.append(RecordJob(request=request.encode(), commitment=commitment.encode()))
+                served.append((request, commitment, forging))
+                summary.jobs += 1
+            advance_round()
+            for request, commitment, forging in served:
+                job = ledger.state.jobs[request.job_id]
+                before = validator.stats.seconds
+                finding = validator.audit(request, commitment, job.sample_round)
+                summary.verify_seconds.append(validator.stats.seconds - before)
+                if isinstance(finding, Evidence):
+                    summary.reasons.append(finding.detail)
+                    summary.caught += forging
+                    summary.honest_flagged += not forging
+                    ledger.append(
+                        AccuseInvalidProof(evidence=finding.encode(), request=request.encode())
+                    )
+                    summary.evidence_accepted += 1
+                else:
+                    summary.valid += finding.verdict is Verdict.VALID
+                    summary.missed += forging
+            for _ in range(params.challenge_window + 2):
+                advance_round()
+            state = ledger.state
+            forger_stake = state.accounts[forger.node_id].node
+            summary.forger_stake_after = forger_stake.amount
+            summary.forger_jailed = (
+                forger_stake.jailed_until is not None
+                and state.current_round < forger_stake.jailed_until
+            )
+            summary.honest_earnings = state.accounts[honest.node_id].balance - honest_balance
+            summary.honest_stake_lost = NODE_BOND - state.accounts[honest.node_id].node.amount
+            summary.supply_conserved = state.total_supply() == state.minted
+            summary.ledger_events = ledger.verify()
+        finally:
+            ledger.close()
+            install_proof_checker(previous_checker)
         return summary

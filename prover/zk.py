@@ -29,14 +29,46 @@ testing only and every use says so. A production network loads the file of a
 public ceremony whose SHA-256 it pins in the registry and refuses any other
 (:meth:`ZkArtifactStore.import_srs`).
 
-**Settings** (:class:`CircuitChoice`). EZKL's defaults range-check with a
-2^14-row table (``decomp_base`` 16384, 2 legs), which forces at least 2^15
-rows on any circuit, and rescale only when the scale passes 10× the input
-scale, which widens every later lookup. We use 4 legs of base 128 (a 128-row
-table), rescale after every multiply (``scale_rebase_multiplier`` 1), scale 7
-(2^-7 resolution) and the fewest rows calibration finds, which is where the
-prover's time goes: it roughly doubles with every extra log-row
-(bench/zk.py measures it).
+**Settings** (:class:`CircuitChoice`). The zoo's MLPs and CNNs need no
+lookup table (ReLU and rescaling are range checks by decomposition), so
+what the prover pays for is rows × columns, and it roughly doubles with each
+extra log-row. Measured on the issue's 50,890-parameter MLP (784→64→10,
+hashed I/O, fixed weights, scale 7 unless said; CPU seconds of
+``ezkl.prove`` on a shared 2-vCPU machine, about twice the wall time on a
+quiet one; EZKL's defaults, which calibrate to scale 13 without rescaling,
+took 15.8–18 CPU s there):
+
+- **inner columns are calibrated, 2 or 4**: on that MLP 4 columns need no
+  fewer rows (2^15) and make 6,048-byte proofs that take longer to prove
+  (24–29 CPU s) and to verify; 1 column needs 2^16–2^17 rows (20–43 CPU s).
+  With 2: 2^15 rows, 15–16.5 CPU s, 3,840 bytes. A convolution fills wider
+  rows, and the 8×8 CNN fits 2^13 rows with 4 columns, 2^14 with 2, so setup
+  keeps the fewest rows and, of equals, the fewer columns.
+- **the range-check decomposition is calibrated**: EZKL's 2^14-row table with
+  2 legs (:data:`DECOMPOSITIONS`) fits that MLP in 2^15 rows where 4 legs of a
+  128-row table need 2^16 (twice the cells per rescale: 30 CPU s), but the
+  2^14-row table alone would force 2^15 rows on the 2^11–2^12-row circuits of
+  small models, so setup calibrates both and keeps the one with fewer rows.
+- **the scale is calibrated too**: with no lookup table a finer scale costs
+  no rows, so setup tries :data:`SCALES` and keeps 13 bits (2^-13
+  resolution, rescaled after every multiply) at equal rows: on that MLP the
+  same 2^15 rows and 16.3 CPU s, top-1 agreement with the float model 1.0
+  over 16 inputs and largest error 0.0006, where scale 7 gave 0.94 and 0.04
+  (scales 5 and 6 save nothing and lose more: 0.69 / 0.14, 0.63 / 0.09).
+  Circuits with non-linearity lookups (softmax, GELU: the transformer block
+  in bench/zk.py) need tables 64 times narrower at scale 7, which then needs
+  fewer rows and is kept.
+- **what hashing costs**: half of it. The same circuit with plain public
+  input and output proves in 8.2–8.6 CPU s (3,072-byte proofs): the Poseidon
+  chip's columns run the full height of the circuit. Committing the input
+  instead (``polycommit``) while hashing the output saves nothing (14.4 CPU s).
+  The 784 public input values would bind the job as well as their hash does;
+  hashed I/O is kept because the design fixes the public values as the two
+  hashes (DESIGN decision 4).
+- ``check_mode`` stays UNSAFE, EZKL's choice after calibration: SAFE adds
+  prover-side sanity checks (EZKL's ``CheckMode``: assertions on accumulated
+  values while laying out the witness, and a verification of its own proof),
+  not constraints, so the circuit, its keys and verification are the same.
 
 The ezkl version is pinned (:data:`EZKL_VERSION`): its Python API changed
 between 22.x and 23.x, and keys and proofs are only meaningful to the version
@@ -46,6 +78,7 @@ that made them.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
@@ -226,36 +259,81 @@ class ZkProof:
 # -- circuit settings ---------------------------------------------------------------------------
 
 
+DECOMPOSITIONS: tuple[tuple[int, int], ...] = ((16384, 2), (128, 4))
+"""Range-check decompositions (base, legs) that setup tries, each covering 2^28: EZKL's
+default 2^14-row table with 2 legs, and a 128-row table with 4 legs."""
+INNER_COLUMNS: tuple[int, ...] = (2, 4)
+"""Inner columns (the width of a dot-product row) that setup tries."""
+SCALES: tuple[int, ...] = (13, 7)
+"""Fixed-point scales (bits) that setup tries: 13 is exact enough to agree with the float
+model, 7 keeps the lookup tables of non-linearities (softmax, GELU) 64 times narrower."""
+
+
 @dataclass(frozen=True)
 class CircuitChoice:
-    """The EZKL run arguments we choose; see the module docstring for why."""
+    """The EZKL run arguments we choose; see the module docstring for why.
 
-    scale: int = 7
-    num_inner_cols: int = 4
-    decomp_base: int = 128
-    decomp_legs: int = 4
+    Left as None, the scale, the inner columns and the range-check
+    decomposition are chosen by :meth:`ZkArtifactStore.setup`, which
+    calibrates every combination of :data:`SCALES`, :data:`INNER_COLUMNS` and
+    :data:`DECOMPOSITIONS` and keeps the one with the fewest rows; of equals,
+    fewer columns (smaller proofs, faster verification), fewer legs (fewer
+    cells), then the finer scale.
+    """
+
+    scale: int | None = None
+    num_inner_cols: int | None = None
+    decomp_base: int | None = None
+    decomp_legs: int | None = None
     max_logrows: int = 17
 
     def __post_init__(self) -> None:
-        if not 1 <= self.scale <= 16:
+        if self.scale is not None and not 1 <= self.scale <= 16:
             raise ZkError(f"scale must be between 1 and 16, got {self.scale}")
         if not 1 <= self.max_logrows <= MAX_LOGROWS:
             raise ZkError(f"max_logrows must be between 1 and {MAX_LOGROWS}")
-        if self.num_inner_cols < 1 or self.decomp_base < 2 or self.decomp_legs < 1:
+        if (self.decomp_base is None) != (self.decomp_legs is None):
+            raise ZkError("decomp_base and decomp_legs are set together, or both left to setup")
+        if (self.num_inner_cols is not None and self.num_inner_cols < 1) or (
+            self.decomp_base is not None
+            and (self.decomp_base < 2 or self.decomp_legs is None or self.decomp_legs < 1)
+        ):
             raise ZkError("num_inner_cols, decomp_base and decomp_legs must be positive")
 
-    def run_args(self) -> Any:
+    def inner_columns(self) -> tuple[int, ...]:
+        """The inner-column counts setup calibrates: the chosen one, or every default."""
+        return INNER_COLUMNS if self.num_inner_cols is None else (self.num_inner_cols,)
+
+    def scales(self) -> tuple[int, ...]:
+        """The scales setup calibrates: the chosen one, or every default."""
+        return SCALES if self.scale is None else (self.scale,)
+
+    def decompositions(self) -> tuple[tuple[int, int], ...]:
+        """The (base, legs) candidates setup calibrates: the chosen one, or every default."""
+        if self.decomp_base is None or self.decomp_legs is None:
+            return DECOMPOSITIONS
+        return ((self.decomp_base, self.decomp_legs),)
+
+    def run_args(
+        self,
+        decomposition: tuple[int, int] | None = None,
+        scale: int | None = None,
+        columns: int | None = None,
+    ) -> Any:
         ezkl = require_ezkl()
+        base, legs = decomposition or self.decompositions()[-1]
+        scale = scale or self.scales()[-1]
+        columns = columns or self.inner_columns()[0]
         args = ezkl.PyRunArgs()
         args.input_visibility = HASHED_PUBLIC
         args.output_visibility = HASHED_PUBLIC
         args.param_visibility = FIXED
-        args.input_scale = self.scale
-        args.param_scale = self.scale
+        args.input_scale = scale
+        args.param_scale = scale
         args.scale_rebase_multiplier = 1
-        args.num_inner_cols = self.num_inner_cols
-        args.decomp_base = self.decomp_base
-        args.decomp_legs = self.decomp_legs
+        args.num_inner_cols = columns
+        args.decomp_base = base
+        args.decomp_legs = legs
         args.logrows = self.max_logrows
         return args
 
@@ -483,16 +561,42 @@ class ZkArtifactStore:
             export_onnx(module, calibration_inputs[0], onnx)
             calibration = work / "calibration.json"
             _write_json(calibration, _input_json(calibration_inputs))
-            ezkl.gen_settings(str(onnx), str(settings), py_run_args=choice.run_args())
-            ezkl.calibrate_settings(
-                str(calibration),
-                str(onnx),
-                str(settings),
-                "resources",
-                scales=[choice.scale],
-                scale_rebase_multiplier=[1],
-                max_logrows=choice.max_logrows,
-            )
+            best: tuple[int, int, int, int, str] | None = None  # rows, cols, legs, -scale
+            failures = []
+            for scale, columns, decomposition in itertools.product(
+                choice.scales(), choice.inner_columns(), choice.decompositions()
+            ):
+                name = f"scale {scale}, {columns} columns, {decomposition}"
+                ezkl.gen_settings(
+                    str(onnx), str(settings),
+                    py_run_args=choice.run_args(decomposition, scale, columns),
+                )
+                try:
+                    ezkl.calibrate_settings(
+                        str(calibration),
+                        str(onnx),
+                        str(settings),
+                        "resources",
+                        scales=[scale],
+                        scale_rebase_multiplier=[1],
+                        max_logrows=choice.max_logrows,
+                    )
+                except RuntimeError as exc:  # does not fit in max_logrows this way
+                    failures.append(f"{name}: {exc}")
+                    continue
+                text = settings.read_text(encoding="utf-8")
+                rows = int(json.loads(text)["run_args"]["logrows"])
+                if rows > choice.max_logrows:
+                    failures.append(f"{name}: 2^{rows} rows")
+                    continue
+                candidate = (rows, columns, decomposition[1], -scale, text)
+                if best is None or candidate[:4] < best[:4]:
+                    best = candidate
+            if best is None:
+                raise ZkError(
+                    f"no circuit of at most 2^{choice.max_logrows} rows: {'; '.join(failures)}"
+                )
+            settings.write_text(best[4], encoding="utf-8")
             calibration.unlink()
             meta = json.loads(settings.read_text(encoding="utf-8"))
             logrows = int(meta["run_args"]["logrows"])
@@ -537,7 +641,7 @@ SMALL_MLP_CONFIG: Mapping[str, int] = {
 
 
 def small_mlp(seed: int, config: Mapping[str, int] = SMALL_MLP_CONFIG) -> nn.Module:
-    """A seeded zoo ``mlp`` of a size EZKL proves quickly (the zoo's own is 2^17 rows)."""
+    """A seeded zoo ``mlp`` of a size EZKL proves quickly (the zoo's own is 2^16 rows)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return zoo.architecture("mlp", dict(config))

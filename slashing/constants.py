@@ -57,6 +57,16 @@ CANARY_TAG = b"assay/v1/canary\x00"
 MAX_CANARY_SALT = 64
 """Bytes; a salt of 32 random bytes is what the operator should use."""
 
+# -- zk models and proofs ------------------------------------------------------------------------
+MAX_ZK_KEY_BYTES = MAX_MESSAGE_BYTES
+"""Largest verifying key a ``RegisterZkModel`` may log (EZKL keys of the zoo's circuits are
+tens of kilobytes: the weights are fixed columns, each committed as one curve point)."""
+MAX_ZK_SETTINGS_BYTES = 1024 * 1024
+"""Largest circuit settings file (JSON) a ``RegisterZkModel`` may log."""
+PROOF_VERDICT_CACHE = 4096
+"""Proof re-checks remembered per process, so one piece of INVALID_PROOF evidence costs one
+EZKL verification however often the store applies or replays it."""
+
 # -- Signed account transactions ----------------------------------------------------------------
 ACCOUNT_TX_TAG_PREFIX = "ledger_"
 """A signed ledger transaction of type ``t`` is signed under the domain ``ledger_<t>``."""

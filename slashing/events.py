@@ -97,6 +97,14 @@ def _blob(event: str, name: str, v: object) -> None:
         raise MalformedMessage(f"{event}.{name} must be bytes, got {type(v).__name__}")
 
 
+def _bounded_blob(limit: int) -> Checker:
+    def check(event: str, name: str, v: object) -> None:
+        if not isinstance(v, bytes) or not 1 <= len(v) <= limit:
+            raise MalformedMessage(f"{event}.{name} must be 1..{limit} bytes")
+
+    return check
+
+
 def _message_bytes(event: str, name: str, v: object) -> None:
     if not isinstance(v, bytes) or not v:
         raise MalformedMessage(f"{event}.{name} must be the bytes of a signed message")
@@ -453,7 +461,10 @@ class Attest(Event):
 
 @dataclass(frozen=True)
 class Accuse(Event):
-    """Signed evidence of an offence: equivocation (self-contained) or a mismatch (disputed)."""
+    """Signed evidence of an offence: equivocation (self-contained) or a mismatch (disputed).
+
+    ``INVALID_PROOF`` evidence comes as :class:`AccuseInvalidProof`, with the job's request.
+    """
 
     TYPE: ClassVar[str] = "accuse"
 
@@ -495,6 +506,48 @@ class Accuse(Event):
     def signature_checks(self) -> tuple[SignatureCheck, ...]:
         sealed = [self.sealed_evidence, self.sealed_accused, self.sealed_conflicting]
         return tuple(s.check() for s in sealed if s is not None)
+
+
+@dataclass(frozen=True)
+class AccuseInvalidProof(Accuse):
+    """Signed ``INVALID_PROOF`` evidence on a zk job, with the job's request to re-check it.
+
+    Self-contained: the evidence carries the node's signed commitment (and so
+    its proof), the request is authenticated by its content id (the job id),
+    and the ledger holds the model's verifying key, so the rule re-checks the
+    proof itself and needs no committee.
+    """
+
+    TYPE: ClassVar[str] = "accuse_invalid_proof"
+
+    request: bytes = _spec(_message_bytes)
+
+    @cached_property
+    def request_message(self) -> JobRequest:
+        return _embedded(JobRequest, self.TYPE, "request", self.request)
+
+    @cached_property
+    def sealed_request(self) -> Sealed:
+        return Sealed.of(self.request_message, self.request)
+
+    def embedded(self) -> tuple[SignedMessage, ...]:
+        return (self.evidence_message, self.request_message)
+
+
+@dataclass(frozen=True)
+class RegisterZkModel(Event):
+    """Operator: a model is in the zk mode; its verifying key and settings go on the log.
+
+    Logged in full (they are what re-checks a proof, so whoever replays the
+    log must hold them); the SRS is named by its SHA-256 and fetched by it.
+    """
+
+    TYPE: ClassVar[str] = "register_zk_model"
+
+    model_id: bytes = _spec(_sized((DIGEST_BYTES,)))
+    verifying_key: bytes = _spec(_bounded_blob(c.MAX_ZK_KEY_BYTES))
+    settings: bytes = _spec(_bounded_blob(c.MAX_ZK_SETTINGS_BYTES))
+    srs_sha256: bytes = _spec(_sized((DIGEST_BYTES,)))
 
 
 @dataclass(frozen=True)
@@ -579,6 +632,8 @@ EVENT_TYPES: Mapping[str, type[Event]] = {
         ServeData,
         PlantCanary,
         RevealCanary,
+        RegisterZkModel,
+        AccuseInvalidProof,
     )
 }
 

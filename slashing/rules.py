@@ -32,7 +32,10 @@ rounds and counts towards its tombstone):
   as in Ethereum's proposer slashing): the node loses its slash and is
   tombstoned at once, as Cosmos tombstones double-signers;
 * VALID on a canary (Truebit's forced errors, revealed after the job is
-  final): the validator loses ``lazy_validator_slash``, all of it burned.
+  final): the validator loses ``lazy_validator_slash``, all of it burned;
+* an invalid zk proof (self-contained ``INVALID_PROOF`` evidence, which the
+  rule re-checks itself): the node loses S; evidence against a proof that
+  holds is a false accusation and costs the accuser its slash.
 
 A slash takes bonded stake first, then unbonding stake that was still bonded
 when the offence was committed (Cosmos: unbonding delegations stay slashable
@@ -53,6 +56,9 @@ Slash shares (basis points of what was actually taken; the rest is burned):
   the client's fee is refunded.
 * lazy validator: nothing; all of it is burned, so canaries never pay the
   operator who plants them.
+* invalid proof: ``reporter_share_bps`` to the accuser (self-contained, like
+  equivocation, so the same small share); the client's fee is refunded.
+  A false INVALID_PROOF accusation: ``wronged_node_share_bps`` to the node.
 
 Canaries are ordinary jobs. The operator commits to one with ``PlantCanary``
 (a salted hash of its job id) in a round before it records the job from an
@@ -71,18 +77,20 @@ request's content id, and each (client, nonce) is used once.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from assay.economics import violations
 from assay.errors import ProtocolError, ReplayedMessage
 from assay.hashing import sha256
-from assay.messages import Attestation, Offence, Verdict
+from assay.messages import Attestation, Commitment, JobRequest, Offence, Verdict
 from assay.sampling import draw_committee, sampled
 from slashing import constants as c
 from slashing.events import (
     AccountTx,
     Accuse,
+    AccuseInvalidProof,
     Attest,
     BeaconRound,
     Bond,
@@ -91,6 +99,7 @@ from slashing.events import (
     PlantCanary,
     RecordJob,
     RegisterBeacon,
+    RegisterZkModel,
     ReportUnavailable,
     RevealCanary,
     ServeData,
@@ -110,6 +119,7 @@ from slashing.state import (
     State,
     Unbonding,
     Vote,
+    ZkModel,
     evolve,
 )
 
@@ -138,6 +148,14 @@ class NonceOutOfOrder(LedgerRuleError):
     """A signed transaction's nonce skips ahead of the account's next nonce."""
 
 
+class NotAZkModel(LedgerRuleError):
+    """INVALID_PROOF evidence on a job whose model is not registered for the zk mode."""
+
+
+class ProofCheckUnavailable(LedgerRuleError):
+    """This process cannot re-check a zk proof: no checker installed, or it could not run."""
+
+
 def require(condition: bool, message: str, error: type[LedgerRuleError] = LedgerRuleError) -> None:
     """A rule's check: survives ``python -O``, unlike ``assert``."""
     if not condition:
@@ -146,6 +164,63 @@ def require(condition: bool, message: str, error: type[LedgerRuleError] = Ledger
 
 def _hex(data: bytes) -> str:
     return data[:8].hex()
+
+
+# -- Re-checking zk proofs ------------------------------------------------------------------------
+
+ProofChecker = Callable[[bytes, bytes, bytes, JobRequest, Commitment], str | None]
+"""(verifying key, settings, SRS SHA-256, job request, commitment) → None when the commitment's
+proof holds for the job, or the reason it does not. Must be deterministic: a function of its
+arguments (and of the SRS with that hash) alone. It raises when it cannot decide."""
+
+_proof_checker: ProofChecker | None = None
+_proof_verdicts: OrderedDict[bytes, str | None] = OrderedDict()
+
+
+def install_proof_checker(checker: ProofChecker | None) -> ProofChecker | None:
+    """Set the function the INVALID_PROOF rule re-checks proofs with; returns the previous one.
+
+    The ledger may not import the verifier (it would pull EZKL and torch into
+    every rule), so the composition root installs ``verifier.zk``'s checker.
+    A process with none installed refuses INVALID_PROOF evidence, and cannot
+    replay a log that holds some, rather than guess a verdict.
+    """
+    global _proof_checker
+    previous, _proof_checker = _proof_checker, checker
+    return previous
+
+
+def proof_failure(
+    model: ZkModel, verifying_key: bytes, settings: bytes, request: JobRequest,
+    commitment: Commitment,
+) -> str | None:
+    """Why the commitment's proof fails for the job (None: it holds), remembered per process.
+
+    Keyed by content (key, settings and SRS hashes, request and commitment
+    content ids), so applying or replaying the same evidence again costs a
+    dictionary lookup, and a different checker can never be consulted for a
+    case already decided in this process.
+    """
+    key = sha256(
+        model.vk_sha256 + model.settings_sha256 + model.srs_sha256
+        + request.content_id + commitment.content_id
+    )
+    if key in _proof_verdicts:
+        _proof_verdicts.move_to_end(key)
+        return _proof_verdicts[key]
+    if _proof_checker is None:
+        raise ProofCheckUnavailable(
+            "no zk proof checker is installed in this process; it cannot judge INVALID_PROOF "
+            "evidence (the composition root installs verifier.zk's)"
+        )
+    try:
+        failure = _proof_checker(verifying_key, settings, model.srs_sha256, request, commitment)
+    except Exception as exc:  # the checker could not decide: never a verdict
+        raise ProofCheckUnavailable(f"the zk proof could not be re-checked: {exc}") from exc
+    _proof_verdicts[key] = failure
+    while len(_proof_verdicts) > c.PROOF_VERDICT_CACHE:
+        _proof_verdicts.popitem(last=False)
+    return failure
 
 
 # -- Predicates ----------------------------------------------------------------------------------
@@ -794,6 +869,7 @@ def process_record_job(state: State, event: RecordJob) -> None:
         commitment_id=commitment_id,
         output_hash=commitment.output_hash,
         recorded_round=state.current_round,
+        zk=request.model_id in state.zk_models,
     )
     state.seen.add(commitment_id)
     state.request_nonces.add((request.client, request.nonce))
@@ -1067,7 +1143,8 @@ OFFENCE_PROCESSORS: Mapping[Offence, Callable[[State, LedgerParams, Accuse], Non
 }
 
 
-def process_accuse(state: State, event: Accuse) -> None:
+def admit_evidence(state: State, event: Accuse) -> LedgerParams:
+    """The checks every accusation passes before its offence is judged; returns the parameters."""
     evidence = event.evidence_message
     evidence_id = event.sealed_evidence.content_id
     accused = event.accused_commitment
@@ -1087,7 +1164,18 @@ def process_accuse(state: State, event: Accuse) -> None:
     check_signature(event.sealed_accused.check())
     # Verify nobody accuses themself
     require(evidence.accuser != accused.node, "a node cannot accuse itself")
+    return params
+
+
+def process_accuse(state: State, event: Accuse) -> None:
+    evidence = event.evidence_message
+    params = admit_evidence(state, event)
     # Verify the ledger judges this offence
+    if evidence.offence is Offence.INVALID_PROOF:
+        raise LedgerRuleError(
+            "INVALID_PROOF evidence is judged with the job's request: send it as "
+            f"{AccuseInvalidProof.TYPE}"
+        )
     process_offence = OFFENCE_PROCESSORS.get(evidence.offence)
     if process_offence is None:
         raise LedgerRuleError(
@@ -1095,7 +1183,119 @@ def process_accuse(state: State, event: Accuse) -> None:
             f"accepted: {[o.value for o in OFFENCE_PROCESSORS]}"
         )
     process_offence(state, params, event)
-    state.seen.add(evidence_id)
+    state.seen.add(event.sealed_evidence.content_id)
+
+
+# -- zk proofs -----------------------------------------------------------------------------------
+
+
+def process_register_zk_model(state: State, event: RegisterZkModel) -> None:
+    """Operator: a model is in the zk mode; its key and settings go into the state by hash.
+
+    Like minting and canaries this is the operator's event. A model is
+    registered once: its verifying key *is* the model (the weights are fixed
+    columns), so another key is another model id.
+    """
+    # Verify the model is registered once
+    require(
+        event.model_id not in state.zk_models,
+        f"model {_hex(event.model_id)} is already registered for the zk mode",
+    )
+    vk_sha256, settings_sha256 = sha256(event.verifying_key), sha256(event.settings)
+    state.zk_blobs[vk_sha256] = event.verifying_key
+    state.zk_blobs[settings_sha256] = event.settings
+    state.zk_models[event.model_id] = ZkModel(
+        model_id=event.model_id,
+        vk_sha256=vk_sha256,
+        settings_sha256=settings_sha256,
+        srs_sha256=event.srs_sha256,
+        registered_round=state.current_round,
+    )
+
+
+def process_accuse_invalid_proof(state: State, event: AccuseInvalidProof) -> None:
+    """A zk job's proof fails: self-contained, re-checked here, judged at once.
+
+    The rule re-runs the validator's check (:data:`ProofChecker`) on what the
+    log holds: the node's signed commitment from the evidence, the job's
+    request (its content id is the job id) and the model's registered
+    verifying key and settings. A proof that fails slashes the node S and
+    refunds the client; a proof that holds makes the evidence a false
+    accusation, and its accuser pays the false-accusation slash, as a
+    committee's VALID majority would make it pay for a disputed one.
+    """
+    evidence = event.evidence_message
+    accuser = evidence.accuser
+    params = admit_evidence(state, event)
+    # Verify the evidence claims an invalid proof
+    require(
+        evidence.offence is Offence.INVALID_PROOF,
+        f"{AccuseInvalidProof.TYPE} carries {evidence.offence.value!r} evidence; "
+        "other offences are sent as accuse",
+    )
+    job = get_job(state, evidence.job_id)
+    # Verify the request is the job's
+    require(
+        event.sealed_request.content_id == job.job_id,
+        f"the request is job {_hex(event.sealed_request.content_id)}, "
+        f"the evidence accuses job {_hex(job.job_id)}",
+    )
+    # Verify the evidence accuses the recorded commitment
+    accused_id = event.sealed_accused.content_id
+    require(
+        accused_id == job.commitment_id,
+        f"evidence accuses commitment {_hex(accused_id)}, job {_hex(job.job_id)} "
+        f"recorded {_hex(job.commitment_id)}",
+    )
+    # Verify the job's model is a zk model, registered before the job was recorded
+    model = state.zk_models.get(job.model_id)
+    if model is None or not job.zk:
+        raise NotAZkModel(
+            f"model {_hex(job.model_id)} of job {_hex(job.job_id)} was not registered for the "
+            "zk mode when the job was recorded; its jobs carry no proof to judge"
+        )
+    # Verify the node was not slashed for this job's proof already
+    if job.job_id in state.proof_frauds:
+        raise ReplayedMessage(
+            f"node {_hex(job.node)} is already slashed for the proof of job {_hex(job.job_id)}"
+        )
+    # Verify the job is not settled
+    require(job.status is JobStatus.PENDING, f"job {_hex(job.job_id)} is already {job.status}")
+    # Verify the challenge window is open, so the stake the slash takes is within reach
+    require(
+        is_in_challenge_window(state, params, job),
+        f"the challenge window of job {_hex(job.job_id)} closed after round "
+        f"{job.window_end(params.challenge_window)}",
+    )
+    # Verify no dispute or availability challenge is open on the job: each settles it alone
+    require(
+        job.open_dispute is None and not job.has_open_challenge,
+        f"job {_hex(job.job_id)} has an open dispute or availability challenge; "
+        "accuse once it is resolved",
+    )
+    # Re-check the proof: the verdict is a function of the log alone
+    failure = proof_failure(
+        model,
+        state.zk_blobs[model.vk_sha256],
+        state.zk_blobs[model.settings_sha256],
+        event.request_message,
+        event.accused_commitment,
+    )
+    if failure is None:
+        # The proof holds: a false accusation
+        taken = punish(
+            state, params, accuser, c.VALIDATOR, params.false_accusation_slash,
+            state.current_round,
+        )
+        distribute(state, taken, [((job.node,), params.wronged_node_share_bps)])
+        state.counters.false_proof_accusations += 1
+    else:
+        taken = punish(state, params, job.node, c.NODE, params.fraud_slash, job.recorded_round)
+        distribute(state, taken, [((accuser,), params.reporter_share_bps)])
+        refund_job(state, state.jobs[job.job_id])
+        state.proof_frauds.add(job.job_id)
+        state.counters.invalid_proofs += 1
+    state.seen.add(event.sealed_evidence.content_id)
 
 
 # -- Availability --------------------------------------------------------------------------------
@@ -1259,6 +1459,8 @@ PROCESSORS: Mapping[type[Event], Callable[[State, Any], None]] = {
     ServeData: process_serve_data,
     PlantCanary: process_plant_canary,
     RevealCanary: process_reveal_canary,
+    RegisterZkModel: process_register_zk_model,
+    AccuseInvalidProof: process_accuse_invalid_proof,
 }
 
 

@@ -346,6 +346,8 @@ class Job:
     """The round the node answered the report by posting the output; the window restarts."""
     closed_round: int | None = None
     """The round the job settled or was refunded."""
+    zk: bool = False
+    """Its model was registered for the zk mode when it was recorded: it carries a proof."""
 
     @property
     def sample_round(self) -> int:
@@ -369,6 +371,23 @@ class Job:
     @property
     def escrow(self) -> int:
         return self.fee if self.status is JobStatus.PENDING else 0
+
+
+@dataclass(frozen=True)
+class ZkModel:
+    """A model whose jobs carry EZKL proofs, registered with the keys that check them.
+
+    The verifying key and the settings are in the state by their SHA-256
+    (:attr:`State.zk_blobs`), so whoever replays the log holds the bytes that
+    re-check a proof; the SRS, too large for the log, is named by its SHA-256.
+    """
+
+    model_id: bytes
+    vk_sha256: bytes
+    settings_sha256: bytes
+    srs_sha256: bytes
+    registered_round: int
+    """Jobs recorded from then on are zk jobs (:attr:`Job.zk`); earlier ones are not."""
 
 
 @dataclass(frozen=True)
@@ -420,6 +439,8 @@ class Counters:
     unavailability_slashes: int = 0
     canaries_revealed: int = 0
     lazy_validators_slashed: int = 0
+    invalid_proofs: int = 0
+    false_proof_accusations: int = 0
     jailings: int = 0
     tombstones: int = 0
     unbondings: int = 0
@@ -440,9 +461,10 @@ class Savepoint(NamedTuple):
 
 
 _TABLES = (
-    "accounts", "jobs", "disputes", "canaries", "open_disputes", "open_challenges", "settle_queue"
+    "accounts", "jobs", "disputes", "canaries", "open_disputes", "open_challenges", "settle_queue",
+    "zk_models", "zk_blobs",
 )
-_SETS = ("equivocations", "seen", "request_nonces", "revealed_canaries")
+_SETS = ("equivocations", "seen", "request_nonces", "revealed_canaries", "proof_frauds")
 
 
 @dataclass
@@ -476,6 +498,12 @@ class State:
     """Index: ids of the jobs whose output was reported unavailable and not yet served."""
     settle_queue: dict[int, tuple[bytes, ...]] = field(default_factory=dict)
     """Index: round → jobs to try to settle in it, so a round never walks every job."""
+    zk_models: dict[bytes, ZkModel] = field(default_factory=dict)
+    """Models registered for the zk mode (``RegisterZkModel``), by model id."""
+    zk_blobs: dict[bytes, bytes] = field(default_factory=dict)
+    """Verifying keys and settings of zk models, content-addressed: SHA-256 → bytes."""
+    proof_frauds: set[bytes] = field(default_factory=set)
+    """Job ids whose node was slashed for an invalid proof: one slash per job."""
 
     def __post_init__(self) -> None:
         self._journal = Journal()
@@ -764,6 +792,9 @@ def decode_state(data: bytes) -> State:
             open_disputes=dict(value["open_disputes"]),
             open_challenges=dict(value["open_challenges"]),
             settle_queue={r: tuple(ids) for r, ids in value["settle_queue"]},
+            zk_models={k: ZkModel(**v) for k, v in value["zk_models"]},
+            zk_blobs=dict(value["zk_blobs"]),
+            proof_frauds=set(value["proof_frauds"]),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise MalformedMessage(f"bytes are not an encoded ledger state: {exc!r:.200}") from exc

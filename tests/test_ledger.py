@@ -45,6 +45,7 @@ from slashing.events import (
     PlantCanary,
     RecordJob,
     RegisterBeacon,
+    RegisterZkModel,
     ReportUnavailable,
     RevealCanary,
     ServeData,
@@ -54,7 +55,13 @@ from slashing.events import (
     canary_digest,
     decode_event,
 )
-from slashing.rules import LedgerRuleError, NonceOutOfOrder, apply_event, process_event
+from slashing.rules import (
+    LedgerRuleError,
+    NonceOutOfOrder,
+    apply_event,
+    install_proof_checker,
+    process_event,
+)
 from slashing.state import (
     Dispute,
     JobStatus,
@@ -271,6 +278,12 @@ def sample_events() -> list[Event]:
         attest(VALIDATORS[0], com, Verdict.VALID, 0),
         mismatch(VALIDATORS[0], com, 0),
         equivocation(VALIDATORS[0], com, commit(req, output=b"other")),
+        RegisterZkModel(MODEL, b"vk", b"{}", sha256(b"srs")),
+        AccuseInvalidProof(
+            Evidence(offence=Offence.INVALID_PROOF, job_id=com.job_id, accuser=pk(VALIDATORS[0]),
+                     commitment=com.encode()).signed(VALIDATORS[0]).encode(),
+            req.encode(),
+        ),
     ]
 
 
@@ -655,7 +668,7 @@ def test_equivocation_evidence_guards() -> None:
         Evidence(offence=Offence.INVALID_PROOF, job_id=req.job_id, accuser=pk(VALIDATORS[1]),
                  commitment=first.encode()).signed(VALIDATORS[1]).encode()
     )
-    world.refuse(invalid_proof, LedgerRuleError, "'invalid_proof' is not judged")
+    world.refuse(invalid_proof, LedgerRuleError, "judged with the job's request")
 
 
 def dispute_world(output: bytes) -> tuple[World, Commitment, SigningKey]:
@@ -1045,6 +1058,33 @@ MACHINE_VALIDATORS = (*VALIDATORS, EXTRA_VALIDATOR)
 MACHINE_ACCOUNTS = (CLIENT, POOR_CLIENT, *HONEST_NODES, CHEATER, *MACHINE_VALIDATORS, STRANGER)
 MACHINE_PARAMS = params(sample_ppm=PPM // 2, challenge_window=2, availability_window=1,
                         unbonding_period=11, jail_period=2)
+MACHINE_ZK_MODEL = sha256(b"ledger/machine-zk-model")
+MACHINE_ZK_KEYS = RegisterZkModel(MACHINE_ZK_MODEL, b"machine vk", b"{}", sha256(b"machine srs"))
+GOOD_PROOF = b"proof that holds"
+
+
+def machine_proof_checker(vk: bytes, settings: bytes, srs: bytes, req: JobRequest,
+                          com: Commitment) -> str | None:
+    """A fake but deterministic zk check: the proof holds when it is GOOD_PROOF."""
+    assert vk == MACHINE_ZK_KEYS.verifying_key
+    return None if com.aux == GOOD_PROOF else "proof does not verify"
+
+
+def zk_job(nonce: int, node: SigningKey, forged: bool) -> tuple[JobRequest, Commitment]:
+    req = JobRequest(model_id=MACHINE_ZK_MODEL, input=Tensor("float32", (2,), bytes(8)),
+                     client=pk(CLIENT), nonce=nonce, fee=FEE).signed(CLIENT)
+    com = dataclasses.replace(
+        unsigned_commitment(req, pk(node), b"wrong" if forged else b"right"),
+        mode="zk", aux=b"forged proof" if forged else GOOD_PROOF,
+    ).signed(node)
+    return req, com
+
+
+def invalid_proof(key: SigningKey, req: JobRequest, com: Commitment,
+                  detail: str = "") -> AccuseInvalidProof:
+    evidence = Evidence(offence=Offence.INVALID_PROOF, job_id=com.job_id, accuser=pk(key),
+                        commitment=com.encode(), detail=detail).signed(key)
+    return AccuseInvalidProof(evidence.encode(), req.encode())
 
 
 class LedgerMachine(RuleBasedStateMachine):
@@ -1069,7 +1109,9 @@ class LedgerMachine(RuleBasedStateMachine):
             *genesis(MACHINE_PARAMS, nodes=(*HONEST_NODES, CHEATER, CANARY_NODE),
                      validators=MACHINE_VALIDATORS),
             Mint(pk(CHEATER), 5 * MIN_NODE), Bond(pk(CHEATER), c.NODE, 5 * MIN_NODE),
+            MACHINE_ZK_KEYS,
         ]  # the cheater can afford several slashes before it is slashed out
+        self.previous_checker = install_proof_checker(machine_proof_checker)
         self.state = fold(genesis_events)
         self.log: list[Event] = list(genesis_events)
         self.jobs: dict[bytes, tuple[JobRequest, Commitment, bool]] = {}
@@ -1136,6 +1178,31 @@ class LedgerMachine(RuleBasedStateMachine):
         com = commit(req, node, b"wrong" if wrong else b"right")
         if self.accepted(record(req, com)):
             self.jobs[req.job_id] = (req, com, not wrong)
+
+    @rule(node=st.sampled_from((*HONEST_NODES, CHEATER)), forged=st.booleans())
+    def record_zk_job(self, node: SigningKey, forged: bool) -> None:
+        """A zk job: its commitment carries a proof, forged only by the cheater."""
+        self.nonce += 1
+        forged = forged and node is CHEATER
+        req, com = zk_job(self.nonce, node, forged)
+        if self.accepted(record(req, com)):
+            self.jobs[req.job_id] = (req, com, not forged)
+
+    @precondition(lambda self: any(j.zk for j in self.state.jobs.values()))
+    @rule(data=st.data(), accuser=st.sampled_from(MACHINE_VALIDATORS))
+    def accuse_invalid_proof(self, data: st.DataObject, accuser: SigningKey) -> None:
+        """INVALID_PROOF evidence on a zk job, mostly a pending one: the ledger re-checks it."""
+        zk = [j for j in self.state.jobs.values() if j.zk]
+        pending = [j for j in zk if j.status is JobStatus.PENDING]
+        if pending and data.draw(st.sampled_from((True, True, True, False)), label="pending"):
+            zk = pending
+        forged = [j for j in zk if not self.jobs[j.job_id][2]]
+        if forged and data.draw(st.booleans(), label="forged"):
+            zk = forged
+        job = data.draw(st.sampled_from(zk))
+        req, com, right = self.jobs[job.job_id]
+        if self.accepted(invalid_proof(accuser, req, com)) and right:
+            self.liars.add(pk(accuser))
 
     @precondition(lambda self: self.jobs)
     @rule(data=st.data())
@@ -1319,6 +1386,9 @@ class LedgerMachine(RuleBasedStateMachine):
                 second = event.conflicting_commitment
                 assert second is not None
                 variants.append(equivocation(reporter, second, event.accused_commitment))
+            elif isinstance(event, AccuseInvalidProof):
+                variants.append(invalid_proof(reporter, event.request_message,
+                                              event.accused_commitment, detail="again"))
             else:
                 variants.append(mismatch(reporter, event.accused_commitment,
                                          evidence.beacon_round, detail="again"))
@@ -1381,6 +1451,7 @@ class LedgerMachine(RuleBasedStateMachine):
         replayed = State()
         for event in self.log:
             process_event(replayed, event)
+        install_proof_checker(self.previous_checker)
         assert replayed == self.state
         assert state_hash(replayed) == state_hash(self.state)
         assert decode_state(encode_state(self.state)) == self.state

@@ -4,21 +4,25 @@ unavailability and canaries; bad input; the state hash and the journal."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from assay.codec import Tensor
 from assay.errors import BadSignature, MalformedMessage, ProtocolError, ReplayedMessage
 from assay.hashing import sha256
-from assay.messages import Commitment, Verdict
+from assay.messages import Commitment, Evidence, JobRequest, Offence, Verdict
 from slashing import constants as c
 from slashing.events import (
+    AccuseInvalidProof,
     Bond,
     Event,
     Mint,
     PlantCanary,
+    RegisterZkModel,
     ReportUnavailable,
     RevealCanary,
     ServeData,
@@ -33,10 +37,13 @@ from slashing.rules import (
     InsufficientFunds,
     LedgerRuleError,
     NonceOutOfOrder,
+    NotAZkModel,
+    ProofCheckUnavailable,
     UnknownAccount,
     UnknownJob,
     apply_event,
     apply_event_in_place,
+    install_proof_checker,
     liability_horizon,
     slash_stake,
 )
@@ -50,6 +57,7 @@ from slashing.state import (
     encode_state,
     state_hash,
 )
+from slashing.store import Ledger
 from tests import strategies
 from tests.test_ledger import (
     CANARY_NODE,
@@ -65,6 +73,7 @@ from tests.test_ledger import (
     attest,
     beacon,
     commit,
+    genesis,
     mismatch,
     params,
     pk,
@@ -524,6 +533,198 @@ def test_amounts_that_overflow_or_go_negative_are_malformed(
 ) -> None:
     with pytest.raises(MalformedMessage, match=match):
         make()
+
+
+# -- INVALID_PROOF evidence on zk jobs ---------------------------------------------------------
+#
+# The rule's proof check is injected (the ledger may not import EZKL); here it is a fake but
+# deterministic one: a proof "holds" when the commitment's aux is GOOD_PROOF. tests/test_zk.py
+# runs the same rule with the real EZKL checker on real proofs.
+
+ZK_MODEL = sha256(b"ledger/zk-model")
+GOOD_PROOF = b"good-proof"
+ZK_KEYS = RegisterZkModel(ZK_MODEL, b"verifying key", b'{"model_input_scales": [7]}',
+                          sha256(b"srs"))
+fake_checks: list[bytes] = []
+
+
+def fake_checker(vk: bytes, settings: bytes, srs: bytes, req: JobRequest,
+                 com: Commitment) -> str | None:
+    assert vk == ZK_KEYS.verifying_key and settings == ZK_KEYS.settings and srs == sha256(b"srs")
+    assert com.job_id == req.job_id
+    fake_checks.append(com.content_id)
+    return None if com.aux == GOOD_PROOF else "proof does not verify"
+
+
+@pytest.fixture
+def zk_checker() -> Iterator[None]:
+    previous = install_proof_checker(fake_checker)
+    yield
+    install_proof_checker(previous)
+
+
+def zk_request(nonce: int, model: bytes = ZK_MODEL) -> JobRequest:
+    return JobRequest(model_id=model, input=Tensor("float32", (2,), bytes(8)),
+                      client=pk(CLIENT), nonce=nonce, fee=FEE).signed(CLIENT)
+
+
+def zk_commit(req: JobRequest, proof: bytes, node: object = CHEATER) -> Commitment:
+    return Commitment(
+        job_id=req.job_id, model_id=req.model_id, input_hash=sha256(b"in" + req.job_id),
+        output_hash=sha256(b"out" + req.job_id), node=pk(node), mode="zk",  # type: ignore[arg-type]
+        aux=proof,
+    ).signed(node)  # type: ignore[arg-type]
+
+
+def invalid_proof(accuser: object, req: JobRequest, com: Commitment,
+                  detail: str = "") -> AccuseInvalidProof:
+    evidence = Evidence(
+        offence=Offence.INVALID_PROOF, job_id=com.job_id, accuser=pk(accuser),  # type: ignore[arg-type]
+        commitment=com.encode(), detail=detail,
+    ).signed(accuser)  # type: ignore[arg-type]
+    return AccuseInvalidProof(evidence=evidence.encode(), request=req.encode())
+
+
+def zk_world() -> tuple[World, JobRequest, Commitment]:
+    """A world with the zk model registered and one forged-proof job by the cheater."""
+    world = world_with(ZK_KEYS)
+    req = zk_request(1)
+    com = zk_commit(req, b"forged-proof")
+    world.apply(record(req, com))
+    world.next_round()
+    return world, req, com
+
+
+def test_a_failing_proof_slashes_the_node_at_once_without_a_committee(zk_checker: None) -> None:
+    world, req, com = zk_world()
+    accuser = VALIDATORS[0]
+    balance, client = world.balance(accuser), world.balance(CLIENT)
+    world.apply(invalid_proof(accuser, req, com))
+    stake = world.state.accounts[pk(CHEATER)].node
+    assert stake.amount == 4 * MIN_NODE - S and stake.offences == 1
+    assert stake.jailed_until == world.state.current_round + P.jail_period + 1
+    assert world.balance(accuser) == balance + S * P.reporter_share_bps // c.BPS
+    assert world.balance(CLIENT) == client + FEE  # refunded
+    job = world.state.jobs[req.job_id]
+    assert job.status is JobStatus.REFUNDED and not world.state.disputes
+    assert world.state.counters.invalid_proofs == 1
+    assert world.state.total_supply() == world.state.minted
+
+
+def test_invalid_proof_evidence_slashes_once(zk_checker: None) -> None:
+    world, req, com = zk_world()
+    first = invalid_proof(VALIDATORS[0], req, com)
+    world.apply(first)
+    world.refuse(first, ReplayedMessage, "already recorded")
+    # other evidence (another validator, other words) on the same job: judged already
+    world.refuse(invalid_proof(VALIDATORS[1], req, com, "again"), ReplayedMessage,
+                 "already slashed for the proof")
+
+
+def test_evidence_against_a_proof_that_holds_costs_the_accuser(zk_checker: None) -> None:
+    world = world_with(ZK_KEYS)
+    req = zk_request(1)
+    com = zk_commit(req, GOOD_PROOF)
+    world.apply(record(req, com))
+    world.next_round()
+    accuser = VALIDATORS[0]
+    node_balance = world.balance(CHEATER)
+    world.apply(invalid_proof(accuser, req, com))
+    taken = P.false_accusation_slash
+    assert world.stake(accuser, c.VALIDATOR) == MIN_VALIDATOR - taken
+    assert world.state.accounts[pk(accuser)].validator.jailed_until is not None
+    assert world.balance(CHEATER) == node_balance + taken * P.wronged_node_share_bps // c.BPS
+    assert world.stake(CHEATER) == 4 * MIN_NODE
+    assert world.state.jobs[req.job_id].status is JobStatus.PENDING
+    assert world.state.counters.false_proof_accusations == 1
+    assert world.state.total_supply() == world.state.minted
+
+
+def test_invalid_proof_evidence_is_refused_with_a_specific_error(zk_checker: None) -> None:
+    world, req, com = zk_world()
+    v = VALIDATORS[0]
+    plain = request(7)
+    plain_com = commit(plain)
+    world.apply(record(plain, plain_com))
+    unknown = zk_request(99)
+    cases: list[tuple[object, type[Exception], str]] = [
+        (invalid_proof(v, unknown, zk_commit(unknown, b"x")), UnknownJob, "unknown job"),
+        (invalid_proof(v, plain, plain_com), NotAZkModel, "not registered for the zk mode"),
+        (invalid_proof(v, zk_request(2), com), LedgerRuleError, "the request is job"),
+        (invalid_proof(v, req, zk_commit(req, b"other")), LedgerRuleError,
+         "evidence accuses commitment"),
+        (invalid_proof(CHEATER, req, com), LedgerRuleError, "not bonded as a validator"),
+        (invalid_proof(STRANGER, req, com), LedgerRuleError, "not bonded as a validator"),
+        (ZK_KEYS, LedgerRuleError, "already registered"),
+    ]
+    for event, error, match in cases:
+        world.refuse(event, error, match)  # type: ignore[arg-type]
+        in_place = world.state.copy()
+        with pytest.raises(error, match=match):
+            apply_event_in_place(in_place, event)  # type: ignore[arg-type]
+        assert state_hash(in_place) == state_hash(world.state)
+    # an Accuse carrying INVALID_PROOF evidence lacks the request it is judged with
+    from slashing.events import Accuse
+    accuse = Accuse(invalid_proof(v, req, com).evidence)
+    world.refuse(accuse, LedgerRuleError, "judged with the job's request")
+    # late: the challenge window has closed (and the job settled)
+    for _ in range(W + 2):
+        world.next_round()
+    world.refuse(invalid_proof(v, req, com), LedgerRuleError, "already settled")
+
+
+def test_a_model_registered_after_the_job_does_not_make_it_a_zk_job(zk_checker: None) -> None:
+    world = world_with()
+    req = zk_request(1)
+    com = zk_commit(req, b"forged-proof")
+    world.apply(record(req, com), ZK_KEYS)
+    world.next_round()
+    world.refuse(invalid_proof(VALIDATORS[0], req, com), NotAZkModel, "when the job was recorded")
+
+
+def test_without_a_proof_checker_the_evidence_is_refused() -> None:
+    previous = install_proof_checker(None)
+    try:
+        world = world_with(ZK_KEYS)
+        req = zk_request(5)
+        com = zk_commit(req, b"never-checked-proof")
+        world.apply(record(req, com))
+        world.next_round()
+        world.refuse(invalid_proof(VALIDATORS[0], req, com), ProofCheckUnavailable,
+                     "no zk proof checker")
+    finally:
+        install_proof_checker(previous)
+
+
+def test_invalid_proof_events_replay_to_the_same_state(zk_checker: None, tmp_path: Path) -> None:
+    req, forged = zk_request(1), zk_commit(zk_request(1), b"forged-proof")
+    ok_req = zk_request(2)
+    ok = zk_commit(ok_req, GOOD_PROOF)
+    events = [
+        *genesis(params(), nodes=(CHEATER,)),
+        ZK_KEYS,
+        record(req, forged),
+        record(ok_req, ok),
+        beacon(0),
+        beacon(1),
+        invalid_proof(VALIDATORS[0], req, forged),
+        invalid_proof(VALIDATORS[1], ok_req, ok),
+        *(beacon(r) for r in range(2, 2 + W + 2)),
+    ]
+    ledger = Ledger.open(tmp_path / "ledger.sqlite")
+    for event in events:
+        ledger.append(event)
+    live = ledger.state_hash()
+    assert ledger.state.counters.invalid_proofs == 1
+    assert ledger.state.counters.false_proof_accusations == 1
+    assert ledger.verify() == len(events)
+    ledger.close()
+    checks = len(fake_checks)
+    reopened = Ledger.open(tmp_path / "ledger.sqlite")
+    assert reopened.state_hash() == live
+    assert len(fake_checks) == checks  # replayed from the per-process verdicts, not re-run
+    reopened.close()
+    assert decode_state(encode_state(reopened.state)) == reopened.state
 
 
 # -- The state hash and the journal ----------------------------------------------------------------

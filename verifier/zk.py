@@ -14,11 +14,17 @@ Checks, in order, each with its own reason: the commitment matches the
 request; ``aux`` decodes as a proof; the committed output hash is the hash of
 the proof's output; the proof's public values are Poseidon of the job's input
 and of that output; the proof verifies under the registered key.
+
+The ledger judges such evidence with the same check: :class:`LedgerProofChecker`
+is the function its INVALID_PROOF rule calls (installed by the composition
+root with ``slashing.rules.install_proof_checker``), given the verifying key
+and settings the log holds and the SRS by its pinned hash.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 from collections.abc import Mapping
@@ -27,12 +33,15 @@ from pathlib import Path
 from typing import Any
 
 from assay.errors import MalformedMessage
+from assay.hashing import sha256
 from assay.messages import Commitment, JobRequest, Verdict
 from prover.node import tensor_hash
 from prover.zk import (
     SETTINGS_FILE,
     VK_FILE,
     ZkArtifacts,
+    ZkArtifactStore,
+    ZkError,
     ZkProof,
     felt_hex,
     poseidon,
@@ -140,3 +149,58 @@ def check_zk(request: JobRequest, commitment: Commitment, key: ZkKey | None) -> 
         commitment.output_hash,
         time.perf_counter() - started,
     )
+
+
+class LedgerProofChecker:
+    """The ledger's re-check of INVALID_PROOF evidence (``slashing.rules.ProofChecker``).
+
+    Given what the log holds — the model's verifying key and settings, the SRS
+    hash, the job's request and the node's commitment — it runs
+    :func:`check_zk` and returns None when the proof holds, or the reason it
+    fails. The SRS comes from ``store`` by its pinned SHA-256; the key and
+    settings are written once under ``store.root / "ledger-keys"`` by their
+    own SHA-256. It raises :class:`ZkError` when it cannot decide (no SRS with
+    that hash here), which the rule turns into a refusal, never a verdict.
+    """
+
+    def __init__(self, store: ZkArtifactStore) -> None:
+        self.store = store
+        self.keys_dir = store.root / "ledger-keys"
+
+    def _blob(self, data: bytes, suffix: str) -> Path:
+        path = self.keys_dir / f"{sha256(data).hex()}{suffix}"
+        if not path.exists():
+            self.keys_dir.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.keys_dir)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        return path
+
+    def __call__(
+        self,
+        verifying_key: bytes,
+        settings: bytes,
+        srs_sha256: bytes,
+        request: JobRequest,
+        commitment: Commitment,
+    ) -> str | None:
+        try:
+            meta = json.loads(settings)
+            input_scale = int(meta["model_input_scales"][0])
+        except (ValueError, KeyError, IndexError, TypeError) as exc:
+            raise ZkError(f"the registered settings are not EZKL settings: {exc}") from exc
+        key = ZkKey(
+            model_id=request.model_id,
+            vk_path=self._blob(verifying_key, ".vk"),
+            settings_path=self._blob(settings, ".json"),
+            srs_path=self.store.pinned_srs(srs_sha256),
+            input_scale=input_scale,
+            vk_sha256=sha256(verifying_key),
+        )
+        check = check_zk(request, commitment, key)
+        if check.verdict is Verdict.VALID:
+            return None
+        if check.verdict is Verdict.FRAUD:
+            return check.reason
+        raise ZkError(f"the proof could not be judged: {check.reason}")

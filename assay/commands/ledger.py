@@ -6,6 +6,11 @@ signature, every snapshot); ``export`` writes it as JSON lines and
 ``show`` and ``history`` read one account. ACCOUNT is a public key in hex,
 or a prefix of one that only one account on the ledger has. (``run``, from
 ``ledger_service``, serves a ledger on the devnet.)
+
+Replaying ``accuse_invalid_proof`` events re-checks their zk proofs: every
+action installs ``verifier.zk``'s checker (loaded only when a log holds such
+an event), which finds the pinned SRS in the zk store (``--zk-store``,
+default ``$ASSAY_HOME/zk``; ``assay zk setup`` fills it).
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from assay.cli import CommandError
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from assay.messages import Commitment, JobRequest
     from slashing import Ledger
     from slashing.state import Account, Stake, State
 
@@ -35,20 +41,61 @@ def default_ledger_path() -> Path:
     return Path(os.environ.get("ASSAY_HOME") or "~/.assay").expanduser() / "ledger.sqlite"
 
 
+class LazyProofChecker:
+    """``verifier.zk.LedgerProofChecker`` over the zk store at ``root``, built on first use.
+
+    The ledger's INVALID_PROOF rule calls it; importing the verifier (torch,
+    EZKL) only then keeps logs without zk evidence as quick to open as before.
+    An import or store failure propagates, which the rule turns into a
+    refusal (``ProofCheckUnavailable``), never a verdict.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self._checker: Any = None
+
+    def __call__(
+        self, verifying_key: bytes, settings: bytes, srs_sha256: bytes, request: JobRequest,
+        commitment: Commitment,
+    ) -> str | None:
+        if self._checker is None:
+            from prover.zk import ZkArtifactStore
+            from verifier.zk import LedgerProofChecker
+
+            self._checker = LedgerProofChecker(ZkArtifactStore(self.root))
+        failure = self._checker(verifying_key, settings, srs_sha256, request, commitment)
+        assert failure is None or isinstance(failure, str)
+        return failure
+
+
 @contextmanager
-def _open(path: Path) -> Iterator[Ledger]:
+def proof_checker(zk_store: Path | None) -> Iterator[None]:
+    """Install the zk proof checker (store ``zk_store`` or the default) for the ``with`` body."""
+    from assay.commands.zk import default_zk_root
+    from slashing import install_proof_checker
+
+    previous = install_proof_checker(LazyProofChecker(zk_store or default_zk_root()))
+    try:
+        yield
+    finally:
+        install_proof_checker(previous)
+
+
+@contextmanager
+def _open(path: Path, zk_store: Path | None = None) -> Iterator[Ledger]:
     from slashing import Ledger, LedgerCorrupt
 
     if not path.is_file():
         raise CommandError(f"no ledger at {path}")
-    try:
-        ledger = Ledger.open(path)
-    except LedgerCorrupt as exc:
-        raise CommandError(f"{path}: {exc}") from exc
-    try:
-        yield ledger
-    finally:
-        ledger.close()
+    with proof_checker(zk_store):
+        try:
+            ledger = Ledger.open(path)
+        except LedgerCorrupt as exc:
+            raise CommandError(f"{path}: {exc}") from exc
+        try:
+            yield ledger
+        finally:
+            ledger.close()
 
 
 def resolve_account(state: State, text: str) -> bytes:
@@ -102,7 +149,7 @@ def account_json(account: bytes, record: Account, state: State) -> dict[str, Any
 def cmd_verify(args: argparse.Namespace) -> int:
     from slashing import LedgerCorrupt
 
-    with _open(args.ledger) as ledger:
+    with _open(args.ledger, args.zk_store) as ledger:
         try:
             count = ledger.verify()
         except LedgerCorrupt as exc:
@@ -120,7 +167,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from slashing.store import export_jsonl
 
-    with _open(args.ledger) as ledger:
+    with _open(args.ledger, args.zk_store) as ledger:
         if args.out is None:
             count = export_jsonl(ledger, sys.stdout)
         else:
@@ -140,7 +187,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     if not Path(args.file).is_file():
         raise CommandError(f"no export file at {args.file}")
     try:
-        with Ledger.open(target) as ledger, open(args.file, encoding="utf-8") as lines:
+        with proof_checker(args.zk_store), Ledger.open(target) as ledger, \
+                open(args.file, encoding="utf-8") as lines:
             count = import_jsonl(ledger, lines)
             head = ledger.head_hash.hex()
     except (LedgerCorrupt, ValueError) as exc:
@@ -152,7 +200,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    with _open(args.ledger) as ledger:
+    with _open(args.ledger, args.zk_store) as ledger:
         state = ledger.state
     account = resolve_account(state, args.account)
     record = state.accounts.get(account)
@@ -178,7 +226,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    with _open(args.ledger) as ledger:
+    with _open(args.ledger, args.zk_store) as ledger:
         account = resolve_account(ledger.state, args.account)
         entries = ledger.history(account)
     rows = [
@@ -207,6 +255,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     def action(name: str, help_text: str) -> argparse.ArgumentParser:
         parser = actions.add_parser(name, help=help_text)
         parser.add_argument("--ledger", type=Path, default=default_ledger_path(), help=path_help)
+        parser.add_argument("--zk-store", type=Path, default=None,
+                            help="zk artifact store holding the pinned SRS, to re-check the "
+                            "proofs of accuse_invalid_proof events (default: $ASSAY_HOME/zk)")
         return parser
 
     verify = action("verify", "replay the log from genesis and check everything")

@@ -4,26 +4,69 @@
 name order) may already have created the ``ledger`` command with its own
 actions; ``run`` is then added to its action subparsers rather than creating
 a second ``ledger`` command, which argparse would refuse.
+
+The genesis file may list the operator's zk models as ``[[zk_model]]`` tables
+with a ``model_id`` (hex): their verifying key, settings and SRS hash are read
+from the zk store (``$ASSAY_HOME/zk``, filled by ``assay zk setup``) and
+registered (``RegisterZkModel``) when the service starts, each once. The
+service installs ``verifier.zk``'s proof checker over the same store before it
+opens the ledger, so it can judge (and replay) ``accuse_invalid_proof``.
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from assay.commands._service import add_settings_flags, configure_logging, run_until_signalled
 from assay.config import LedgerConfig
 
+if TYPE_CHECKING:
+    from slashing import RegisterZkModel
+
+
+def zk_registrations(data: dict[str, Any], zk_store: Path) -> tuple[RegisterZkModel, ...]:
+    """``RegisterZkModel`` events for the genesis file's ``[[zk_model]]`` tables."""
+    from assay.cli import CommandError
+
+    entries = data.get("zk_model", [])
+    if not isinstance(entries, list):
+        raise CommandError("genesis zk_model must be a list of [[zk_model]] tables")
+    if not entries:
+        return ()
+    from prover.zk import SETTINGS_FILE, VK_FILE, ZkArtifactStore, ZkError
+    from slashing import RegisterZkModel
+
+    store = ZkArtifactStore(zk_store)
+    events = []
+    for entry in entries:
+        try:
+            model_id = bytes.fromhex(entry["model_id"])
+            artifacts = store.load(model_id)
+            events.append(RegisterZkModel(
+                model_id=model_id,
+                verifying_key=artifacts.path(VK_FILE).read_bytes(),
+                settings=artifacts.path(SETTINGS_FILE).read_bytes(),
+                srs_sha256=artifacts.srs_sha256,
+            ))
+        except (KeyError, TypeError, ValueError, OSError, ZkError) as exc:
+            raise CommandError(f"genesis [[zk_model]] entry {entry!r}: {exc}") from exc
+    return tuple(events)
+
 
 def cmd_ledger_run(args: argparse.Namespace) -> int:
-    from pathlib import Path
+    import dataclasses
 
     from assay.cli import CommandError
     from assay.commands._service import settings
+    from assay.commands.ledger import LazyProofChecker
+    from assay.commands.zk import default_zk_root
     from assay.config import read_toml
     from assay.errors import ProtocolError
     from assay.keystore import KeystoreError, load_key
     from assay.net.metrics import Metrics
+    from slashing import install_proof_checker
     from slashing.service import Genesis, LedgerService
 
     config: LedgerConfig = settings(args, LedgerConfig)
@@ -31,9 +74,14 @@ def cmd_ledger_run(args: argparse.Namespace) -> int:
     try:
         key = load_key(Path(config.keystore), config.password_file or None)
         secret = int(Path(config.beacon_secret_file).read_text().strip(), 16)
-        genesis = Genesis.from_toml(read_toml(Path(config.genesis)))
+        genesis_toml = read_toml(Path(config.genesis))
+        genesis = Genesis.from_toml(genesis_toml)
     except (KeystoreError, OSError, ValueError) as exc:
         raise CommandError(f"cannot start the ledger: {exc}") from exc
+    zk_store = default_zk_root()
+    genesis = dataclasses.replace(genesis, zk_models=zk_registrations(genesis_toml, zk_store))
+    # before the ledger opens: replaying the log may re-check zk proofs
+    install_proof_checker(LazyProofChecker(zk_store))
     metrics = Metrics()
     try:
         service = LedgerService.open(key, Path(config.database), secret, genesis, config.listen,

@@ -105,9 +105,16 @@ def cmd_zk_setup(args: argparse.Namespace) -> int:
         warnings.simplefilter("ignore", DevnetSrsWarning)  # already said above, once
         artifacts = store.setup(entry.model_id, module, inputs, srs=srs, choice=choice)
     entry = registry.update_params(entry.model_id, artifacts.registry_params())
+    import json
+
+    from prover.zk import SETTINGS_FILE
+
+    run_args = json.loads(artifacts.path(SETTINGS_FILE).read_text(encoding="utf-8"))["run_args"]
     print(
         f"zk keys for {entry.name}: 2^{artifacts.logrows} rows, scale {artifacts.input_scale}, "
-        f"setup {artifacts.setup_seconds:.1f} s, in {artifacts.directory}"
+        f"{run_args['num_inner_cols']} inner columns, range checks of {run_args['decomp_legs']} "
+        f"× base {run_args['decomp_base']}, setup {artifacts.setup_seconds:.1f} s, "
+        f"in {artifacts.directory}"
     )
     for key in sorted(artifacts.registry_params()):
         print(f"  pinned {key} = {entry.params[key]}")
@@ -194,7 +201,8 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         help="generate an SRS here: FOR TEST NETWORKS ONLY (this machine could forge proofs)",
     )
     setup.add_argument("--srs-sha256", default=None, help="pin the ceremony SRS's SHA-256")
-    setup.add_argument("--scale", type=positive_int, default=7, help="fixed-point bits (7)")
+    setup.add_argument("--scale", type=positive_int, default=None,
+                       help="fixed-point bits (default: calibrated, 13 or 7)")
     setup.add_argument("--max-logrows", type=positive_int, default=17, help="largest circuit (17)")
     setup.add_argument(
         "--latency", type=float, default=SUGGEST_LATENCY_SECONDS,
