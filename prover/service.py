@@ -9,14 +9,29 @@ the job protocol or from HTTP, goes through :meth:`NodeService.execute`:
 2. the model runs in a worker thread, one job at a time (exact mode computes
    every job alone), so the event loop keeps serving;
 3. the commitment, request and output are journalled, the ledger records the
-   job (``record_job``), and the commitment is gossiped for validators.
+   job (``record_job``), and the commitment is queued for gossip: a
+   :class:`~assay.net.host.BatchPublisher` sends it on
+   ``/assay/1/commitment-batches`` with whatever else queued meanwhile, so
+   the client's answer never waits on gossip (validators that miss it find
+   it in the ledger's log).
 
 HTTP jobs are signed by the node's *client key*, the account that pays the
 fees of its HTTP users (a gateway account): OpenAI clients do not sign. Text
 uses a byte-level tokenizer (UTF-8 bytes are token ids), which is the real
 vocabulary of the zoo's 256-token GPT-2 and Llama. Completions run as ``llm``
 mode jobs: the commitment binds the generated tokens and a sketch of the
-hidden states, and every response carries it in an ``assay`` field.
+hidden states, and every response carries it in an ``assay`` field. With
+``stream: true`` the answer is server-sent events in the OpenAI chunk shape,
+one token's text per chunk, the last chunk carrying ``usage`` and ``assay``;
+the job is generated and committed first, so streaming saves the client no
+time to the first token (the runtime generates a job whole).
+
+A node that proves a zk model first asks the ledger for the model's
+registered verifying-key hash (``zk_model``): if it differs from the node's
+own key, the ledger would judge the node's honest proofs under another key and
+find them invalid, so the node refuses that model's jobs, says why in its log,
+and reports not ready on ``/health`` (``zk_keys_match``). Until the answer
+comes, zk jobs are refused as not ready.
 
 Shutdown (SIGTERM): stop accepting jobs, let in-flight ones finish, close
 the journal, return; the command then exits 0.
@@ -25,12 +40,14 @@ the journal, return; the command then exits 0.
 from __future__ import annotations
 
 import base64
+import codecs
 import copy
 import itertools
+import json
 import logging
 import secrets
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +55,7 @@ import torch
 import trio
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from torch import nn
 
@@ -50,7 +67,7 @@ from assay.keys import SigningKey
 from assay.keystore import SigningJournal
 from assay.messages import Commitment, JobRequest
 from assay.net import validate, wire
-from assay.net.host import PeerHost, PeerUnavailable
+from assay.net.host import BatchPublisher, PeerHost, PeerUnavailable
 from assay.net.http import HttpError, metrics_app, read_json, serve_http
 from assay.net.ledger_client import LedgerClient
 from assay.net.metrics import Metrics
@@ -63,6 +80,7 @@ log = logging.getLogger("assay.node")
 
 COMMITMENT = "commitment"
 SHUTDOWN_GRACE_S = 30.0
+GOSSIP_FLUSH_S = 2.0
 BOND_RETRY_S = 1.0
 MAX_PROMPT_TOKENS = 1024
 
@@ -78,6 +96,39 @@ def encode_text(text: str) -> list[int]:
 
 def decode_tokens(ids: Sequence[int]) -> str:
     return bytes(ids).decode("utf-8", errors="replace")
+
+
+def stream_texts(ids: Sequence[int]) -> list[str]:
+    """One text piece per token, holding back bytes until they complete a UTF-8 character."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    pieces = [decoder.decode(bytes([token])) for token in ids]
+    pieces.append(decoder.decode(b"", final=True))
+    return [piece for piece in pieces if piece]
+
+
+@dataclass(frozen=True)
+class EventStream:
+    """Chunks sent as server-sent events in the OpenAI shape, then ``data: [DONE]``.
+
+    The job is generated and committed before the first event, so every
+    chunk comes from a committed output and the last carries the commitment.
+    """
+
+    chunks: list[dict[str, Any]]
+
+    async def lines(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            yield f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n".encode()
+        yield b"data: [DONE]\n\n"
+
+
+def _stream_flag(body: dict[str, Any]) -> bool:
+    stream = body.get("stream", False)
+    if stream is None:
+        return False
+    if not isinstance(stream, bool):
+        raise HttpError(400, "malformed", "stream must be true or false")
+    return stream
 
 
 def chat_prompt(messages: Any) -> str:
@@ -145,9 +196,16 @@ class NodeService:
         self.accepting = True
         self.bonded = False
         self.in_flight = 0
+        self.zk_checked = not node.zk_provers
+        """Whether the zk models' keys were compared with the ledger's registered ones."""
+        self.zk_refused: dict[bytes, str] = {}
+        """zk models this node will not serve (the ledger registered another key), and why."""
         self._job_lock = trio.Lock()
         self._nonces = itertools.count(time.time_ns())
+        self.gossip = BatchPublisher(host, wire.TOPIC_COMMITMENT_BATCHES)
         host.subscribe(wire.TOPIC_COMMITMENTS, validate.commitments(self.ledger), self._ignore)
+        host.subscribe(wire.TOPIC_COMMITMENT_BATCHES, validate.commitment_batches(self.ledger),
+                       self._ignore)
         host.subscribe(wire.TOPIC_BEACON, validate.beacon_rounds(self.ledger), self._ignore)
         host.serve(wire.PROTOCOL_JOB, self.handle_job)
         host.serve(wire.PROTOCOL_JOB_DATA, self.handle_job_data)
@@ -167,6 +225,13 @@ class NodeService:
         """Run, journal, record and gossip one job (see the module docstring)."""
         if not self.accepting:
             raise NodeUnavailable("this node is shutting down; send the job to another node")
+        if request.model_id in self.node.zk_provers:
+            if request.model_id in self.zk_refused:
+                raise JobRejected(self.zk_refused[request.model_id])
+            if not self.zk_checked:
+                raise NodeUnavailable(
+                    "this node has not yet checked its zk keys against the ledger's; retry"
+                )
         self.in_flight += 1
         started = time.perf_counter()
         try:
@@ -188,7 +253,7 @@ class NodeService:
             except wire.RemoteError as exc:
                 if fresh or "already recorded" not in str(exc):
                     raise JobRejected(f"the ledger refused the job: {exc}") from exc
-            await self.host.publish(wire.TOPIC_COMMITMENTS, commitment.encode())
+            await self.gossip.submit(commitment.encode())
             self.metrics.jobs_committed.labels(commitment.mode).inc()
             if commitment.mode == LLM_MODE:
                 self.metrics.tokens_generated.inc(output.numel)
@@ -303,36 +368,58 @@ class NodeService:
         return {"prompt_tokens": len(prompt), "completion_tokens": len(generated),
                 "total_tokens": len(prompt) + len(generated)}
 
-    async def completions(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def completions(self, body: dict[str, Any]) -> dict[str, Any] | EventStream:
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1:
             prompt = prompt[0]
         if not isinstance(prompt, str):
             raise HttpError(400, "malformed", "prompt must be a string")
-        if body.get("stream"):
-            raise HttpError(400, "unsupported", "streaming is not supported")
+        stream = _stream_flag(body)
         served, ids, generated, commitment, params = await self._generate(body, prompt)
+        head = {"id": f"cmpl-{commitment.job_id.hex()[:24]}", "object": "text_completion",
+                "created": int(time.time()), "model": served.name}
+        usage = self._usage(ids, generated)
+        assay = {**self._assay_field(commitment), "seed": params["seed"]}
+        if stream:
+            chunks = [{**head, "choices": [{"index": 0, "text": text, "logprobs": None,
+                                            "finish_reason": None}]}
+                      for text in stream_texts(generated)]
+            chunks.append({**head, "choices": [{"index": 0, "text": "", "logprobs": None,
+                                                "finish_reason": "length"}],
+                           "usage": usage, "assay": assay})
+            return EventStream(chunks)
         return {
-            "id": f"cmpl-{commitment.job_id.hex()[:24]}", "object": "text_completion",
-            "created": int(time.time()), "model": served.name,
+            **head,
             "choices": [{"index": 0, "text": decode_tokens(generated), "logprobs": None,
                          "finish_reason": "length"}],
-            "usage": self._usage(ids, generated),
-            "assay": {**self._assay_field(commitment), "seed": params["seed"]},
+            "usage": usage, "assay": assay,
         }
 
-    async def chat_completions(self, body: dict[str, Any]) -> dict[str, Any]:
-        if body.get("stream"):
-            raise HttpError(400, "unsupported", "streaming is not supported")
+    async def chat_completions(self, body: dict[str, Any]) -> dict[str, Any] | EventStream:
+        stream = _stream_flag(body)
         prompt = chat_prompt(body.get("messages"))
         served, ids, generated, commitment, params = await self._generate(body, prompt)
+        job = commitment.job_id.hex()[:24]
+        usage = self._usage(ids, generated)
+        assay = {**self._assay_field(commitment), "seed": params["seed"]}
+        if stream:
+            head = {"id": f"chatcmpl-{job}", "object": "chat.completion.chunk",
+                    "created": int(time.time()), "model": served.name}
+
+            def chunk(delta: dict[str, str], finish: str | None) -> dict[str, Any]:
+                return {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None,
+                                             "finish_reason": finish}]}
+
+            chunks = [chunk({"role": "assistant", "content": ""}, None)]
+            chunks += [chunk({"content": text}, None) for text in stream_texts(generated)]
+            chunks.append({**chunk({}, "length"), "usage": usage, "assay": assay})
+            return EventStream(chunks)
         return {
-            "id": f"chatcmpl-{commitment.job_id.hex()[:24]}", "object": "chat.completion",
+            "id": f"chatcmpl-{job}", "object": "chat.completion",
             "created": int(time.time()), "model": served.name,
             "choices": [{"index": 0, "finish_reason": "length", "logprobs": None,
                          "message": {"role": "assistant", "content": decode_tokens(generated)}}],
-            "usage": self._usage(ids, generated),
-            "assay": {**self._assay_field(commitment), "seed": params["seed"]},
+            "usage": usage, "assay": assay,
         }
 
     async def infer(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -362,6 +449,8 @@ class NodeService:
             "peers": len(self.host.connected()),
             "accepting_jobs": self.accepting,
         }
+        if self.node.zk_provers:
+            checks["zk_keys_match"] = self.zk_checked and not self.zk_refused
         ready = all(v for v in checks.values())
         self.metrics.ready.set(1 if ready else 0)
         return ready, checks
@@ -378,6 +467,9 @@ class NodeService:
                     self.metrics.http_requests.labels(path, str(exc.status)).inc()
                     return exc.response()
                 self.metrics.http_requests.labels(path, "200").inc()
+                if isinstance(result, EventStream):
+                    return StreamingResponse(result.lines(), media_type="text/event-stream",
+                                             headers={"cache-control": "no-cache"})
                 return JSONResponse(result)
 
             return Route(path, handle, methods=["POST" if needs_body else "GET"])
@@ -421,6 +513,31 @@ class NodeService:
                 log.warning("bonding failed, retrying: %s", exc)
                 await trio.sleep(BOND_RETRY_S)
 
+    async def check_zk_keys(self) -> None:
+        """Compare each zk model's verifying-key hash with the one the ledger registered."""
+        while not self.zk_checked:
+            await self.ledger.wait_reachable()
+            try:
+                for model_id, prover in self.node.zk_provers.items():
+                    reply = await self.ledger.call("zk_model", model_id=model_id)
+                    ours = prover.artifacts.vk_sha256
+                    if not reply.get("found"):
+                        log.warning("zk model %s is not registered on the ledger: its jobs "
+                                    "are not zk jobs there", model_id.hex()[:16])
+                    elif reply.get("vk_sha256") != ours:
+                        theirs = reply.get("vk_sha256")
+                        self.zk_refused[model_id] = (
+                            f"refusing zk model {model_id.hex()[:16]}…: the ledger registered "
+                            f"verifying key {theirs.hex() if isinstance(theirs, bytes) else theirs}"
+                            f", this node proves with {ours.hex()}; its proofs would be judged "
+                            "invalid"
+                        )
+                        log.error("%s", self.zk_refused[model_id])
+                self.zk_checked = True
+            except ProtocolError as exc:
+                log.warning("checking zk keys with the ledger failed, retrying: %s", exc)
+                await trio.sleep(BOND_RETRY_S)
+
     async def run(self, shutdown: trio.Event) -> None:
         """Serve until ``shutdown`` is set, then drain in-flight jobs and return."""
         http_done = trio.Event()
@@ -428,6 +545,8 @@ class NodeService:
         async with self.host.running(), trio.open_nursery() as nursery:
             nursery.start_soon(self.ledger.keep_fresh)
             nursery.start_soon(self._bond)
+            nursery.start_soon(self.check_zk_keys)
+            nursery.start_soon(self.gossip.run)
 
             async def http() -> None:
                 await serve_http(self.app(), self.config.http_host, self.config.http_port,
@@ -444,6 +563,9 @@ class NodeService:
             self.accepting = False
             with trio.move_on_after(SHUTDOWN_GRACE_S):
                 while self.in_flight:
+                    await trio.sleep(0.05)
+            with trio.move_on_after(GOSSIP_FLUSH_S):
+                while self.gossip.pending():
                     await trio.sleep(0.05)
             stop_http.set()
             with trio.move_on_after(5):

@@ -11,12 +11,26 @@ one framed request per stream:
     and a commitment, an attestation, evidence), from anyone: the rules check
     the signatures. The service builds the ledger event, so the roles never
     see the event format.
+``{"op": "accuse_invalid_proof", "evidence", "request"}``
+    ``INVALID_PROOF`` evidence on a zk job with the job's signed request; the
+    rule re-checks the proof with the checker the composition root installed
+    (``slashing.rules.install_proof_checker``) and slashes the node or the
+    accuser on the spot.
 ``{"op": "bond", "role", "amount"}``
     bonds the *sender's* tokens: the Noise handshake authenticated the
-    sender's key, which is the account. ``Mint`` and the genesis events never
-    come from the network.
+    sender's key, which is the account. ``Mint``, ``RegisterZkModel`` and the
+    genesis events never come from the network: the operator's zk models
+    (:attr:`Genesis.zk_models`) are registered when the service starts, each
+    once, and a start whose key for a model differs from the logged one fails.
 ``{"op": "status" | "job" | "dispute" | "beacon" | "account", ...}``
     read-only queries answered from the folded state.
+``{"op": "jobs_since", "after": row}``
+    the commitments recorded after log row ``after``, read from the log, so a
+    validator that missed their gossip (or was down) can catch up.
+``{"op": "zk_model", "model_id"}``
+    the hashes of a zk model's registered verifying key, settings and SRS, so
+    a node can refuse to serve a model whose proofs the ledger would judge
+    under another key.
 
 A refused transaction changes nothing (the rules are all-or-nothing) and is
 counted in ``assay_ledger_tx_total{outcome="refused"}``; a request that does
@@ -35,12 +49,14 @@ import trio
 from assay.beacon import DevnetBeacon
 from assay.economics import min_slash_fabrication, min_slash_posp
 from assay.errors import MalformedMessage, ProtocolError
+from assay.hashing import sha256
 from assay.keys import SigningKey
 from assay.net import wire
 from assay.net.host import PeerHost
 from assay.net.metrics import Metrics
 from slashing import (
     Accuse,
+    AccuseInvalidProof,
     Attest,
     BeaconRound,
     Bond,
@@ -49,6 +65,7 @@ from slashing import (
     Mint,
     RecordJob,
     RegisterBeacon,
+    RegisterZkModel,
     SetParams,
 )
 from slashing import constants as c
@@ -62,6 +79,8 @@ class Genesis:
 
     params: LedgerParams
     mints: tuple[tuple[bytes, int], ...]
+    zk_models: tuple[RegisterZkModel, ...] = ()
+    """The operator's zk models, registered at every start unless already on the log."""
 
     @classmethod
     def from_toml(cls, data: dict[str, Any]) -> Genesis:
@@ -110,6 +129,7 @@ class LedgerService:
         if ledger.length == 0:
             self._genesis(genesis)
         self._catch_up_beacon()
+        self._register_zk_models(genesis.zk_models)
         host.serve(wire.PROTOCOL_LEDGER, self.handle)
 
     @classmethod
@@ -133,6 +153,23 @@ class LedgerService:
         self.ledger.append(SetParams(params=genesis.params))
         for account, amount in genesis.mints:
             self.ledger.append(Mint(account=account, amount=amount))
+
+    def _register_zk_models(self, models: tuple[RegisterZkModel, ...]) -> None:
+        """Log each operator zk model not yet registered; refuse one logged with other keys."""
+        for event in models:
+            logged = self.ledger.state.zk_models.get(event.model_id)
+            if logged is None:
+                self.ledger.append(event)
+                log.info("registered zk model %s", event.model_id.hex()[:16])
+                continue
+            ours = (sha256(event.verifying_key), sha256(event.settings), event.srs_sha256)
+            if ours != (logged.vk_sha256, logged.settings_sha256, logged.srs_sha256):
+                raise MalformedMessage(
+                    f"zk model {event.model_id.hex()} is registered on the ledger with "
+                    f"verifying key {logged.vk_sha256.hex()[:16]}…, settings "
+                    f"{logged.settings_sha256.hex()[:16]}… and SRS {logged.srs_sha256.hex()[:16]}…;"
+                    " the operator's artifacts differ (a model is registered once)"
+                )
 
     def _catch_up_beacon(self) -> None:
         """Re-derive the revealed chain after a restart and check it is the one logged."""
@@ -197,6 +234,10 @@ class LedgerService:
     def _accuse(self, request: dict[str, Any], sender: bytes) -> bytes:
         return self._append(Accuse(evidence=_blob(request, "evidence")))
 
+    def _accuse_invalid_proof(self, request: dict[str, Any], sender: bytes) -> bytes:
+        return self._append(AccuseInvalidProof(evidence=_blob(request, "evidence"),
+                                               request=_blob(request, "request")))
+
     def _bond(self, request: dict[str, Any], sender: bytes) -> bytes:
         """Bond the sender's own tokens: Noise authenticated the sender as the account."""
         role, amount = request.get("role"), request.get("amount")
@@ -260,6 +301,15 @@ class LedgerService:
             validator_slashed_out=account.validator.slashed_out,
         )
 
+    def _zk_model(self, request: dict[str, Any]) -> bytes:
+        model = self.ledger.state.zk_models.get(_bytes(request, "model_id"))
+        if model is None:
+            return wire.ok_response(found=False)
+        return wire.ok_response(
+            found=True, vk_sha256=model.vk_sha256, settings_sha256=model.settings_sha256,
+            srs_sha256=model.srs_sha256, registered_round=model.registered_round,
+        )
+
     # -- lifetime ------------------------------------------------------------------------------
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled; the log is flushed on every append, so stopping is safe."""
@@ -286,10 +336,32 @@ def _blob(request: dict[str, Any], name: str) -> bytes:
     return value
 
 
+JOBS_SINCE_SCAN = 4096
+"""Log rows one ``jobs_since`` query reads at most; the reply's cursor says where it stopped."""
+JOBS_SINCE_LIMIT = 512
+
+
+def _jobs_since(service: LedgerService, request: dict[str, Any]) -> bytes:
+    """Commitments of the jobs recorded after row ``after``, oldest first, one page at a time."""
+    after, length = request.get("after", 0), service.ledger.length
+    if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= length:
+        raise MalformedMessage(f"after must be a log row in 0..{length}")
+    jobs: list[bytes] = []
+    cursor = after
+    for entry in service.ledger.events(after):
+        cursor = entry.seq
+        if isinstance(entry.event, RecordJob):
+            jobs.append(entry.event.commitment)
+        if len(jobs) >= JOBS_SINCE_LIMIT or cursor - after >= JOBS_SINCE_SCAN:
+            break
+    return wire.ok_response(jobs=jobs, cursor=cursor, length=length)
+
+
 TRANSACTIONS = {
     "record_job": LedgerService._record_job,
     "attest": LedgerService._attest,
     "accuse": LedgerService._accuse,
+    "accuse_invalid_proof": LedgerService._accuse_invalid_proof,
     "bond": LedgerService._bond,
 }
 QUERIES = {
@@ -298,4 +370,6 @@ QUERIES = {
     "dispute": LedgerService._dispute,
     "beacon": LedgerService._beacon,
     "account": LedgerService._account,
+    "jobs_since": _jobs_since,
+    "zk_model": LedgerService._zk_model,
 }

@@ -76,6 +76,10 @@ def test_openai_client_gets_completions_and_the_cheater_is_slashed(net: devnet.D
     again = api.completions.create(model="gpt2", prompt="Hello", max_tokens=8, seed=7,
                                    temperature=0)
     assert again.choices[0].text == completion.choices[0].text  # seeded: same tokens
+    streamed = list(api.completions.create(model="gpt2", prompt="Hello", max_tokens=8, seed=7,
+                                           temperature=0, stream=True))
+    assert "".join(c.choices[0].text for c in streamed) == completion.choices[0].text
+    assert (streamed[-1].model_extra or {})["assay"]["mode"] == "llm"
     chat = api.chat.completions.create(model="gpt2", max_tokens=6, seed=3,
                                        messages=[{"role": "user", "content": "hi"}])
     assert chat.choices[0].message.role == "assistant" and chat.usage is not None

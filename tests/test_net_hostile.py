@@ -64,7 +64,7 @@ def hostile_bodies(rng: random.Random, n: int) -> list[tuple[str, bytes]]:
         {"model": "gpt2", "prompt": "x", "temperature": "hot"},
         {"model": "gpt2", "prompt": "x", "seed": -3},
         {"model": "gpt2", "prompt": "", "max_tokens": 2},
-        {"model": "gpt2", "prompt": "x", "stream": True},
+        {"model": "gpt2", "prompt": "x", "stream": "yes"},
         {"model": "gpt2", "messages": "hi"},
         {"model": "gpt2", "messages": [{"role": "user"}]},
         {"model": "mlp", "input": {"dtype": "float32", "shape": [1, 3], "data": "AAAA"}},
@@ -136,6 +136,7 @@ def gossip_validators(metrics: Metrics) -> list[GossipValidator]:
         GossipValidator(topic, check(staked), metrics)
         for topic, check in (
             (wire.TOPIC_COMMITMENTS, validate.commitments),
+            (wire.TOPIC_COMMITMENT_BATCHES, validate.commitment_batches),
             (wire.TOPIC_ATTESTATIONS, validate.attestations),
             (wire.TOPIC_EVIDENCE, validate.evidence),
             (wire.TOPIC_BEACON, validate.beacon_rounds),

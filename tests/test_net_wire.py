@@ -174,6 +174,7 @@ def test_every_hostile_gossip_message_is_dropped_and_counted(data: bytes) -> Non
         GossipValidator(topic, check(staked_client(NODE)), metrics)
         for topic, check in (
             (wire.TOPIC_COMMITMENTS, validate.commitments),
+            (wire.TOPIC_COMMITMENT_BATCHES, validate.commitment_batches),
             (wire.TOPIC_ATTESTATIONS, validate.attestations),
             (wire.TOPIC_EVIDENCE, validate.evidence),
             (wire.TOPIC_BEACON, validate.beacon_rounds),
@@ -188,3 +189,33 @@ def test_a_tensor_round_trips_through_a_frame() -> None:
     payload = wire.ok_response(output=Tensor("float32", (1, 2), b"\x00" * 8))
     value = wire.decode_map(wire.frame(payload)[4:], 1024)
     assert value["output"] == Tensor("float32", (1, 2), b"\x00" * 8)
+
+
+def test_requests_reuse_a_kept_stream_and_survive_a_stale_one() -> None:
+    """Sequential requests share one stream; a kept stream that died is replaced transparently."""
+
+    async def main() -> None:
+        port = free_port()
+        server = PeerHost(NODE, f"/ip4/127.0.0.1/tcp/{port}")
+
+        async def echo(data: bytes, sender: bytes) -> bytes:
+            return wire.ok_response(n=wire.decode_map(data, 1024)["n"])
+
+        server.serve(wire.PROTOCOL_LEDGER, echo)
+        client = PeerHost(OTHER, f"/ip4/127.0.0.1/tcp/{free_port()}",
+                          [peer_address("127.0.0.1", port, NODE.public.raw)])
+        async with server.running(), client.running():
+            await connected(client, NODE.public.raw)
+            for n in range(5):
+                reply = await client.request(NODE.public.raw, wire.PROTOCOL_LEDGER,
+                                             wire.encode_map({"n": n}))
+                assert reply["n"] == n
+            kept = client._streams[(NODE.public.raw, wire.PROTOCOL_LEDGER)]
+            assert len(kept) == 1
+            assert server.metrics.requests.labels(wire.PROTOCOL_LEDGER, "ok")._value.get() == 5
+            await kept[0][0].reset()  # the kept stream dies while idle
+            reply = await client.request(NODE.public.raw, wire.PROTOCOL_LEDGER,
+                                         wire.encode_map({"n": 9}))
+            assert reply["n"] == 9
+
+    trio.run(main)

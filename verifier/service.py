@@ -4,22 +4,36 @@ Its nursery runs the libp2p host, the ledger status refresher, and one worker
 that does the slow part (fetch job data, re-execute) one job at a time. The
 gossip handlers only file work:
 
-* a commitment (``/assay/1/commitments``) is remembered until the beacon round
-  that samples it is known;
+* a commitment (``/assay/1/commitments``, or one of a batch on
+  ``/assay/1/commitment-batches``) is remembered until the beacon round that
+  samples it is known;
 * a beacon round (checked against the BLS chain) settles which remembered
   jobs are sampled; those assigned to this validator are queued;
 * evidence opens a dispute on the ledger; if this validator sits on its
   committee, a vote is queued.
 
+Gossip is not the only way in: a reconciler asks the ledger every
+``RECONCILE_INTERVAL_S`` for the commitments recorded since its cursor
+(``jobs_since``, read from the ledger's log), from row 0 when the validator
+starts, so a commitment whose gossip was lost, or that was recorded while the
+validator was down, is sampled all the same. Jobs already decided are
+remembered, so gossip and the reconciler never file one job twice.
+
 Every attestation, evidence and vote is written to the signing journal
 *before* it is sent, keyed by job: a restarted validator that meets the same
 job again re-sends what it signed, never a second verdict.
+
+A zk job whose proof fails gives ``INVALID_PROOF`` evidence, which the ledger
+judges itself from the job's request: it is sent as ``accuse_invalid_proof``
+with the request the validator fetched (journalled with the evidence), not as
+a plain ``accuse`` that would open a dispute.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,8 +43,9 @@ from assay.beacon import BeaconRound, DevnetBeaconVerifier
 from assay.config import ValidatorConfig
 from assay.errors import ProtocolError
 from assay.keystore import SigningJournal
-from assay.messages import Attestation, Commitment, Evidence, JobRequest
+from assay.messages import Attestation, Commitment, Evidence, JobRequest, Offence
 from assay.net import validate, wire
+from assay.net.gossip import drop_reason
 from assay.net.host import PeerHost
 from assay.net.http import metrics_app, serve_http
 from assay.net.ledger_client import LedgerClient
@@ -41,10 +56,14 @@ from verifier.validator import Validator
 log = logging.getLogger("assay.validator")
 
 AUDIT, VOTE = "audit", "vote"
+ACCUSE, ACCUSE_INVALID_PROOF, ATTEST = "accuse", "accuse_invalid_proof", "attest"
 PENDING_LIMIT = 100_000
 PENDING_TTL_S = 120.0
 QUEUE_LIMIT = 1_000
 DISPUTE_LOOKUPS = 20
+RECONCILE_INTERVAL_S = 2.0
+DECIDED_LIMIT = 200_000
+"""Job ids remembered as decided (sampled for someone, or not), oldest forgotten first."""
 
 
 @dataclass(frozen=True)
@@ -71,10 +90,17 @@ class ValidatorService:
         self.ledger = LedgerClient(host, config.ledger)
         self.pending: dict[bytes, tuple[Commitment, float]] = {}
         self.rounds: dict[int, BeaconRound] = {}
+        self.decided: OrderedDict[bytes, None] = OrderedDict()
+        self.cursor = 0
+        """The ledger log row up to which recorded jobs have been reconciled."""
+        self.caught_up = trio.Event()
+        self._settling = trio.Lock()
         self._beacon: DevnetBeaconVerifier | None = None
         self._send, self._receive = trio.open_memory_channel[Work](QUEUE_LIMIT)
         host.subscribe(wire.TOPIC_COMMITMENTS, validate.commitments(self.ledger),
                        self.on_commitment)
+        host.subscribe(wire.TOPIC_COMMITMENT_BATCHES, validate.commitment_batches(self.ledger),
+                       self.on_commitment_batch)
         host.subscribe(wire.TOPIC_BEACON, validate.beacon_rounds(self.ledger), self.on_beacon)
         host.subscribe(wire.TOPIC_EVIDENCE, validate.evidence(self.ledger), self.on_evidence)
         host.subscribe(wire.TOPIC_ATTESTATIONS, validate.attestations(self.ledger),
@@ -92,10 +118,68 @@ class ValidatorService:
 
     # -- gossip handlers -----------------------------------------------------------------------
     async def on_commitment(self, commitment: Commitment, sender: bytes) -> None:
+        self._remember(commitment)
+
+    async def on_commitment_batch(self, batch: tuple[Commitment, ...], sender: bytes) -> None:
+        for commitment in batch:
+            self._remember(commitment)
+
+    def _remember(self, commitment: Commitment, recorded: bool = False) -> bool:
+        """File a commitment until its sample round is known; False if it was already filed.
+
+        ``recorded`` commitments come from the ledger's log and replace a
+        different gossiped commitment for the same job (an equivocation).
+        """
+        if commitment.job_id in self.decided:
+            return False
+        filed = self.pending.get(commitment.job_id)
+        if filed is not None and (not recorded or filed[0].content_id == commitment.content_id):
+            return False
         if len(self.pending) >= PENDING_LIMIT:
             self.metrics.gossip_dropped.labels(wire.TOPIC_COMMITMENTS, "backlog").inc()
-            return
+            return False
         self.pending[commitment.job_id] = (commitment, time.monotonic())
+        return True
+
+    def _decide(self, job_id: bytes) -> None:
+        self.pending.pop(job_id, None)
+        self.decided[job_id] = None
+        if len(self.decided) > DECIDED_LIMIT:
+            self.decided.popitem(last=False)
+
+    # -- catching up from the ledger -----------------------------------------------------------
+    async def reconcile(self) -> int:
+        """File every commitment the ledger recorded since the cursor; returns how many were new."""
+        new = 0
+        while True:
+            reply = await self.ledger.call("jobs_since", after=self.cursor)
+            for data in reply.get("jobs", []):
+                try:
+                    commitment = Commitment.decode(data).verify()
+                except ProtocolError as exc:  # the ledger checked it; count, never crash
+                    self.metrics.gossip_dropped.labels("jobs_since", drop_reason(exc)).inc()
+                    continue
+                if self._remember(commitment, recorded=True):
+                    new += 1
+                    self.metrics.caught_up.inc()
+            cursor = reply.get("cursor")
+            if not isinstance(cursor, int) or cursor <= self.cursor:
+                return new
+            self.cursor = cursor
+            length = reply.get("length")
+            if not isinstance(length, int) or self.cursor >= length:
+                return new
+
+    async def _keep_reconciling(self) -> None:
+        while True:
+            await self.ledger.wait_reachable()
+            try:
+                if await self.reconcile():
+                    await self._settle_pending()
+                self.caught_up.set()
+            except ProtocolError as exc:
+                log.info("catching up from the ledger failed: %s", exc)
+            await trio.sleep(RECONCILE_INTERVAL_S)
 
     async def on_attestation(self, attestation: Attestation, sender: bytes) -> None:
         """Other validators' verdicts are counted (by the validator) and otherwise left alone."""
@@ -111,20 +195,31 @@ class ValidatorService:
         return candidate if await self._accept_round(candidate) else None
 
     async def _accept_round(self, candidate: BeaconRound) -> bool:
+        """Check ``candidate`` against the round before it (the ledger's copy if we lack it).
+
+        Devnet rounds are unique BLS signatures chained on the previous one, so
+        a round that verifies against any predecessor was signed by the beacon
+        key; the ledger's copy of the predecessor is the trust anchor, as it is
+        for the first round a validator hears.
+        """
         if self._beacon is None:
             self._beacon = DevnetBeaconVerifier(self.ledger.status["beacon_key"])
         if candidate.round == 0:
             previous = self._beacon.genesis_seed
         else:
-            before = await self._beacon_round(candidate.round - 1)
+            before = self.rounds.get(candidate.round - 1)
             if before is None:
-                return False
+                reply = await self.ledger.call("beacon", round=candidate.round - 1)
+                if not reply.get("found"):
+                    return False
+                before = BeaconRound(candidate.round - 1, reply["signature"],
+                                     reply["randomness"])
             previous = before.signature
         if not self._beacon.verify(candidate, previous):
             self.metrics.gossip_dropped.labels(wire.TOPIC_BEACON, "bad_signature").inc()
             return False
         self.rounds[candidate.round] = candidate
-        self.metrics.beacon_round.set(candidate.round)
+        self.metrics.beacon_round.set(max(self.rounds))
         return True
 
     async def on_beacon(self, value: dict[str, Any], sender: bytes) -> None:
@@ -132,36 +227,39 @@ class ValidatorService:
             return
         candidate = BeaconRound(value["round"], value["signature"], value["randomness"])
         if candidate.round - 1 not in self.rounds and self.rounds:
-            for missing in range(max(self.rounds) + 1, candidate.round):
+            for missing in range(max(max(self.rounds) + 1, candidate.round - 16), candidate.round):
                 await self._beacon_round(missing)
-        if not self.rounds:
-            # Chain verification needs the previous round; trust starts at the ledger's copy
-            reply = await self.ledger.call("beacon", round=candidate.round - 1)
-            if reply.get("found"):
-                self.rounds[candidate.round - 1] = BeaconRound(
-                    candidate.round - 1, reply["signature"], reply["randomness"]
-                )
         if await self._accept_round(candidate):
             await self._settle_pending()
 
     async def _settle_pending(self) -> None:
         """Decide, for every remembered job whose sample round is known, whether we audit it."""
+        async with self._settling:  # beacon gossip and the reconciler both call this
+            await self._settle_pending_locked()
+
+    async def _settle_pending_locked(self) -> None:
         now = time.monotonic()
         rate = self.ledger.status.get("sample_ppm", 0)
         for job_id, (commitment, seen) in list(self.pending.items()):
             if now - seen > PENDING_TTL_S:
-                del self.pending[job_id]
+                self.pending.pop(job_id, None)
                 continue
             job = await self.ledger.call("job", job_id=job_id)
             if not job.get("found"):
                 continue
             if job["commitment_id"] != commitment.content_id:
-                del self.pending[job_id]
+                self.pending.pop(job_id, None)
                 continue
-            round_ = self.rounds.get(job["sample_round"])
+            if job.get("status") != "pending" or self.me in job.get("attested_by", []):
+                self._decide(job_id)  # final, or already attested by us before a restart
+                continue
+            number = job["sample_round"]
+            round_ = self.rounds.get(number)
+            if round_ is None and number <= self.ledger.round:
+                round_ = await self._beacon_round(number)
             if round_ is None:
                 continue
-            del self.pending[job_id]
+            self._decide(job_id)
             if not sampled(round_.randomness, job_id, commitment.content_id, rate):
                 continue
             chosen = assigned_validator(round_.randomness, job_id, commitment.content_id,
@@ -171,8 +269,8 @@ class ValidatorService:
                 self._enqueue(Work(AUDIT, commitment, round_.round))
 
     async def on_evidence(self, evidence: Evidence, sender: bytes) -> None:
-        if evidence.accuser == self.me:
-            return
+        if evidence.accuser == self.me or evidence.offence is Offence.INVALID_PROOF:
+            return  # an invalid proof is judged by the ledger alone: no committee to sit on
         for _ in range(DISPUTE_LOOKUPS):
             dispute = await self.ledger.call("dispute", dispute_id=evidence.content_id)
             if dispute.get("found"):
@@ -192,11 +290,13 @@ class ValidatorService:
             raise ProtocolError("the node sent job data for another job")
         return request, reply["output"]
 
-    async def _sign_once(self, work: Work) -> tuple[str, bytes]:
-        """The message to send for ``work``: the journalled one, or a new one, journalled first."""
+    async def _sign_once(self, work: Work) -> tuple[str, bytes, bytes]:
+        """The op, message (and, for ``accuse_invalid_proof``, the job's request) to send for
+        ``work``: the journalled ones, or new ones, journalled first."""
         kept = self.journal.get(work.kind, work.commitment.job_id)
         if kept is not None:
-            return kept[1].decode(), kept[0]
+            op, _, request_bytes = kept[1].partition(b"\n")
+            return op.decode(), kept[0], request_bytes
         started = time.perf_counter()
         request, output = await self._fetch(work.commitment)
         if work.kind == AUDIT:
@@ -209,30 +309,40 @@ class ValidatorService:
             )
             self.metrics.votes.inc()
         self.metrics.verify_latency.observe(time.perf_counter() - started)
+        request_bytes = b""
         if isinstance(finding, Evidence):
             self.metrics.mismatches.inc()
             self.metrics.verified.labels("FRAUD").inc()
-            op = "accuse"
+            op = ACCUSE
+            if finding.offence is Offence.INVALID_PROOF:
+                op, request_bytes = ACCUSE_INVALID_PROOF, request.encode()
         else:
             self.metrics.verified.labels(str(finding.verdict)).inc()
-            op = "attest"
-        return op, self.journal.record(work.kind, work.commitment.job_id, finding.encode(),
-                                       op.encode())
+            op = ATTEST
+        extra = op.encode() + (b"\n" + request_bytes if request_bytes else b"")
+        kept = self.journal.record(work.kind, work.commitment.job_id, finding.encode(), extra)
+        return op, kept, request_bytes
 
-    async def _submit(self, op: str, message: bytes) -> None:
-        fields: dict[str, Any] = {"evidence" if op == "accuse" else "attestation": message}
+    async def _submit(self, op: str, message: bytes, request: bytes = b"") -> None:
+        fields: dict[str, Any]
+        if op == ATTEST:
+            fields = {"attestation": message}
+        elif op == ACCUSE_INVALID_PROOF:
+            fields = {"evidence": message, "request": request}
+        else:
+            fields = {"evidence": message}
         try:
             await self.ledger.call(op, **fields)
         except wire.RemoteError as exc:
             log.info("ledger refused %s: %s", op, exc)
-        topic = wire.TOPIC_EVIDENCE if op == "accuse" else wire.TOPIC_ATTESTATIONS
+        topic = wire.TOPIC_ATTESTATIONS if op == ATTEST else wire.TOPIC_EVIDENCE
         await self.host.publish(topic, message)
 
     async def _work(self) -> None:
         async for work in self._receive:
             try:
-                op, message = await self._sign_once(work)
-                await self._submit(op, message)
+                op, message, request = await self._sign_once(work)
+                await self._submit(op, message, request)
             except ProtocolError as exc:
                 log.warning("%s of job %s failed: %s", work.kind,
                             work.commitment.job_id.hex()[:16], exc)
@@ -257,6 +367,7 @@ class ValidatorService:
             nursery.start_soon(self.ledger.keep_fresh)
             nursery.start_soon(self._bond)
             nursery.start_soon(self._work)
+            nursery.start_soon(self._keep_reconciling)
             if self.config.metrics:
                 nursery.start_soon(serve_http, metrics_app(self.metrics),
                                    self.config.metrics_host, self.config.metrics_port, stop_http)

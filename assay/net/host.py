@@ -21,6 +21,7 @@ reconnected without anyone noticing more than a failed request.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from libp2p import new_host
 from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
+from libp2p.network.stream.exceptions import StreamError
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import info_from_p2p_addr
 from libp2p.pubsub import pubsub as libp2p_pubsub
@@ -39,8 +41,10 @@ from libp2p.pubsub.gossipsub import PROTOCOL_ID_V11, GossipSub
 from libp2p.pubsub.pubsub import Pubsub
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.exceptions import MuxedStreamError
 from libp2p.tools.anyio_service import background_trio_service
 
+from assay import codec
 from assay.errors import OversizedMessage, ProtocolError
 from assay.keys import SigningKey
 from assay.net import wire
@@ -50,12 +54,34 @@ from assay.net.metrics import Metrics
 
 log = logging.getLogger("assay.net")
 
+# py-libp2p's yamux sends a WINDOW_UPDATE frame after *every* read by default,
+# and pubsub reads each RPC's varint length one byte at a time, so every
+# gossiped message cost its receiver two or three extra encrypted writes.
+# Releasing credit in half-window batches is go-yamux's behaviour; the library
+# reads this knob at call time (an operator may still set it to 1).
+os.environ.setdefault("PY_YAMUX_RELEASE_ON_READ", "0")
+
 SUBSCRIPTION_QUEUE = 4096
 """Deliveries py-libp2p queues per subscription before dropping (its default is 32)."""
 OUTBOUND_HIGH_WATER = 16
 BACKPRESSURE_MAX_WAIT_S = 2.0
 RECONNECT_INTERVAL_S = 1.0
 DIAL_TIMEOUT_S = 3.0
+SHUTDOWN_CLOSE_S = 2.0
+POOL_STREAMS = 4
+"""Request streams kept open per peer and protocol."""
+POOL_IDLE_S = 10.0
+"""A kept stream idle longer than this is closed, well before the server's ``STREAM_IDLE_S``."""
+
+
+async def _reset(stream: Any) -> None:
+    """Abandon a stream whatever state it is in (shielded: also used while cancelled)."""
+    with trio.move_on_after(1) as scope:
+        scope.shield = True
+        try:
+            await stream.reset()
+        except Exception as exc:  # already gone
+            log.debug("resetting a stream failed: %s", exc)
 
 
 class PeerUnavailable(ProtocolError):
@@ -75,10 +101,65 @@ class GossipParams:
     gossip_history: int = 5
     max_messages_per_topic_per_s: float = 2000.0
     seen_ttl_s: int = 120
+    adaptive_degree: bool = False
+    """py-libp2p's own extension: widens the mesh bounds when it judges the network unhealthy,
+    which on a small network grows the mesh to every peer and multiplies every message."""
+    ip_diversity: bool = False
+    """py-libp2p's eclipse protection grafts peers from distinct IPs beyond ``degree_high``;
+    a devnet's peers share one address."""
 
 
 GossipHandler = Callable[[Any, bytes], Awaitable[None]]
 """(the validated, decoded message, its publisher's key) → None."""
+
+BATCH_QUEUE = 4096
+"""Items a :class:`BatchPublisher` holds before :meth:`BatchPublisher.submit` waits."""
+
+
+class BatchPublisher:
+    """Publish items as msgpack lists: each batch is whatever queued while the last was sent.
+
+    Idle, every item goes out alone at once (no added latency); under load,
+    :meth:`PeerHost.publish` waits for the peers' queues, items pile up
+    meanwhile, and the next batch carries up to ``max_items`` of them.
+    """
+
+    def __init__(self, host: PeerHost, topic: str, max_items: int = wire.MAX_BATCH) -> None:
+        self.host = host
+        self.topic = topic
+        self.max_items = max_items
+        self._send, self._receive = trio.open_memory_channel[bytes](BATCH_QUEUE)
+        self.published = 0
+
+    async def submit(self, item: bytes) -> None:
+        """Queue one item; waits only when ``BATCH_QUEUE`` items are already waiting."""
+        await self._send.send(item)
+
+    def pending(self) -> int:
+        return self._receive.statistics().current_buffer_used
+
+    async def run(self) -> None:
+        budget = wire.MAX_GOSSIP_BYTES - 16  # the list header and slack
+        held: bytes | None = None
+        while True:
+            batch = [held if held is not None else await self._receive.receive()]
+            held = None
+            size = len(batch[0])
+            while len(batch) < self.max_items:
+                try:
+                    item = self._receive.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                if size + len(item) + 8 > budget:
+                    held = item
+                    break
+                batch.append(item)
+                size += len(item) + 8
+            try:
+                await self.host.publish(self.topic, codec.encode(batch))
+                self.published += len(batch)
+            except Exception as exc:  # no peers yet, or shutting down: the ledger keeps the job
+                log.warning("publishing %d items on %s failed: %s", len(batch), self.topic, exc)
 
 
 class PeerHost:
@@ -96,6 +177,7 @@ class PeerHost:
         self.metrics = metrics or Metrics()
         self.listen = multiaddr.Multiaddr(listen)
         self.bootstrap = [multiaddr.Multiaddr(a) for a in bootstrap]
+        self._bootstrap_peers = [info_from_p2p_addr(a) for a in self.bootstrap]
         key_pair = create_new_key_pair(key.seed())
         noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
         self.host = new_host(
@@ -114,12 +196,15 @@ class PeerHost:
             gossip_history=params.gossip_history,
             heartbeat_interval=params.heartbeat_interval_s,
             max_messages_per_topic_per_second=params.max_messages_per_topic_per_s,
+            adaptive_gossip_enabled=params.adaptive_degree,
+            eclipse_protection_enabled=params.ip_diversity,
         )
         self.pubsub = Pubsub(
             self.host, self.router, seen_ttl=params.seen_ttl_s,
             max_inbound_rpc_size=4 * wire.MAX_GOSSIP_BYTES,
         )
         self._topics: dict[str, tuple[GossipValidator, GossipHandler]] = {}
+        self._streams: dict[tuple[bytes, str], list[tuple[Any, float]]] = {}
         self.ready = trio.Event()
 
     @property
@@ -182,34 +267,52 @@ class PeerHost:
 
     # -- requests ------------------------------------------------------------------------------
     def serve(self, protocol: str, handler: wire.Handler) -> None:
-        """Answer one framed request per stream on ``protocol`` with ``handler``."""
+        """Answer framed requests on ``protocol`` with ``handler``, each stream until it ends.
+
+        The first request must arrive within ``STREAM_TIMEOUT_S``; a kept
+        stream may then wait ``STREAM_IDLE_S`` for the next. A frame that
+        cannot be read (oversized, truncated, too slow) ends the stream.
+        """
         max_bytes = wire.MAX_REQUEST_BYTES[protocol]
         metrics = self.metrics
 
         async def on_stream(stream: Any) -> None:
-            reason = None
-            try:
-                sender = public_key_of(stream.muxed_conn.peer_id)
-                with trio.fail_after(wire.STREAM_TIMEOUT_S):
-                    data = await wire.read_frame(stream, max_bytes)
+            first = True
+            while True:
+                reason = None
+                answered = False
                 try:
-                    response = await handler(data, sender)
+                    sender = public_key_of(stream.muxed_conn.peer_id)
+                    if first:
+                        with trio.fail_after(wire.STREAM_TIMEOUT_S):
+                            data = await wire.read_frame(stream, max_bytes)
+                    else:
+                        try:
+                            data = await wire.read_frame(stream, max_bytes, wire.STREAM_IDLE_S)
+                        except (wire.StreamEnded, trio.TooSlowError):
+                            break  # the client closed, or left a kept stream idle
+                    try:
+                        response = await handler(data, sender)
+                    except ProtocolError as exc:
+                        reason = drop_reason(exc)
+                        response = wire.error_response(str(exc))
+                    with trio.fail_after(wire.STREAM_TIMEOUT_S):
+                        await stream.write(wire.frame(response))
+                    answered = True
+                except trio.TooSlowError:
+                    reason = "timeout"
                 except ProtocolError as exc:
                     reason = drop_reason(exc)
-                    response = wire.error_response(str(exc))
-                with trio.fail_after(wire.STREAM_TIMEOUT_S):
-                    await stream.write(wire.frame(response))
-            except trio.TooSlowError:
-                reason = "timeout"
-            except ProtocolError as exc:
-                reason = drop_reason(exc)
-            except Exception as exc:  # stream resets and anything a peer can provoke
-                reason = "stream_error"
-                log.debug("stream on %s failed: %s", protocol, exc)
-            if reason is None:
-                metrics.requests.labels(protocol, "ok").inc()
-            else:
-                metrics.requests_dropped.labels(protocol, reason).inc()
+                except Exception as exc:  # stream resets and anything a peer can provoke
+                    reason = "stream_error"
+                    log.debug("stream on %s failed: %s", protocol, exc)
+                if reason is None:
+                    metrics.requests.labels(protocol, "ok").inc()
+                else:
+                    metrics.requests_dropped.labels(protocol, reason).inc()
+                if not answered:
+                    break
+                first = False
             with trio.move_on_after(1):
                 try:
                     await stream.close()
@@ -234,18 +337,30 @@ class PeerHost:
     ) -> dict[str, Any]:
         """Send one request and return the peer's ``ok`` response map.
 
+        Streams are kept open and reused (``POOL_STREAMS`` per peer and
+        protocol, each for at most ``POOL_IDLE_S`` idle), which saves a yamux
+        stream and a multistream-select negotiation per request. A kept stream
+        that turns out closed before a byte of the answer came back is dropped
+        and the request sent once more on a new one: the peer never read it.
+
         Raises :class:`PeerUnavailable` when the peer cannot be reached or is
         too slow, and :class:`wire.RemoteError` when it refuses the request.
         """
         try:
             with trio.fail_after(timeout):
-                stream = await self.host.new_stream(peer_id_of(peer), [TProtocol(protocol)])
-                try:
-                    await stream.write(wire.frame(payload))
-                    data = await wire.read_frame(stream, wire.MAX_RESPONSE_BYTES)
-                finally:
-                    with trio.move_on_after(1):
-                        await stream.close()
+                while True:
+                    stream, reused = await self._checkout(peer, protocol)
+                    try:
+                        await stream.write(wire.frame(payload))
+                        data = await wire.read_frame(stream, wire.MAX_RESPONSE_BYTES)
+                    except BaseException as exc:
+                        await _reset(stream)
+                        if reused and isinstance(exc, (wire.StreamEnded, EOFError, StreamError,
+                                                       MuxedStreamError)):
+                            continue
+                        raise
+                    await self._checkin(peer, protocol, stream)
+                    break
         except trio.TooSlowError as exc:
             raise PeerUnavailable(f"{protocol}: no answer within {timeout} s") from exc
         except ProtocolError:
@@ -254,12 +369,34 @@ class PeerHost:
             raise PeerUnavailable(f"{protocol}: {type(exc).__name__}: {exc}") from exc
         return dict(wire.check_response(wire.decode_map(data, wire.MAX_RESPONSE_BYTES)))
 
+    async def _checkout(self, peer: bytes, protocol: str) -> tuple[Any, bool]:
+        """A kept stream to ``peer`` on ``protocol`` (True), or a new one (False)."""
+        kept = self._streams.get((peer, protocol), [])
+        now = trio.current_time()
+        while kept:
+            stream, since = kept.pop()
+            if now - since < POOL_IDLE_S:
+                return stream, True
+            await _reset(stream)
+        stream = await self.host.new_stream(peer_id_of(peer), [TProtocol(protocol)])
+        return stream, False
+
+    async def _checkin(self, peer: bytes, protocol: str, stream: Any) -> None:
+        kept = self._streams.setdefault((peer, protocol), [])
+        if len(kept) < POOL_STREAMS:
+            kept.append((stream, trio.current_time()))
+            return
+        with trio.move_on_after(1):
+            try:
+                await stream.close()
+            except Exception as exc:  # already gone
+                log.debug("closing a stream failed: %s", exc)
+
     # -- lifetime ------------------------------------------------------------------------------
     async def _keep_connected(self) -> None:
         while True:
             connected = set(self.host.get_connected_peers())
-            for address in self.bootstrap:
-                info = info_from_p2p_addr(address)
+            for address, info in zip(self.bootstrap, self._bootstrap_peers, strict=True):
                 if info.peer_id == self.peer_id or info.peer_id in connected:
                     continue
                 with trio.move_on_after(DIAL_TIMEOUT_S):
@@ -288,3 +425,20 @@ class PeerHost:
                 yield self
             finally:
                 nursery.cancel_scope.cancel()
+                await self._disconnect_all()
+
+    async def _disconnect_all(self) -> None:
+        """Close every connection before gossipsub stops.
+
+        A connection still open when the pubsub service has stopped delivers
+        its next message into a closed nursery, and py-libp2p raises that out
+        of the host's context (``RuntimeError: Nursery is closed``).
+        """
+        network = self.host.get_network()
+        with trio.move_on_after(SHUTDOWN_CLOSE_S) as scope:
+            scope.shield = True
+            for peer in list(self.host.get_connected_peers()):
+                try:
+                    await network.close_peer(peer)
+                except Exception as exc:  # already gone: nothing to close
+                    log.debug("closing %s failed: %s", peer, exc)

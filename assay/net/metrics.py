@@ -60,6 +60,10 @@ class Metrics:
             "assay_validator_mismatches", "Re-executions that disagreed with the commitment",
             registry=r,
         )
+        self.caught_up = Counter(
+            "assay_validator_caught_up",
+            "Commitments first learnt from the ledger's log rather than from gossip", registry=r,
+        )
         self.votes = Counter("assay_validator_votes", "Dispute votes cast", registry=r)
         self.verify_latency = Histogram(
             "assay_verify_latency_seconds", "Fetch plus re-execution of one sampled job",

@@ -1,7 +1,8 @@
 """What each gossip topic accepts, checked before a message is relayed or used.
 
 Gossiped commitments, attestations and evidence are the signed protocol
-messages' own canonical bytes; a beacon round is a small map. Each check
+messages' own canonical bytes; a commitment batch is a list of such bytes; a
+beacon round is a small map. Each check
 decodes with the size bound first, validates the schema, verifies the
 signature, requires that the libp2p publisher is the message's signer (so a
 peer cannot relay a message under someone else's name into our counts), and
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from assay import codec
 from assay.errors import MalformedMessage
 from assay.hashing import sha256
 from assay.messages import Attestation, Commitment, Evidence
@@ -34,6 +36,21 @@ def commitments(ledger: LedgerClient) -> Validate:
         commitment = Commitment.decode(data, wire.MAX_GOSSIP_BYTES).verify()
         _signed_by(commitment.node, sender, ledger.nodes, "node")
         return commitment
+
+    return check
+
+
+def commitment_batches(ledger: LedgerClient) -> Validate:
+    """A batch is accepted whole or not at all: one bad commitment refuses it."""
+    single = commitments(ledger)
+
+    def check(data: bytes, sender: bytes) -> tuple[Commitment, ...]:
+        items = codec.decode(data, wire.MAX_GOSSIP_BYTES)
+        if not isinstance(items, list) or not 1 <= len(items) <= wire.MAX_BATCH:
+            raise MalformedMessage(f"a commitment batch is a list of 1..{wire.MAX_BATCH}")
+        if not all(isinstance(item, bytes) for item in items):
+            raise MalformedMessage("a commitment batch holds encoded commitments")
+        return tuple(single(item, sender) for item in items)
 
     return check
 
