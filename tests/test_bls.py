@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import example, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from py_arkworks_bls12381 import G1Point, G2Point, Scalar
 
@@ -119,6 +119,8 @@ def test_backends_agree_byte_for_byte(sk: int, msg: bytes) -> None:
 )
 def test_fast_backend_aggregates_verify(sks: list[int], msgs: list[bytes]) -> None:
     """Aggregates of honest signatures verify; dropping a signer breaks them."""
+    # Keys that cancel (sum 0 mod r) aggregate to the point at infinity: see below.
+    assume(sum(sks) % CURVE_ORDER != 0)
     bls = ArkworksBackend()
     pks = [bls.sk_to_pk(sk) for sk in sks]
     same_msg = bls.aggregate([bls.sign(sk, msgs[0]) for sk in sks])
@@ -129,6 +131,17 @@ def test_fast_backend_aggregates_verify(sks: list[int], msgs: list[bytes]) -> No
     assert not bls.aggregate_verify(pks, own_msgs[:-1], distinct)
     if len(sks) > 1 and len(set(pks)) == len(pks):
         assert not bls.fast_aggregate_verify(pks[1:], msgs[0], same_msg)
+
+
+def test_cancelling_keys_do_not_verify() -> None:
+    """sk and r − sk sign to an aggregate at infinity, which no message may verify against."""
+    bls = ArkworksBackend()
+    sks = [1, CURVE_ORDER - 1]
+    pks = [bls.sk_to_pk(sk) for sk in sks]
+    aggregate = bls.aggregate([bls.sign(sk, b"") for sk in sks])
+    assert aggregate[0] == 0xC0 and not any(aggregate[1:])  # the compressed infinity point
+    assert not bls.fast_aggregate_verify(pks, b"", aggregate)
+    assert not bls.fast_aggregate_verify(pks, b"other", aggregate)
 
 
 @pytest.mark.parametrize("backend_name", BACKEND_NAMES)
