@@ -59,6 +59,7 @@ from prover.zk import (
     FIXED,
     HASHED_PUBLIC,
     ONNX_FILE,
+    SETTINGS_FILE,
     CircuitChoice,
     DevnetSrsWarning,
     ZkArtifactStore,
@@ -243,6 +244,7 @@ def run_case(name: str, n_accuracy: int, root: str) -> dict[str, Any]:
         proof_bytes = len(proof.proof)
         result = {
             "settings": asdict(choice),
+            "chosen": chosen_settings(artifacts.path(SETTINGS_FILE)),
             "verified": bool(ok),
             "verify_ms": round(1000 * statistics.median(verify_times), 2),
             "binding_ms": round(1000 * statistics.median(binding_times), 2),
@@ -270,6 +272,14 @@ def run_case(name: str, n_accuracy: int, root: str) -> dict[str, Any]:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024,
         **result,
     }
+
+
+def chosen_settings(path: Path) -> dict[str, object]:
+    """What setup settled on (``settings`` above is what was asked; None = choose)."""
+    run_args = json.loads(path.read_text())["run_args"]
+    keys = ("logrows", "input_scale", "param_scale", "num_inner_cols", "decomp_base",
+            "decomp_legs", "lookup_range")
+    return {k: run_args.get(k) for k in keys}
 
 
 def accuracy(
