@@ -68,6 +68,7 @@ def cmd_ledger_run(args: argparse.Namespace) -> int:
     from assay.net.metrics import Metrics
     from slashing import install_proof_checker
     from slashing.service import Genesis, LedgerService
+    from slashing.store import tune_gc_for_ledger
 
     config: LedgerConfig = settings(args, LedgerConfig)
     configure_logging(config.log_format)
@@ -83,6 +84,7 @@ def cmd_ledger_run(args: argparse.Namespace) -> int:
     # before the ledger opens: replaying the log may re-check zk proofs
     install_proof_checker(LazyProofChecker(zk_store))
     metrics = Metrics()
+    tune_gc_for_ledger()
     try:
         service = LedgerService.open(key, Path(config.database), secret, genesis, config.listen,
                                      config.round_seconds, metrics, tuple(config.bootstrap))
