@@ -320,7 +320,7 @@ def run_honest(models: dict[str, Models], cals: dict[str, Calibration], jobs_per
                toploc: object | None) -> dict[str, object]:
     checks: list[LLMCheck] = []
     by_setting: dict[str, dict[str, int]] = {}
-    worst = {"token": 0.0, "sketch": 0.0, "gap_sum": 0.0}
+    worst = {"token": 0.0, "sketch": 0.0, "gap_sum": 0.0, "mass_sum": 0.0}
     toploc_fail = toploc_jobs = 0
     nonce = 0
     for name, m in models.items():
@@ -345,6 +345,7 @@ def run_honest(models: dict[str, Models], cals: dict[str, Calibration], jobs_per
                     worst["token"] = max(worst["token"], check.token_score)
                     worst["sketch"] = max(worst["sketch"], check.sketch_score)
                     worst["gap_sum"] = max(worst["gap_sum"], check.gap_sum_score)
+                    worst["mass_sum"] = max(worst["mass_sum"], check.mass_sum_score)
                     if toploc is not None:
                         view = prefill(m.real, prompt, tokens, dtype,
                                        attention=setting.verifier_attention)
@@ -362,6 +363,7 @@ def run_honest(models: dict[str, Models], cals: dict[str, Calibration], jobs_per
         "max_token_score_ratio": worst["token"],
         "max_sketch_score_ratio": worst["sketch"],
         "max_gap_sum_score_ratio": worst["gap_sum"],
+        "max_top_p_sum_score_ratio": worst["mass_sum"],
         "by_setting": by_setting,
         "toploc": {"jobs": toploc_jobs, "failures": toploc_fail} if toploc else None,
     }
@@ -497,6 +499,7 @@ def print_table(result: dict[str, object]) -> None:
           f"INCONCLUSIVE {honest['inconclusive']}  max score/threshold "
           f"{honest['max_score_ratio']:.3f} (token {honest['max_token_score_ratio']:.3f}, "
           f"gap sum {honest['max_gap_sum_score_ratio']:.3f}, "
+          f"top-p sum {honest['max_top_p_sum_score_ratio']:.3f}, "
           f"sketch {honest['max_sketch_score_ratio']:.3f})")
     for s, cell in honest["by_setting"].items():
         print(f"    {s:<48} jobs {cell['jobs']:>5} fraud {cell['fraud']} "

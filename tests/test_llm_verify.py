@@ -24,7 +24,7 @@ from prover.llm.sampler import SamplingParams
 from prover.llm.sketch import decode_sketch, deviations, make_sketch
 from prover.node import InferenceNode, tensor_hash
 from verifier.calibrate import HonestSetting, calibrate, measure
-from verifier.llm import LLMCheck, sampling_gaps, verify_generation
+from verifier.llm import LLMCheck, sampling_gaps, top_p_excess, verify_generation
 from verifier.validator import Validator
 
 NODE = SigningKey.derive("test/llm/node")
@@ -188,10 +188,11 @@ def test_gap_sum_limit_grows_with_the_job_and_old_entries_still_load() -> None:
     assert tol.gap_sum_limit(256) == 4 * tol.gap_sum_tau
     stored = CAL.to_json()
     for t in stored["tolerances"].values():
-        del t["mass_tau"], t["gap_sum_tau"]
+        del t["mass_tau"], t["gap_sum_tau"], t["mass_sum_tau"]
     old = Calibration.from_json(stored).for_dtype("bfloat16")
     assert {m for row in old.mass_tau for m in row} == {old.token_tau}
     assert old.gap_sum_tau == 64 * old.token_tau
+    assert old.mass_sum_limit(64) > 64  # T·(1 − p) < 100 a token: never reached
     # between calibrated temperatures the larger bound applies; beyond them the nearest
     assert tol.mass_levels(0.8) == tuple(map(max, tol.mass_levels(0.7), tol.mass_levels(1.0)))
     assert tol.mass_levels(0.01) == tol.mass_tau[0] and tol.mass_levels(9.0) == tol.mass_tau[-1]
@@ -207,6 +208,23 @@ def test_top_p_slack_is_additive_mass() -> None:
     assert float(sampling_gaps(logits, noise, torch.tensor([2]), params, 1e-6, 0.1)[0]) == 0.0
     # token 0, which every node kept, scores above token 1: a gap
     assert float(sampling_gaps(logits, noise, torch.tensor([1]), params, 1e-6, 0.01)[0]) > 0
+
+
+def test_top_p_excess_is_the_mass_clearly_above_past_p() -> None:
+    """Token 2 has 0.85 of mass clearly above it, 0.05 past p = 0.8 (× T); a token within
+    the nucleus, greedy jobs and jobs without top-p have none."""
+    logits = torch.log(torch.tensor([[0.5, 0.35, 0.1, 0.05]], dtype=torch.float64))
+    params = SamplingParams(seed=0, temperature_milli=1000, top_p_ppm=800_000)
+    excess = top_p_excess(logits, torch.tensor([2]), params, 1e-6)
+    assert abs(float(excess[0]) - 0.05) < 1e-9
+    assert float(top_p_excess(logits, torch.tensor([1]), params, 1e-6)[0]) == 0.0
+    every = top_p_excess(logits, torch.arange(4)[None, :], params, 1e-6)
+    assert every.shape == (1, 4) and float(every[0, 2]) == float(excess[0])
+    # the tokens within the logit tolerance above t do not count: token 1 is 0.35 of mass
+    assert float(top_p_excess(logits, torch.tensor([2]), params, 1.5)[0]) == 0.0
+    for off in (dataclasses.replace(params, top_p_ppm=1_000_000),
+                dataclasses.replace(params, temperature_milli=0)):
+        assert float(top_p_excess(logits, torch.tensor([3]), off, 1e-6)[0]) == 0.0
 
 
 def test_scores_near_the_threshold_are_inconclusive() -> None:
@@ -316,9 +334,10 @@ def test_calibration_puts_honest_runs_inside_the_margin() -> None:
     for dtype in ("float32", "bfloat16"):
         tol = cal.for_dtype(dtype)
         assert tol.token_tau > 0 and tol.sketch_tau > 0 and tol.sketch_rms_tau > 0
-        assert min(map(min, tol.mass_tau)) > 0 and tol.gap_sum_tau >= tol.token_tau
+        assert min(map(min, tol.mass_tau)) > 0 and tol.gap_sum_tau > 0 and tol.mass_sum_tau > 0
         seen = cal.record["measured"][dtype]
         assert seen["max_gap_sum"] <= cal.record["margin"] * tol.gap_sum_tau
+        assert seen["max_mass_sum"] <= cal.record["margin"] * tol.mass_sum_tau
         for measured, tau in zip(seen["max_mass_dev"], tol.mass_tau, strict=True):
             assert all(m <= cal.record["margin"] * t for m, t in zip(measured, tau, strict=True))
     assert Calibration.from_json(json.loads(json.dumps(cal.to_json()))) == cal

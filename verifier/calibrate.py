@@ -16,17 +16,26 @@ prefill, the three quantities the checks of :mod:`verifier.llm` compare:
   other than ``v``, for every token ``v``; it is largest where a large top
   probability shifts and small in the tail;
 - ``gap_sum``: the sum of a job's sampling gaps, judged with the final
-  ``token_tau`` and ``mass_tau``;
+  ``token_tau`` and ``mass_tau``, per ``GAP_SUM_TOKENS`` tokens;
+- ``mass_sum``: the sum of a job's top-p excesses
+  (:func:`verifier.llm.top_p_excess`), likewise.
+
+An honest job's sums depend on where its noise puts near-ties, which the
+jobs alone sample rarely, so both are also taken on the same pair of node
+and verifier logits with the node choosing again, as it would, on its own
+logits: the gap sum over ``REDRAWS`` redraws of the sampler's noise, the
+top-p sum over ``MASS_DRAWS`` draws of the tokens from the node's kept
+distribution (top-p 0.9 for jobs without top-p).
 - ``block_dev``: the largest |node − verifier| sketch block value;
 - ``block_rms``: the root-mean-square of those differences over the job.
 
 Tolerances leave a margin: ``token_tau = max(gap, 2·logit_dev) / MARGIN``
 (never below ``TOKEN_TAU_FLOOR``); ``mass_tau = mass_dev / MARGIN`` per
 temperature and bin (never below ``MASS_TAU_FLOOR``; a bin no honest set
-reached takes the largest value at that temperature); ``gap_sum_tau`` is the
-largest honest gap sum per ``GAP_SUM_TOKENS`` tokens over ``MARGIN``, but
-never below ``token_tau`` (one token's allowance, so that a job with one
-worst-case honest gap sits at ``MARGIN`` of both); the sketch step is the
+reached takes the largest value at that temperature); ``gap_sum_tau`` and
+``mass_sum_tau`` are the largest honest sums per ``GAP_SUM_TOKENS`` tokens
+over ``MARGIN`` (never below ``TOKEN_TAU_FLOOR`` and ``MASS_TAU_FLOOR``); the
+sketch step is the
 largest power of
 two ≤ the worst honest ``block_rms`` (but at least ``block_dev / 32``, so an
 honest deviation never wraps the 256-residue); ``sketch_tau`` and
@@ -56,13 +65,20 @@ from prover.llm.job import (
     LLMJob,
     Tolerances,
 )
-from prover.llm.sampler import SamplingParams, gumbel_noise
+from prover.llm.sampler import SamplingParams, choose_tokens, gumbel_noise, kept_mask
 from prover.llm.sketch import MAX_EXP, MIN_EXP, block_values
-from verifier.llm import sampling_gaps
+from verifier.llm import EXCESS_TOL, sampling_gaps, top_p_excess
 
 MARGIN = 0.5
+_GOLDEN = 0x9E3779B97F4A7C15
 TOKEN_TAU_FLOOR = {"float32": 1e-4, "bfloat16": 1e-2}
 MASS_TAU_FLOOR = {"float32": 1e-5, "bfloat16": 1e-3}
+REDRAWS = 16
+"""Noise redraws per honest job when measuring the gap sum."""
+MASS_DRAWS = 1024
+"""Draws of a job's tokens from the node's distribution when measuring the top-p sum."""
+DRAW_TOP_P_PPM = 900_000
+"""The top-p at which jobs without top-p are drawn for the top-p sum."""
 PROVISIONAL_TOL = {"float32": 1e-3, "bfloat16": 0.5}
 """Top-k/top-p slack (logit and mass) used while measuring gaps, before tolerances exist."""
 
@@ -112,15 +128,49 @@ class Deviation:
     sampling: SamplingParams | None = field(default=None, repr=False, compare=False)
 
     def gap_sum(self, tolerances: Tolerances) -> float:
-        """The sum of this job's sampling gaps under ``tolerances``, per ``GAP_SUM_TOKENS``."""
+        """The largest sum of sampling gaps under ``tolerances``, per ``GAP_SUM_TOKENS``, over
+        the committed tokens and ``REDRAWS`` redraws of the noise."""
         if self.verifier_logits is None or self.committed is None or self.sampling is None:
             return 0.0
-        noise = gumbel_noise(self.sampling.seed, self.tokens, self.verifier_logits.shape[-1])
-        gaps = sampling_gaps(self.verifier_logits, noise, self.committed, self.sampling,
-                             tolerances.token_tau,
-                             tolerances.mass_levels(self.sampling.temperature))
-        return float(gaps.sum()) * GAP_SUM_TOKENS / max(self.tokens, GAP_SUM_TOKENS)
+        mine, vocab = self.verifier_logits, self.verifier_logits.shape[-1]
+        worst = 0.0
+        for r in range(1 + (REDRAWS if self.node_logits is not None else 0)):
+            sampling = replace(self.sampling, seed=(self.sampling.seed + r * _GOLDEN) % 2**64)
+            noise = gumbel_noise(sampling.seed, self.tokens, vocab)
+            tokens = (self.committed if r == 0 or self.node_logits is None
+                      else choose_tokens(self.node_logits, noise, [sampling] * self.tokens))
+            gaps = sampling_gaps(mine, noise, tokens, sampling, tolerances.token_tau,
+                                 tolerances.mass_levels(sampling.temperature))
+            worst = max(worst, float(gaps.sum()))
+            if sampling.greedy:
+                break  # redraws choose the same tokens
+        return worst * GAP_SUM_TOKENS / max(self.tokens, GAP_SUM_TOKENS)
 
+    def mass_sum(self, tolerances: Tolerances) -> float:
+        """The largest sum of top-p excesses under ``tolerances``, per ``GAP_SUM_TOKENS``, over
+        the committed tokens (top-p jobs) and ``MASS_DRAWS`` draws of a whole job's tokens
+        from the node's own kept distribution at the job's temperature and top-p (0.9 for a
+        job without top-p; none for greedy jobs)."""
+        if (self.verifier_logits is None or self.committed is None or self.sampling is None
+                or self.sampling.greedy):
+            return 0.0
+        mine, tau = self.verifier_logits, EXCESS_TOL * tolerances.token_tau
+        worst = float(top_p_excess(mine, self.committed, self.sampling, tau).sum())
+        if self.node_logits is not None:
+            sampling = self.sampling
+            if sampling.top_p_ppm >= 1_000_000:
+                sampling = replace(sampling, top_p_ppm=DRAW_TOP_P_PPM)
+            n, vocab = mine.shape
+            t = sampling.temperature
+            keep = kept_mask(self.node_logits, torch.full((n,), t, dtype=torch.float64),
+                             torch.full((n,), sampling.top_k), torch.full((n,), sampling.top_p,
+                                                                          dtype=torch.float64))
+            q = torch.softmax(self.node_logits / t, dim=-1).masked_fill(~keep, 0.0)
+            g = torch.Generator().manual_seed(sampling.seed % 2**63)
+            draws = torch.multinomial(q, MASS_DRAWS, replacement=True, generator=g)  # [n, R]
+            excess = top_p_excess(mine, torch.arange(vocab).expand(n, vocab), sampling, tau)
+            worst = max(worst, float(excess.gather(-1, draws).sum(dim=0).max()))
+        return worst * GAP_SUM_TOKENS / max(self.tokens, GAP_SUM_TOKENS)
 
     def mass_dev(self, tol: float) -> list[list[float]]:
         """Per ``MASS_TEMPERATURES`` × ``MASS_LEVELS`` bin, ``T`` × the largest |node − verifier|
@@ -247,11 +297,14 @@ def tolerances_from(deviations: Sequence[Deviation], dtype: str) -> Tolerances:
         sketch_rms_tau=math.sqrt((worst_rms / step) ** 2 + 1 / 12) / MARGIN,
         mass_tau=mass_tau,
         gap_sum_tau=math.inf,
+        mass_sum_tau=math.inf,
     )
     worst_sum = max(d.gap_sum(partial) for d in deviations)
+    worst_mass_sum = max(d.mass_sum(partial) for d in deviations)
     if not math.isfinite(worst_sum):
         raise ValueError(f"an honest {dtype} token is outside the calibrated top-k/top-p slack")
-    return replace(partial, gap_sum_tau=max(worst_sum / MARGIN, token_tau))
+    return replace(partial, gap_sum_tau=max(worst_sum / MARGIN, TOKEN_TAU_FLOOR[dtype]),
+                   mass_sum_tau=max(worst_mass_sum / MARGIN, MASS_TAU_FLOOR[dtype]))
 
 
 def _table_max(tables: Sequence[list[list[float]]]) -> list[list[float]]:
@@ -282,6 +335,7 @@ def calibrate(
             "max_mass_dev": _table_max(
                 [d.mass_dev(tolerances[dtype].token_tau) for d in deviations]),
             "max_gap_sum": max(d.gap_sum(tolerances[dtype]) for d in deviations),
+            "max_mass_sum": max(d.mass_sum(tolerances[dtype]) for d in deviations),
         }
     record = {
         "source": "assay calibrate",

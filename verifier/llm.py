@@ -2,7 +2,7 @@
 
 The validator runs the pinned model at the pinned dtype once over prompt +
 output and gets, for every generated position, the logits and the final
-hidden state that should have produced the committed token. Three checks:
+hidden state that should have produced the committed token. The checks:
 
 - **Sampling.** It regenerates the sampler's noise from the job seed
   (:mod:`prover.llm.sampler`) and measures, for each committed token ``t``,
@@ -23,6 +23,13 @@ hidden state that should have produced the committed token. Three checks:
   positions. The sum of the gaps over the job, against a calibrated limit
   per 64 tokens (scaled up for longer jobs), catches such shifts that no
   single token shows.
+- **Top-p excess sum.** Each committed token passes top-p if some honest node
+  could have kept it, within the honest mass slack. A node that ignores
+  top-p commits a token just outside the nucleus at one position in ten or
+  so; one such token fits the slack, but honest tokens exceed ``p`` at all
+  only at the boundary, rarely and by little. The job's sum of ``T`` × how
+  far the mass of the tokens every honest node ranks above ``t`` exceeds
+  ``p``, against a calibrated limit per 64 tokens, catches that.
 - **Sketch.** It recomputes the block values of :mod:`prover.llm.sketch` from
   its own hidden states and measures each committed residue's distance in
   quanta: the largest one, and the root-mean-square over the job. This
@@ -42,7 +49,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -65,6 +72,10 @@ from prover.llm.sketch import BLOCK, SketchError, decode_sketch, deviations
 LLM_MODE = "llm"
 SUSPICIOUS = 0.8
 """Scores in (SUSPICIOUS, 1] are INCONCLUSIVE: too close to the line to vouch for."""
+EXCESS_TOL = 0.5
+"""The top-p sum counts the mass of tokens of logit ≥ ``l_t + EXCESS_TOL · token_tau``: ranked
+above ``t`` by every node whose logits are within the worst honest deviation calibrated
+(``token_tau`` is that deviation's gap, 2δ, over the 0.5 margin)."""
 
 
 @dataclass(frozen=True)
@@ -78,10 +89,11 @@ class LLMCheck:
     tokens_to_fraud: int | None = None  # generated tokens needed to reach FRAUD, when FRAUD
     seconds: float = 0.0
     gap_sum_score: float = 0.0
+    mass_sum_score: float = 0.0
 
     @property
     def score(self) -> float:
-        return max(self.token_score, self.sketch_score, self.gap_sum_score)
+        return max(self.token_score, self.sketch_score, self.gap_sum_score, self.mass_sum_score)
 
 
 def _tensor_hash(t: Tensor) -> bytes:
@@ -153,6 +165,28 @@ def sampling_gaps(
     best = scores.masked_fill(~certain, float("-inf")).max(dim=-1).values
     gaps = (best - scores[rows, tokens]).clamp_min(0.0)
     return torch.where(t_possible, gaps, torch.full_like(gaps, math.inf))
+
+
+def top_p_excess(
+    logits: torch.Tensor, tokens: torch.Tensor, params: SamplingParams, tol: float
+) -> torch.Tensor:
+    """Each committed token's top-p excess: ``T`` × how far our probability mass of the tokens
+    of logit ≥ ``l_t + tol`` (ranked above ``t`` by every honest node) exceeds ``p``.
+
+    ``tokens`` ``[n]`` (or ``[n, m]`` candidates per position) gives the same shape. Zero
+    for an honest node's token up to the honest mass difference of that set; zero when
+    top-p is off or the job is greedy.
+    """
+    if params.greedy or params.top_p_ppm >= 1_000_000:
+        return torch.zeros(tokens.shape, dtype=torch.float64)
+    n = logits.shape[0]
+    temperature = params.temperature
+    ascending = torch.sort(logits, dim=-1).values
+    cumulative = torch.cumsum(torch.softmax(ascending.flip(-1) / temperature, dim=-1), dim=-1)
+    chosen = logits.gather(-1, tokens.reshape(n, -1))
+    count = _count_at_least(ascending, chosen + tol)
+    above = torch.where(count > 0, cumulative.gather(-1, (count - 1).clamp_min(0)), 0.0)
+    return (temperature * (above - params.top_p).clamp_min(0.0)).reshape(tokens.shape)
 
 
 def _fraud(reason: str, tokens_to_fraud: int | None = None, seconds: float = 0.0) -> LLMCheck:
@@ -257,37 +291,42 @@ def verify_generation(
     token_score = float(gaps.max()) / tolerances.token_tau
     gap_sums = torch.cumsum(gaps, dim=0)  # [n]: each prefix's sum of gaps
     gap_sum_score = float(gap_sums[-1]) / tolerances.gap_sum_limit(n)
+    mass_sums = torch.cumsum(top_p_excess(view.logits, tokens, job.sampling,
+                                          EXCESS_TOL * tolerances.token_tau), dim=0)
+    mass_sum_score = float(mass_sums[-1]) / tolerances.mass_sum_limit(n)
     sketch_score = max(float(block_dev.max()) / tolerances.sketch_tau,
                        rms / tolerances.sketch_rms_tau)
     first_token = _first_over(gaps, tolerances.token_tau)
-    first_sum = _first_sum_over(gap_sums, tolerances) if gap_sum_score > 1 else None
+    first_sum = _first_sum_over(gap_sums, tolerances.gap_sum_limit) if gap_sum_score > 1 else None
+    first_mass = (_first_sum_over(mass_sums, tolerances.mass_sum_limit)
+                  if mass_sum_score > 1 else None)
     first_block = _first_over(block_dev, tolerances.sketch_tau)
     reached = {
         "token": first_token + 1 if first_token is not None else None,
         "gap-sum": first_sum,
+        "top-p sum": first_mass,
         "sketch": min((first_block + 1) * BLOCK, n) if first_block is not None else None,
         "sketch rms": n if rms > tolerances.sketch_rms_tau else None,
     }
     detail = (f"token score {token_score:.3g}, gap-sum score {gap_sum_score:.3g}, "
-              f"sketch score {sketch_score:.3g}")
-    scores = (token_score, sketch_score, None, seconds, gap_sum_score)
+              f"top-p sum score {mass_sum_score:.3g}, sketch score {sketch_score:.3g}")
+    scores = (token_score, sketch_score, None, seconds, gap_sum_score, mass_sum_score)
     hits = {which: at for which, at in reached.items() if at is not None}
     if hits:
         which = min(hits, key=lambda w: hits[w])  # the check that needs the fewest tokens
         return LLMCheck(Verdict.FRAUD, f"{which} check failed ({detail})", scores[0], scores[1],
-                        hits[which], seconds, gap_sum_score)
-    if max(token_score, sketch_score, gap_sum_score) > SUSPICIOUS:
+                        hits[which], seconds, gap_sum_score, mass_sum_score)
+    if max(token_score, sketch_score, gap_sum_score, mass_sum_score) > SUSPICIOUS:
         return LLMCheck(Verdict.INCONCLUSIVE, f"close to the tolerance ({detail})", *scores)
     return LLMCheck(Verdict.VALID, f"tokens and sketch match ({detail})", *scores)
 
 
-def _first_sum_over(gap_sums: torch.Tensor, tolerances: Tolerances) -> int:
-    """The shortest prefix, in tokens, whose gap sum alone exceeds its own limit.
+def _first_sum_over(sums: torch.Tensor, limit: Callable[[int], float]) -> int:
+    """The shortest prefix, in tokens, whose sum alone exceeds its own limit.
 
     Called when the whole output's does, so there is one.
     """
-    n = gap_sums.numel()
-    limits = torch.tensor([tolerances.gap_sum_limit(i) for i in range(1, n + 1)],
-                          dtype=torch.float64)
-    over = (gap_sums > limits).nonzero()
+    n = sums.numel()
+    limits = torch.tensor([limit(i) for i in range(1, n + 1)], dtype=torch.float64)
+    over = (sums > limits).nonzero()
     return int(over[0, 0]) + 1 if over.numel() else n

@@ -56,7 +56,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
               f"{min(map(min, tol.mass_tau)):.3g}–{max(map(max, tol.mass_tau)):.3g} (worst "
               f"honest T·Δmass {max(map(max, seen['max_mass_dev'])):.3g}), gap_sum_tau "
               f"{tol.gap_sum_tau:.3g} per {GAP_SUM_TOKENS} tokens (worst honest "
-              f"{seen['max_gap_sum']:.3g}), sketch step "
+              f"{seen['max_gap_sum']:.3g}), mass_sum_tau {tol.mass_sum_tau:.3g} (worst honest "
+              f"{seen['max_mass_sum']:.3g}), sketch step "
               f"2^{tol.sketch_exp}, sketch_tau {tol.sketch_tau:.3g}, rms_tau "
               f"{tol.sketch_rms_tau:.3g} quanta; {seen['jobs']} jobs, "
               f"{seen['positions']} positions")

@@ -124,6 +124,8 @@ class Tolerances:
     the verifier's probability mass of the token sets the top-p check uses
     (the slack at ``T`` is :meth:`mass_levels` ``/ T``); ``gap_sum_tau`` bounds the sum
     of a job's sampling gaps per ``GAP_SUM_TOKENS`` generated tokens (logits);
+    ``mass_sum_tau`` bounds, per ``GAP_SUM_TOKENS`` tokens, the sum of ``T ×`` how far the
+    verifier's mass of the tokens clearly above each committed token exceeds ``p``;
     ``sketch_exp`` fixes the sketch's quantisation step ``2^sketch_exp``;
     ``sketch_tau`` bounds one sketch value's deviation and ``sketch_rms_tau``
     the job's root-mean-square deviation, both in quanta.
@@ -135,6 +137,7 @@ class Tolerances:
     sketch_rms_tau: float
     mass_tau: tuple[tuple[float, ...], ...]  # [MASS_TEMPERATURES][MASS_LEVELS]
     gap_sum_tau: float
+    mass_sum_tau: float
 
     def __post_init__(self) -> None:
         if len(self.mass_tau) != len(MASS_TEMPERATURES) or any(
@@ -164,6 +167,10 @@ class Tolerances:
         """The largest honest sum of sampling gaps over ``n_tokens`` generated tokens."""
         return self.gap_sum_tau * max(1.0, n_tokens / GAP_SUM_TOKENS)
 
+    def mass_sum_limit(self, n_tokens: int) -> float:
+        """The largest honest sum of top-p excesses (``T`` × mass) over ``n_tokens`` tokens."""
+        return self.mass_sum_tau * max(1.0, n_tokens / GAP_SUM_TOKENS)
+
 
 BF16_MASS_TAU = (
     (0.074, 0.074, 0.056, 0.048, 0.074, 0.053, 0.024, 0.025),
@@ -177,9 +184,9 @@ BF16_MASS_TAU = (
 DEFAULT_TOLERANCES: Mapping[str, Tolerances] = {
     "float32": Tolerances(token_tau=1e-4, sketch_exp=-13, sketch_tau=8.7, sketch_rms_tau=3.4,
                           mass_tau=((1e-5,) * len(MASS_LEVELS),) * len(MASS_TEMPERATURES),
-                          gap_sum_tau=1e-4),
+                          gap_sum_tau=1e-4, mass_sum_tau=1e-5),
     "bfloat16": Tolerances(token_tau=1.1, sketch_exp=1, sketch_tau=7.4, sketch_rms_tau=2.8,
-                           mass_tau=BF16_MASS_TAU, gap_sum_tau=1.1),
+                           mass_tau=BF16_MASS_TAU, gap_sum_tau=0.75, mass_sum_tau=0.027),
 }
 """Used when a model has no calibration: the larger of the zoo GPT-2's and Llama's tolerances
 from ``bench/llm_verify.py``'s calibration (12 jobs per setting, seed 1, CPU); ``BF16_MASS_TAU``
@@ -212,12 +219,14 @@ class Calibration:
                     sketch_tau=float(t["sketch_tau"]),
                     sketch_rms_tau=float(t["sketch_rms_tau"]),
                     # entries calibrated before these existed: loose slacks (T·TV is at most about
-                    # the logit deviation, and token_tau is four times that) and no sum check
+                    # the logit deviation, and token_tau is four times that) and no sum checks
                     mass_tau=tuple(tuple(float(m) for m in row) for row in t.get(
                         "mass_tau",
                         [[t["token_tau"]] * len(MASS_LEVELS)] * len(MASS_TEMPERATURES))),
                     gap_sum_tau=float(t.get("gap_sum_tau",
                                             GAP_SUM_TOKENS * float(t["token_tau"]))),
+                    # T·(1 − p) < 100 per token: never reached
+                    mass_sum_tau=float(t.get("mass_sum_tau", 100.0 * GAP_SUM_TOKENS)),
                 )
                 for d, t in value["tolerances"].items()
             }
