@@ -271,8 +271,11 @@ def measure(
     return out
 
 
-def tolerances_from(deviations: Sequence[Deviation], dtype: str) -> Tolerances:
-    """Thresholds that put the largest honest deviation at ``MARGIN`` of each tolerance."""
+def tolerances_from(
+    deviations: Sequence[Deviation], dtype: str
+) -> tuple[Tolerances, dict[str, object]]:
+    """Thresholds that put the largest honest deviation at ``MARGIN`` of each tolerance, and
+    the largest deviations measured (what the registry records next to them)."""
     worst_token = max(max(d.gap, 2 * d.logit_dev) for d in deviations)
     worst_block = max(d.block_dev for d in deviations)
     worst_rms = max(d.block_rms for d in deviations)
@@ -303,8 +306,20 @@ def tolerances_from(deviations: Sequence[Deviation], dtype: str) -> Tolerances:
     worst_mass_sum = max(d.mass_sum(partial) for d in deviations)
     if not math.isfinite(worst_sum):
         raise ValueError(f"an honest {dtype} token is outside the calibrated top-k/top-p slack")
-    return replace(partial, gap_sum_tau=max(worst_sum / MARGIN, TOKEN_TAU_FLOOR[dtype]),
-                   mass_sum_tau=max(worst_mass_sum / MARGIN, MASS_TAU_FLOOR[dtype]))
+    tolerances = replace(partial, gap_sum_tau=max(worst_sum / MARGIN, TOKEN_TAU_FLOOR[dtype]),
+                         mass_sum_tau=max(worst_mass_sum / MARGIN, MASS_TAU_FLOOR[dtype]))
+    measured: dict[str, object] = {
+        "jobs": len(deviations),
+        "positions": sum(d.tokens for d in deviations),
+        "max_logit_dev": max(d.logit_dev for d in deviations),
+        "max_gap": max(d.gap for d in deviations),
+        "max_block_dev": worst_block,
+        "max_block_rms": worst_rms,
+        "max_mass_dev": worst_mass,
+        "max_gap_sum": worst_sum,
+        "max_mass_sum": worst_mass_sum,
+    }
+    return tolerances, measured
 
 
 def _table_max(tables: Sequence[list[list[float]]]) -> list[list[float]]:
@@ -324,19 +339,7 @@ def calibrate(
     for dtype in DTYPES:
         jobs = honest_jobs(llm, jobs_per_setting, dtype, seed)
         deviations = [d for s in settings for d in measure(llm, jobs, s)]
-        tolerances[dtype] = tolerances_from(deviations, dtype)
-        measured[dtype] = {
-            "jobs": len(deviations),
-            "positions": sum(d.tokens for d in deviations),
-            "max_logit_dev": max(d.logit_dev for d in deviations),
-            "max_gap": max(d.gap for d in deviations),
-            "max_block_dev": max(d.block_dev for d in deviations),
-            "max_block_rms": max(d.block_rms for d in deviations),
-            "max_mass_dev": _table_max(
-                [d.mass_dev(tolerances[dtype].token_tau) for d in deviations]),
-            "max_gap_sum": max(d.gap_sum(tolerances[dtype]) for d in deviations),
-            "max_mass_sum": max(d.mass_sum(tolerances[dtype]) for d in deviations),
-        }
+        tolerances[dtype], measured[dtype] = tolerances_from(deviations, dtype)
     record = {
         "source": "assay calibrate",
         "margin": MARGIN,
