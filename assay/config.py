@@ -8,6 +8,10 @@ Ethereum's validator clients do. Unknown keys and values of the wrong type are
 refused with a message naming the key. Settings marked secret are replaced by
 ``"<redacted>"`` in :func:`effective`, which ``assay config show`` prints.
 Passwords are never settings: keystores take a password *file*.
+
+An empty ``registry`` or ``zk_store`` means the default under ``$ASSAY_HOME``
+(``models`` and ``zk``, the directories ``assay models`` and ``assay zk
+setup`` fill).
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ class NodeConfig:
     password_file: str = ""
     data_dir: str = "node-data"
     registry: str = ""
+    zk_store: str = ""
     listen: str = "/ip4/127.0.0.1/tcp/9000"
     bootstrap: list[str] = field(default_factory=list)
     ledger: str = ""
@@ -69,6 +74,7 @@ class ValidatorConfig:
     password_file: str = ""
     data_dir: str = "validator-data"
     registry: str = ""
+    zk_store: str = ""
     listen: str = "/ip4/127.0.0.1/tcp/9200"
     bootstrap: list[str] = field(default_factory=list)
     ledger: str = ""
@@ -89,6 +95,7 @@ class LedgerConfig:
     database: str = "ledger.sqlite"
     beacon_secret_file: str = "beacon.secret"
     genesis: str = "genesis.toml"
+    zk_store: str = ""
     listen: str = "/ip4/127.0.0.1/tcp/9100"
     bootstrap: list[str] = field(default_factory=list)
     round_seconds: float = 1.0
@@ -205,7 +212,7 @@ def load(
 
 PATH_SETTINGS = frozenset(
     {"keystore", "password_file", "data_dir", "registry", "client_keystore",
-     "client_password_file", "database", "beacon_secret_file", "genesis"}
+     "client_password_file", "database", "beacon_secret_file", "genesis", "zk_store"}
 )
 
 

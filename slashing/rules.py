@@ -16,7 +16,8 @@ state; signature checks go through :mod:`slashing.signatures`.
 
 Life of a job: ``RecordJob`` escrows the fee at round t; the value of round
 t+1 (its *sample round*) decides whether it is audited; validators ``Attest``
-sampled jobs; anyone bonded as validator may ``Accuse`` within the challenge
+sampled jobs, and every zk job (:attr:`Job.zk`: its proof is checked whatever
+the draw); anyone bonded as validator may ``Accuse`` within the challenge
 window; at the first ``BeaconRound`` after ``sample round + challenge
 window`` an undisputed job settles. A validator that cannot fetch a sampled
 job's output reports it (``ReportUnavailable``); the output must then appear
@@ -988,15 +989,15 @@ def process_attest(state: State, event: Attest) -> None:
     require(
         job.status is JobStatus.PENDING, f"job {_hex(job.job_id)} is already {job.status}"
     )
-    # Verify the job was sampled
+    # Verify the job was sampled (a zk job is checked whatever the draw, once its round is out)
     require(
         is_sample_round_revealed(state, job),
         f"job {_hex(job.job_id)} waits for beacon round {job.sample_round}; "
         f"the ledger is at round {state.current_round}",
     )
     require(
-        is_sampled_job(state, params, job),
-        f"job {_hex(job.job_id)} was not sampled; only sampled jobs are attested",
+        job.zk or is_sampled_job(state, params, job),
+        f"job {_hex(job.job_id)} was not sampled; only sampled jobs and zk jobs are attested",
     )
     # Verify FRAUD comes as evidence, which opens a dispute
     require(

@@ -23,14 +23,15 @@ one framed request per stream:
     (:attr:`Genesis.zk_models`) are registered when the service starts, each
     once, and a start whose key for a model differs from the logged one fails.
 ``{"op": "status" | "job" | "dispute" | "beacon" | "account", ...}``
-    read-only queries answered from the folded state.
+    read-only queries answered from the folded state (a job's ``zk`` says
+    whether it is a zk job, which validators check whatever the draw).
 ``{"op": "jobs_since", "after": row}``
     the commitments recorded after log row ``after``, read from the log, so a
     validator that missed their gossip (or was down) can catch up.
 ``{"op": "zk_model", "model_id"}``
     the hashes of a zk model's registered verifying key, settings and SRS, so
-    a node can refuse to serve a model whose proofs the ledger would judge
-    under another key.
+    a node can refuse to serve, and a validator to check with, a key other
+    than the one the ledger judges proofs under.
 
 A refused transaction changes nothing (the rules are all-or-nothing) and is
 counted in ``assay_ledger_tx_total{outcome="refused"}``; a request that does
@@ -269,7 +270,7 @@ class LedgerService:
             found=True, node=job.node, commitment_id=job.commitment_id,
             recorded_round=job.recorded_round, sample_round=job.sample_round,
             status=str(job.status), open_dispute=_hex(job.open_dispute),
-            attested_by=[v for v, _ in job.attestations],
+            attested_by=[v for v, _ in job.attestations], zk=job.zk,
         )
 
     def _dispute(self, request: dict[str, Any]) -> bytes:

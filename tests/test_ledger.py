@@ -591,6 +591,30 @@ def test_unsampled_jobs_take_no_attestation_and_no_dispute() -> None:
     world.refuse(mismatch(VALIDATORS[0], com, 0), LedgerRuleError, "was not sampled")
 
 
+def test_an_unsampled_zk_job_takes_an_attestation_and_pays_its_verifier() -> None:
+    """Every zk job's proof is checked whatever the draw, so its attestation is taken unsampled."""
+    world = World(params(sample_ppm=DEFAULTS.sample_ppm))
+    plain = world.job(1)  # recorded before its model is registered: not a zk job
+    world.apply(RegisterZkModel(MODEL, b"vk", b"{}", sha256(b"srs")))
+    zk = world.job(2)
+    assert world.state.jobs[zk.job_id].zk and not world.state.jobs[plain.job_id].zk
+    world.refuse(attest(VALIDATORS[0], zk, Verdict.VALID, 0), LedgerRuleError,
+                 "waits for beacon round")
+    world.next_round(find_salt(world.state,
+                               lambda s: not is_sampled(s, zk) and not is_sampled(s, plain)))
+    world.refuse(attest(VALIDATORS[0], plain, Verdict.VALID, 0), LedgerRuleError,
+                 "was not sampled")
+    before = world.balance(VALIDATORS[0])
+    world.apply(attest(VALIDATORS[0], zk, Verdict.VALID, 0))
+    assert world.state.jobs[zk.job_id].attestations == ((pk(VALIDATORS[0]), Verdict.VALID),)
+    # a failing proof is INVALID_PROOF evidence, judged alone: no dispute on an unsampled job
+    world.refuse(mismatch(VALIDATORS[1], zk, 0), LedgerRuleError, "was not sampled")
+    for _ in range(WINDOW + 1):
+        world.next_round()
+    assert world.state.jobs[zk.job_id].status is JobStatus.SETTLED
+    assert world.balance(VALIDATORS[0]) == before + DEFAULTS.verification_fee
+
+
 # -- Settlement ------------------------------------------------------------------------------------
 
 

@@ -93,6 +93,8 @@ def test_a_forged_proof_sent_through_the_ledger_service_slashes_the_node(
     request, output, commitment = forged_job()
     key_dir = tmp_path / "keys"
     key_dir.mkdir()
+    (key_dir / "vk").write_bytes(VK)  # the validator compares its key's hashes with the ledger's
+    (key_dir / "s.json").write_bytes(SETTINGS)
     zk_key = ZkKey(model_id=MODEL_ID, vk_path=key_dir / "vk", settings_path=key_dir / "s.json",
                    srs_path=store.srs_path(sha256(SRS)), input_scale=7, vk_sha256=sha256(VK))
 

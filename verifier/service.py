@@ -23,10 +23,37 @@ Every attestation, evidence and vote is written to the signing journal
 *before* it is sent, keyed by job: a restarted validator that meets the same
 job again re-sends what it signed, never a second verdict.
 
+**zk jobs are checked 100%.** A job the ledger recorded as a zk job (its
+model was registered with ``RegisterZkModel`` first: the ledger's ``job``
+answer says ``zk``) is audited whatever the sampling draw, because checking a
+proof costs milliseconds and a failing proof is self-contained evidence. The
+flag is the ledger's, not the commitment's ``mode``: the node writes the mode,
+and a node that committed a zk model's job as ``exact`` to dodge the check is
+still checked, and accused by a validator holding the model's key (the
+commitment carries no valid proof). A commitment
+that says ``zk`` for a model the ledger did not register is an ordinary job,
+audited only if sampled: the ledger accepts attestations on unsampled jobs
+only for zk jobs, and judges INVALID_PROOF evidence only on them. Each zk job
+is still checked by one validator, the one :func:`~verifier.sampling.assigned_validator`
+draws from the job's sample round as for a sampled job: one check is all a
+proof needs (every validator holding the registered key reaches the same
+verdict, and the ledger re-checks any accusation itself), so more would only
+add duplicate attestations to the log and split the work no better. Catch-up
+from ``jobs_since`` files commitments into the same pending set, so zk jobs
+missed on gossip are checked all the same. They count in
+``assay_validator_sampled_total`` like sampled jobs.
+
 A zk job whose proof fails gives ``INVALID_PROOF`` evidence, which the ledger
 judges itself from the job's request: it is sent as ``accuse_invalid_proof``
 with the request the validator fetched (journalled with the evidence), not as
 a plain ``accuse`` that would open a dispute.
+
+Before it checks any job the service compares each zk key it holds with the
+ledger's registration (``zk_model``: the hashes of the verifying key, the
+settings and the SRS). A key that differs would judge honest proofs invalid
+and make this validator a false accuser, so it is dropped: that model's jobs
+are attested INCONCLUSIVE (never slashing), the mismatch is logged, and the
+service reports not ready (``assay_ready`` 0), as a node does.
 """
 
 from __future__ import annotations
@@ -50,6 +77,7 @@ from assay.net.host import PeerHost
 from assay.net.http import metrics_app, serve_http
 from assay.net.ledger_client import LedgerClient
 from assay.net.metrics import Metrics
+from prover.zk import file_sha256
 from verifier.sampling import assigned_validator, sampled
 from verifier.validator import Validator
 
@@ -64,6 +92,7 @@ DISPUTE_LOOKUPS = 20
 RECONCILE_INTERVAL_S = 2.0
 DECIDED_LIMIT = 200_000
 """Job ids remembered as decided (sampled for someone, or not), oldest forgotten first."""
+ZK_CHECK_RETRY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -94,6 +123,10 @@ class ValidatorService:
         self.cursor = 0
         """The ledger log row up to which recorded jobs have been reconciled."""
         self.caught_up = trio.Event()
+        self.zk_checked = trio.Event()
+        """Set once the zk keys were compared with the ledger's registration."""
+        self.zk_refused: dict[bytes, str] = {}
+        """zk models whose key this validator dropped (the ledger registered another), and why."""
         self._settling = trio.Lock()
         self._beacon: DevnetBeaconVerifier | None = None
         self._send, self._receive = trio.open_memory_channel[Work](QUEUE_LIMIT)
@@ -260,8 +293,9 @@ class ValidatorService:
             if round_ is None:
                 continue
             self._decide(job_id)
-            if not sampled(round_.randomness, job_id, commitment.content_id, rate):
-                continue
+            if not job.get("zk") and not sampled(round_.randomness, job_id,
+                                                 commitment.content_id, rate):
+                continue  # zk jobs are checked whatever the draw (module docstring)
             chosen = assigned_validator(round_.randomness, job_id, commitment.content_id,
                                         self.ledger.validators)
             if chosen == self.me:
@@ -339,6 +373,7 @@ class ValidatorService:
         await self.host.publish(topic, message)
 
     async def _work(self) -> None:
+        await self.zk_checked.wait()  # never check a proof with a key the ledger would not use
         async for work in self._receive:
             try:
                 op, message, request = await self._sign_once(work)
@@ -361,6 +396,60 @@ class ValidatorService:
                 log.warning("bonding failed, retrying: %s", exc)
                 await trio.sleep(1.0)
 
+    async def check_zk_keys(self) -> None:
+        """Compare each zk key's hashes with the ledger's registration; drop those that differ.
+
+        A model the ledger has not registered keeps its key (its jobs are not
+        zk jobs there, so they are checked only when sampled, and the ledger
+        would refuse INVALID_PROOF evidence on them), with a warning.
+        """
+        keys = self.validator.zk_keys
+        ours: dict[bytes, tuple[object, ...]] = {}
+        for model_id, key in list(keys.items()):
+            try:
+                settings = await trio.to_thread.run_sync(file_sha256, key.settings_path)
+                srs = await trio.to_thread.run_sync(file_sha256, key.srs_path)
+            except OSError as exc:
+                keys.pop(model_id)
+                self.zk_refused[model_id] = (
+                    f"not checking zk model {model_id.hex()[:16]}…: its key's files cannot be "
+                    f"read ({exc}); its jobs are attested INCONCLUSIVE"
+                )
+                log.error("%s", self.zk_refused[model_id])
+                continue
+            ours[model_id] = (key.vk_sha256, settings, srs)
+        while not self.zk_checked.is_set():
+            await self.ledger.wait_reachable()
+            try:
+                for model_id, hashes in ours.items():
+                    reply = await self.ledger.call("zk_model", model_id=model_id)
+                    if not reply.get("found"):
+                        log.warning("zk model %s is not registered on the ledger: its jobs "
+                                    "are not zk jobs there", model_id.hex()[:16])
+                        continue
+                    theirs = (reply.get("vk_sha256"), reply.get("settings_sha256"),
+                              reply.get("srs_sha256"))
+                    if theirs != hashes:
+                        keys.pop(model_id, None)
+                        self.zk_refused[model_id] = (
+                            f"not checking zk model {model_id.hex()[:16]}… with the local key: "
+                            "the ledger registered verifying key, settings and SRS "
+                            f"{_hashes(theirs)}, the zk store holds {_hashes(hashes)}; its "
+                            "jobs are attested INCONCLUSIVE (re-run `assay zk setup` with the "
+                            "network's SRS)"
+                        )
+                        log.error("%s", self.zk_refused[model_id])
+                self.zk_checked.set()
+            except ProtocolError as exc:
+                log.warning("checking zk keys with the ledger failed, retrying: %s", exc)
+                await trio.sleep(ZK_CHECK_RETRY_S)
+
+    async def _check_zk_keys_then_ready(self) -> None:
+        if self.validator.zk_keys:
+            await self.check_zk_keys()
+        self.zk_checked.set()
+        self.metrics.ready.set(0 if self.zk_refused else 1)
+
     async def run(self, shutdown: trio.Event) -> None:
         stop_http = trio.Event()
         async with self.host.running(), trio.open_nursery() as nursery:
@@ -371,8 +460,14 @@ class ValidatorService:
             if self.config.metrics:
                 nursery.start_soon(serve_http, metrics_app(self.metrics),
                                    self.config.metrics_host, self.config.metrics_port, stop_http)
-            self.metrics.ready.set(1)
+            nursery.start_soon(self._check_zk_keys_then_ready)
             await shutdown.wait()
             stop_http.set()
             nursery.cancel_scope.cancel()
         self.journal.close()
+
+
+def _hashes(values: tuple[object, ...]) -> str:
+    return " / ".join(
+        v.hex()[:16] + "…" if isinstance(v, bytes) else repr(v) for v in values
+    )

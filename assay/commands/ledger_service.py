@@ -7,7 +7,8 @@ a second ``ledger`` command, which argparse would refuse.
 
 The genesis file may list the operator's zk models as ``[[zk_model]]`` tables
 with a ``model_id`` (hex): their verifying key, settings and SRS hash are read
-from the zk store (``$ASSAY_HOME/zk``, filled by ``assay zk setup``) and
+from the zk store (the ``zk_store`` setting, default ``$ASSAY_HOME/zk``,
+filled by ``assay zk setup``) and
 registered (``RegisterZkModel``) when the service starts, each once. The
 service installs ``verifier.zk``'s proof checker over the same store before it
 opens the ledger, so it can judge (and replay) ``accuse_invalid_proof``.
@@ -26,23 +27,49 @@ if TYPE_CHECKING:
     from slashing import RegisterZkModel
 
 
+ZK_MODEL_KEYS = frozenset({"model_id"})
+"""The keys of a genesis ``[[zk_model]]`` table."""
+
+
 def zk_registrations(data: dict[str, Any], zk_store: Path) -> tuple[RegisterZkModel, ...]:
-    """``RegisterZkModel`` events for the genesis file's ``[[zk_model]]`` tables."""
+    """``RegisterZkModel`` events for the genesis file's ``[[zk_model]]`` tables.
+
+    Each table holds one ``model_id``, 64 hex digits; the model's artifacts
+    must be in ``zk_store``. Anything else is a ``CommandError`` that names
+    the table (by position) and what is wrong with it.
+    """
     from assay.cli import CommandError
 
     entries = data.get("zk_model", [])
     if not isinstance(entries, list):
-        raise CommandError("genesis zk_model must be a list of [[zk_model]] tables")
+        raise CommandError(
+            f"genesis zk_model must be a list of [[zk_model]] tables, got {entries!r}"
+        )
     if not entries:
         return ()
     from prover.zk import SETTINGS_FILE, VK_FILE, ZkArtifactStore, ZkError
     from slashing import RegisterZkModel
 
     store = ZkArtifactStore(zk_store)
-    events = []
-    for entry in entries:
+    events: list[RegisterZkModel] = []
+    for index, entry in enumerate(entries, start=1):
+        where = f"genesis [[zk_model]] table {index}"
+        if not isinstance(entry, dict):
+            raise CommandError(f"{where} is not a table with a model_id: {entry!r}")
+        if set(entry) != ZK_MODEL_KEYS:
+            raise CommandError(
+                f"{where} must hold exactly a model_id (hex); it holds {sorted(entry)}"
+            )
+        text = entry["model_id"]
         try:
-            model_id = bytes.fromhex(entry["model_id"])
+            model_id = bytes.fromhex(text) if isinstance(text, str) else b""
+        except ValueError:
+            model_id = b""
+        if len(model_id) != 32:
+            raise CommandError(f"{where}: model_id {text!r} is not 64 hex digits (a model id)")
+        if any(e.model_id == model_id for e in events):
+            raise CommandError(f"{where}: model {text} is listed twice")
+        try:
             artifacts = store.load(model_id)
             events.append(RegisterZkModel(
                 model_id=model_id,
@@ -51,7 +78,7 @@ def zk_registrations(data: dict[str, Any], zk_store: Path) -> tuple[RegisterZkMo
                 srs_sha256=artifacts.srs_sha256,
             ))
         except (KeyError, TypeError, ValueError, OSError, ZkError) as exc:
-            raise CommandError(f"genesis [[zk_model]] entry {entry!r}: {exc}") from exc
+            raise CommandError(f"{where}, model {model_id.hex()}: {exc}") from exc
     return tuple(events)
 
 
@@ -60,8 +87,8 @@ def cmd_ledger_run(args: argparse.Namespace) -> int:
 
     from assay.cli import CommandError
     from assay.commands._service import settings
+    from assay.commands._zk_models import zk_store_root
     from assay.commands.ledger import LazyProofChecker
-    from assay.commands.zk import default_zk_root
     from assay.config import read_toml
     from assay.errors import ProtocolError
     from assay.keystore import KeystoreError, load_key
@@ -79,7 +106,7 @@ def cmd_ledger_run(args: argparse.Namespace) -> int:
         genesis = Genesis.from_toml(genesis_toml)
     except (KeystoreError, OSError, ValueError) as exc:
         raise CommandError(f"cannot start the ledger: {exc}") from exc
-    zk_store = default_zk_root()
+    zk_store = zk_store_root(config.zk_store)
     genesis = dataclasses.replace(genesis, zk_models=zk_registrations(genesis_toml, zk_store))
     # before the ledger opens: replaying the log may re-check zk proofs
     install_proof_checker(LazyProofChecker(zk_store))

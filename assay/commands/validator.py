@@ -1,4 +1,24 @@
-"""``assay validator run``: the validator service."""
+"""``assay validator run``: the validator service.
+
+Every zk job's proof is checked against the verifying key the ledger will
+judge it under: the ledger's registration (``RegisterZkModel``) is the source
+of truth, and a validator that checked with another key would accuse honest
+nodes and be slashed for it. The keys come from the local zk store (the
+``zk_store`` setting, default ``$ASSAY_HOME/zk``) for the registry's ``zk``
+entries, each checked against the hashes the entry pins, so a missing or
+changed artifact refuses the start and names the model, as for a node. At
+start the service compares each key's verifying-key, settings and SRS hashes
+with the ledger's registration (``zk_model``) before it checks any job, and
+drops a key the ledger registered differently: that model's jobs are then
+attested INCONCLUSIVE, never accused
+(:meth:`verifier.service.ValidatorService.check_zk_keys`).
+
+Why local keys compared by hash rather than keys fetched from the ledger: the
+ledger answers ``zk_model`` with hashes only, and a key whose three hashes
+equal the registered ones is byte for byte the key the ledger's checker uses,
+so the verdicts cannot differ; it keeps the operator's workflow the node's
+(``assay zk setup`` with the network's SRS) and the ledger protocol as it is.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +34,7 @@ def cmd_validator_run(args: argparse.Namespace) -> int:
 
     from assay.cli import CommandError
     from assay.commands._service import settings
+    from assay.commands._zk_models import registered_zk_artifacts, zk_store_root
     from assay.keystore import KeystoreError, SigningJournal, load_key
     from assay.net.host import PeerHost
     from assay.net.metrics import Metrics
@@ -22,6 +43,7 @@ def cmd_validator_run(args: argparse.Namespace) -> int:
     from prover.runtime import DeterministicRuntime
     from verifier.service import ValidatorService
     from verifier.validator import Validator
+    from verifier.zk import ZkKey
 
     config: ValidatorConfig = settings(args, ValidatorConfig)
     configure_logging(config.log_format)
@@ -32,9 +54,12 @@ def cmd_validator_run(args: argparse.Namespace) -> int:
     except KeystoreError as exc:
         raise CommandError(str(exc)) from exc
     registry = ModelRegistry(Path(config.registry) if config.registry else default_registry_root())
+    zk = registered_zk_artifacts(registry, zk_store_root(config.zk_store))
     validator = Validator(key, load_registered_models(registry),
                           DeterministicRuntime(threads=config.threads),
-                          llms=load_registered_llms(registry))
+                          llms=load_registered_llms(registry),
+                          zk_keys={model_id: ZkKey.from_artifacts(artifacts, entry.params)
+                                   for model_id, (entry, artifacts) in zk.items()})
     metrics = Metrics()
     host = PeerHost(key, config.listen, [*config.bootstrap, config.ledger], metrics)
     journal = SigningJournal(Path(config.data_dir) / "journal.sqlite")
