@@ -2,25 +2,46 @@
 
 All slow: each process imports torch and libp2p. Every process is started in
 its own session and killed in the fixture's ``finally``, pass or fail.
+
+The devnet serves its zk model too (``zk-mlp``, real EZKL keys made by
+``assay zk setup --devnet-srs`` in ``create``): its jobs are proved by the
+node processes and every one is attested VALID by a validator process,
+sampled or not; a proof replayed by the cheater's key for another input is
+slashed on the evidence. The zk tests run first, while the cheater is still
+bonded. The test process reads the ledger's log with the zk proof checker
+installed over the devnet's zk store, as ``assay ledger verify --zk-store``
+does, since the log then holds INVALID_PROOF evidence to re-check.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
 import trio
 
+from assay.codec import Tensor
 from assay.commands import devnet
+from assay.commands.ledger import proof_checker
 from assay.keys import SigningKey
+from assay.keystore import SigningJournal, load_key
+from assay.messages import Commitment, JobRequest, Verdict
+from assay.net import wire
 from assay.net.host import PeerHost
 from assay.net.ledger_client import LedgerClient
+from assay.sampling import sampled
+from prover import zoo
+from prover.node import tensor_hash
+from prover.zk import SMALL_MLP_CONFIG, ZkProof
 from slashing import Ledger
 
 pytestmark = pytest.mark.slow
@@ -32,7 +53,8 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[devnet.Devnet]:
                             cheaters=1, sample_ppm=500_000, round_seconds=1.0)
     try:
         devnet.up(network, timeout=150)
-        yield network
+        with proof_checker(Path(network.directory) / devnet.ZK_STORE):
+            yield network
     finally:
         devnet.down(network)
 
@@ -59,6 +81,140 @@ def ledger_query(net: devnet.Devnet, op: str, **fields: object) -> dict[str, obj
     return trio.run(main)
 
 
+def ledger_calls(net: devnet.Devnet, calls: list[tuple[str, dict[str, Any]]]
+                 ) -> list[dict[str, Any]]:
+    """Several ledger queries over one connection."""
+    address = net.member("ledger").address
+
+    async def main() -> list[dict[str, Any]]:
+        host = PeerHost(SigningKey.generate(), "/ip4/127.0.0.1/tcp/0", [address])
+        async with host.running():
+            ledger = LedgerClient(host, address)
+            with trio.fail_after(20):
+                while True:
+                    try:
+                        return [await ledger.call(op, **fields) for op, fields in calls]
+                    except Exception:  # not connected yet, or the ledger is restarting
+                        await trio.sleep(0.2)
+
+    return trio.run(main)
+
+
+def zk_infer(member: devnet.Member, index: int) -> tuple[dict[str, Any], Commitment]:
+    """A job of the devnet's zk model through the node's HTTP ``/v1/infer``."""
+    x = Tensor.from_torch(zoo.example_input("mlp", SMALL_MLP_CONFIG, 500 + index))
+    body = json.dumps({"model": devnet.ZK_MODEL, "input": {
+        "dtype": x.dtype, "shape": list(x.shape), "data": base64.b64encode(x.data).decode(),
+    }}).encode()
+    request = urllib.request.Request(f"http://127.0.0.1:{member.http_port}/v1/infer", body,
+                                     {"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        answer = json.loads(response.read())
+    commitment = Commitment.decode(base64.b64decode(answer["assay"]["commitment"]))
+    return answer, commitment
+
+
+def test_zk_jobs_are_proved_and_every_one_is_attested_valid(net: devnet.Devnet) -> None:
+    """Every zk job is checked, the ones the draw did not sample included."""
+    status = ledger_query(net, "status")
+    rate = int(status["sample_ppm"])  # type: ignore[call-overload]
+    jobs: list[tuple[Commitment, bool]] = []
+    honest = [net.member("node-0"), net.member("node-1")]
+    while len(jobs) < 4 or all(drawn for _, drawn in jobs):
+        assert len(jobs) < 16, "the draw sampled 16 jobs in a row at p = 0.5"
+        answer, commitment = zk_infer(honest[len(jobs) % 2], len(jobs))
+        assert answer["assay"]["mode"] == "zk" and commitment.mode == "zk"
+        assert commitment.node == bytes.fromhex(honest[len(jobs) % 2].pubkey)
+        ZkProof.decode(commitment.aux)  # the proof rides in the commitment
+        deadline = time.monotonic() + 30
+        while True:
+            (job,) = ledger_calls(net, [("job", {"job_id": commitment.job_id})])
+            (beacon,) = ledger_calls(net, [("beacon", {"round": job["sample_round"]})])
+            if beacon["found"]:
+                break
+            assert time.monotonic() < deadline, "the job's sample round was not revealed"
+            time.sleep(0.5)
+        assert job["zk"]
+        jobs.append((commitment, sampled(beacon["randomness"], commitment.job_id,
+                                         commitment.content_id, rate)))
+    validators = {bytes.fromhex(m.pubkey) for m in net.by_role("validator")}
+    deadline = time.monotonic() + 60
+    while True:
+        recorded = ledger_calls(net, [("job", {"job_id": c.job_id}) for c, _ in jobs])
+        if all(r["attested_by"] for r in recorded):
+            break
+        assert time.monotonic() < deadline, f"zk jobs not attested: {recorded}"
+        time.sleep(0.5)
+    for r in recorded:
+        assert len(r["attested_by"]) == 1 and set(r["attested_by"]) <= validators
+    with Ledger.open(Path(net.directory) / "ledger.sqlite") as ledger:
+        for commitment, _ in jobs:
+            attestations = ledger.state.jobs[commitment.job_id].attestations
+            assert [verdict for _, verdict in attestations] == [Verdict.VALID]
+
+
+def test_a_replayed_proof_is_slashed_on_the_evidence(net: devnet.Devnet) -> None:
+    """The cheater's key serves a job with another job's proof; a validator process accuses it
+    (INVALID_PROOF), the ledger process re-checks the proof and slashes, with no committee."""
+    _, honest = zk_infer(net.member("node-0"), 100)
+    cheater = net.member("node-2")
+    keys = Path(net.directory) / "keys"
+    node_key = load_key(keys / "node-2.json", str(keys / "node-2.pass"))
+    client_key = load_key(keys / "node-2-client.json", str(keys / "node-2-client.pass"))
+    assert devnet.stop(cheater, signal.SIGTERM, grace=40) == 0  # the forger answers as node-2
+    (status,) = ledger_calls(net, [("status", {})])
+    x = Tensor.from_torch(zoo.example_input("mlp", SMALL_MLP_CONFIG, 999))
+    request = JobRequest(model_id=honest.model_id, input=x, client=client_key.public.raw,
+                         nonce=time.time_ns(),
+                         fee=int(status["reward"]) + int(status["verification_fee"]),
+                         ).signed(client_key)
+    output = ZkProof.decode(honest.aux).output_tensor()
+    forged = Commitment(job_id=request.job_id, model_id=honest.model_id,
+                        input_hash=tensor_hash(x), output_hash=tensor_hash(output),
+                        node=node_key.public.raw, mode="zk", aux=honest.aux).signed(node_key)
+    ledger_address = net.member("ledger").address
+    peers = [ledger_address, *(m.address for m in net.by_role("validator"))]
+
+    async def job_data(data: bytes, sender: bytes) -> bytes:
+        return wire.ok_response(request=request.encode(), output=output)
+
+    async def forge() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        host = PeerHost(node_key, "/ip4/127.0.0.1/tcp/0", peers)
+        host.serve(wire.PROTOCOL_JOB_DATA, job_data)
+        async with host.running():
+            ledger = LedgerClient(host, ledger_address)
+            with trio.fail_after(20):
+                while len(host.connected()) < len(peers):
+                    await trio.sleep(0.1)
+            before = await ledger.call("account", account=node_key.public.raw)
+            await ledger.call("record_job", request=request.encode(),
+                              commitment=forged.encode())
+            with trio.fail_after(60):
+                while (job := await ledger.call("job", job_id=request.job_id))["status"] \
+                        == "pending":
+                    await trio.sleep(0.3)
+            after = await ledger.call("account", account=node_key.public.raw)
+            return before, job, after
+
+    try:
+        before, job, after = trio.run(forge)
+    finally:
+        devnet.start(net, cheater)
+    assert job["status"] == "refunded" and job["zk"] and not job["open_dispute"]
+    assert after["node_stake"] < before["node_stake"]
+    sent = []
+    for member in net.by_role("validator"):
+        journal = SigningJournal(Path(net.directory) / "data" / member.name / "journal.sqlite")
+        kept = journal.get("audit", request.job_id)
+        journal.close()
+        if kept is not None:
+            sent.append(kept[1].split(b"\n")[0])
+    assert sent == [b"accuse_invalid_proof"]  # one validator checked it, and accused
+    with Ledger.open(Path(net.directory) / "ledger.sqlite") as ledger:  # replay re-checks it
+        assert ledger.state.counters.invalid_proofs == 1
+    devnet.wait_healthy(net, [cheater], timeout=90)
+
+
 def stake(net: devnet.Devnet, name: str) -> tuple[int, bool]:
     account = ledger_query(net, "account", account=bytes.fromhex(net.member(name).pubkey))
     return int(account["node_stake"]), bool(account["node_slashed_out"])  # type: ignore[arg-type]
@@ -67,7 +223,7 @@ def stake(net: devnet.Devnet, name: str) -> tuple[int, bool]:
 def test_openai_client_gets_completions_and_the_cheater_is_slashed(net: devnet.Devnet) -> None:
     honest = net.member("node-0")
     api = client(honest)
-    assert {m.id for m in api.models.list().data} == {"gpt2", "mlp"}
+    assert {m.id for m in api.models.list().data} == {"gpt2", "mlp", devnet.ZK_MODEL}
     completion = api.completions.create(model="gpt2", prompt="Hello", max_tokens=8, seed=7,
                                         temperature=0)
     assert completion.usage is not None and completion.usage.completion_tokens == 8

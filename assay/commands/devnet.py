@@ -11,6 +11,18 @@ then SIGKILL to any still running after a grace period.
 
 Devnet keys use a low scrypt cost and passwords in files next to them: they
 are for throwaway local networks, never for stake that matters.
+
+With ``--zk`` (the default) the devnet also serves one small zk model,
+``zk-mlp`` (:func:`prover.zk.small_mlp`, a 2^12-row circuit): it is
+registered in the ``zk`` mode and set up by ``assay zk setup --devnet-srs``
+itself, which generates an SRS here (testing only: it says so, loudly), pins
+the hashes in the devnet registry and proves one example job; the genesis lists
+it as ``[[zk_model]]`` so the ledger registers it, and every process reads the
+artifacts from the devnet's own ``zk`` directory (the ``zk_store`` setting).
+Nodes prove every job of it and validators check every proof. Setup adds about
+8 s on two cores (5 s of key generation, 2 s to prove the example job), less
+than starting the processes takes, so it is on by default; ``--no-zk`` leaves
+it out.
 """
 
 from __future__ import annotations
@@ -41,6 +53,9 @@ VALIDATOR_FUNDS = 50_000
 CLIENT_FUNDS = 10**12
 STAKE = 20_000
 MODELS = (("gpt2", "llm"), ("mlp", "exact"))
+ZK_MODEL = "zk-mlp"
+"""The devnet's zk model: :func:`prover.zk.small_mlp`, served in the zk mode."""
+ZK_STORE = "zk"
 
 
 @dataclass
@@ -113,8 +128,12 @@ def create(
     sample_ppm: int = 500_000,
     round_seconds: float = 1.0,
     cheat_rate: float = 1.0,
+    zk: bool = True,
 ) -> Devnet:
-    """Write keys, models, genesis and one config per process; start nothing."""
+    """Write keys, models, genesis and one config per process; start nothing.
+
+    ``zk`` adds :data:`ZK_MODEL`, set up with ``assay zk setup --devnet-srs``.
+    """
     from assay.net.identity import peer_address
     from prover import zoo
     from prover.model_store import save_model
@@ -133,6 +152,8 @@ def create(
         save_model(directory / "models" / name, built.module, built.kind, built.config)
         entry = registry.add(directory / "models" / name, mode=mode, name=name)
         net.models[name] = entry.model_id.hex()
+    if zk:
+        net.models[ZK_MODEL] = _zk_model(directory, registry, seed=100 + len(MODELS))
 
     ports = iter(free_ports(1 + nodes * 3 + validators * 2 + 2))
     ledger_key = _key(directory, "ledger")
@@ -151,7 +172,7 @@ def create(
             "keystore": f"keys/{name}.json", "password_file": f"keys/{name}.pass",
             "client_keystore": f"keys/{name}-client.json",
             "client_password_file": f"keys/{name}-client.pass",
-            "data_dir": f"data/{name}", "registry": "registry",
+            "data_dir": f"data/{name}", "registry": "registry", "zk_store": ZK_STORE,
             "listen": f"/ip4/127.0.0.1/tcp/{listen}", "ledger": ledger_address,
             "stake": STAKE, "http_port": http, "metrics": True, "metrics_port": metrics,
             "cheat_rate": cheat_rate if i >= nodes - cheaters else 0.0,
@@ -167,7 +188,7 @@ def create(
         listen, metrics = next(ports), next(ports)
         settings = {
             "keystore": f"keys/{name}.json", "password_file": f"keys/{name}.pass",
-            "data_dir": f"data/{name}", "registry": "registry",
+            "data_dir": f"data/{name}", "registry": "registry", "zk_store": ZK_STORE,
             "listen": f"/ip4/127.0.0.1/tcp/{listen}", "ledger": ledger_address,
             "stake": STAKE, "metrics": True, "metrics_port": metrics,
         }
@@ -185,16 +206,36 @@ def create(
     (directory / "ledger.toml").write_text(to_toml("ledger", {
         "keystore": "keys/ledger.json", "password_file": "keys/ledger.pass",
         "database": "ledger.sqlite", "beacon_secret_file": "beacon.secret",
-        "genesis": "genesis.toml", "listen": f"/ip4/127.0.0.1/tcp/{ledger_port}",
+        "genesis": "genesis.toml", "zk_store": ZK_STORE,
+        "listen": f"/ip4/127.0.0.1/tcp/{ledger_port}",
         "round_seconds": round_seconds, "metrics": True, "metrics_port": ledger_metrics,
     }))
     committee = min(3, validators - 1)
     genesis = [f"[params]\nsample_ppm = {sample_ppm}\ncommittee_size = {committee}\n"]
     genesis += [f'[[mint]]\naccount = "{a}"\namount = {n}\n' for a, n in mints]
+    if zk:
+        genesis.append(f'[[zk_model]]\nmodel_id = "{net.models[ZK_MODEL]}"\n')
     (directory / "genesis.toml").write_text("\n".join(genesis))
     net.members = [ledger, *members]
     net.save()
     return net
+
+
+def _zk_model(directory: Path, registry: Any, seed: int) -> str:
+    """Register :data:`ZK_MODEL` in the zk mode and run ``assay zk setup --devnet-srs`` on it."""
+    from assay.cli import build_parser
+    from prover.model_store import save_model
+    from prover.zk import SMALL_MLP_CONFIG, small_mlp
+
+    path = directory / "models" / ZK_MODEL
+    save_model(path, small_mlp(seed), "mlp", dict(SMALL_MLP_CONFIG))
+    entry = registry.add(path, mode="zk", name=ZK_MODEL)
+    args = build_parser().parse_args([
+        "zk", "setup", ZK_MODEL, "--registry", str(registry.root),
+        "--store", str(directory / ZK_STORE), "--devnet-srs",
+    ])
+    args.func(args)
+    return str(entry.model_id.hex())
 
 
 def start(net: Devnet, member: Member) -> None:
@@ -316,7 +357,7 @@ def cmd_devnet_up(args: argparse.Namespace) -> int:
 
     try:
         net = create(Path(args.dir), args.nodes, args.validators, args.cheaters, args.p,
-                     args.round_seconds)
+                     args.round_seconds, zk=args.zk)
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
     try:
@@ -357,6 +398,11 @@ def register(commands: Any) -> None:
                               help="probability that a job is re-executed (0.5)")
     start_parser.add_argument("--round-seconds", type=float, default=1.0)
     start_parser.add_argument("--timeout", type=float, default=180.0)
+    start_parser.add_argument(
+        "--zk", action=argparse.BooleanOptionalAction, default=True,
+        help="also serve a small zk model, set up here with a devnet SRS (testing only; "
+        "about 8 s); --no-zk leaves it out",
+    )
     start_parser.set_defaults(func=cmd_devnet_up)
     stop_parser = actions.add_parser("down", help="stop a devnet started with up")
     stop_parser.add_argument("--dir", default="devnet")
