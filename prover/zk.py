@@ -59,12 +59,38 @@ took 15.8–18 CPU s there):
   in bench/zk.py) need tables 64 times narrower at scale 7, which then needs
   fewer rows and is kept.
 - **what hashing costs**: half of it. The same circuit with plain public
-  input and output proves in 8.2–8.6 CPU s (3,072-byte proofs): the Poseidon
-  chip's columns run the full height of the circuit. Committing the input
-  instead (``polycommit``) while hashing the output saves nothing (14.4 CPU s).
-  The 784 public input values would bind the job as well as their hash does;
-  hashed I/O is kept because the design fixes the public values as the two
-  hashes (DESIGN decision 4).
+  input and output proves in 8.0 CPU s, 4.3 s wall (3,072-byte proofs),
+  against 16.6 CPU s, 9.4 s hashed (bench/zk.py, quiet machine). EZKL's
+  Poseidon chip (width 2, rate 1: one permutation per field element, over a
+  tree of 32-element blocks; ezkl ``src/circuit/modules/poseidon.rs``) is
+  laid out in its own columns beside the model, and hashing 784 inputs and
+  10 outputs takes 32,558 rows by itself, so the MLP needs 2^15 rows whatever
+  the model's layout does. Committing the input instead (``polycommit``) while hashing the
+  output saves nothing (14.4 CPU s). The 784 public input values would bind
+  the job as well as their hash does; hashed I/O is kept because the design
+  fixes the public values as the two hashes (DESIGN decision 4).
+- **so settings cannot beat EZKL's defaults on that MLP**: the defaults
+  already reach the 2^15 rows the hashing forces, and every variant tried
+  gives the same columns at 2^15 (byte-identical key sizes: 79,687-byte
+  verifying key, 329 MB proving key): scale 7 or 13, rebasing after every
+  multiply or after 10 (EZKL's default), no range checks on inputs and
+  outputs, Freivalds' check off. Wider rows only add columns (4 inner
+  columns: 6,048-byte proofs, 22 CPU s) and a 128-row decomposition table
+  makes the model itself 34,789 rows (2^16). Measured quietly, ours proves in
+  9.4 s (16.6 CPU s) against the defaults' 8.8 s (15.7 CPU s): the same
+  circuit shape, with 6% more cells because we rescale after every multiply,
+  which we keep so that activations stay at 13 bits: the defaults' output
+  sits at scale 39, and their circuit cannot lay out a witness for an input
+  of all 4s (the calibration inputs lie in [0, 1]) where ours proves inputs
+  of all 256s.
+- **verification grows with 2^k**: ``ezkl.verify`` reads the verifying key,
+  which rebuilds the circuit's evaluation domain, and precomputing that
+  domain's FFT twiddles was three quarters of a 2^15 verification in a
+  ``perf`` profile (``FFTData::new`` and its field multiplications); the
+  pairing and the MSM are small. So a 2^12 circuit verifies in 10 ms, a 2^15
+  one in 35–45 ms on this machine, whatever the settings. We read the
+  reduced SRS (``non_reduced_srs=False``); at 2^15 that made no measurable
+  difference.
 - ``check_mode`` stays UNSAFE, EZKL's choice after calibration: SAFE adds
   prover-side sanity checks (EZKL's ``CheckMode``: assertions on accumulated
   values while laying out the witness, and a verification of its own proof),

@@ -89,10 +89,12 @@ def verify_proof(key: ZkKey, proof: ZkProof, instances: tuple[bytes, ...]) -> bo
         path = Path(tmp) / "proof.json"
         path.write_text(json.dumps(proof.proof_json(instances)), encoding="utf-8")
         try:
-            # reduced SRS: the verifier needs only the points for the public values
+            # ezkl's fifth argument is ``non_reduced_srs``: False reads only the SRS
+            # points a KZG verifier needs instead of the whole file (2^k points)
             return bool(
                 ezkl.verify(
-                    str(path), str(key.settings_path), str(key.vk_path), str(key.srs_path), True
+                    str(path), str(key.settings_path), str(key.vk_path), str(key.srs_path),
+                    False,
                 )
             )
         except RuntimeError:
