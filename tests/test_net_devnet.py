@@ -64,21 +64,8 @@ def client(member: devnet.Member, timeout: float = 60) -> openai.OpenAI:
                          max_retries=0, timeout=timeout)
 
 
-def ledger_query(net: devnet.Devnet, op: str, **fields: object) -> dict[str, object]:
-    address = net.member("ledger").address
-
-    async def main() -> dict[str, object]:
-        host = PeerHost(SigningKey.generate(), "/ip4/127.0.0.1/tcp/0", [address])
-        async with host.running():
-            ledger = LedgerClient(host, address)
-            with trio.fail_after(20):
-                while True:
-                    try:
-                        return await ledger.call(op, **fields)
-                    except Exception:  # the ledger may be restarting
-                        await trio.sleep(0.2)
-
-    return trio.run(main)
+def ledger_query(net: devnet.Devnet, op: str, **fields: Any) -> dict[str, Any]:
+    return ledger_calls(net, [(op, fields)])[0]
 
 
 def ledger_calls(net: devnet.Devnet, calls: list[tuple[str, dict[str, Any]]]
