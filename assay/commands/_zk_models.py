@@ -17,8 +17,6 @@ if TYPE_CHECKING:
     from prover.registry import ModelRegistry, RegistryEntry
     from prover.zk import ZkArtifacts
 
-ZK_MODE = "zk"
-
 
 def zk_store_root(setting: str) -> Path:
     """The zk store a service uses: its ``zk_store`` setting, or ``$ASSAY_HOME/zk``."""
@@ -39,6 +37,7 @@ def registered_zk_artifacts(
     names the model and says to run ``assay zk setup``.
     """
     from assay.cli import CommandError
+    from prover.node import ZK_MODE
     from prover.zk import ZkArtifactStore, ZkError
 
     store = ZkArtifactStore(root)
