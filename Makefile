@@ -32,7 +32,7 @@ test-all: install
 
 lint: install
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mypy --strict assay
+	$(VENV)/bin/mypy --strict assay protocol
 
 bench-quick: install
 	for b in bench/*.py; do $(PY) $$b --quick || exit 1; done

@@ -1,9 +1,9 @@
 """The ``assay`` command: the composition root that wires the roles together.
 
-The library half of ``assay/`` imports no role; this module (and
-:mod:`assay.demo`) imports ``prover``, ``verifier`` and ``slashing``, inside
-the commands that need them, so ``assay --help`` stays fast and a role's
-heavy imports (torch, transformers) load only when used.
+Nothing imports ``assay/``; it imports ``protocol`` and the roles, inside the
+commands that need them, so ``assay --help`` stays fast and a role's heavy
+imports (torch, transformers) load only when used. Each topic's commands live
+in :mod:`assay.commands`, found at start-up.
 
 Every command turns a refused input into one line on stderr that names what
 was wrong, and exit status 2; nothing is changed.
@@ -13,59 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from assay.sampling import PPM
-
-EXIT_USAGE = 2
-
-
-class CommandError(Exception):
-    """A refused command; the message is shown to the user as is."""
-
-
-def rate_ppm(text: str) -> int:
-    """Parse a probability such as ``0.05`` or ``5%`` into integer parts per million."""
-    raw = text.strip()
-    try:
-        value = float(raw[:-1]) / 100 if raw.endswith("%") else float(raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a probability like 0.05 or 5%") from None
-    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a probability between 0 and 1")
-    return round(value * PPM)
-
-
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
-    return value
-
-
-def progress_bar(disable: bool = False) -> Any:
-    """A rich progress bar on stderr, off when asked or when stderr is not a terminal."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    err = Console(stderr=True)
-    return Progress(
-        "[progress.description]{task.description}",
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-        disable=disable or not err.is_terminal,
-    )
-
+from assay.arguments import EXIT_USAGE, CommandError, positive_int, progress_bar, rate_ppm
+from protocol.sampling import PPM
 
 # -- demo --------------------------------------------------------------------------------------
 
@@ -184,56 +137,6 @@ def _print_demo(summary: object) -> None:
     )
 
 
-# -- models ------------------------------------------------------------------------------------
-
-
-def _registry(args: argparse.Namespace) -> object:
-    from prover.registry import ModelRegistry, default_registry_root
-
-    return ModelRegistry(Path(args.registry) if args.registry else default_registry_root())
-
-
-def cmd_models_add(args: argparse.Namespace) -> int:
-    from prover.registry import ModelRegistry
-
-    registry = _registry(args)
-    assert isinstance(registry, ModelRegistry)
-    entry = registry.add(Path(args.directory), mode=args.mode, name=args.name)
-    print(f"registered {entry.name} ({entry.kind}, mode {entry.mode}) as {entry.model_id.hex()}")
-    if args.suggest:
-        from assay.commands.zk import print_mode_suggestion
-
-        print_mode_suggestion(entry.path, args.latency)
-    return 0
-
-
-def cmd_models_list(args: argparse.Namespace) -> int:
-    from prover.registry import ModelRegistry
-
-    registry = _registry(args)
-    assert isinstance(registry, ModelRegistry)
-    entries = registry.list()
-    if args.json:
-        print(json.dumps([{"id": e.model_id.hex(), **e.to_json()} for e in entries], indent=2))
-        return 0
-    if not entries:
-        print(f"no models registered in {registry.path}")
-        return 0
-    for e in entries:
-        print(f"{e.model_id.hex()}  {e.mode:<6} {e.kind:<6} {e.name}  {e.path}")
-    return 0
-
-
-def cmd_models_build(args: argparse.Namespace) -> int:
-    from prover import zoo
-    from prover.model_store import save_model
-
-    built = zoo.build(args.name, seed=args.seed)
-    model_id = save_model(Path(args.out), built.module, built.kind, built.config)
-    print(f"wrote {args.name} (seed {args.seed}) to {args.out}; model id {model_id.hex()}")
-    return 0
-
-
 # -- parser ------------------------------------------------------------------------------------
 
 
@@ -275,36 +178,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.set_defaults(func=cmd_demo)
 
-    models = commands.add_parser("models", help="the local model registry")
-    model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
-    registry_help = "registry directory (default: $ASSAY_HOME/models, ASSAY_HOME=~/.assay)"
-    add = model_commands.add_parser("add", help="register a model directory (safetensors)")
-    add.add_argument("directory", help="directory with model.safetensors and its config")
-    add.add_argument(
-        "--mode", default="exact", choices=("exact", "llm", "tensor", "zk"),
-        help="verification mode (exact)",
-    )
-    add.add_argument("--name", default=None, help="a name to show (default: the directory name)")
-    add.add_argument("--registry", default=None, help=registry_help)
-    add.add_argument(
-        "--no-suggest", dest="suggest", action="store_false",
-        help="skip the suggested verification mode (zk or sampled re-execution)",
-    )
-    add.add_argument(
-        "--latency", type=float, default=10.0,
-        help="seconds a client accepts for a checked result, for the suggestion (10)",
-    )
-    add.set_defaults(func=cmd_models_add)
-    listing = model_commands.add_parser("list", help="list registered models")
-    listing.add_argument("--registry", default=None, help=registry_help)
-    listing.add_argument("--json", action="store_true")
-    listing.set_defaults(func=cmd_models_list)
-    build = model_commands.add_parser("build", help="write a seeded zoo model to a directory")
-    build.add_argument("name", choices=("mlp", "cnn", "gpt2", "llama"))
-    build.add_argument("--seed", type=positive_int, default=0)
-    build.add_argument("--out", required=True, help="directory to write")
-    build.set_defaults(func=cmd_models_build)
-
     from assay import commands as extra_commands
 
     for module in extra_commands.modules():
@@ -315,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from assay.errors import ProtocolError
+    from protocol.errors import ProtocolError
 
     try:
         code = args.func(args)

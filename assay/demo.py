@@ -1,10 +1,10 @@
 """``assay demo``: a whole network in one process, catching a cheating node.
 
-Part of the composition root (with :mod:`assay.cli`): this module wires the
-roles together, so unlike the rest of ``assay/`` it imports ``prover``,
-``verifier`` and ``slashing``. Messages pass in memory, the ledger is a real
-SQLite file, the beacon a real chain of BLS signatures, models real torch
-modules loaded from a real registry, all on the CPU.
+Part of the composition root, like all of ``assay/``: this module wires the
+roles together, so it imports ``prover``, ``verifier`` and ``slashing``.
+Messages pass in memory, the ledger is a real SQLite file, the beacon a real
+chain of BLS signatures, models real torch modules loaded from a real
+registry, all on the CPU.
 
 Each round: clients send signed jobs to the active nodes, each node runs the
 job and signs a commitment, and the ledger records it with the fee in
@@ -34,13 +34,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from assay.beacon import DevnetBeacon
-from assay.codec import Tensor
-from assay.economics import min_slash_fabrication, min_slash_posp
-from assay.hashing import sha256
-from assay.keys import SigningKey
-from assay.messages import Commitment, Evidence, JobRequest, Verdict
-from assay.sampling import check_rate_ppm, sampled
+from protocol.beacon import DevnetBeacon
+from protocol.codec import Tensor
+from protocol.economics import min_slash_fabrication, min_slash_posp
+from protocol.hashing import sha256
+from protocol.keys import SigningKey
+from protocol.messages import Commitment, Evidence, JobRequest, Verdict
+from protocol.sampling import check_rate_ppm, sampled
 from prover import zoo
 from prover.adversary import SubstituteModel
 from prover.llm.job import LLMJob

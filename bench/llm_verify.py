@@ -31,9 +31,9 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from assay.codec import Tensor  # noqa: E402
-from assay.keys import SigningKey  # noqa: E402
-from assay.messages import Commitment, JobRequest, Verdict  # noqa: E402
+from protocol.codec import Tensor  # noqa: E402
+from protocol.keys import SigningKey  # noqa: E402
+from protocol.messages import Commitment, JobRequest, Verdict  # noqa: E402
 from prover import zoo  # noqa: E402
 from prover.llm.commit import package  # noqa: E402
 from prover.llm.generate import LLM, Generated, generate, prefill  # noqa: E402

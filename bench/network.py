@@ -37,8 +37,8 @@ import trio
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from assay.keys import SigningKey  # noqa: E402
-from assay.messages import Commitment  # noqa: E402
+from protocol.keys import SigningKey  # noqa: E402
+from protocol.messages import Commitment  # noqa: E402
 
 
 def bench_key(index: int) -> SigningKey:
@@ -59,10 +59,10 @@ async def gossip_worker(index: int, ports: list[int], publishers: int, per_publi
     A process that left as soon as it alone had everything would cut its peers
     off from whatever it still had queued, which measures the bench, not gossip.
     """
-    from assay.net import validate, wire
-    from assay.net.host import BatchPublisher, PeerHost
-    from assay.net.identity import peer_address
-    from assay.net.ledger_client import LedgerClient
+    from protocol.net import validate, wire
+    from protocol.net.host import BatchPublisher, PeerHost
+    from protocol.net.identity import peer_address
+    from protocol.net.ledger_client import LedgerClient
 
     key = bench_key(index)
     peers = [peer_address("127.0.0.1", p, bench_key(i).public.raw)
@@ -160,12 +160,12 @@ def percentile(values: list[float], q: float) -> float:
 def latency_bench(jobs: int) -> dict[str, float]:
     import torch
 
-    from assay.codec import Tensor
     from assay.commands import devnet
-    from assay.keystore import load_key
-    from assay.messages import JobRequest
-    from assay.net import wire
-    from assay.net.host import PeerHost
+    from protocol.codec import Tensor
+    from protocol.keystore import load_key
+    from protocol.messages import JobRequest
+    from protocol.net import wire
+    from protocol.net.host import PeerHost
     from prover import zoo
     from prover.node import InferenceNode, load_registered_models
     from prover.registry import ModelRegistry

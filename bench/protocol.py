@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
-from assay.codec import Tensor, encode
-from assay.hashing import sha256
-from assay.keys import SigningKey
-from assay.messages import Commitment, JobRequest
+from protocol.codec import Tensor, encode
+from protocol.hashing import sha256
+from protocol.keys import SigningKey
+from protocol.messages import Commitment, JobRequest
 from prover import zoo
 from prover.runtime import DeterministicRuntime
 

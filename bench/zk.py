@@ -53,9 +53,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from assay.codec import Tensor
-from assay.keys import SigningKey
-from assay.messages import Commitment, JobRequest, Verdict
+from protocol.codec import Tensor
+from protocol.keys import SigningKey
+from protocol.messages import Commitment, JobRequest, Verdict
 from prover import zoo
 from prover.node import tensor_hash
 from prover.runtime import DeterministicRuntime

@@ -7,8 +7,8 @@ judges them. The protocol comes in two paths that must agree:
 * ``reference`` builds real signed messages and folds them through
   :func:`slashing.rules.process_event` on a :class:`slashing.State`;
 * ``fast`` makes the same decisions with the same hash rules
-  (:func:`assay.sampling.sampled`, :func:`verifier.sampling.assigned_validator`,
-  :func:`assay.sampling.draw_committee`) but keeps the money in numpy arrays,
+  (:func:`protocol.sampling.sampled`, :func:`verifier.sampling.assigned_validator`,
+  :func:`protocol.sampling.draw_committee`) but keeps the money in numpy arrays,
   which is what lets a million jobs run in seconds.
 
 Both return an :class:`~netsim.outcome.Outcome`; ``metrics`` turns it into the

@@ -11,7 +11,7 @@ rule demands. Both protocol paths read the same values.
 
 from __future__ import annotations
 
-from assay.hashing import sha256
+from protocol.hashing import sha256
 
 TAG = b"netsim/beacon/v1\x00"
 PUBLIC_KEY_BYTES = 48

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from assay.messages import Verdict
 from netsim.population import COLLUDING, GRIEFING, LAZY, NO_GROUP, Population
+from protocol.messages import Verdict
 
 ARRIVALS_STREAM = 1
 EPOCH_STREAM = 2

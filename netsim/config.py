@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from assay.errors import MalformedMessage
-from assay.sampling import PPM
+from protocol.errors import MalformedMessage
+from protocol.sampling import PPM
 from slashing import LedgerParams
 from slashing import constants as c
 

@@ -1,10 +1,10 @@
 """The fast path: the reference path's decisions, with the money in numpy arrays.
 
 What stays exactly as in the network: whether a job is sampled
-(:func:`assay.sampling.sampled` on the beacon value of its sample round),
+(:func:`protocol.sampling.sampled` on the beacon value of its sample round),
 who audits it (:func:`verifier.sampling.assigned_validator` over the bonded
 validators' real public keys), who sits on a dispute's committee
-(:func:`assay.sampling.draw_committee` keyed by
+(:func:`protocol.sampling.draw_committee` keyed by
 :func:`slashing.rules.committee_seed`), the strict-majority outcome, and the
 amounts and standing: slashes capped by the stake left, shares in basis
 points rounded down per recipient with the dust burned, the slashed role
@@ -31,13 +31,13 @@ from collections.abc import Callable
 
 import numpy as np
 
-from assay.messages import Verdict
-from assay.sampling import draw_committee, sampled
 from netsim import behaviour, jobs
 from netsim.beacon import ChainBeacon
 from netsim.genesis import check_params, client_funds
 from netsim.outcome import FRAUD, INCONCLUSIVE, REFUSED, VALID, Outcome
 from netsim.population import Population
+from protocol.messages import Verdict
+from protocol.sampling import draw_committee, sampled
 from slashing import LedgerParams
 from slashing import constants as c
 from slashing.rules import committee_seed

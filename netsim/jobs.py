@@ -18,10 +18,10 @@ Two ways to name a job, used by :mod:`netsim.fast`:
 
 from __future__ import annotations
 
-from assay.codec import Tensor, encode
-from assay.hashing import sha256
-from assay.messages import Commitment, JobRequest
 from netsim.population import Population
+from protocol.codec import Tensor, encode
+from protocol.hashing import sha256
+from protocol.messages import Commitment, JobRequest
 
 OUTPUT_TAG = b"netsim/output\x00"
 SUBSTITUTE_TAG = b"netsim/substitute-output\x00"

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +28,7 @@ import pyarrow.parquet as pq
 
 from netsim import metrics
 from netsim.config import SimConfig
-from netsim.outcome import Outcome
-from netsim.population import Population
+from netsim.tables import RunTables
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -70,25 +68,6 @@ def jsonable(value: Any) -> Any:
     if isinstance(value, np.generic):
         return jsonable(value.item())
     return value
-
-
-@dataclass(frozen=True)
-class RunTables:
-    nodes: metrics.Table
-    validators: metrics.Table
-    epochs: metrics.Table
-    summary: dict[str, Any]
-
-    @classmethod
-    def of(cls, population: Population, outcome: Outcome) -> RunTables:
-        nodes = metrics.node_table(population, outcome)
-        validators = metrics.validator_table(population, outcome)
-        return cls(
-            nodes=nodes,
-            validators=validators,
-            epochs=metrics.epoch_table(population, outcome),
-            summary=metrics.summary(population, outcome, nodes, validators),
-        )
 
 
 def write_run(

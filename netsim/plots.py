@@ -8,11 +8,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from assay.sampling import PPM
+from protocol.sampling import PPM
 
 if TYPE_CHECKING:
     from netsim.config import SimConfig
-    from netsim.output import RunTables
+    from netsim.tables import RunTables
 
 
 def _pyplot() -> Any:

@@ -15,9 +15,9 @@ from functools import cached_property
 
 import numpy as np
 
-from assay.hashing import sha256
-from assay.keys import SigningKey
 from netsim.config import SimConfig
+from protocol.hashing import sha256
+from protocol.keys import SigningKey
 
 HONEST = "honest"
 LAZY = "lazy"

@@ -7,7 +7,7 @@ sign :class:`Attestation`\\ s and :class:`Evidence`, and each is recorded as a
 disk write per event and no rule). Accusations go through
 :func:`slashing.apply_event`, which leaves the state untouched when the ledger
 refuses one. Sampling and the auditor are drawn with
-:func:`assay.sampling.sampled` and :func:`verifier.sampling.assigned_validator`
+:func:`protocol.sampling.sampled` and :func:`verifier.sampling.assigned_validator`
 on the beacon values in the ledger's state; committees are drawn by the ledger
 itself. Nothing here computes money: balances and stakes are read back from
 the state.
@@ -26,13 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from assay.messages import Attestation, Commitment, Evidence, Offence, Verdict
-from assay.sampling import sampled
 from netsim import behaviour, jobs
 from netsim.beacon import ChainBeacon
 from netsim.genesis import check_params, client_funds
 from netsim.outcome import FRAUD, INCONCLUSIVE, NO_DISPUTE, REFUSED, VALID, Outcome
 from netsim.population import Population, client_key, node_key, validator_key
+from protocol.messages import Attestation, Commitment, Evidence, Offence, Verdict
+from protocol.sampling import sampled
 from slashing import (
     Accuse,
     Attest,

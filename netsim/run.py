@@ -7,9 +7,9 @@ from collections.abc import Callable
 from netsim.config import SimConfig
 from netsim.fast import run_fast
 from netsim.outcome import Outcome
-from netsim.output import RunTables
 from netsim.population import Population
 from netsim.reference import run_reference
+from netsim.tables import RunTables
 
 
 def simulate_population(

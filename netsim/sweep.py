@@ -138,13 +138,14 @@ def _run_ray(
 ) -> list[dict[str, Any]]:
     import ray
 
-    import assay
     import netsim
+    import protocol
     import slashing
     import verifier
 
     if not ray.is_initialized():
-        packages = [str(Path(str(m.__file__)).parent) for m in (netsim, assay, slashing, verifier)]
+        roots = (netsim, protocol, slashing, verifier)
+        packages = [str(Path(str(m.__file__)).parent) for m in roots]
         ray.init(include_dashboard=False, log_to_driver=False,
                  runtime_env={"py_modules": packages})
     remote = ray.remote(run_point)

@@ -15,8 +15,8 @@ from typing import Protocol
 
 from torch import nn
 
-from assay.messages import JobRequest
-from assay.sampling import PPM, check_rate_ppm
+from protocol.messages import JobRequest
+from protocol.sampling import PPM, check_rate_ppm
 
 
 class CheatStrategy(Protocol):

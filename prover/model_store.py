@@ -24,7 +24,7 @@ The model id is::
         "weights": sha256(bytes of model.safetensors),
     }))
 
-with ``encode`` the canonical msgpack of :mod:`assay.codec`. The config goes
+with ``encode`` the canonical msgpack of :mod:`protocol.codec`. The config goes
 in as a JSON string because canonical messages carry no floats and model
 configs have some (``layer_norm_epsilon``). The id is computed from the files
 as stored, so it survives any number of save/load round trips, and any change
@@ -48,8 +48,8 @@ from safetensors.torch import load_model as load_safetensors_into
 from safetensors.torch import save_model as save_safetensors_from
 from torch import nn
 
-from assay.codec import encode
-from assay.hashing import sha256
+from protocol.codec import encode
+from protocol.hashing import sha256
 from prover import zoo
 
 WEIGHTS_FILE = "model.safetensors"

@@ -2,7 +2,7 @@
 
 A node serves the models it loaded from its registry. For each job it checks
 the client's signature, runs the model alone in the deterministic runtime,
-and signs a :class:`~assay.messages.Commitment` binding the job id, model id,
+and signs a :class:`~protocol.messages.Commitment` binding the job id, model id,
 input hash and output hash to its key. It keeps each job's request and output
 so that a validator that samples the job can fetch them for re-execution.
 
@@ -25,11 +25,11 @@ from pathlib import Path
 
 from torch import nn
 
-from assay.codec import Tensor, encode
-from assay.errors import ProtocolError
-from assay.hashing import sha256
-from assay.keys import SigningKey
-from assay.messages import Commitment, JobRequest
+from protocol.codec import Tensor, encode
+from protocol.errors import ProtocolError
+from protocol.hashing import sha256
+from protocol.keys import SigningKey
+from protocol.messages import Commitment, JobRequest
 from prover.adversary import CheatStrategy
 from prover.llm.commit import run_llm_job
 from prover.llm.generate import LLM

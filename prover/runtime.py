@@ -56,8 +56,8 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from assay.codec import Tensor, encode
-from assay.hashing import sha256
+from protocol.codec import Tensor, encode
+from protocol.hashing import sha256
 from prover import zoo
 
 CUBLAS_WORKSPACE_CONFIG = ":4096:8"

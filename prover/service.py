@@ -10,7 +10,7 @@ the job protocol or from HTTP, goes through :meth:`NodeService.execute`:
    every job alone), so the event loop keeps serving;
 3. the commitment, request and output are journalled, the ledger records the
    job (``record_job``), and the commitment is queued for gossip: a
-   :class:`~assay.net.host.BatchPublisher` sends it on
+   :class:`~protocol.net.host.BatchPublisher` sends it on
    ``/assay/1/commitment-batches`` with whatever else queued meanwhile, so
    the client's answer never waits on gossip (validators that miss it find
    it in the ledger's log).
@@ -59,19 +59,19 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from torch import nn
 
-from assay import codec
-from assay.codec import Tensor
-from assay.config import NodeConfig
-from assay.errors import ProtocolError
-from assay.keys import SigningKey
-from assay.keystore import SigningJournal
-from assay.messages import Commitment, JobRequest
-from assay.net import validate, wire
-from assay.net.host import BatchPublisher, PeerHost, PeerUnavailable
-from assay.net.http import HttpError, metrics_app, read_json, serve_http
-from assay.net.ledger_client import LedgerClient
-from assay.net.metrics import Metrics
-from assay.sampling import PPM
+from protocol import codec
+from protocol.codec import Tensor
+from protocol.config import NodeConfig
+from protocol.errors import ProtocolError
+from protocol.keys import SigningKey
+from protocol.keystore import SigningJournal
+from protocol.messages import Commitment, JobRequest
+from protocol.net import validate, wire
+from protocol.net.host import BatchPublisher, PeerHost, PeerUnavailable
+from protocol.net.http import HttpError, metrics_app, read_json, serve_http
+from protocol.net.ledger_client import LedgerClient
+from protocol.net.metrics import Metrics
+from protocol.sampling import PPM
 from prover.adversary import SubstituteModel
 from prover.node import LLM_MODE, InferenceNode, JobRejected
 from prover.registry import RegistryEntry

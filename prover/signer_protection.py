@@ -31,10 +31,10 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any, Self
 
-from assay.errors import MalformedMessage, ProtocolError
-from assay.hashing import DIGEST_BYTES
-from assay.keys import PUBLIC_KEY_BYTES
-from assay.messages import Commitment
+from protocol.errors import MalformedMessage, ProtocolError
+from protocol.hashing import DIGEST_BYTES
+from protocol.keys import PUBLIC_KEY_BYTES
+from protocol.messages import Commitment
 
 SIGNER_PROTECTION_FILE = "signer-protection.sqlite"
 """Its file name, in a node's ``data_dir`` or in ``$ASSAY_HOME``."""

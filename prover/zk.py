@@ -120,9 +120,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from assay import codec
-from assay.codec import Tensor
-from assay.errors import MalformedMessage
+from protocol import codec
+from protocol.codec import Tensor
+from protocol.errors import MalformedMessage
 from prover import zoo
 
 EZKL_VERSION = "23.0.5"

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from assay.codec import MAX_MESSAGE_BYTES
+from protocol.codec import MAX_MESSAGE_BYTES
 
 # -- Units -------------------------------------------------------------------------------------
 BPS = 10_000

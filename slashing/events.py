@@ -1,6 +1,6 @@
 """The ledger's events: what the log records, one frozen dataclass per kind.
 
-Each event encodes canonically (:mod:`assay.codec`) as one map
+Each event encodes canonically (:mod:`protocol.codec`) as one map
 ``{"type": ..., "v": ..., fields...}``; its bytes are what the event log
 hashes and stores. Decoding checks the size bound first, then every field,
 and raises :class:`MalformedMessage` naming the event type and field that is
@@ -31,11 +31,11 @@ from typing import Any, ClassVar, Self, TypeVar
 
 import msgpack
 
-from assay import codec
-from assay.errors import MalformedMessage, ProtocolError, UnsupportedVersion
-from assay.hashing import DIGEST_BYTES, sha256
-from assay.keys import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, SigningKey
-from assay.messages import Attestation, Commitment, Evidence, JobRequest, SignedMessage
+from protocol import codec
+from protocol.errors import MalformedMessage, ProtocolError, UnsupportedVersion
+from protocol.hashing import DIGEST_BYTES, sha256
+from protocol.keys import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, SigningKey
+from protocol.messages import Attestation, Commitment, Evidence, JobRequest, SignedMessage
 from slashing import constants as c
 from slashing.state import LedgerParams
 
@@ -128,7 +128,7 @@ def body_of_canonical(data: bytes) -> bytes:
     A canonical message is a map with sorted keys and minimal encodings, so
     dropping its ``signature`` entry and packing the rest in the same order
     gives exactly ``message.body_bytes()`` — with msgpack's C code instead of
-    :func:`assay.codec.encode`'s Python walk. Only for bytes that decoded as a
+    :func:`protocol.codec.encode`'s Python walk. Only for bytes that decoded as a
     message (which checked they are canonical).
     """
     value = msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True)

@@ -82,11 +82,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from assay.economics import violations
-from assay.errors import ProtocolError, ReplayedMessage
-from assay.hashing import sha256
-from assay.messages import Attestation, Commitment, JobRequest, Offence, Verdict
-from assay.sampling import draw_committee, sampled
+from protocol.economics import violations
+from protocol.errors import ProtocolError, ReplayedMessage
+from protocol.hashing import sha256
+from protocol.messages import Attestation, Commitment, JobRequest, Offence, Verdict
+from protocol.sampling import draw_committee, sampled
 from slashing import constants as c
 from slashing.events import (
     AccountTx,

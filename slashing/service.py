@@ -47,14 +47,14 @@ from typing import Any
 
 import trio
 
-from assay.beacon import DevnetBeacon
-from assay.economics import min_slash_fabrication, min_slash_posp
-from assay.errors import MalformedMessage, ProtocolError
-from assay.hashing import sha256
-from assay.keys import SigningKey
-from assay.net import wire
-from assay.net.host import PeerHost
-from assay.net.metrics import Metrics
+from protocol.beacon import DevnetBeacon
+from protocol.economics import min_slash_fabrication, min_slash_posp
+from protocol.errors import MalformedMessage, ProtocolError
+from protocol.hashing import sha256
+from protocol.keys import SigningKey
+from protocol.net import wire
+from protocol.net.host import PeerHost
+from protocol.net.metrics import Metrics
 from slashing import (
     Accuse,
     AccuseInvalidProof,

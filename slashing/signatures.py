@@ -20,8 +20,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
-from assay.errors import BadSignature, MalformedMessage
-from assay.keys import PublicKey
+from protocol.errors import BadSignature, MalformedMessage
+from protocol.keys import PublicKey
 from slashing.events import SignatureCheck
 
 _passed: set[SignatureCheck] = set()

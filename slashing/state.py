@@ -26,12 +26,12 @@ from typing import Any, ClassVar, NamedTuple, TypeVar, cast
 
 import msgpack
 
-from assay import codec
-from assay.economics import EconomicParams
-from assay.errors import MalformedMessage
-from assay.hashing import sha256
-from assay.messages import Verdict
-from assay.sampling import PPM
+from protocol import codec
+from protocol.economics import EconomicParams
+from protocol.errors import MalformedMessage
+from protocol.hashing import sha256
+from protocol.messages import Verdict
+from protocol.sampling import PPM
 from slashing import constants as c
 
 _UINT64_MAX = 2**64 - 1
@@ -614,7 +614,7 @@ def _sort_key(item: tuple[Any, Any]) -> Any:
 
 
 class _Unusual(Exception):
-    """A value the one-walk encoder leaves to :func:`assay.codec.encode`."""
+    """A value the one-walk encoder leaves to :func:`protocol.codec.encode`."""
 
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1

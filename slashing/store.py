@@ -47,8 +47,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import IO, Self
 
-from assay.errors import MalformedMessage, OversizedMessage, ProtocolError
-from assay.hashing import sha256
+from protocol.errors import MalformedMessage, OversizedMessage, ProtocolError
+from protocol.hashing import sha256
 from slashing import constants as c
 from slashing.events import Event, SignatureCheck, decode_event
 from slashing.rules import process_event

@@ -13,11 +13,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from assay.codec import Tensor
-from assay.hashing import sha256
-from assay.keys import SigningKey
-from assay.messages import Attestation, Commitment, JobRequest, Verdict
-from assay.sampling import draw_committee, sample_seed, sampled
+from protocol.codec import Tensor
+from protocol.hashing import sha256
+from protocol.keys import SigningKey
+from protocol.messages import Attestation, Commitment, JobRequest, Verdict
+from protocol.sampling import draw_committee, sample_seed, sampled
 from slashing import constants as c
 from slashing.events import (
     Attest,

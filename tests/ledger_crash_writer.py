@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import sys
 
-from assay.errors import ProtocolError
+from protocol.errors import ProtocolError
 from slashing import Ledger, decode_event
 
 MAX_BATCH = 256

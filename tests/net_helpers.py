@@ -9,12 +9,12 @@ from pathlib import Path
 import trio
 from hypothesis import strategies as st
 
-from assay import codec
-from assay.beacon import DevnetBeacon
-from assay.keys import SigningKey
-from assay.net.host import PeerHost
-from assay.net.identity import peer_address
-from assay.net.metrics import Metrics
+from protocol import codec
+from protocol.beacon import DevnetBeacon
+from protocol.keys import SigningKey
+from protocol.net.host import PeerHost
+from protocol.net.identity import peer_address
+from protocol.net.metrics import Metrics
 from slashing import Ledger
 from slashing.service import Genesis, LedgerService
 from slashing.state import LedgerParams

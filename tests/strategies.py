@@ -7,9 +7,9 @@ import math
 import numpy as np
 from hypothesis import strategies as st
 
-from assay.codec import DTYPE_SIZES, Tensor
-from assay.keys import SigningKey
-from assay.messages import (
+from protocol.codec import DTYPE_SIZES, Tensor
+from protocol.keys import SigningKey
+from protocol.messages import (
     Attestation,
     Commitment,
     Evidence,

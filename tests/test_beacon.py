@@ -20,7 +20,7 @@ from py_ecc.fields import optimized_bls12_381_FQ12 as FQ12
 from py_ecc.optimized_bls12_381.optimized_curve import G2, neg
 from py_ecc.optimized_bls12_381.optimized_pairing import final_exponentiate, pairing
 
-from assay.beacon import (
+from protocol.beacon import (
     DRAND_QUICKNET_DST,
     GENESIS_SEED,
     BeaconError,
@@ -32,8 +32,8 @@ from assay.beacon import (
     DrandQuicknetVerifier,
     devnet_message,
 )
-from assay.bls import CURVE_ORDER, get_backend
-from assay.hashing import sha256
+from protocol.bls import CURVE_ORDER, get_backend
+from protocol.hashing import sha256
 
 QUICKNET_FILE = (
     Path(__file__).resolve().parents[1].parent / "shared" / "vectors" / "drand-quicknet.json"

@@ -16,7 +16,7 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from py_arkworks_bls12381 import G1Point, G2Point, Scalar
 
-from assay.bls import (
+from protocol.bls import (
     BACKEND_NAMES,
     CURVE_ORDER,
     DEFAULT_BACKEND,
@@ -26,7 +26,7 @@ from assay.bls import (
     BlsError,
     get_backend,
 )
-from assay.bls.arkworks_backend import ArkworksBackend
+from protocol.bls.arkworks_backend import ArkworksBackend
 
 VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors" / "eth-bls"
 CASE_FILES = sorted(

@@ -9,9 +9,9 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from assay import codec
-from assay.codec import Tensor, decode, encode
-from assay.errors import MalformedMessage, OversizedMessage
+from protocol import codec
+from protocol.codec import Tensor, decode, encode
+from protocol.errors import MalformedMessage, OversizedMessage
 from tests.strategies import canonical_values, tensors
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from assay.cli import main
-from assay.config import REDACTED, ConfigError, NodeConfig, effective, load
-from assay.keys import SigningKey
-from assay.keystore import (
+from protocol.config import REDACTED, ConfigError, NodeConfig, effective, load
+from protocol.keys import SigningKey
+from protocol.keystore import (
     KeystoreError,
     SigningJournal,
     decrypt,

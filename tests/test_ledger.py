@@ -18,9 +18,9 @@ from hypothesis.stateful import (
     rule,
 )
 
-from assay import codec
-from assay.codec import Tensor
-from assay.errors import (
+from protocol import codec
+from protocol.codec import Tensor
+from protocol.errors import (
     BadSignature,
     MalformedMessage,
     OversizedMessage,
@@ -28,10 +28,10 @@ from assay.errors import (
     ReplayedMessage,
     UnsupportedVersion,
 )
-from assay.hashing import sha256
-from assay.keys import PublicKey, SigningKey
-from assay.messages import Attestation, Commitment, Evidence, JobRequest, Offence, Verdict
-from assay.sampling import PPM, sampled
+from protocol.hashing import sha256
+from protocol.keys import PublicKey, SigningKey
+from protocol.messages import Attestation, Commitment, Evidence, JobRequest, Offence, Verdict
+from protocol.sampling import PPM, sampled
 from slashing import constants as c
 from slashing.events import (
     EVENT_TYPES,

@@ -9,9 +9,9 @@ import pytest
 
 from assay.cli import main
 from assay.commands import econ
-from assay.keys import SigningKey
-from assay.messages import Commitment
-from assay.sampling import PPM
+from protocol.keys import SigningKey
+from protocol.messages import Commitment
+from protocol.sampling import PPM
 from prover.signer_protection import SignerProtection
 from slashing import Ledger, LedgerParams
 from slashing.workload import Workload, events

@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from assay.codec import Tensor
-from assay.errors import BadSignature, MalformedMessage, ProtocolError, ReplayedMessage
-from assay.hashing import sha256
-from assay.messages import Commitment, Evidence, JobRequest, Offence, Verdict
+from protocol.codec import Tensor
+from protocol.errors import BadSignature, MalformedMessage, ProtocolError, ReplayedMessage
+from protocol.hashing import sha256
+from protocol.messages import Commitment, Evidence, JobRequest, Offence, Verdict
 from slashing import constants as c
 from slashing.events import (
     AccuseInvalidProof,
@@ -764,7 +764,7 @@ def test_a_rollback_restores_every_table_exactly() -> None:
 @given(message=st.one_of(strategies.job_requests(), strategies.commitments(),
                          strategies.attestations(), strategies.evidence()))
 def test_body_bytes_from_the_canonical_encoding_are_the_message_body(message: object) -> None:
-    from assay.messages import SignedMessage
+    from protocol.messages import SignedMessage
 
     assert isinstance(message, SignedMessage)
     assert body_of_canonical(message.encode()) == message.body_bytes()

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from assay import codec
-from assay.errors import BadSignature, ProtocolError
+from protocol import codec
+from protocol.errors import BadSignature, ProtocolError
 from slashing import constants as c
 from slashing import store
 from slashing.events import Event, Mint, RecordJob, decode_event

@@ -13,9 +13,9 @@ import torch
 from torch import nn
 
 from assay.cli import main
-from assay.codec import Tensor
-from assay.keys import SigningKey
-from assay.messages import Commitment, JobRequest, Verdict
+from protocol.codec import Tensor
+from protocol.keys import SigningKey
+from protocol.messages import Commitment, JobRequest, Verdict
 from prover import zoo
 from prover.llm.commit import package
 from prover.llm.generate import LLM, Generated, generate, prefill

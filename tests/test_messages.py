@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from assay import codec
-from assay.errors import (
+from protocol import codec
+from protocol.errors import (
     BadSignature,
     MalformedMessage,
     OversizedMessage,
@@ -17,8 +17,8 @@ from assay.errors import (
     ReplayedMessage,
     UnsupportedVersion,
 )
-from assay.keys import SigningKey
-from assay.messages import (
+from protocol.keys import SigningKey
+from protocol.messages import (
     MESSAGE_TYPES,
     Commitment,
     Evidence,

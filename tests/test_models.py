@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 from torch import nn
 from transformers import PreTrainedModel
 
-from assay.codec import Tensor, encode
-from assay.hashing import sha256
+from protocol.codec import Tensor, encode
+from protocol.hashing import sha256
 from prover import model_store, zoo
 from prover.registry import (
     MODES,

@@ -12,18 +12,18 @@ from pathlib import Path
 import torch
 import trio
 
-from assay import codec
-from assay.codec import Tensor
-from assay.config import ValidatorConfig
-from assay.keys import SigningKey
-from assay.keystore import SigningJournal
-from assay.messages import Commitment, JobRequest, Verdict
-from assay.net import validate, wire
-from assay.net.gossip import GossipValidator
-from assay.net.host import PeerHost
-from assay.net.identity import peer_address, peer_id_of
-from assay.net.ledger_client import LedgerClient
-from assay.net.metrics import Metrics
+from protocol import codec
+from protocol.codec import Tensor
+from protocol.config import ValidatorConfig
+from protocol.keys import SigningKey
+from protocol.keystore import SigningJournal
+from protocol.messages import Commitment, JobRequest, Verdict
+from protocol.net import validate, wire
+from protocol.net.gossip import GossipValidator
+from protocol.net.host import PeerHost
+from protocol.net.identity import peer_address, peer_id_of
+from protocol.net.ledger_client import LedgerClient
+from protocol.net.metrics import Metrics
 from prover import zoo
 from prover.node import InferenceNode
 from tests.net_helpers import connected, free_port, ledger_service

@@ -29,16 +29,16 @@ import openai
 import pytest
 import trio
 
-from assay.codec import Tensor
 from assay.commands import devnet
 from assay.commands.ledger import proof_checker
-from assay.keys import SigningKey
-from assay.keystore import SigningJournal, load_key
-from assay.messages import Commitment, JobRequest, Verdict
-from assay.net import wire
-from assay.net.host import PeerHost
-from assay.net.ledger_client import LedgerClient
-from assay.sampling import sampled
+from protocol.codec import Tensor
+from protocol.keys import SigningKey
+from protocol.keystore import SigningJournal, load_key
+from protocol.messages import Commitment, JobRequest, Verdict
+from protocol.net import wire
+from protocol.net.host import PeerHost
+from protocol.net.ledger_client import LedgerClient
+from protocol.sampling import sampled
 from prover import zoo
 from prover.node import tensor_hash
 from prover.zk import SMALL_MLP_CONFIG, ZkProof
@@ -294,7 +294,7 @@ def test_sigterm_drains_and_exits_zero(net: devnet.Devnet) -> None:
 
 
 def test_validator_restart_resumes_without_attesting_twice(net: devnet.Devnet) -> None:
-    from assay.keystore import SigningJournal
+    from protocol.keystore import SigningJournal
 
     victim = net.member("validator-0")
     journal_path = Path(net.directory) / "data" / "validator-0" / "journal.sqlite"

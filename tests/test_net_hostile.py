@@ -15,17 +15,17 @@ from types import SimpleNamespace
 import pytest
 from starlette.testclient import TestClient
 
-from assay import codec
-from assay.config import NodeConfig
-from assay.keys import SigningKey
-from assay.keystore import SigningJournal
-from assay.messages import Commitment
-from assay.net import validate, wire
-from assay.net.gossip import GossipValidator
-from assay.net.host import PeerHost
-from assay.net.identity import peer_address, peer_id_of
-from assay.net.ledger_client import LedgerClient
-from assay.net.metrics import Metrics
+from protocol import codec
+from protocol.config import NodeConfig
+from protocol.keys import SigningKey
+from protocol.keystore import SigningJournal
+from protocol.messages import Commitment
+from protocol.net import validate, wire
+from protocol.net.gossip import GossipValidator
+from protocol.net.host import PeerHost
+from protocol.net.identity import peer_address, peer_id_of
+from protocol.net.ledger_client import LedgerClient
+from protocol.net.metrics import Metrics
 from prover import zoo
 from prover.model_store import save_model
 from prover.node import InferenceNode, load_registered_llms, load_registered_models

@@ -15,13 +15,13 @@ import pytest
 import trio
 from starlette.testclient import TestClient
 
-from assay.config import NodeConfig
-from assay.keys import SigningKey
-from assay.keystore import SigningJournal
-from assay.messages import Commitment
-from assay.net.host import PeerHost
-from assay.net.identity import peer_address
-from assay.net.metrics import Metrics
+from protocol.config import NodeConfig
+from protocol.keys import SigningKey
+from protocol.keystore import SigningJournal
+from protocol.messages import Commitment
+from protocol.net.host import PeerHost
+from protocol.net.identity import peer_address
+from protocol.net.metrics import Metrics
 from prover import zoo
 from prover.model_store import save_model
 from prover.node import InferenceNode, load_registered_llms, load_registered_models

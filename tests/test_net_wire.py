@@ -15,16 +15,16 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from assay import codec
-from assay.codec import Tensor
-from assay.keys import SigningKey
-from assay.messages import Commitment
-from assay.net import validate, wire
-from assay.net.gossip import GossipValidator
-from assay.net.host import PeerHost, PeerUnavailable
-from assay.net.identity import peer_address, peer_id_of
-from assay.net.ledger_client import LedgerClient
-from assay.net.metrics import Metrics
+from protocol import codec
+from protocol.codec import Tensor
+from protocol.keys import SigningKey
+from protocol.messages import Commitment
+from protocol.net import validate, wire
+from protocol.net.gossip import GossipValidator
+from protocol.net.host import PeerHost, PeerUnavailable
+from protocol.net.identity import peer_address, peer_id_of
+from protocol.net.ledger_client import LedgerClient
+from protocol.net.metrics import Metrics
 from tests.net_helpers import connected, free_port, hostile_maps, ledger_service, random_frames
 from tests.strategies import commitments
 

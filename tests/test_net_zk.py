@@ -21,18 +21,18 @@ import pytest
 import torch
 import trio
 
-from assay.beacon import DevnetBeacon
-from assay.codec import Tensor
-from assay.config import NodeConfig, ValidatorConfig
-from assay.hashing import sha256
-from assay.keys import SigningKey
-from assay.keystore import SigningJournal
-from assay.messages import Commitment, JobRequest
-from assay.net import wire
-from assay.net.host import PeerHost
-from assay.net.identity import peer_address
-from assay.net.ledger_client import LedgerClient
-from assay.net.metrics import Metrics
+from protocol.beacon import DevnetBeacon
+from protocol.codec import Tensor
+from protocol.config import NodeConfig, ValidatorConfig
+from protocol.hashing import sha256
+from protocol.keys import SigningKey
+from protocol.keystore import SigningJournal
+from protocol.messages import Commitment, JobRequest
+from protocol.net import wire
+from protocol.net.host import PeerHost
+from protocol.net.identity import peer_address
+from protocol.net.ledger_client import LedgerClient
+from protocol.net.metrics import Metrics
 from prover.node import InferenceNode, JobRejected, tensor_hash
 from prover.service import NodeService
 from prover.zk import ZkArtifactStore

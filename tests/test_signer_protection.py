@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from assay.errors import MalformedMessage
-from assay.hashing import sha256
-from assay.keys import SigningKey
-from assay.messages import Commitment
+from protocol.errors import MalformedMessage
+from protocol.hashing import sha256
+from protocol.keys import SigningKey
+from protocol.messages import Commitment
 from prover.node import InferenceNode
 from prover.signer_protection import SignerProtection, SigningRefused
 

@@ -7,10 +7,10 @@ import dataclasses
 import pytest
 from torch import nn
 
-from assay.codec import Tensor
-from assay.keys import SigningKey
-from assay.messages import Attestation, Evidence, JobRequest, Offence, Verdict
-from assay.sampling import PPM, sampled
+from protocol.codec import Tensor
+from protocol.keys import SigningKey
+from protocol.messages import Attestation, Evidence, JobRequest, Offence, Verdict
+from protocol.sampling import PPM, sampled
 from prover import zoo
 from prover.adversary import SubstituteModel
 from prover.node import InferenceNode, JobRejected

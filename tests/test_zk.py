@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from assay.codec import Tensor
-from assay.errors import MalformedMessage
-from assay.hashing import sha256
-from assay.keys import SigningKey
-from assay.messages import Commitment, Evidence, JobRequest, Offence, Verdict
+from protocol.codec import Tensor
+from protocol.errors import MalformedMessage
+from protocol.hashing import sha256
+from protocol.keys import SigningKey
+from protocol.messages import Commitment, Evidence, JobRequest, Offence, Verdict
 from prover.model_store import save_model
 from prover.node import InferenceNode, tensor_hash
 from prover.registry import ModelRegistry
@@ -291,7 +291,7 @@ def test_the_ledger_rechecks_a_forged_proof_and_slashes_on_the_evidence_alone(
 ) -> None:
     """Real EZKL proofs through the ledger: a tampered proof slashes its node, evidence
     against a proof that holds costs its accuser, and the log replays to the same state."""
-    from assay.errors import ReplayedMessage
+    from protocol.errors import ReplayedMessage
     from slashing import (
         AccuseInvalidProof,
         Bond,

@@ -30,22 +30,22 @@ import pytest
 import torch
 import trio
 
-from assay import codec
-from assay.beacon import DevnetBeacon
 from assay.cli import CommandError
-from assay.codec import Tensor
 from assay.commands import devnet
 from assay.commands.ledger import proof_checker
 from assay.commands.ledger_service import zk_registrations
-from assay.config import NodeConfig, ValidatorConfig, to_toml
-from assay.hashing import sha256
-from assay.keys import SigningKey
-from assay.keystore import SigningJournal
-from assay.messages import Attestation, Commitment, Evidence, JobRequest, Offence, Verdict
-from assay.net.host import PeerHost
-from assay.net.identity import peer_address
-from assay.net.metrics import Metrics
-from assay.sampling import sampled
+from protocol import codec
+from protocol.beacon import DevnetBeacon
+from protocol.codec import Tensor
+from protocol.config import NodeConfig, ValidatorConfig, to_toml
+from protocol.hashing import sha256
+from protocol.keys import SigningKey
+from protocol.keystore import SigningJournal
+from protocol.messages import Attestation, Commitment, Evidence, JobRequest, Offence, Verdict
+from protocol.net.host import PeerHost
+from protocol.net.identity import peer_address
+from protocol.net.metrics import Metrics
+from protocol.sampling import sampled
 from prover.model_store import save_model
 from prover.node import InferenceNode, tensor_hash
 from prover.registry import ModelRegistry, RegistryEntry

@@ -54,9 +54,9 @@ from dataclasses import dataclass
 
 import torch
 
-from assay.codec import Tensor, encode
-from assay.hashing import sha256
-from assay.messages import Commitment, JobRequest, Verdict
+from protocol.codec import Tensor, encode
+from protocol.hashing import sha256
+from protocol.messages import Commitment, JobRequest, Verdict
 from prover.llm.generate import LLM, GenerationError, prefill
 from prover.llm.job import (
     MASS_LEVELS,

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from assay.codec import Tensor
-from assay.messages import Commitment, JobRequest, Verdict
+from protocol.codec import Tensor
+from protocol.messages import Commitment, JobRequest, Verdict
 from prover.llm.generate import LLM
 from prover.llm.job import DEFAULT_CALIBRATION, Calibration
 from prover.node import tensor_hash

@@ -1,6 +1,6 @@
 """Sampling policy: which committed jobs are audited, and by which validator.
 
-Whether a job is audited is :func:`assay.sampling.sampled` — a pure function
+Whether a job is audited is :func:`protocol.sampling.sampled` — a pure function
 of the beacon value of the job's sample round, the job id, the commitment id
 and the rate. Among the bonded validators, the one that audits it is drawn
 from the same sample seed, so the work spreads evenly and nobody can steer
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from assay.sampling import draw_committee, sample_seed, sampled
+from protocol.sampling import draw_committee, sample_seed, sampled
 
 __all__ = ["assigned_validator", "sampled"]
 

@@ -66,17 +66,17 @@ from typing import Any
 
 import trio
 
-from assay.beacon import BeaconRound, DevnetBeaconVerifier
-from assay.config import ValidatorConfig
-from assay.errors import ProtocolError
-from assay.keystore import SigningJournal
-from assay.messages import Attestation, Commitment, Evidence, JobRequest, Offence
-from assay.net import validate, wire
-from assay.net.gossip import drop_reason
-from assay.net.host import PeerHost
-from assay.net.http import metrics_app, serve_http
-from assay.net.ledger_client import LedgerClient
-from assay.net.metrics import Metrics
+from protocol.beacon import BeaconRound, DevnetBeaconVerifier
+from protocol.config import ValidatorConfig
+from protocol.errors import ProtocolError
+from protocol.keystore import SigningJournal
+from protocol.messages import Attestation, Commitment, Evidence, JobRequest, Offence
+from protocol.net import validate, wire
+from protocol.net.gossip import drop_reason
+from protocol.net.host import PeerHost
+from protocol.net.http import metrics_app, serve_http
+from protocol.net.ledger_client import LedgerClient
+from protocol.net.metrics import Metrics
 from prover.zk import file_sha256
 from verifier.sampling import assigned_validator, sampled
 from verifier.validator import Validator

@@ -1,8 +1,8 @@
 """A validator: audits sampled jobs and votes in disputes.
 
 For a sampled job the validator re-executes with the prover's runtime and
-signs what it found: an :class:`~assay.messages.Attestation` for VALID or
-INCONCLUSIVE, or :class:`~assay.messages.Evidence` for FRAUD, which embeds the
+signs what it found: an :class:`~protocol.messages.Attestation` for VALID or
+INCONCLUSIVE, or :class:`~protocol.messages.Evidence` for FRAUD, which embeds the
 node's signed commitment so the claim can be checked by anyone. ``llm``
 commitments are judged with one prefill (:mod:`verifier.llm`) and need the
 output the node served. ``zk`` commitments are checked by their proof
@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from assay.codec import Tensor
-from assay.keys import SigningKey
-from assay.messages import Attestation, Commitment, Evidence, JobRequest, Offence, Verdict
+from protocol.codec import Tensor
+from protocol.keys import SigningKey
+from protocol.messages import Attestation, Commitment, Evidence, JobRequest, Offence, Verdict
 from prover.llm.generate import LLM
 from prover.llm.job import Calibration
 from prover.runtime import DeterministicRuntime

@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from assay.errors import MalformedMessage
-from assay.hashing import sha256
-from assay.messages import Commitment, JobRequest, Verdict
+from protocol.errors import MalformedMessage
+from protocol.hashing import sha256
+from protocol.messages import Commitment, JobRequest, Verdict
 from prover.node import tensor_hash
 from prover.zk import (
     SETTINGS_FILE,

@@ -2,7 +2,7 @@
 
 Every setting of a role's config dataclass is also a flag (``--http-port``,
 ``--log-format``, ``--metrics/--no-metrics``), so precedence is simply
-flag > ``ASSAY_*`` > file > default (:func:`assay.config.load`). Services
+flag > ``ASSAY_*`` > file > default (:func:`protocol.config.load`). Services
 run under :func:`run_until_signalled`: SIGTERM or SIGINT sets the shutdown
 event the service drains on, and the command exits 0 once it has.
 """
@@ -23,7 +23,7 @@ from typing import Any
 
 import trio
 
-from assay.config import ConfigError, load
+from protocol.config import ConfigError, load
 
 SECRET_FLAGS = frozenset({"api_key"})
 """Settings too secret for a flag (it would show in ``ps``): file or environment only."""
@@ -50,7 +50,7 @@ def settings(args: argparse.Namespace, cls: type[Any]) -> Any:
     try:
         return load(cls, args.config, overrides)
     except ConfigError as exc:
-        from assay.cli import CommandError
+        from assay.arguments import CommandError
 
         raise CommandError(str(exc)) from exc
 
@@ -71,7 +71,7 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(log_format: str) -> None:
     if log_format not in ("text", "json"):
-        from assay.cli import CommandError
+        from assay.arguments import CommandError
 
         raise CommandError(f"log format must be text or json, got {log_format!r}")
     handler = logging.StreamHandler(sys.stderr)

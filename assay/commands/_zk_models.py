@@ -36,7 +36,7 @@ def registered_zk_artifacts(
     by its pinned hash and re-hashed; any failure is a ``CommandError`` that
     names the model and says to run ``assay zk setup``.
     """
-    from assay.cli import CommandError
+    from assay.arguments import CommandError
     from prover.node import ZK_MODE
     from prover.zk import ZkArtifactStore, ZkError
 

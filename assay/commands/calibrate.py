@@ -26,7 +26,7 @@ def _find_entry(registry: Any, model: str) -> Any:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from assay.cli import CommandError
+    from assay.arguments import CommandError
     from prover.llm.generate import LLM
     from prover.llm.job import GAP_SUM_TOKENS, REGISTRY_KEY
     from prover.model_store import load_model

@@ -8,8 +8,8 @@ from typing import Any
 
 
 def cmd_config_show(args: argparse.Namespace) -> int:
-    from assay.cli import CommandError
-    from assay.config import ROLES, ConfigError, effective, load, read_toml, role_of, to_toml
+    from assay.arguments import CommandError
+    from protocol.config import ROLES, ConfigError, effective, load, read_toml, role_of, to_toml
 
     try:
         role = args.role or (role_of(read_toml(args.config), args.config) if args.config else None)
@@ -23,7 +23,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def register(commands: Any) -> None:
-    from assay.config import ROLES
+    from protocol.config import ROLES
 
     config = commands.add_parser("config", help="service configuration")
     actions = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")

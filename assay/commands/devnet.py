@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from assay.config import to_toml
+from protocol.config import to_toml
 
 DEVNET_FILE = "devnet.json"
 ASSAY = (sys.executable, "-m", "assay")
@@ -107,8 +107,8 @@ def free_ports(n: int) -> list[int]:
 
 
 def _key(directory: Path, name: str) -> Any:
-    from assay.keys import SigningKey
-    from assay.keystore import encrypt, write_keystore
+    from protocol.keys import SigningKey
+    from protocol.keystore import encrypt, write_keystore
 
     key = SigningKey.generate()
     (directory / "keys").mkdir(parents=True, exist_ok=True)
@@ -134,7 +134,7 @@ def create(
 
     ``zk`` adds :data:`ZK_MODEL`, set up with ``assay zk setup --devnet-srs``.
     """
-    from assay.net.identity import peer_address
+    from protocol.net.identity import peer_address
     from prover import zoo
     from prover.model_store import save_model
     from prover.registry import ModelRegistry
@@ -223,14 +223,16 @@ def create(
 
 def _zk_model(directory: Path, registry: Any, seed: int) -> str:
     """Register :data:`ZK_MODEL` in the zk mode and run ``assay zk setup --devnet-srs`` on it."""
-    from assay.cli import build_parser
+    from assay.commands import zk as zk_commands
     from prover.model_store import save_model
     from prover.zk import SMALL_MLP_CONFIG, small_mlp
 
     path = directory / "models" / ZK_MODEL
     save_model(path, small_mlp(seed), "mlp", dict(SMALL_MLP_CONFIG))
     entry = registry.add(path, mode="zk", name=ZK_MODEL)
-    args = build_parser().parse_args([
+    parser = argparse.ArgumentParser(prog="assay")
+    zk_commands.register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args([
         "zk", "setup", ZK_MODEL, "--registry", str(registry.root),
         "--store", str(directory / ZK_STORE), "--devnet-srs",
     ])
@@ -353,7 +355,7 @@ def down(net: Devnet) -> None:
 
 
 def cmd_devnet_up(args: argparse.Namespace) -> int:
-    from assay.cli import CommandError
+    from assay.arguments import CommandError
 
     try:
         net = create(Path(args.dir), args.nodes, args.validators, args.cheaters, args.p,
@@ -373,7 +375,7 @@ def cmd_devnet_up(args: argparse.Namespace) -> int:
 
 
 def cmd_devnet_down(args: argparse.Namespace) -> int:
-    from assay.cli import CommandError
+    from assay.arguments import CommandError
 
     try:
         net = Devnet.load(Path(args.dir))
@@ -385,7 +387,7 @@ def cmd_devnet_down(args: argparse.Namespace) -> int:
 
 
 def register(commands: Any) -> None:
-    from assay.cli import positive_int, rate_ppm
+    from assay.arguments import positive_int, rate_ppm
 
     devnet = commands.add_parser("devnet", help="a local multi-process network on loopback")
     actions = devnet.add_subparsers(dest="devnet_command", required=True, metavar="ACTION")

@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from assay.cli import positive_int, rate_ppm
-from assay.economics import (
+from assay.arguments import positive_int, rate_ppm
+from protocol.economics import (
     EconomicParams,
     fabrication_condition_holds,
     min_slash_fabrication,
@@ -24,7 +24,7 @@ from assay.economics import (
     posp_condition_holds,
     violations,
 )
-from assay.sampling import PPM
+from protocol.sampling import PPM
 
 DETECTION_JOBS: tuple[int, ...] = (1, 10, 50, 100, 500, 1_000)
 CHEAT_RATES_PPM: tuple[int, ...] = (10_000, 100_000, 500_000, 1_000_000)

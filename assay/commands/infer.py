@@ -17,7 +17,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from assay.cli import CommandError, positive_int
+from assay.arguments import CommandError, positive_int
 
 CONNECT_TIMEOUT_S = 20.0
 DEFAULT_FEE = 110
@@ -61,7 +61,7 @@ def _model_id(text: str) -> bytes:
 
 
 def _llm_params(args: argparse.Namespace) -> dict[str, int | str]:
-    from assay.sampling import PPM
+    from protocol.sampling import PPM
 
     for name, value, high in (("temperature", args.temperature, 2.0), ("top-p", args.top_p, 1.0)):
         if not math.isfinite(value) or not 0.0 <= value <= high:
@@ -80,7 +80,7 @@ def _job_input(args: argparse.Namespace) -> Any:
     import numpy as np
     import torch
 
-    from assay.codec import Tensor
+    from protocol.codec import Tensor
 
     if args.prompt is not None:
         ids = list(args.prompt.encode("utf-8"))
@@ -99,14 +99,14 @@ def cmd_infer(args: argparse.Namespace) -> int:
     import trio
     from libp2p.peer.peerinfo import info_from_p2p_addr
 
-    from assay.codec import Tensor, encode
-    from assay.hashing import sha256
-    from assay.keys import SigningKey
-    from assay.keystore import load_key
-    from assay.messages import Commitment, JobRequest
-    from assay.net import wire
-    from assay.net.host import PeerHost, PeerUnavailable
-    from assay.net.identity import public_key_of
+    from protocol.codec import Tensor, encode
+    from protocol.hashing import sha256
+    from protocol.keys import SigningKey
+    from protocol.keystore import load_key
+    from protocol.messages import Commitment, JobRequest
+    from protocol.net import wire
+    from protocol.net.host import PeerHost, PeerUnavailable
+    from protocol.net.identity import public_key_of
 
     try:
         node_key = public_key_of(info_from_p2p_addr(multiaddr.Multiaddr(args.node)).peer_id)

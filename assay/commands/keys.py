@@ -9,8 +9,8 @@ from typing import Any
 
 
 def _password(args: argparse.Namespace, confirm: bool) -> str:
-    from assay.cli import CommandError
-    from assay.keystore import KeystoreError, read_password
+    from assay.arguments import CommandError
+    from protocol.keystore import KeystoreError, read_password
 
     try:
         password = read_password(args.password_file)
@@ -22,9 +22,9 @@ def _password(args: argparse.Namespace, confirm: bool) -> str:
 
 
 def _write(args: argparse.Namespace, key: Any) -> int:
-    from assay.cli import CommandError
-    from assay.keystore import KeystoreError, encrypt, write_keystore
-    from assay.net.identity import peer_id_of
+    from assay.arguments import CommandError
+    from protocol.keystore import KeystoreError, encrypt, write_keystore
+    from protocol.net.identity import peer_id_of
 
     if args.scrypt_n < 2**10 or args.scrypt_n & (args.scrypt_n - 1):
         raise CommandError("--scrypt-n must be a power of two, at least 1024")
@@ -38,14 +38,14 @@ def _write(args: argparse.Namespace, key: Any) -> int:
 
 
 def cmd_keys_new(args: argparse.Namespace) -> int:
-    from assay.keys import SigningKey
+    from protocol.keys import SigningKey
 
     return _write(args, SigningKey.generate())
 
 
 def cmd_keys_import(args: argparse.Namespace) -> int:
-    from assay.cli import CommandError
-    from assay.keys import SigningKey
+    from assay.arguments import CommandError
+    from protocol.keys import SigningKey
 
     try:
         seed = bytes.fromhex(Path(args.seed_file).read_text().strip())
@@ -57,8 +57,8 @@ def cmd_keys_import(args: argparse.Namespace) -> int:
 
 def cmd_keys_export(args: argparse.Namespace) -> int:
     """Decrypt a keystore and write its seed, hex, to a new file only its owner can read."""
-    from assay.cli import CommandError
-    from assay.keystore import KeystoreError, decrypt, read_keystore
+    from assay.arguments import CommandError
+    from protocol.keystore import KeystoreError, decrypt, read_keystore
 
     try:
         key = decrypt(read_keystore(Path(args.keystore)), _password(args, confirm=False))
@@ -75,8 +75,8 @@ def cmd_keys_export(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
-    from assay.keystore import KeystoreError, read_keystore
-    from assay.net.identity import peer_id_of
+    from protocol.keystore import KeystoreError, read_keystore
+    from protocol.net.identity import peer_id_of
 
     found = 0
     for path in sorted(Path(args.directory).glob("*.json")):
@@ -94,7 +94,7 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
 
 
 def register(commands: Any) -> None:
-    from assay.keystore import SCRYPT_N
+    from protocol.keystore import SCRYPT_N
 
     keys = commands.add_parser("keys", help="encrypted Ed25519 keystores")
     actions = keys.add_subparsers(dest="keys_command", required=True, metavar="ACTION")

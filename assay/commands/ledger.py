@@ -23,12 +23,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from assay.cli import CommandError
+from assay.arguments import CommandError
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-    from assay.messages import Commitment, JobRequest
+    from protocol.messages import Commitment, JobRequest
     from slashing import Ledger
     from slashing.state import Account, Stake, State
 

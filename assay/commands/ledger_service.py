@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from assay.commands._service import add_settings_flags, configure_logging, run_until_signalled
-from assay.config import LedgerConfig
+from protocol.config import LedgerConfig
 
 if TYPE_CHECKING:
     from slashing import RegisterZkModel
@@ -38,7 +38,7 @@ def zk_registrations(data: dict[str, Any], zk_store: Path) -> tuple[RegisterZkMo
     must be in ``zk_store``. Anything else is a ``CommandError`` that names
     the table (by position) and what is wrong with it.
     """
-    from assay.cli import CommandError
+    from assay.arguments import CommandError
 
     entries = data.get("zk_model", [])
     if not isinstance(entries, list):
@@ -85,14 +85,14 @@ def zk_registrations(data: dict[str, Any], zk_store: Path) -> tuple[RegisterZkMo
 def cmd_ledger_run(args: argparse.Namespace) -> int:
     import dataclasses
 
-    from assay.cli import CommandError
+    from assay.arguments import CommandError
     from assay.commands._service import settings
     from assay.commands._zk_models import zk_store_root
     from assay.commands.ledger import LazyProofChecker
-    from assay.config import read_toml
-    from assay.errors import ProtocolError
-    from assay.keystore import KeystoreError, load_key
-    from assay.net.metrics import Metrics
+    from protocol.config import read_toml
+    from protocol.errors import ProtocolError
+    from protocol.keystore import KeystoreError, load_key
+    from protocol.net.metrics import Metrics
     from slashing import install_proof_checker
     from slashing.service import Genesis, LedgerService
     from slashing.store import tune_gc_for_ledger
@@ -121,7 +121,7 @@ def cmd_ledger_run(args: argparse.Namespace) -> int:
     async def run(shutdown: Any) -> None:
         import trio
 
-        from assay.net.http import metrics_app, serve_http
+        from protocol.net.http import metrics_app, serve_http
 
         try:
             async with trio.open_nursery() as nursery:

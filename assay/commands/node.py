@@ -17,19 +17,19 @@ import argparse
 from typing import Any
 
 from assay.commands._service import add_settings_flags, configure_logging, run_until_signalled
-from assay.config import NodeConfig
+from protocol.config import NodeConfig
 
 
 def cmd_node_run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from assay.cli import CommandError
+    from assay.arguments import CommandError
     from assay.commands._service import settings
     from assay.commands._zk_models import registered_zk_artifacts, zk_store_root
-    from assay.hashing import sha256
-    from assay.keystore import KeystoreError, SigningJournal, load_key
-    from assay.net.host import PeerHost
-    from assay.net.metrics import Metrics
+    from protocol.hashing import sha256
+    from protocol.keystore import KeystoreError, SigningJournal, load_key
+    from protocol.net.host import PeerHost
+    from protocol.net.metrics import Metrics
     from prover.node import InferenceNode, load_registered_llms, load_registered_models
     from prover.registry import ModelRegistry, default_registry_root
     from prover.runtime import DeterministicRuntime

@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from assay.cli import CommandError
+from assay.arguments import CommandError
 
 
 def default_protection_path() -> Path:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from assay.cli import CommandError, positive_int, progress_bar
+from assay.arguments import CommandError, positive_int, progress_bar
 
 DEFAULT_ROOT = Path("netsim-runs")
 

@@ -30,7 +30,7 @@ def default_zk_root() -> Path:
 
 
 def _entry(registry: object, model: str) -> object:
-    from assay.cli import CommandError
+    from assay.arguments import CommandError
     from prover.registry import ModelRegistry, UnknownModel
 
     assert isinstance(registry, ModelRegistry)
@@ -47,7 +47,7 @@ def _entry(registry: object, model: str) -> object:
 
 def _srs(args: argparse.Namespace, store: object, pinned_hex: str | None) -> Path | None:
     """The SRS to set up with: a pinned ceremony file, or None for a fresh devnet one."""
-    from assay.cli import CommandError
+    from assay.arguments import CommandError
     from prover.zk import DEVNET_SRS_WARNING, ZkArtifactStore
 
     assert isinstance(store, ZkArtifactStore)
@@ -75,7 +75,7 @@ def _srs(args: argparse.Namespace, store: object, pinned_hex: str | None) -> Pat
 
 
 def cmd_zk_setup(args: argparse.Namespace) -> int:
-    from assay.cli import CommandError, _registry
+    from assay.arguments import CommandError, open_registry
     from prover import zoo
     from prover.mode_choice import MeasuredCosts, NetworkTerms, choose_check
     from prover.model_store import load_model
@@ -85,7 +85,7 @@ def cmd_zk_setup(args: argparse.Namespace) -> int:
     from slashing import constants as c
     from verifier.zk import ZkKey, check_zk
 
-    registry = _registry(args)
+    registry = open_registry(args)
     assert isinstance(registry, ModelRegistry)
     entry = _entry(registry, args.model)
     assert isinstance(entry, RegistryEntry)
@@ -120,9 +120,9 @@ def cmd_zk_setup(args: argparse.Namespace) -> int:
         print(f"  pinned {key} = {entry.params[key]}")
 
     # one example job, proved and checked, to show the keys work and to measure them
-    from assay.codec import Tensor
-    from assay.keys import SigningKey
-    from assay.messages import Commitment, JobRequest, Verdict
+    from protocol.codec import Tensor
+    from protocol.keys import SigningKey
+    from protocol.messages import Commitment, JobRequest, Verdict
     from prover.node import tensor_hash
 
     client = SigningKey.derive("assay-zk-setup/client")
@@ -184,7 +184,7 @@ def print_mode_suggestion(directory: Path, latency: float) -> None:
 
 
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from assay.cli import positive_int
+    from assay.arguments import positive_int
 
     zk = commands.add_parser("zk", help="zero-knowledge proofs for small models (EZKL)")
     actions = zk.add_subparsers(dest="zk_command", required=True, metavar="ACTION")

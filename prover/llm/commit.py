@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from assay.codec import Tensor
-from assay.messages import JobRequest
+from protocol.codec import Tensor
+from protocol.messages import JobRequest
 from prover.llm.generate import LLM, Generated, generate
 from prover.llm.job import Calibration, LLMJob, parse_job
 from prover.llm.sketch import make_sketch

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from assay.messages import JobRequest
+from protocol.messages import JobRequest
 from prover.llm.sampler import PPM, SamplingParams
 
 MAX_NEW_TOKENS = 4096

@@ -18,10 +18,10 @@ import multiaddr
 import trio
 from libp2p.peer.peerinfo import info_from_p2p_addr
 
-from assay.errors import ProtocolError
-from assay.net import wire
-from assay.net.host import PeerHost, PeerUnavailable
-from assay.net.identity import public_key_of
+from protocol.errors import ProtocolError
+from protocol.net import wire
+from protocol.net.host import PeerHost, PeerUnavailable
+from protocol.net.identity import public_key_of
 
 log = logging.getLogger("assay.net")
 

@@ -5,7 +5,7 @@ libp2p stream protocols ``/assay/1/<name>/msgpack``: a request frame, then
 its response frame, and again, as long as the client keeps the stream open
 (a client may send one request per stream and close it; keeping streams
 open saves a stream negotiation per request). A frame is a 4-byte big-endian
-length and that many bytes of canonical msgpack (:mod:`assay.codec`). The
+length and that many bytes of canonical msgpack (:mod:`protocol.codec`). The
 length is checked against the protocol's bound before a byte of the body is
 read, and a peer that stalls is cut off by a deadline, so a hostile peer
 costs at most one bound and one timeout per frame.
@@ -18,8 +18,8 @@ from typing import Any, Protocol
 
 import trio
 
-from assay import codec
-from assay.errors import MalformedMessage, OversizedMessage, ProtocolError
+from protocol import codec
+from protocol.errors import MalformedMessage, OversizedMessage, ProtocolError
 
 VERSION = 1
 

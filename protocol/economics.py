@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from assay.sampling import PPM
+from protocol.sampling import PPM
 
 
 @dataclass(frozen=True)

@@ -32,8 +32,8 @@ from typing import Any
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
-from assay.hashing import sha256
-from assay.keys import SEED_BYTES, SigningKey
+from protocol.hashing import sha256
+from protocol.keys import SEED_BYTES, SigningKey
 
 KEYSTORE_VERSION = 4
 SCRYPT_N = 2**18

@@ -22,7 +22,7 @@ from py_ecc.bls.ciphersuites import G2ProofOfPossession  # noqa: E402
 # of raising RecursionError; BLS never needs it, so the limit is put back.
 sys.setrecursionlimit(_RECURSION_LIMIT)
 
-from assay.bls import BlsError, check_secret_key  # noqa: E402
+from protocol.bls import BlsError, check_secret_key  # noqa: E402
 
 
 class PyEccBackend:

@@ -10,7 +10,7 @@ Gossipsub is set up with explicit parameters: py-libp2p's defaults are a
 120 s heartbeat (meshes form and repair slowly) and 10 messages per second per
 peer per topic, above which messages are silently dropped. Every topic has a
 validator that runs before a message is relayed or delivered
-(:class:`assay.net.gossip.GossipValidator`), and subscriptions are drained by
+(:class:`protocol.net.gossip.GossipValidator`), and subscriptions are drained by
 their own task, because py-libp2p drops deliveries once 32 are queued.
 
 Everything runs in the nursery of :meth:`PeerHost.running`, including one
@@ -44,13 +44,13 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.exceptions import MuxedStreamError
 from libp2p.tools.anyio_service import background_trio_service
 
-from assay import codec
-from assay.errors import OversizedMessage, ProtocolError
-from assay.keys import SigningKey
-from assay.net import wire
-from assay.net.gossip import GossipValidator, Validate, drop_reason
-from assay.net.identity import peer_id_of, public_key_of
-from assay.net.metrics import Metrics
+from protocol import codec
+from protocol.errors import OversizedMessage, ProtocolError
+from protocol.keys import SigningKey
+from protocol.net import wire
+from protocol.net.gossip import GossipValidator, Validate, drop_reason
+from protocol.net.identity import peer_id_of, public_key_of
+from protocol.net.metrics import Metrics
 
 log = logging.getLogger("assay.net")
 

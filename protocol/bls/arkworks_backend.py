@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from py_arkworks_bls12381 import GT, G1Point, G2Point, Scalar
 
-from assay.bls import CIPHERSUITE, BlsError, check_secret_key
+from protocol.bls import CIPHERSUITE, BlsError, check_secret_key
 
 _G1_GENERATOR = G1Point()
 _NEG_G1_GENERATOR = -G1Point()

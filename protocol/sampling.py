@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from assay.hashing import sha256
+from protocol.hashing import sha256
 
 PPM = 1_000_000
 _SAMPLE_TAG = b"assay/v1/sample\x00"

@@ -50,9 +50,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from assay.bls import BlsBackend, get_backend
-from assay.bls.arkworks_backend import verify_g1_signature
-from assay.hashing import sha256
+from protocol.bls import BlsBackend, get_backend
+from protocol.bls.arkworks_backend import verify_g1_signature
+from protocol.hashing import sha256
 
 MAX_ROUND = 2**64 - 1
 """Rounds are encoded as 8 unsigned big-endian bytes, in the devnet chain as in drand."""

@@ -1,6 +1,6 @@
 """The protocol's messages: immutable, typed, canonically encoded, signed.
 
-Every message travels as one canonical msgpack map (see :mod:`assay.codec`)
+Every message travels as one canonical msgpack map (see :mod:`protocol.codec`)
 holding ``kind``, the schema version ``v``, its fields and ``signature``.
 The *body* is that map without ``signature``; a message's content id is
 ``SHA-256(encode(body))`` and its signature covers the body under a domain
@@ -22,11 +22,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
-from assay import codec
-from assay.codec import Tensor
-from assay.errors import MalformedMessage, ReplayedMessage, UnsupportedVersion
-from assay.hashing import DIGEST_BYTES, sha256
-from assay.keys import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, PublicKey, SigningKey
+from protocol import codec
+from protocol.codec import Tensor
+from protocol.errors import MalformedMessage, ReplayedMessage, UnsupportedVersion
+from protocol.hashing import DIGEST_BYTES, sha256
+from protocol.keys import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, PublicKey, SigningKey
 
 SCHEMA_VERSION = 1
 MAX_TEXT = 512

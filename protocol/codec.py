@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from assay.errors import MalformedMessage, OversizedMessage
+from protocol.errors import MalformedMessage, OversizedMessage
 
 if TYPE_CHECKING:
     import numpy as np

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from assay import codec
-from assay.errors import MalformedMessage
-from assay.hashing import sha256
-from assay.messages import Attestation, Commitment, Evidence
-from assay.net import wire
-from assay.net.gossip import UnknownSender, Validate
-from assay.net.ledger_client import LedgerClient
+from protocol import codec
+from protocol.errors import MalformedMessage
+from protocol.hashing import sha256
+from protocol.messages import Attestation, Commitment, Evidence
+from protocol.net import wire
+from protocol.net.gossip import UnknownSender, Validate
+from protocol.net.ledger_client import LedgerClient
 
 
 def _signed_by(signer: bytes, sender: bytes, staked: frozenset[bytes], role: str) -> None:

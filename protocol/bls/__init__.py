@@ -78,11 +78,11 @@ def get_backend(name: str | None = None) -> BlsBackend:
     """
     chosen = DEFAULT_BACKEND if name is None else name
     if chosen == "arkworks":
-        from assay.bls.arkworks_backend import ArkworksBackend
+        from protocol.bls.arkworks_backend import ArkworksBackend
 
         return ArkworksBackend()
     if chosen == "py_ecc":
-        from assay.bls.py_ecc_backend import PyEccBackend
+        from protocol.bls.py_ecc_backend import PyEccBackend
 
         return PyEccBackend()
     raise BlsError(f"unknown BLS backend {chosen!r}; choose one of {', '.join(BACKEND_NAMES)}")

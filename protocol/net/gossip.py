@@ -21,7 +21,7 @@ from typing import Any
 
 from libp2p.peer.id import ID
 
-from assay.errors import (
+from protocol.errors import (
     BadSignature,
     MalformedMessage,
     OversizedMessage,
@@ -29,10 +29,10 @@ from assay.errors import (
     ReplayedMessage,
     UnsupportedVersion,
 )
-from assay.hashing import sha256
-from assay.net import wire
-from assay.net.identity import public_key_of
-from assay.net.metrics import Metrics
+from protocol.hashing import sha256
+from protocol.net import wire
+from protocol.net.identity import public_key_of
+from protocol.net.metrics import Metrics
 
 log = logging.getLogger("assay.net")
 

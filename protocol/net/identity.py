@@ -5,7 +5,7 @@ from __future__ import annotations
 from libp2p.crypto.ed25519 import Ed25519PublicKey
 from libp2p.peer.id import ID
 
-from assay.errors import MalformedMessage
+from protocol.errors import MalformedMessage
 
 
 def peer_id_of(public_key: bytes) -> ID:

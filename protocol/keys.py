@@ -30,8 +30,8 @@ from cryptography.hazmat.primitives.serialization import (
 from nacl.exceptions import BadSignatureError as SodiumBadSignature
 from nacl.signing import VerifyKey
 
-from assay.errors import BadSignature, MalformedMessage
-from assay.hashing import sha256
+from protocol.errors import BadSignature, MalformedMessage
+from protocol.hashing import sha256
 
 PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
