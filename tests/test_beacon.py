@@ -35,9 +35,7 @@ from protocol.beacon import (
 from protocol.bls import CURVE_ORDER, get_backend
 from protocol.hashing import sha256
 
-QUICKNET_FILE = (
-    Path(__file__).resolve().parents[1].parent / "shared" / "vectors" / "drand-quicknet.json"
-)
+QUICKNET_FILE = Path(__file__).resolve().parent / "vectors" / "drand-quicknet.json"
 QUICKNET: dict[str, Any] = json.loads(QUICKNET_FILE.read_text())
 QUICKNET_ROUNDS = [
     BeaconRound(

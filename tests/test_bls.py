@@ -1,7 +1,7 @@
 """Both BLS backends against the Ethereum consensus BLS vectors, and against each other.
 
-The vectors live in ``shared/vectors/eth-bls`` beside the repository (see its
-README for the sources and quirks). A ``null`` output means the operation must
+The vectors live in ``tests/vectors/eth-bls`` (see its README for the sources
+and quirks, and ``tests/vectors/SOURCES.md``). A ``null`` output means the operation must
 fail, which our interface spells as raising BlsError.
 """
 
@@ -28,7 +28,7 @@ from protocol.bls import (
 )
 from protocol.bls.arkworks_backend import ArkworksBackend
 
-VECTORS = Path(__file__).resolve().parents[1].parent / "shared" / "vectors" / "eth-bls"
+VECTORS = Path(__file__).resolve().parent / "vectors" / "eth-bls"
 CASE_FILES = sorted(
     path for path in VECTORS.rglob("*") if path.suffix in {".yaml", ".json"} and path.is_file()
 )

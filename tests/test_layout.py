@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -89,3 +91,20 @@ def test_no_import_cycles() -> None:
     for start in sorted(graph):
         if start not in state:
             visit(start, [start])
+
+
+OUTSIDE = re.compile(r"""parents\[\d+\]\.parent\b|["']\.\./|/\s*["']\.\.["']""")
+
+
+def test_nothing_reads_outside_the_repository() -> None:
+    """A user's clone has nothing beside it: no source climbs above the repository root."""
+    tracked = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-files", "*.py", "*.sh", "Makefile", ".ci/*"],
+        capture_output=True, text=True, check=False,
+    ).stdout.split()
+    sources = [ROOT / f for f in tracked] or list(ROOT.rglob("*.py"))
+    for path in sources:
+        if ".venv" in path.parts or not path.is_file():
+            continue
+        for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            assert not OUTSIDE.search(line), f"{path.relative_to(ROOT)}:{n} reads outside: {line}"
