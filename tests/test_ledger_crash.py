@@ -78,10 +78,16 @@ def _one_run(path: Path, rng: random.Random, acked: dict[int, str], stats: Crash
         stdout=subprocess.PIPE,
         cwd=ROOT,
     )
+    # A quarter of the runs may be killed while the writer opens and replays its log; the rest
+    # are killed a random time after it is ready, however long starting took on a busy machine.
     killer = threading.Timer(rng.random() * MAX_KILL_DELAY_S, process.kill)
-    killer.start()
+    early = rng.random() < 0.25
+    if early:
+        killer.start()
     assert process.stdout is not None
     ready = process.stdout.readline().decode()
+    if not early:
+        killer.start()
     feeder = None
     length = -1
     if ready.startswith("ready "):
