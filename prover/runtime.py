@@ -1,47 +1,35 @@
-"""Deterministic execution for the ``exact`` mode (DESIGN decision 4).
+"""Running jobs: integer models exactly, float models as reproducibly as torch allows.
 
-In the exact mode a node commits to the hash of its output and a validator
-re-executes the job and must get the same bits. Float results repeat bit for
-bit only when every reduction happens in the same order, so
-:class:`DeterministicRuntime` fixes everything that chooses an order or a
-precision, for the duration of each job, and then puts the process's previous
-settings back:
+**Integer models** (the ``exact`` mode, :mod:`prover.integer`) compute one
+function on every CPU vendor, ISA path, thread count, batch and on CUDA:
+their sums are of integers, which no order changes. A node may batch them
+freely; :meth:`DeterministicRuntime.run_batch` does, and a job's bytes are the
+same in any batch, at any row (``tests/test_exact_anywhere.py`` checks this
+under threads 1 and 2 and every ``ATEN_CPU_CAPABILITY`` the CPU has).
+
+**Float models** (the ``tensor`` mode, and the zk mode's source models) are
+run with every order- and precision-choosing setting fixed for the duration
+of each job, then put back:
 
 - ``torch.use_deterministic_algorithms(True)``: an op with no deterministic
   kernel raises instead of silently using atomics.
-- ``torch.set_num_threads(threads)``: the intra-op thread count. On the CPU
-  kernels we use, a job's bits do not depend on it (measured below, and
-  tested with 1 and 2 threads), but it is fixed so that a new kernel that does
-  split reductions by thread cannot vary between runs.
-- float32 matmul precision ``highest`` and TF32 off for cuBLAS and cuDNN: TF32
-  (and oneDNN's reduced-precision fp32 paths) round the mantissa to 10 bits.
-- cuDNN ``benchmark`` off and ``deterministic`` on: autotuning picks kernels by
-  timing, which differs between runs and machines.
-- ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` for CUDA (set before cuBLAS starts):
-  cuBLAS needs a fixed workspace to be deterministic.
+- ``torch.set_num_threads(threads)``: the intra-op thread count.
+- float32 matmul precision ``highest`` and TF32 off for cuBLAS and cuDNN.
+- cuDNN ``benchmark`` off and ``deterministic`` on.
+- ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` for CUDA (set before cuBLAS starts).
 - denormals are kept (``set_flush_denormal(False)``, the IEEE default).
-- the model runs in eval mode (no dropout), float32, under
-  ``torch.inference_mode()``. Transformers models run eager attention (plain
-  matmul and softmax; ``sdpa`` picks among fused kernels by backend, shape and
-  hardware) and compute the last position's logits only.
+- eval mode, float32, ``torch.inference_mode()``; transformers models run
+  eager attention and compute the last position's logits only.
 
-**Batching.** Measured on the development machine (2-core Intel Xeon with
-AVX-512, torch 2.13 CPU build), with the seeds the tests use: a seeded
-512→2048→512 MLP row computed alone differs from the same row computed in a
-batch of 16, in all 16 rows, by at most 4.0e-7 (1 thread) and 3.9e-7 (2
-threads) absolute, up to 3.5e-3 relative on the smallest outputs. The zoo,
-batch of 16 against 16 single jobs: mlp 7.5e-8 and cnn 4.1e-8, all rows
-differ, with 1 and with 2 threads. The zoo's GPT-2 and Llama (with the larger
-initialisation :mod:`prover.zoo` now uses, full-logits forward, 1 thread):
-2-token sequences differ in all 16 rows, by up to 4.8e-6 (gpt2) and 1.3e-5
-(llama); 16- and 32-token sequences happened to agree bit for bit in that
-measurement, which shows how shape-dependent the effect is, not that it is
-safe. The GEMM kernel is picked by the number of rows, and another kernel
-sums in another order. Computed alone, every job is
-bit-stable across repeats and across 1 and 2 threads. Batch invariance would
-need batch-invariant kernels for every op we run, which is not cheap to
-guarantee, so the exact mode computes every job alone (batch of 1):
-:meth:`DeterministicRuntime.run_batch` is a loop of :meth:`DeterministicRuntime.run`.
+That makes a float job repeat bit for bit *on one machine*, and nothing more:
+measured, float outputs differ between 1 and 2 threads on an AMD EPYC (by
+5.5e-6 on the zoo's GPT-2 and Llama; not on the Intel Xeon the first
+measurement was taken on), between ``ATEN_CPU_CAPABILITY`` default, avx2
+and avx512 (every zoo model, the MLP included), between ``MKL_CBWR``
+settings, and between a row computed alone and in a batch (4e-7 on a
+512→2048→512 MLP; the GEMM kernel is chosen by the number of rows). So float
+models are never judged by their bits: the ``tensor`` mode compares within
+tolerances measured on exactly this honest variation (:mod:`verifier.tensor`).
 """
 
 from __future__ import annotations
@@ -59,20 +47,21 @@ from transformers import PreTrainedModel
 from protocol.codec import Tensor, encode
 from protocol.hashing import sha256
 from prover import zoo
+from prover.integer import is_integer_model
 
 CUBLAS_WORKSPACE_CONFIG = ":4096:8"
 _DETERMINISTIC_CUBLAS_WORKSPACES = (":4096:8", ":16:8")
 
-_ONE_JOB_AT_A_TIME = threading.Lock()
+ONE_JOB_AT_A_TIME = threading.Lock()
 """Torch's settings are per process: two jobs running at once would change each other's."""
 
 
 class JobInputError(ValueError):
-    """A job input the model cannot run as one exact-mode job; nothing was computed."""
+    """A job input the model cannot run as one job; nothing was computed."""
 
 
 @contextmanager
-def _deterministic_torch(threads: int) -> Iterator[None]:
+def pinned_torch(threads: int) -> Iterator[None]:
     """Fix torch's order- and precision-choosing settings, restoring the previous ones after."""
     saved = (
         torch.are_deterministic_algorithms_enabled(),
@@ -116,9 +105,10 @@ def _token_batch(job_input: torch.Tensor) -> torch.Tensor:
     return ids
 
 
-def _tensor_batch(job_input: torch.Tensor) -> torch.Tensor:
-    if job_input.dtype != torch.float32:
-        raise JobInputError(f"the exact mode runs float32 inputs, got {job_input.dtype}")
+def _tensor_batch(job_input: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    if job_input.dtype != dtype:
+        kind = "an integer model" if dtype == torch.uint8 else "a float model"
+        raise JobInputError(f"{kind} takes {dtype} inputs, got {job_input.dtype}")
     if job_input.dim() == 0 or job_input.shape[0] != 1:
         raise JobInputError(
             f"one job has batch dimension 1, got shape {list(job_input.shape)}; "
@@ -139,7 +129,7 @@ def _forward(model: nn.Module, batch: torch.Tensor, is_causal_lm: bool) -> torch
 
 
 class DeterministicRuntime:
-    """Runs exact-mode jobs one at a time, with torch pinned to reproducible arithmetic."""
+    """Runs jobs: integer models exactly, float ones alone with torch pinned (module docstring)."""
 
     def __init__(self, threads: int = 1, device: str = "cpu") -> None:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
@@ -156,7 +146,8 @@ class DeterministicRuntime:
         self._prepared: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
     def prepare(self, model: nn.Module) -> nn.Module:
-        """Put ``model`` in the state jobs run in: eval mode, float32, on this runtime's device.
+        """Put ``model`` in the state jobs run in: eval mode, on this runtime's device, float32
+        unless it is an integer model.
 
         Done in place (as ``nn.Module.to`` does) and once per model: ``run``
         prepares a model it has not seen, or one switched back to training
@@ -164,32 +155,63 @@ class DeterministicRuntime:
         model's forward pass (about 0.4 ms for the zoo's GPT-2). Call it again
         after changing a prepared model's dtype or device.
         """
-        model.to(device=self.device, dtype=torch.float32).eval()
+        if is_integer_model(model):
+            model.to(device=self.device).eval()
+        else:
+            model.to(device=self.device, dtype=torch.float32).eval()
         if isinstance(model, PreTrainedModel):
             model.set_attn_implementation(zoo.ATTENTION_IMPLEMENTATION)
         self._prepared.add(model)
         return model
 
     def run(self, model: nn.Module, job_input: torch.Tensor) -> torch.Tensor:
-        """Compute one job alone; returns float32 on the CPU with batch dimension 1.
+        """Compute one job; returns the output on the CPU with batch dimension 1.
 
-        Causal LMs take int64 token ids ``[seq]`` or ``[1, seq]`` and return
-        the last position's logits ``[1, vocab]``; other models take a float32
-        ``[1, ...]`` tensor.
+        Integer models take a uint8 image ``[1, C, H, W]`` and return int32
+        logits. Causal LMs take int64 token ids ``[seq]`` or ``[1, seq]`` and
+        return the last position's float32 logits ``[1, vocab]``; other float
+        models take a float32 ``[1, ...]`` tensor.
         """
-        if not isinstance(job_input, torch.Tensor):
-            raise JobInputError(f"a job input is a torch.Tensor, got {type(job_input).__name__}")
+        return self.run_batch(model, [job_input])[0]
+
+    def run_batch(self, model: nn.Module, job_inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Compute several jobs: integer models in one batch, float models each alone.
+
+        An integer job's bytes do not depend on its batch-mates, so integer
+        jobs share one forward pass; a float job's would, so each runs alone.
+        """
+        for job_input in job_inputs:
+            if not isinstance(job_input, torch.Tensor):
+                raise JobInputError(
+                    f"a job input is a torch.Tensor, got {type(job_input).__name__}"
+                )
+        if is_integer_model(model):
+            return self._run_integer(model, job_inputs)
+        return [self._run_float(model, job_input) for job_input in job_inputs]
+
+    def _run_integer(
+        self, model: nn.Module, job_inputs: Sequence[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        batches = [_tensor_batch(job_input, torch.uint8) for job_input in job_inputs]
+        if not batches:
+            return []
+        if len({tuple(b.shape) for b in batches}) != 1:
+            raise JobInputError("jobs batched together must have inputs of one shape")
+        with ONE_JOB_AT_A_TIME, pinned_torch(self.threads):  # threads: for speed, not bits
+            if model.training or model not in self._prepared:
+                self.prepare(model)
+            with torch.inference_mode():
+                output = model(torch.cat(batches).to(self.device))
+        return [row.to("cpu").contiguous() for row in output.split(1)]
+
+    def _run_float(self, model: nn.Module, job_input: torch.Tensor) -> torch.Tensor:
         is_causal_lm = isinstance(model, PreTrainedModel)
         batch = _token_batch(job_input) if is_causal_lm else _tensor_batch(job_input)
-        with _ONE_JOB_AT_A_TIME, _deterministic_torch(self.threads):
+        with ONE_JOB_AT_A_TIME, pinned_torch(self.threads):
             if model.training or model not in self._prepared:
                 self.prepare(model)
             output = _forward(model, batch.to(self.device), is_causal_lm)
         return output.to("cpu", torch.float32).contiguous()
-
-    def run_batch(self, model: nn.Module, job_inputs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Compute several jobs, each alone: a job's bits must not depend on its batch-mates."""
-        return [self.run(model, job_input) for job_input in job_inputs]
 
 
 def input_hash(t: torch.Tensor) -> bytes:

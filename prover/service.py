@@ -73,6 +73,8 @@ from protocol.net.ledger_client import LedgerClient
 from protocol.net.metrics import Metrics
 from protocol.sampling import PPM
 from prover.adversary import SubstituteModel
+from prover.embedder import EMBEDDER_KIND, TextEncoder, TextTooLong
+from prover.model_store import read_meta
 from prover.node import LLM_MODE, InferenceNode, JobRejected
 from prover.registry import RegistryEntry
 
@@ -144,20 +146,34 @@ def chat_prompt(messages: Any) -> str:
 
 
 def cheating_substitutes(models: Mapping[bytes, nn.Module]) -> dict[bytes, nn.Module]:
-    """For a devnet cheater: each model with its first weight tensor slightly changed."""
+    """For a devnet cheater: each model with its first weight tensor slightly changed.
+
+    Float weights are scaled by 1.05; an integer model's int8 weights move one
+    step (they are buffers, not parameters).
+    """
     out = {}
     for model_id, module in models.items():
         cheap = copy.deepcopy(module)
         with torch.no_grad():
-            first = next(cheap.parameters())
-            first.mul_(1.05)
+            floats = list(cheap.parameters())
+            if floats:
+                floats[0].mul_(1.05)
+            else:
+                weight = next(b for name, b in cheap.named_buffers() if name.endswith("weight"))
+                weight.copy_((weight.to(torch.int16) + 1).clamp(-127, 127).to(weight.dtype))
         out[model_id] = cheap
     return out
+
+
+MAX_EMBEDDING_INPUTS = 2048
+"""Texts per embeddings request, as OpenAI's API allows."""
+EMBEDDING_FIELDS = frozenset({"model", "input", "encoding_format", "user", "dimensions"})
 
 
 @dataclass(frozen=True)
 class ServedModel:
     entry: RegistryEntry
+    text: TextEncoder | None = None  # for embedders: text → token ids
 
     @property
     def name(self) -> str:
@@ -186,7 +202,11 @@ class NodeService:
         self.config = config
         self.node = node
         self.client_key = client_key
-        self.served = [ServedModel(e) for e in entries]
+        self.served = [
+            ServedModel(e, TextEncoder(e.path, read_meta(e.path).config)
+                        if e.kind == EMBEDDER_KIND else None)
+            for e in entries
+        ]
         self.models = {m.name: m for m in self.served}
         self.models.update({m.entry.model_id.hex(): m for m in self.served})
         self.host = host
@@ -441,6 +461,81 @@ class NodeService:
             "assay": self._assay_field(commitment),
         }
 
+    async def embeddings(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /v1/embeddings`` in the OpenAI shape; every embedding is a tensor-mode job.
+
+        ``input`` is a string, a list of strings, a list of token ids or a
+        list of such lists; each one is a job with its own commitment, in its
+        item's ``assay`` field with the token ids it committed to.
+        """
+        unknown = sorted(set(body) - EMBEDDING_FIELDS)
+        if unknown:
+            raise HttpError(400, "unsupported_field", f"unknown field {unknown[0]!r}",
+                            param=unknown[0])
+        served = self._model(body.get("model"), None)
+        if served.text is None:
+            raise HttpError(400, "wrong_mode", f"model {served.name!r} does not embed text",
+                            param="model")
+        encoding = body.get("encoding_format", "float")
+        if encoding not in ("float", "base64"):
+            raise HttpError(400, "malformed", "encoding_format must be 'float' or 'base64'",
+                            param="encoding_format")
+        dimensions = body.get("dimensions")
+        width = int(read_meta(served.entry.path).config["hidden_size"])
+        if dimensions is not None and dimensions != width:
+            raise HttpError(400, "unsupported_field",
+                            f"dimensions: this model's embeddings have {width}, not shortened",
+                            param="dimensions")
+        token_lists = self._embedding_inputs(served.text, body.get("input"))
+        data, total = [], 0
+        for index, ids in enumerate(token_lists):
+            tensor = Tensor.from_torch(torch.tensor([ids], dtype=torch.int64))
+            output, commitment = await self._run_http(self._request(served, tensor, {}))
+            vector = output.to_torch().reshape(-1)
+            embedding: Any = (base64.b64encode(vector.numpy().astype("<f4").tobytes()).decode()
+                              if encoding == "base64" else vector.tolist())
+            data.append({"object": "embedding", "index": index, "embedding": embedding,
+                         "assay": {**self._assay_field(commitment), "input_tokens": ids}})
+            total += len(ids)
+        return {"object": "list", "data": data, "model": served.name,
+                "usage": {"prompt_tokens": total, "total_tokens": total}}
+
+    @staticmethod
+    def _embedding_inputs(text: TextEncoder, raw: Any) -> list[list[int]]:
+        """The token ids of each input, refusing anything OpenAI's API would (naming which)."""
+        def is_ids(value: Any) -> bool:
+            return isinstance(value, list) and bool(value) and all(
+                isinstance(t, int) and not isinstance(t, bool) for t in value)
+
+        if isinstance(raw, str) or is_ids(raw):
+            items = [raw]
+        elif isinstance(raw, list) and raw:
+            items = raw
+        else:
+            raise HttpError(400, "malformed",
+                            "input must be a non-empty string, list of strings or token ids",
+                            param="input")
+        if len(items) > MAX_EMBEDDING_INPUTS:
+            raise HttpError(400, "malformed",
+                            f"input has {len(items)} items, more than {MAX_EMBEDDING_INPUTS}",
+                            param="input")
+        out = []
+        for i, item in enumerate(items):
+            where = "input" if len(items) == 1 else f"input[{i}]"
+            try:
+                if isinstance(item, str) and item:
+                    ids = text.encode(item)
+                elif is_ids(item):
+                    ids = text.check_ids(item)
+                else:
+                    raise HttpError(400, "malformed",
+                                    f"{where} must be a non-empty string or list of token ids",
+                                    param="input")
+            except TextTooLong as exc:
+                raise HttpError(400, "invalid_input", f"{where}: {exc}", param="input") from exc
+            out.append(ids)
+        return out
+
     def health(self) -> tuple[bool, dict[str, Any]]:
         checks = {
             "models_loaded": bool(self.models),
@@ -488,6 +583,7 @@ class NodeService:
             endpoint("/v1/completions", self.completions),
             endpoint("/v1/chat/completions", self.chat_completions),
             endpoint("/v1/infer", self.infer),
+            endpoint("/v1/embeddings", self.embeddings),
         ])
 
     def _authorise(self, request: Request) -> None:

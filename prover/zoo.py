@@ -10,9 +10,17 @@ the same weights, byte for byte, and a different seed gives a different model
 of the same architecture (the demo's cheater runs one of those). The global
 RNG is left untouched.
 
+``mlp-int8`` and ``cnn-int8`` are the integer twins of ``mlp`` and ``cnn``
+(:mod:`prover.integer`): the float model of the same seed, quantised on
+``QUANTIZATION_INPUTS`` seeded calibration images. They are what the exact
+mode serves; the float models are served in the ``tensor`` mode.
+
 Job inputs and outputs, one job at a time (batch dimension 1):
 
 - ``mlp``, ``cnn``: float32 image ``[1, 1, 28, 28]`` → float32 class logits ``[1, 10]``.
+- ``mlp-int8``, ``cnn-int8``: uint8 image ``[1, 1, 28, 28]`` (pixel bytes) →
+  int32 class logits ``[1, 10]``, in units of the config's
+  ``quantization.output_scale``.
 - ``gpt2``, ``llama``: int64 token ids ``[1, seq]`` → float32 next-token logits
   ``[1, vocab]`` (the last position only: that is the answer a forward pass
   sells; generating text is the ``llm`` mode's job).
@@ -41,11 +49,23 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
+from prover import integer
+from prover.embedder import EMBEDDER_KIND, embedder
+
 IMAGE_KINDS = ("mlp", "cnn")
 CAUSAL_LM_KINDS = ("gpt2", "llama")
-KINDS = IMAGE_KINDS + CAUSAL_LM_KINDS
+EMBEDDER_KINDS = (EMBEDDER_KIND,)
+INTEGER_KINDS = ("mlp-int8", "cnn-int8")
+FLOAT_SOURCE: Mapping[str, str] = {"mlp-int8": "mlp", "cnn-int8": "cnn"}
+"""Each integer kind's float architecture: the same layers, quantised."""
+KINDS = IMAGE_KINDS + CAUSAL_LM_KINDS + EMBEDDER_KINDS + INTEGER_KINDS
+FLOAT_KINDS = IMAGE_KINDS + CAUSAL_LM_KINDS + EMBEDDER_KINDS
+"""What the ``tensor`` mode serves: models whose float results vary between honest machines."""
 ZOO_NAMES = KINDS
 """Every zoo model is named for its architecture kind."""
+QUANTIZATION_INPUTS = 64
+QUANTIZATION_SEED = 1 << 20
+"""Calibration images for the zoo's integer models: seeds ``QUANTIZATION_SEED + i``."""
 
 ATTENTION_IMPLEMENTATION = "eager"
 """The transformers attention code path: plain matmul and softmax, no fused-kernel choice."""
@@ -103,11 +123,28 @@ class LlamaZooConfig:
     initializer_range: float = LLM_INITIALIZER_RANGE
 
 
+@dataclass(frozen=True)
+class BertZooConfig:
+    """A tiny sentence embedder: ``BertConfig`` keyword arguments plus the pooling keys."""
+
+    vocab_size: int = 256
+    hidden_size: int = 64
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    intermediate_size: int = 128
+    max_position_embeddings: int = 128
+    pooling: str = "mean"
+    normalize: bool = True
+
+
 ZOO_CONFIGS: Mapping[str, type] = {
     "mlp": MLPConfig,
     "cnn": CNNConfig,
+    "mlp-int8": MLPConfig,
+    "cnn-int8": CNNConfig,
     "gpt2": GPT2ZooConfig,
     "llama": LlamaZooConfig,
+    "bert": BertZooConfig,
 }
 
 
@@ -144,7 +181,13 @@ class CNN(nn.Module):
 
 
 def image_config(kind: str, config: Mapping[str, Any]) -> MLPConfig | CNNConfig:
-    """Parse a stored image-model config, refusing unknown keys and non-positive sizes."""
+    """Parse a stored image-model config, refusing unknown keys and non-positive sizes.
+
+    An integer kind's config is its float architecture's plus a ``quantization`` block.
+    """
+    if kind in INTEGER_KINDS:
+        config = {k: v for k, v in config.items() if k != "quantization"}
+        kind = FLOAT_SOURCE[kind]
     cls = MLPConfig if kind == "mlp" else CNNConfig
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(config) - known)
@@ -185,6 +228,12 @@ def _construct(kind: str, config: Mapping[str, Any]) -> nn.Module:
     module: nn.Module
     if kind in CAUSAL_LM_KINDS:
         module = _causal_lm(kind, config)
+    elif kind in EMBEDDER_KINDS:
+        module = embedder(config)
+    elif kind in INTEGER_KINDS:
+        parsed = image_config(kind, config)
+        quantization_block(config)
+        return integer.INTEGER_ARCHITECTURES[FLOAT_SOURCE[kind]](asdict(parsed)).eval()
     else:
         parsed = image_config(kind, config)
         module = MLP(parsed) if isinstance(parsed, MLPConfig) else CNN(parsed)
@@ -206,13 +255,35 @@ def architecture(kind: str, config: Mapping[str, Any]) -> nn.Module:
         return _construct(kind, config)
 
 
+def quantization_block(config: Mapping[str, Any]) -> dict[str, Any]:
+    """An integer kind's ``quantization`` block, checked: positive finite scales."""
+    block = config.get("quantization")
+    if not isinstance(block, dict):
+        raise ValueError("an integer model's config needs a 'quantization' object")
+    scales = [block.get("input_scale"), block.get("output_scale"),
+              *(block.get("activation_scales") or [None])]
+    if not all(isinstance(v, float) and 0 < v < float("inf") for v in scales):
+        raise ValueError(
+            "quantization needs positive input_scale, output_scale and activation_scales"
+        )
+    return block
+
+
 def example_input(kind: str, config: Mapping[str, Any], rng_seed: int) -> torch.Tensor:
     """A valid random job input for a model of ``kind``, a function of ``rng_seed`` alone."""
     g = torch.Generator().manual_seed(rng_seed)
+    if kind in INTEGER_KINDS:
+        parsed = image_config(kind, config)
+        shape = (1, parsed.in_channels, parsed.image_size, parsed.image_size)
+        return torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)  # pixel bytes
     if kind in IMAGE_KINDS:
         parsed = image_config(kind, config)
         side = parsed.image_size
         return torch.rand((1, parsed.in_channels, side, side), generator=g)  # pixels in [0, 1)
+    if kind in EMBEDDER_KINDS:
+        limit = min(MAX_EXAMPLE_TOKENS, int(config["max_position_embeddings"]))
+        n_tokens = int(torch.randint(1, limit + 1, (1,), generator=g))
+        return torch.randint(0, int(config["vocab_size"]), (1, n_tokens), generator=g)
     lm = causal_lm_config(kind, config)
     max_positions = lm.n_positions if kind == "gpt2" else lm.max_position_embeddings
     n_tokens = int(torch.randint(1, min(MAX_EXAMPLE_TOKENS, max_positions) + 1, (1,), generator=g))
@@ -237,6 +308,12 @@ def build(name: str, seed: int) -> ZooModel:
     """Build zoo model ``name`` with weights drawn from ``seed`` (any seed gives a valid model)."""
     if name not in ZOO_CONFIGS:
         raise ValueError(f"unknown zoo model {name!r}; expected one of {list(ZOO_NAMES)}")
+    if name in INTEGER_KINDS:
+        source = build(FLOAT_SOURCE[name], seed)
+        module, config = integer.quantize(
+            source.kind, source.config, source.module, calibration_images(name, source.config)
+        )
+        return ZooModel(name=name, kind=name, seed=seed, config=config, module=module)
     config = asdict(ZOO_CONFIGS[name]())
     with _private_rng(seed):
         module = _construct(name, config)
@@ -244,3 +321,10 @@ def build(name: str, seed: int) -> ZooModel:
         with torch.no_grad():
             _final_norm(module).weight.fill_(LOGIT_GAIN)
     return ZooModel(name=name, kind=name, seed=seed, config=config, module=module)
+
+
+def calibration_images(kind: str, config: Mapping[str, Any]) -> list[torch.Tensor]:
+    """The seeded uint8 images the zoo quantises its integer models on."""
+    integer_kind = kind if kind in INTEGER_KINDS else f"{kind}-int8"
+    return [example_input(integer_kind, config, QUANTIZATION_SEED + i)
+            for i in range(QUANTIZATION_INPUTS)]

@@ -360,10 +360,12 @@ def test_assay_calibrate_stores_thresholds_in_the_registry(
     assert set(entry["params"]["llm"]["tolerances"]) == {"bfloat16", "float32"}
     assert main(["calibrate", "nope", "--registry", registry]) == 2
     assert "no model named" in capsys.readouterr().err
-    assert main(["models", "add", str(tmp_path / "g"), "--name", "x", "--registry",
-                 str(tmp_path / "reg2")]) == 0
+    assert main(["models", "build", "mlp-int8", "--out", str(tmp_path / "int")]) == 0
+    assert main(["models", "add", str(tmp_path / "int"), "--name", "x", "--registry",
+                 str(tmp_path / "reg2"), "--no-suggest"]) == 0
+    capsys.readouterr()
     assert main(["calibrate", "x", "--registry", str(tmp_path / "reg2")]) == 2
-    assert "calibration is for 'llm'" in capsys.readouterr().err
+    assert "exact models are judged bit for bit" in capsys.readouterr().err
 
 
 def test_llm_demo_catches_the_cheater(capsys: pytest.CaptureFixture[str]) -> None:

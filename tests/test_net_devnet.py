@@ -210,7 +210,10 @@ def stake(net: devnet.Devnet, name: str) -> tuple[int, bool]:
 def test_openai_client_gets_completions_and_the_cheater_is_slashed(net: devnet.Devnet) -> None:
     honest = net.member("node-0")
     api = client(honest)
-    assert {m.id for m in api.models.list().data} == {"gpt2", "mlp", devnet.ZK_MODEL}
+    assert {m.id for m in api.models.list().data} == {"gpt2", "mlp", "embed", devnet.ZK_MODEL}
+    embedded = api.embeddings.create(model="embed", input=["a sentence", "another one"])
+    assert [len(d.embedding) for d in embedded.data] == [64, 64]
+    assert all((d.model_extra or {})["assay"]["mode"] == "tensor" for d in embedded.data)
     completion = api.completions.create(model="gpt2", prompt="Hello", max_tokens=8, seed=7,
                                         temperature=0)
     assert completion.usage is not None and completion.usage.completion_tokens == 8

@@ -42,8 +42,8 @@ LEDGER = SigningKey.derive("hostile/ledger")
 def service(tmp_path_factory: pytest.TempPathFactory) -> NodeService:
     tmp = tmp_path_factory.mktemp("hostile")
     registry = ModelRegistry(tmp / "registry")
-    for name, mode in (("mlp", "exact"), ("gpt2", "llm")):
-        built = zoo.build(name, seed=1)
+    for name, kind, mode in (("mlp", "mlp-int8", "exact"), ("gpt2", "gpt2", "llm")):
+        built = zoo.build(kind, seed=1)
         save_model(tmp / name, built.module, built.kind, built.config)
         registry.add(tmp / name, mode=mode, name=name)
     config = NodeConfig(ledger=peer_address("127.0.0.1", 1, LEDGER.public.raw))

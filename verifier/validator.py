@@ -5,7 +5,10 @@ signs what it found: an :class:`~protocol.messages.Attestation` for VALID or
 INCONCLUSIVE, or :class:`~protocol.messages.Evidence` for FRAUD, which embeds the
 node's signed commitment so the claim can be checked by anyone. ``llm``
 commitments are judged with one prefill (:mod:`verifier.llm`) and need the
-output the node served. ``zk`` commitments are checked by their proof
+output the node served. ``tensor`` commitments carry their output and are
+judged within calibrated tolerances (:mod:`verifier.tensor`). The mode a job
+is judged in is the one this validator's registry gives its model, never the
+``mode`` the node wrote. ``zk`` commitments are checked by their proof
 (:mod:`verifier.zk`), every one of them, and a failing proof is
 ``INVALID_PROOF`` evidence that needs no committee. As a member
 of a dispute committee it re-executes the same way and signs its vote as an
@@ -24,9 +27,12 @@ from protocol.keys import SigningKey
 from protocol.messages import Attestation, Commitment, Evidence, JobRequest, Offence, Verdict
 from prover.llm.generate import LLM
 from prover.llm.job import Calibration
+from prover.node import EXACT_MODE
 from prover.runtime import DeterministicRuntime
+from prover.tensor import TENSOR_MODE, TensorModel
 from verifier.llm import LLM_MODE
 from verifier.reexecute import Check, check_exact, check_llm
+from verifier.tensor import check_tensor
 from verifier.zk import ZK_MODE, ZkKey, check_zk
 
 
@@ -47,9 +53,11 @@ class Validator:
         runtime: DeterministicRuntime | None = None,
         llms: Mapping[bytes, tuple[LLM, Calibration]] | None = None,
         zk_keys: Mapping[bytes, ZkKey] | None = None,
+        tensors: Mapping[bytes, TensorModel] | None = None,
     ) -> None:
         self.key = key
         self.models = dict(models)
+        self.tensors = dict(tensors or {})
         self.runtime = runtime or DeterministicRuntime()
         self.llms = dict(llms or {})
         self.zk_keys = dict(zk_keys or {})
@@ -59,12 +67,30 @@ class Validator:
     def validator_id(self) -> bytes:
         return self.key.public.raw
 
+    def mode_of(self, request: JobRequest, commitment: Commitment) -> str:
+        """The mode this validator judges the job in: its registry's, else the commitment's.
+
+        A node cannot choose how it is judged by writing another ``mode``: a
+        model this validator holds is judged in the mode it holds it in.
+        """
+        model_id = request.model_id
+        for mode, held in ((ZK_MODE, self.zk_keys), (TENSOR_MODE, self.tensors),
+                           (LLM_MODE, self.llms), (EXACT_MODE, self.models)):
+            if model_id in held:
+                return mode
+        return commitment.mode
+
     def _check(
         self, request: JobRequest, commitment: Commitment, output: Tensor | None
     ) -> Check:
-        if self._is_zk(request, commitment):
+        mode = self.mode_of(request, commitment)
+        if mode == ZK_MODE:
             check = check_zk(request, commitment, self.zk_keys.get(request.model_id))
-        elif commitment.mode == LLM_MODE or request.model_id in self.llms:
+        elif mode == TENSOR_MODE:
+            judged = check_tensor(request, commitment, self.tensors.get(request.model_id),
+                                  self.runtime.threads)
+            check = Check(judged.verdict, judged.reason, b"", judged.seconds)
+        elif mode == LLM_MODE:
             llm = self.llms.get(request.model_id)
             check = check_llm(request, commitment, output, llm, self.runtime.threads)
         else:
@@ -73,9 +99,6 @@ class Validator:
         self.stats.seconds += check.seconds
         self.stats.verdicts[check.verdict] += 1
         return check
-
-    def _is_zk(self, request: JobRequest, commitment: Commitment) -> bool:
-        return commitment.mode == ZK_MODE or request.model_id in self.zk_keys
 
     def audit(
         self,
@@ -95,7 +118,7 @@ class Validator:
             return Evidence(
                 offence=(
                     Offence.INVALID_PROOF
-                    if self._is_zk(request, commitment)
+                    if self.mode_of(request, commitment) == ZK_MODE
                     else Offence.MISMATCH
                 ),
                 job_id=commitment.job_id,

@@ -52,7 +52,9 @@ NODE_FUNDS = 50_000
 VALIDATOR_FUNDS = 50_000
 CLIENT_FUNDS = 10**12
 STAKE = 20_000
-MODELS = (("gpt2", "llm"), ("mlp", "exact"))
+MODELS = (("gpt2", "gpt2", "llm"), ("mlp", "mlp-int8", "exact"), ("embed", "bert", "tensor"))
+"""``(name, zoo model, mode)``: a text model, an integer model judged bit for bit, and a float
+sentence embedder judged within the tolerances measured when the devnet is made."""
 ZK_MODEL = "zk-mlp"
 """The devnet's zk model: :func:`prover.zk.small_mlp`, served in the zk mode."""
 ZK_STORE = "zk"
@@ -138,6 +140,8 @@ def create(
     from prover import zoo
     from prover.model_store import save_model
     from prover.registry import ModelRegistry
+    from verifier.tensor import REGISTRY_KEY as TENSOR_KEY
+    from verifier.tensor_calibration import calibrate_tensor
 
     if nodes < 1 or validators < 2 or not 0 <= cheaters <= nodes:
         raise ValueError("a devnet needs nodes >= 1, validators >= 2 and 0 <= cheaters <= nodes")
@@ -147,10 +151,13 @@ def create(
     directory.mkdir(parents=True, exist_ok=True)
     net = Devnet(str(directory))
     registry = ModelRegistry(directory / "registry")
-    for index, (name, mode) in enumerate(MODELS):
-        built = zoo.build(name, seed=100 + index)
+    for index, (name, kind, mode) in enumerate(MODELS):
+        built = zoo.build(kind, seed=100 + index)
         save_model(directory / "models" / name, built.module, built.kind, built.config)
         entry = registry.add(directory / "models" / name, mode=mode, name=name)
+        if mode == "tensor":  # this machine's honest variation: threads and batches
+            tolerances = calibrate_tensor(directory / "models" / name, jobs=8, isa_paths=False)
+            registry.update_params(entry.model_id, {TENSOR_KEY: tolerances})
         net.models[name] = entry.model_id.hex()
     if zk:
         net.models[ZK_MODEL] = _zk_model(directory, registry, seed=100 + len(MODELS))

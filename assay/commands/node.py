@@ -1,13 +1,13 @@
 """``assay node run``: the operator binary for an inference node.
 
-It serves every model in its registry: ``exact`` and ``llm`` entries are
-loaded from their directories; ``zk`` entries are proved with the artifacts
+It serves every model in its registry: ``exact``, ``tensor`` and ``llm``
+entries are loaded from their directories; ``zk`` entries are proved with the artifacts
 ``assay zk setup`` made, from the ``zk_store`` setting (default
 ``$ASSAY_HOME/zk``), which must be the ones the entry pins, or the node
 refuses to start and names the model. At start the service also compares each
 zk model's verifying key with the one the ledger registered
 (:meth:`prover.service.NodeService.check_zk_keys`). A devnet cheater
-(``cheat_rate``) substitutes models of the ``exact`` and ``llm`` modes only:
+(``cheat_rate``) substitutes models of the ``exact``, ``tensor`` and ``llm`` modes only:
 ``build_cheat`` never sees a zk model, whose jobs are always proved honestly.
 """
 
@@ -30,7 +30,12 @@ def cmd_node_run(args: argparse.Namespace) -> int:
     from protocol.keystore import KeystoreError, SigningJournal, load_key
     from protocol.net.host import PeerHost
     from protocol.net.metrics import Metrics
-    from prover.node import InferenceNode, load_registered_llms, load_registered_models
+    from prover.node import (
+        InferenceNode,
+        load_registered_llms,
+        load_registered_models,
+        load_registered_tensors,
+    )
     from prover.registry import ModelRegistry, default_registry_root
     from prover.runtime import DeterministicRuntime
     from prover.service import NodeService, build_cheat
@@ -52,21 +57,23 @@ def cmd_node_run(args: argparse.Namespace) -> int:
     registry = ModelRegistry(Path(config.registry) if config.registry else default_registry_root())
     models = load_registered_models(registry)
     llms = load_registered_llms(registry)
+    tensors = load_registered_tensors(registry)
     zk = registered_zk_artifacts(registry, zk_store_root(config.zk_store))
     try:
         zk_provers = {model_id: ZkProver(artifacts) for model_id, (_, artifacts) in zk.items()}
     except ZkError as exc:
         raise CommandError(str(exc)) from exc
-    served = {*models, *llms, *zk_provers}
+    served = {*models, *llms, *zk_provers, *tensors}
     entries = [e for e in registry.list() if e.model_id in served]
     if not entries:
-        raise CommandError(f"no exact, llm or zk models in the registry at {registry.path}")
-    modules: dict[bytes, Any] = {**models, **{i: llm.module for i, (llm, _) in llms.items()}}
+        raise CommandError(f"no exact, tensor, llm or zk models in the registry at {registry.path}")
+    modules: dict[bytes, Any] = {**models, **{i: llm.module for i, (llm, _) in llms.items()},
+                                 **{i: t.module for i, t in tensors.items()}}
     cheat = build_cheat(modules, config.cheat_rate, int.from_bytes(sha256(key.seed())[:4], "big"))
     Path(config.data_dir).mkdir(parents=True, exist_ok=True)
     protection = SignerProtection.open(Path(config.data_dir) / SIGNER_PROTECTION_FILE)
     node = InferenceNode(key, models, DeterministicRuntime(threads=config.threads), cheat,
-                         llms=llms, zk_provers=zk_provers, protection=protection)
+                         llms=llms, zk_provers=zk_provers, protection=protection, tensors=tensors)
     metrics = Metrics()
     host = PeerHost(key, config.listen, [*config.bootstrap, config.ledger], metrics)
     journal = SigningJournal(Path(config.data_dir) / "journal.sqlite")

@@ -38,7 +38,7 @@ def cmd_validator_run(args: argparse.Namespace) -> int:
     from protocol.keystore import KeystoreError, SigningJournal, load_key
     from protocol.net.host import PeerHost
     from protocol.net.metrics import Metrics
-    from prover.node import load_registered_llms, load_registered_models
+    from prover.node import load_registered_llms, load_registered_models, load_registered_tensors
     from prover.registry import ModelRegistry, default_registry_root
     from prover.runtime import DeterministicRuntime
     from verifier.service import ValidatorService
@@ -59,7 +59,8 @@ def cmd_validator_run(args: argparse.Namespace) -> int:
                           DeterministicRuntime(threads=config.threads),
                           llms=load_registered_llms(registry),
                           zk_keys={model_id: ZkKey.from_artifacts(artifacts, entry.params)
-                                   for model_id, (entry, artifacts) in zk.items()})
+                                   for model_id, (entry, artifacts) in zk.items()},
+                          tensors=load_registered_tensors(registry))
     metrics = Metrics()
     host = PeerHost(key, config.listen, [*config.bootstrap, config.ledger], metrics)
     journal = SigningJournal(Path(config.data_dir) / "journal.sqlite")

@@ -179,7 +179,8 @@ def print_mode_suggestion(directory: Path, latency: float) -> None:
             latency_budget=latency,
         ),
     )
-    mode = "zk" if suggestion.check == "zk" else "exact (sampled re-execution)"
+    mode = ("zk" if suggestion.check == "zk"
+            else "sampled re-execution (exact after --quantize, or tensor)")
     print(f"suggested mode: {mode}: {suggestion.reason} (proving time estimated)")
 
 

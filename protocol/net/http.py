@@ -28,16 +28,20 @@ PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class HttpError(Exception):
-    def __init__(self, status: int, reason: str, message: str) -> None:
+    """A refused request: its status, a metric reason, and ``param``, the field it names."""
+
+    def __init__(self, status: int, reason: str, message: str, param: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
         self.message = message
+        self.param = param
 
     def response(self) -> JSONResponse:
         kind = "invalid_request_error" if self.status < 500 else "server_error"
         return JSONResponse(
-            {"error": {"message": self.message, "type": kind, "code": self.reason}},
+            {"error": {"message": self.message, "type": kind, "param": self.param,
+                       "code": self.reason}},
             status_code=self.status,
         )
 
