@@ -27,7 +27,6 @@ from slashing import LedgerParams
 from slashing import constants as c
 
 PATHS = ("fast", "reference")
-IDS = ("hash", "message")
 ARRIVALS = ("fixed", "poisson")
 STRATEGY_KINDS = ("cheater", "adaptive", "colluding")
 
@@ -73,7 +72,6 @@ class SimConfig:
     jobs: int
     arrivals: str
     path: str
-    ids: str
     clients: int
     nodes: int
     node_bond: int
@@ -104,7 +102,6 @@ class SimConfig:
             "jobs": self.jobs,
             "arrivals": self.arrivals,
             "path": self.path,
-            "ids": self.ids,
             "clients": self.clients,
             "nodes": {
                 "count": self.nodes,
@@ -140,7 +137,6 @@ _TOP: dict[str, Any] = {
     "jobs": 2_000,
     "arrivals": "fixed",
     "path": "fast",
-    "ids": "hash",
     "clients": 4,
 }
 _NODES: dict[str, Any] = {
@@ -247,7 +243,6 @@ def resolve(tree: Mapping[str, Any]) -> SimConfig:
         jobs=_int("jobs", top["jobs"], 0, 10**9),
         arrivals=_choice("arrivals", top["arrivals"], ARRIVALS),
         path=_choice("path", top["path"], PATHS),
-        ids=_choice("ids", top["ids"], IDS),
         clients=_int("clients", top["clients"], 1, 10_000),
         nodes=_int("nodes.count", nodes["count"], 1, 10_000_000),
         node_bond=_int("nodes.bond", nodes["bond"], c.MIN_STAKE[c.NODE], c.MAX_SUPPLY // 4),

@@ -20,9 +20,11 @@ and so change who audits the next one. Settlement is one vectorised pass at
 the end, which gives the same balances because a settlement only adds to
 balances and never depends on them.
 
+Jobs are named by their real content ids (:class:`netsim.jobs.JobIds`), so
+every draw keyed by a job is the reference path's.
 ``tests/test_netsim_equivalence.py`` runs both paths on random small
-configurations with ``ids = "message"`` and requires every per-job column
-and every final balance and stake to be equal.
+configurations and on every example configuration and requires every
+per-job column and every final balance and stake to be equal.
 """
 
 from __future__ import annotations
@@ -156,7 +158,7 @@ def run_fast(population: Population, on_epoch: Callable[[int], None] | None = No
     beacon = ChainBeacon(config.seed)
     ledger = FastLedger(population)
     n, m = config.nodes, config.validators
-    seed_bytes = config.seed.to_bytes(8, "big")
+    job_ids = jobs.JobIds(population)
 
     epoch = np.zeros(total, dtype=np.int64)
     node = np.zeros(total, dtype=np.int64)
@@ -175,7 +177,7 @@ def run_fast(population: Population, on_epoch: Callable[[int], None] | None = No
     reexecuted = np.zeros(m, dtype=np.int64)
     online = np.ones(n, dtype=bool)
     streak = np.zeros(n, dtype=np.int64)
-    online_log, active_log = [], []
+    online_log, active_log, auditors_log = [], [], []
     start = 0
     for e in range(config.epochs):
         active = online & ledger.nodes.bonded(e)
@@ -187,12 +189,10 @@ def run_fast(population: Population, on_epoch: Callable[[int], None] | None = No
         epoch[here], node[here], cheated[here] = e, draw.node, draw.cheated
         served = zip(range(start, start + size), draw.node.tolist(), draw.cheated.tolist(),
                      strict=True)
-        if config.ids == "message":
-            ids = [jobs.message_ids(population, g, k, x) for g, k, x in served]
-        else:
-            ids = [jobs.hash_ids(seed_bytes, g, k, x) for g, k, x in served]
+        ids = [job_ids.ids(g, k, x) for g, k, x in served]
         beacon_value = beacon.value(e + 1)
         ledger.reveal(e + 1)
+        auditors_log.append(len(ledger.bonded))
         hit = np.array(
             [sampled(beacon_value, job_id, cid, params.sample_ppm) for job_id, cid in ids],
             dtype=bool,
@@ -288,6 +288,7 @@ def run_fast(population: Population, on_epoch: Callable[[int], None] | None = No
         client_balance=client_balance,
         online=np.array(online_log, dtype=np.int64),
         active=np.array(active_log, dtype=np.int64),
+        auditors=np.array(auditors_log, dtype=np.int64),
         minted=minted + n * config.node_bond + m * config.validator_bond,
         total_burned=ledger.burned,
     )

@@ -1,22 +1,32 @@
-"""A simulated job's messages and ids; outputs are hashes, never model runs.
+"""A simulated job: its messages, its ids, and its outputs (hashes, never model runs).
+
+Job ``index`` (counted over the whole run) is the :class:`JobRequest` that
+client ``index mod clients`` sends with input and nonce ``index``; the node
+that serves it commits to it with a :class:`Commitment`. Its job id and
+commitment id are those messages' content ids, exactly as the ledger
+computes them, on both protocol paths: this is the job's one identity, and
+every draw keyed by it (sampling, auditor, committee) is the same on both.
+
+The reference path builds, signs and records the messages. The fast path
+needs only their ids, and building and encoding the two messages costs ~160 µs a job, so
+:class:`JobIds` computes the same canonical bytes from templates: the real
+encoding of one request and one commitment, cut at the fields that vary from
+job to job. It checks on construction that its bytes equal the codec's for
+jobs of every nonce width; the reference path checks every job it records.
 
 An honest output hash is a function of the job alone, ``H(tag ‖ job_id)``;
 a cheater's substitute model gives a different one. A validator's
 re-execution "recomputes" the honest hash, so a cheated job mismatches
 exactly as in the exact verification mode.
-
-Two ways to name a job, used by :mod:`netsim.fast`:
-
-* ``message`` ids are the content ids of the real :class:`JobRequest` and
-  :class:`Commitment` that the reference path signs and records: the job id
-  and commitment id the ledger sees. Building them costs ~140 µs a job.
-* ``hash`` ids are ``H(tag ‖ seed ‖ job index)`` and
-  ``H(tag ‖ job id ‖ node ‖ cheated)``, ~2 µs a job. Both are SHA-256 outputs
-  of distinct inputs, so every draw keyed by them (sampling, auditor,
-  committee) has the same distribution; only which jobs land where differs.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from hashlib import sha256 as _sha256
+
+import msgpack
 
 from netsim.population import Population
 from protocol.codec import Tensor, encode
@@ -26,12 +36,13 @@ from protocol.messages import Commitment, JobRequest
 OUTPUT_TAG = b"netsim/output\x00"
 SUBSTITUTE_TAG = b"netsim/substitute-output\x00"
 GRIEF_TAG = b"netsim/grief\x00"
-JOB_TAG = b"netsim/job\x00"
-COMMITMENT_TAG = b"netsim/commitment\x00"
+INPUT_BYTES = 8
+CHECKED_INDICES = (0, 1, 200, 70_000, 2**33 + 5)
+"""Jobs whose template bytes are compared with the codec's: one per msgpack integer width."""
 
 
 def job_input(index: int) -> Tensor:
-    return Tensor("uint8", (8,), index.to_bytes(8, "big"))
+    return Tensor("uint8", (INPUT_BYTES,), index.to_bytes(INPUT_BYTES, "big"))
 
 
 def request(population: Population, index: int) -> JobRequest:
@@ -75,13 +86,89 @@ def commitment(
 def message_ids(
     population: Population, index: int, node: int, cheated: bool
 ) -> tuple[bytes, bytes]:
-    """(job id, commitment id) exactly as the ledger computes them."""
+    """(job id, commitment id) from the real messages: what the ledger records."""
     job = request(population, index)
     return job.job_id, commitment(population, job, node, cheated).content_id
 
 
-def hash_ids(seed: bytes, index: int, node: int, cheated: bool) -> tuple[bytes, bytes]:
-    """(job id, commitment id) as SHA-256 of the run seed, job index, node and choice."""
-    job_id = sha256(JOB_TAG + seed + index.to_bytes(8, "big"))
-    flag = b"\x01" if cheated else b"\x00"
-    return job_id, sha256(COMMITMENT_TAG + job_id + node.to_bytes(8, "big") + flag)
+@dataclass(frozen=True)
+class Template:
+    """Canonical bytes with holes: the pieces around the values that vary."""
+
+    pieces: tuple[bytes, ...]
+
+    @classmethod
+    def cut(cls, encoded: bytes, holes: Sequence[bytes]) -> Template:
+        """Cut ``encoded`` at each hole, in order; each must occur in it exactly once."""
+        pieces, start = [], 0
+        for hole in holes:
+            at = encoded.find(hole)
+            if encoded.count(hole) != 1 or at < start:
+                raise ValueError(f"a template hole does not occur exactly once: {hole.hex()}")
+            pieces.append(encoded[start:at])
+            start = at + len(hole)
+        pieces.append(encoded[start:])
+        return cls(tuple(pieces))
+
+    def fill(self, values: Sequence[bytes]) -> bytes:
+        out = [self.pieces[0]]
+        for value, piece in zip(values, self.pieces[1:], strict=True):
+            out += (value, piece)
+        return b"".join(out)
+
+
+_pack = msgpack.Packer(use_bin_type=True).pack
+"""One value as the codec writes it inside a map (plain msgpack for ints and bytes)."""
+
+
+def _packed(value: int | bytes) -> bytes:
+    packed = _pack(value)
+    assert isinstance(packed, bytes)
+    return packed
+
+
+class JobIds:
+    """The ledger's (job id, commitment id) of every job, without building messages."""
+
+    def __init__(self, population: Population) -> None:
+        self.population = population
+        marker = 2**33 + 5
+        job = request(population, marker)
+        data = job.input.data
+        self.input = Template.cut(encode(job.input), [data])
+        self.clients = [_packed(c) for c in population.client_ids]
+        self.nodes = [_packed(n) for n in population.node_ids]
+        # In a canonical map, keys are written in UTF-8 order: client, fee, input, ..., nonce
+        self.request = Template.cut(
+            job.body_bytes(), [_packed(job.client), encode(job.input), _packed(marker)]
+        )
+        made = commitment(population, job, 0, cheated=False)
+        # Keys in order: input_hash, job_id, ..., node, output_hash
+        self.commitment = Template.cut(
+            made.body_bytes(),
+            [_packed(made.input_hash), _packed(made.job_id), _packed(made.node),
+             _packed(made.output_hash)],
+        )
+        self.digest = _packed(made.job_id)[: -len(made.job_id)]
+        """The header msgpack writes before a 32-byte digest."""
+        for index in CHECKED_INDICES:
+            for cheated in (False, True):
+                node = index % population.config.nodes
+                expected = message_ids(population, index, node, cheated)
+                assert self.ids(index, node, cheated) == expected, "job id templates are stale"
+
+    def ids(self, index: int, node: int, cheated: bool) -> tuple[bytes, bytes]:
+        """(job id, commitment id) of job ``index`` served by ``node``."""
+        tensor_pieces, request_pieces = self.input.pieces, self.request.pieces
+        tensor = tensor_pieces[0] + index.to_bytes(INPUT_BYTES, "big") + tensor_pieces[1]
+        job_id = _sha256(b"".join((
+            request_pieces[0], self.clients[index % len(self.clients)], request_pieces[1],
+            tensor, request_pieces[2], _pack(index), request_pieces[3],
+        ))).digest()
+        output = _sha256((SUBSTITUTE_TAG if cheated else OUTPUT_TAG) + job_id).digest()
+        pieces, digest = self.commitment.pieces, self.digest
+        body = b"".join((
+            pieces[0], digest, _sha256(tensor).digest(), pieces[1], digest, job_id, pieces[2],
+            self.nodes[node], pieces[3], digest, output, pieces[4],
+        ))
+        return job_id, _sha256(body).digest()

@@ -19,6 +19,10 @@ fee is what a node earns for one settled job, s a cheater's saving):
   of the jobs' honest compute (full replication is 100 %).
 * fee per valid job: what clients paid, net of refunds and returned
   verification fees, per job whose output was correct.
+* theory: :mod:`netsim.theory`'s prediction of detection and gain per
+  cheated job, weighted by how often each node actually cheated.
+* unserved jobs: arrived in an epoch in which no node was active;
+  unaudited samples: sampled jobs no bonded validator was left to audit.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from netsim import theory
+from netsim.behaviour import arrivals
 from netsim.outcome import FRAUD, INCONCLUSIVE, REFUSED, VALID, Outcome
 from netsim.population import Population
 
@@ -99,6 +105,29 @@ def node_table(population: Population, outcome: Outcome) -> Table:
     }
 
 
+def caught_within(caught_at: np.ndarray, cheats: np.ndarray, most: int) -> np.ndarray:
+    """P(a cheater is caught within n of its cheated jobs), n = 1..most.
+
+    The Kaplan–Meier estimate (Kaplan and Meier, JASA 53, 1958): a cheater
+    that stopped cheating uncaught (jailed, offline, out of jobs) leaves the
+    risk set instead of counting as never caught. ``caught_at`` is the cheat
+    on which each cheater was caught (-1: never), ``cheats`` how many jobs
+    it cheated on. Once every cheater is caught the estimate stays 1; past
+    the last cheater still cheating uncaught it is undefined (NaN).
+    """
+    out = np.full(most, np.nan)
+    surviving = 1.0
+    for n in range(1, most + 1):
+        at_risk = int(((caught_at >= n) | ((caught_at < 0) & (cheats >= n))).sum())
+        if at_risk == 0:
+            if surviving == 0.0:
+                out[n - 1:] = 1.0
+            break
+        surviving *= 1.0 - int((caught_at == n).sum()) / at_risk
+        out[n - 1] = 1.0 - surviving
+    return out
+
+
 def validator_table(population: Population, outcome: Outcome) -> Table:
     config = population.config
     m = config.validators
@@ -155,6 +184,8 @@ def epoch_table(population: Population, outcome: Outcome) -> Table:
         "epoch": np.arange(e, dtype=np.int64),
         "online": outcome.online,
         "active": outcome.active,
+        "auditors": outcome.auditors,
+        "arrived": arrivals(population),
         "jobs": count(np.ones(len(epochs), dtype=bool)),
         "cheated": count(outcome.cheated),
         "sampled": count(outcome.sampled),
@@ -201,10 +232,22 @@ def summary(population: Population, outcome: Outcome, nodes: Table, validators: 
     def mean(values: np.ndarray) -> float:
         return float(values.mean()) if len(values) else float("nan")
 
+    catch = theory.catch_probabilities(population)
+    per_node_cheats = nodes["cheated"].astype(np.float64)
+    expected_gain = np.array(
+        [theory.cheat_gain(population, i, catch[i]) for i in np.flatnonzero(per_node_cheats)]
+    )
+
+    def per_cheated_job(values: np.ndarray) -> float:
+        weights = per_node_cheats[per_node_cheats > 0]
+        return float((values * weights).sum() / cheated) if cheated else float("nan")
+
     return {
         "jobs": len(outcome.node),
+        "unserved_jobs": int(arrivals(population).sum()) - len(outcome.node),
         "cheated": cheated,
         "sampled": int(outcome.sampled.sum()),
+        "unaudited_samples": int((outcome.sampled & (outcome.auditor < 0)).sum()),
         "fraud": int((outcome.verdict == FRAUD).sum()),
         "false_accusations": int((outcome.verdict == VALID).sum()),
         "refused": int((outcome.verdict == REFUSED).sum()),
@@ -214,6 +257,9 @@ def summary(population: Population, outcome: Outcome, nodes: Table, validators: 
         "cheat_gain_per_cheated_job": (
             float(nodes["cheat_gain"][cheaters].sum() / cheated) if cheated else float("nan")
         ),
+        "theory_detection_per_cheated_job": per_cheated_job(catch[per_node_cheats > 0]),
+        "theory_cheat_gain_per_cheated_job": per_cheated_job(expected_gain),
+        "sampled_cheated": int((outcome.sampled & outcome.cheated).sum()),
         "cheater_profit": float(nodes["profit"][cheaters].sum()),
         "honest_profit_per_job": (
             float(nodes["profit"][~cheaters].sum() / honest_jobs) if honest_jobs else float("nan")

@@ -60,6 +60,9 @@ class Outcome:
     # -- per epoch
     online: np.ndarray
     active: np.ndarray
+    """Nodes online and bonded (not jailed, not slashed out) when the epoch's jobs arrive."""
+    auditors: np.ndarray
+    """Validators bonded when auditors are drawn for the epoch's sampled jobs."""
     # -- totals
     minted: int
     total_burned: int

@@ -138,11 +138,12 @@ def run_reference(
         )
     }
     job_ids: list[bytes] = []
+    identity = jobs.JobIds(population)
     audits = np.zeros(m, dtype=np.int64)
     reexecuted = np.zeros(m, dtype=np.int64)
     online = np.ones(n, dtype=bool)
     streak = np.zeros(n, dtype=np.int64)
-    online_log, active_log = [], []
+    online_log, active_log, auditors_log = [], [], []
     index = 0
     for epoch in range(config.epochs):
         active = online & net.bonded_nodes()
@@ -156,11 +157,13 @@ def run_reference(
             commitment = jobs.commitment(population, request, node, cheated).signed(
                 net.node_keys[node]
             )
+            assert identity.ids(index, node, cheated) == (request.job_id, commitment.content_id)
             net.record(RecordJob(request=request.encode(), commitment=commitment.encode()))
             served.append(commitment)
             job_ids.append(request.job_id)
             index += 1
         net.reveal(epoch + 1)
+        auditors_log.append(len(net.bonded_validators()))
         epoch_sampled = np.zeros(len(served), dtype=bool)
         for j, commitment in enumerate(served):
             node, cheated = int(draw.node[j]), bool(draw.cheated[j])
@@ -185,7 +188,9 @@ def run_reference(
             on_epoch(1)
     for extra in range(params.challenge_window + 2):
         net.reveal(config.epochs + 1 + extra)
-    return _outcome(net, columns, job_ids, audits, reexecuted, online_log, active_log)
+    return _outcome(
+        net, columns, job_ids, audits, reexecuted, online_log, active_log, auditors_log
+    )
 
 
 def _audit(
@@ -266,6 +271,7 @@ def _outcome(
     reexecuted: np.ndarray,
     online: list[int],
     active: list[int],
+    auditors: list[int],
 ) -> Outcome:
     """Settlement read back from the ledger: who the escrow went to, job by job."""
     params = net.params
@@ -309,6 +315,7 @@ def _outcome(
         ),
         online=np.array(online, dtype=np.int64),
         active=np.array(active, dtype=np.int64),
+        auditors=np.array(auditors, dtype=np.int64),
         minted=net.state.minted,
         total_burned=net.state.burned,
     )

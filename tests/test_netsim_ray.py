@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from netsim.sweep import parse_axis, run_sweep
+from netsim.grid import parse_axis, run_sweep
 
 ray = pytest.importorskip("ray")
 
@@ -38,8 +38,8 @@ def ray_instance() -> Iterator[None]:
 def test_sweep_on_ray_equals_the_process_pool(ray_instance: None) -> None:
     tree = tomllib.loads(GRID)
     axes = [parse_axis("p=0.05,0.3"), parse_axis("q=0.1,0.9")]
-    local = run_sweep(tree, axes, replicates=2, workers=2)
-    on_ray = run_sweep(tree, axes, replicates=2, ray=True)
+    local = run_sweep(tree, axes, seeds=2, workers=2)
+    on_ray = run_sweep(tree, axes, seeds=2, ray=True)
     assert len(local) == 8 and all(r["status"] == "ok" for r in local)
     assert [r["seed"] for r in local] == [5, 6] * 4
     assert str(on_ray) == str(local)  # NaN-safe equality of every value
