@@ -16,5 +16,5 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_paper_readme_regenerates(paper: str) -> None:
     script = ROOT / "papers" / paper / "reproduce.py"
     done = subprocess.run([sys.executable, str(script), "--check"], capture_output=True,
-                          text=True, timeout=600)
+                          text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-2000:]
