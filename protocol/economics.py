@@ -11,6 +11,16 @@ share r of validators colluding with a cheater, slash S.
   made up at no cost earns R when unsampled; it is unprofitable when
   ``S ≥ R(1−p)/p``.
 
+* Stake at risk: both conditions assume a caught cheat pays S in full. A
+  node's unsettled jobs are its liability: with J of them, all cheated, the
+  expected slash is p·J·S, and a slash can take no more than the node holds.
+  The ledger bounds J by the node's stake, ``J ≤ stake / (p·S)``
+  (:func:`in_flight_limit`), and a job stays unsettled for the detection
+  latency D (the rounds from recording to settlement, in which a cheat can
+  still be proven), so serving T jobs a round needs ``stake ≥ p·S·T·D``
+  (:func:`stake_for_throughput`). Genesis refuses parameters under which a
+  node at the minimum stake could not keep even one job a round in flight.
+
 Amounts are integer token units; p and r are integer parts per million, so the
 conditions are checked in exact integer arithmetic.
 """
@@ -29,9 +39,11 @@ class EconomicParams:
     sample_ppm: int  # p, parts per million
     collusion_ppm: int  # r, parts per million
     slash: int  # S, token units
+    min_stake: int = 0  # the least stake a node bonds, token units (0: not checked)
+    detection_rounds: int = 0  # D, rounds a job stays unsettled and can be proven a cheat
 
     def __post_init__(self) -> None:
-        for name in ("reward", "compute_cost", "slash"):
+        for name in ("reward", "compute_cost", "slash", "min_stake", "detection_rounds"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
@@ -65,6 +77,27 @@ def min_slash_fabrication(e: EconomicParams) -> int:
     return -(-num // e.sample_ppm)
 
 
+def in_flight_limit(stake: int, sample_ppm: int, slash: int) -> int:
+    """The most unsettled jobs a node with ``stake`` may have: ``stake / (p·S)``, rounded down.
+
+    With that many jobs in flight, all cheated, the expected slash p·J·S is
+    the stake itself: the liability never outgrows what can be taken.
+    """
+    if slash <= 0 or sample_ppm <= 0:
+        raise ValueError("the in-flight limit needs a positive slash and sampling rate")
+    return stake * PPM // (sample_ppm * slash)
+
+
+def stake_for_throughput(e: EconomicParams, jobs_per_round: int) -> int:
+    """The least stake that keeps ``jobs_per_round`` jobs a round in flight: ``p·S·T·D``."""
+    return -(-e.sample_ppm * e.slash * jobs_per_round * e.detection_rounds // PPM)
+
+
+def stake_at_risk_holds(e: EconomicParams) -> bool:
+    """A node at the minimum stake may keep one job a round in flight for D rounds."""
+    return in_flight_limit(e.min_stake, e.sample_ppm, e.slash) >= e.detection_rounds
+
+
 def violations(e: EconomicParams) -> list[str]:
     """Human-readable reasons the parameters are unsafe; empty when both conditions hold."""
     out: list[str] = []
@@ -81,6 +114,13 @@ def violations(e: EconomicParams) -> list[str]:
             f"fabrication condition S >= R(1-p)/p fails: S = {e.slash} < "
             f"{e.reward}*(1-{p:g})/{p:g} = {e.reward * (1 - p) / p:.6g}; "
             f"need slash >= {min_slash_fabrication(e)}"
+        )
+    if e.min_stake and e.slash and not stake_at_risk_holds(e):
+        out.append(
+            f"stake at risk fails: the minimum stake {e.min_stake} covers "
+            f"{in_flight_limit(e.min_stake, e.sample_ppm, e.slash)} unsettled jobs "
+            f"(stake/(p*S)), fewer than the {e.detection_rounds} a node serving one job a round "
+            f"keeps in flight; need p*S*D <= {e.min_stake}"
         )
     return out
 

@@ -3,9 +3,19 @@
 Every message travels as one canonical msgpack map (see :mod:`protocol.codec`)
 holding ``kind``, the schema version ``v``, its fields and ``signature``.
 The *body* is that map without ``signature``; a message's content id is
-``SHA-256(encode(body))`` and its signature covers the body under a domain
-tag equal to its kind, so an id never depends on signature bytes and a
-signature for one kind is never valid for another.
+``SHA-256(encode(body))`` and its signature covers the body under the domain
+tag ``kind/chain id`` (:meth:`SignedMessage.domain`), so an id never depends
+on signature bytes, a signature for one kind is never valid for another, and
+a signature made for one network is never valid on another.
+
+Every message names its network's **chain id**, the hash of the ledger's
+genesis (``slashing.rules.genesis_chain_id``): a job, commitment,
+attestation or piece of evidence signed for one network is refused by every
+other, both because its ``chain_id`` field differs and because its signature
+was made under another domain. A :class:`JobRequest` also names the node it
+is for and the last beacon round in which it may be recorded
+(``expiry_round``), so no other node can answer it and it cannot be held back
+and recorded later.
 
     JobRequest   client → node       job_id = JobRequest.content_id
     Commitment   node → ledger       binds job, model, input hash, output hash
@@ -28,7 +38,7 @@ from protocol.errors import MalformedMessage, ReplayedMessage, UnsupportedVersio
 from protocol.hashing import DIGEST_BYTES, sha256
 from protocol.keys import PUBLIC_KEY_BYTES, SIGNATURE_BYTES, PublicKey, SigningKey
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 MAX_TEXT = 512
 MAX_AUX_BYTES = 4 * 1024 * 1024
 MAX_PARAMS = 64
@@ -152,6 +162,11 @@ def _spec(checker: Checker, **kwargs: Any) -> Any:
 M = TypeVar("M", bound="SignedMessage")
 
 
+def message_domain(kind: str, chain_id: bytes) -> bytes:
+    """The domain tag a message of ``kind`` for chain ``chain_id`` is signed under."""
+    return f"{kind}/{chain_id.hex()}".encode()
+
+
 @dataclass(frozen=True)
 class SignedMessage:
     """Shared machinery: validation, canonical bytes, ids and signatures."""
@@ -159,6 +174,7 @@ class SignedMessage:
     KIND: ClassVar[str]
     SIGNER: ClassVar[str]
     if TYPE_CHECKING:
+        chain_id: bytes  # declared by each message: the network it is signed for
         signature: bytes  # declared by each message as its last field
 
     def __post_init__(self) -> None:
@@ -194,6 +210,10 @@ class SignedMessage:
     def signer(self) -> PublicKey:
         return PublicKey(getattr(self, self.SIGNER))
 
+    def domain(self) -> bytes:
+        """The signature's domain tag: the kind and the chain id, ``kind/<64 hex digits>``."""
+        return message_domain(self.KIND, self.chain_id)
+
     # -- signatures ------------------------------------------------------------
     def signed(self, key: SigningKey) -> Self:
         if key.public.raw != getattr(self, self.SIGNER):
@@ -201,12 +221,12 @@ class SignedMessage:
                 f"{self.KIND} names signer {getattr(self, self.SIGNER).hex()[:16]}… "
                 f"but the key is {key.public.hex()[:16]}…"
             )
-        sig = key.sign(self.KIND.encode(), self.body_bytes())
+        sig = key.sign(self.domain(), self.body_bytes())
         return dataclasses.replace(self, signature=sig)
 
     def verify(self) -> Self:
-        """Raise :class:`BadSignature` unless the named signer signed this body."""
-        self.signer.verify(self.KIND.encode(), self.body_bytes(), self.signature_bytes)
+        """Raise :class:`BadSignature` unless the named signer signed this body for its chain."""
+        self.signer.verify(self.domain(), self.body_bytes(), self.signature_bytes)
         return self
 
     # -- decoding --------------------------------------------------------------
@@ -242,7 +262,11 @@ class SignedMessage:
 
 @dataclass(frozen=True)
 class JobRequest(SignedMessage):
-    """A client's request: run ``model_id`` on ``input`` for ``fee`` tokens."""
+    """A client's request: ``node``, run ``model_id`` on ``input`` for ``fee`` tokens.
+
+    Only ``node`` may answer it, and only until the ledger's round passes
+    ``expiry_round``.
+    """
 
     KIND: ClassVar[str] = "job_request"
     SIGNER: ClassVar[str] = "client"
@@ -250,8 +274,11 @@ class JobRequest(SignedMessage):
     model_id: bytes = _spec(_digest)
     input: Tensor = _spec(_tensor)
     client: bytes = _spec(_pubkey)
+    node: bytes = _spec(_pubkey)
     nonce: int = _spec(_uint)
     fee: int = _spec(_uint)
+    expiry_round: int = _spec(_uint)
+    chain_id: bytes = _spec(_digest)
     params: Params = _spec(_params, default=())
     signature: bytes = _spec(_signature, default=b"")
 
@@ -275,6 +302,7 @@ class Commitment(SignedMessage):
     input_hash: bytes = _spec(_digest)
     output_hash: bytes = _spec(_digest)
     node: bytes = _spec(_pubkey)
+    chain_id: bytes = _spec(_digest)
     mode: str = _spec(_text, default="exact")
     aux: bytes = _spec(_blob, default=b"")
     signature: bytes = _spec(_signature, default=b"")
@@ -292,6 +320,7 @@ class Attestation(SignedMessage):
     validator: bytes = _spec(_pubkey)
     verdict: Verdict = _spec(_enum(Verdict))
     beacon_round: int = _spec(_uint)
+    chain_id: bytes = _spec(_digest)
     observed_hash: bytes = _spec(_digest_or_empty, default=b"")
     reason: str = _spec(_text, default="")
     signature: bytes = _spec(_signature, default=b"")
@@ -308,6 +337,7 @@ class Evidence(SignedMessage):
     job_id: bytes = _spec(_digest)
     accuser: bytes = _spec(_pubkey)
     commitment: bytes = _spec(_blob)
+    chain_id: bytes = _spec(_digest)
     conflicting: bytes = _spec(_blob, default=b"")
     observed_hash: bytes = _spec(_digest_or_empty, default=b"")
     beacon_round: int = _spec(_uint, default=0)
@@ -319,10 +349,14 @@ class Evidence(SignedMessage):
         accused = self.accused()
         if accused.job_id != self.job_id:
             raise MalformedMessage("evidence job_id differs from the accused commitment's job_id")
+        if accused.chain_id != self.chain_id:
+            raise MalformedMessage("evidence accuses a commitment signed for another chain")
         if self.offence is Offence.EQUIVOCATION:
             other = self.second()
             if other is None:
                 raise MalformedMessage("equivocation evidence needs a conflicting commitment")
+            if other.chain_id != self.chain_id:
+                raise MalformedMessage("equivocation evidence holds a commitment of another chain")
             if other.job_id != self.job_id or other.node != accused.node:
                 raise MalformedMessage(
                     "equivocation needs two commitments by one node for one job"

@@ -7,6 +7,16 @@ when it commits, and since the commitment id enters the hash it cannot grind
 (re-commit until unsampled) without the ledger seeing two commitments for one
 job — which is equivocation and is slashed.
 
+Who checks a job is drawn the same way, keyed by the job alone: its auditor
+(:func:`draw_auditor`) from the value of its sample round, and the committee
+of a dispute over it (:func:`draw_dispute_committee`) from the value of a
+round revealed *after* the dispute was opened. Neither key holds anything a
+party can choose (not the accuser, not the wording of its evidence), and the
+value is unknown when the party acts, so there is nothing to grind: whoever
+accuses, whenever, the job meets a committee nobody could foresee. A draw
+that must be repeated (an auditor that stayed silent, a committee without a
+majority) is keyed by its number and drawn from a later round.
+
 Rates are integers in parts per million: protocol state never holds floats.
 """
 
@@ -19,6 +29,8 @@ from protocol.hashing import sha256
 PPM = 1_000_000
 _SAMPLE_TAG = b"assay/v1/sample\x00"
 _COMMITTEE_TAG = b"assay/v1/committee\x00"
+_AUDIT_KEY_TAG = b"assay/v1/audit-draw\x00"
+_DISPUTE_KEY_TAG = b"assay/v1/dispute-draw\x00"
 
 
 def check_rate_ppm(rate_ppm: int) -> int:
@@ -60,3 +72,29 @@ def draw_committee(
         set(candidates), key=lambda c: sha256(_COMMITTEE_TAG + beacon_value + dispute_id + c)
     )
     return tuple(ranked[:k])
+
+
+def _draw_key(tag: bytes, job_id: bytes, draw: int) -> bytes:
+    if len(job_id) != 32 or not 0 <= draw < 2**16:
+        raise ValueError("a draw is keyed by a 32-byte job id and a draw number below 2^16")
+    return sha256(tag + job_id + draw.to_bytes(2, "big"))
+
+
+def draw_auditor(
+    beacon_value: bytes, job_id: bytes, draw: int, candidates: Iterable[bytes]
+) -> bytes | None:
+    """The validator that audits ``job_id`` at its ``draw``-th assignment; None if nobody can.
+
+    The ledger draws number 0 from the value of the job's sample round, and a
+    replacement for an auditor that missed its deadline (or could not decide)
+    from the round in which the deadline passed.
+    """
+    drawn = draw_committee(beacon_value, _draw_key(_AUDIT_KEY_TAG, job_id, draw), candidates, 1)
+    return drawn[0] if drawn else None
+
+
+def draw_dispute_committee(
+    beacon_value: bytes, job_id: bytes, draw: int, candidates: Iterable[bytes], k: int
+) -> tuple[bytes, ...]:
+    """The ``draw``-th committee of the dispute over ``job_id``: one per job, whoever accuses."""
+    return draw_committee(beacon_value, _draw_key(_DISPUTE_KEY_TAG, job_id, draw), candidates, k)

@@ -47,9 +47,20 @@ BEACON_KEY_SIZES: tuple[int, ...] = (48, 96)
 BEACON_SIGNATURE_SIZES: tuple[int, ...] = (48, 96)
 """Compressed BLS12-381 signatures: G1 (drand quicknet) or G2 (devnet chain)."""
 
-# -- Disputes ---------------------------------------------------------------------------------
-COMMITTEE_SEED_TAG = b"assay/v1/committee-seed\x00"
-"""Domain tag of a dispute's committee seed, ``sha256(tag ‖ job_id ‖ accuser)``."""
+# -- Network id -------------------------------------------------------------------------------
+CHAIN_ID_TAG = b"assay/v1/chain-id\x00"
+"""Domain tag of the chain id, ``sha256(tag ‖ RegisterBeacon event ‖ SetParams event)``."""
+MAX_STAMP_LEAD = 64
+"""Rounds a ``RecordJob``'s stamp may run ahead of the log: more means the beacon feed stalled,
+and its missing rounds must be appended first."""
+
+# -- Audits and disputes -----------------------------------------------------------------------
+MAX_AUDIT_DRAWS = 3
+"""Auditors a sampled job is assigned at most: the first, and one more for each that stayed
+silent past its deadline or could not decide. After the last the job settles unaudited."""
+MAX_COMMITTEE_DRAWS = 3
+"""Committees a dispute draws at most: another is drawn while one reaches no strict majority;
+after the last the dispute ends INCONCLUSIVE, which slashes nobody."""
 
 # -- Canaries (forced errors) -----------------------------------------------------------------
 CANARY_TAG = b"assay/v1/canary\x00"
@@ -82,10 +93,24 @@ MAX_TOMBSTONE_OFFENCES = 255
 # -- Genesis defaults --------------------------------------------------------------------------
 DEFAULT_SAMPLE_PPM = 50_000
 """p: 5 % of jobs re-executed by a validator."""
-DEFAULT_COMMITTEE_SIZE = 3
-"""k validators re-execute a disputed job; a strict majority of k decides."""
+DEFAULT_COMMITTEE_SIZE = 5
+"""k validators re-execute a disputed job; a strict majority of k decides. Five, so a coalition
+needs three committee seats besides its accuser to frame a node: fewer than four colluding
+validators never can, and at r = 10 % of a large network a frame needs a 0.86 % draw."""
 DEFAULT_CHALLENGE_WINDOW = 4
-"""Rounds after a job's sample round in which it may be accused; also a dispute's vote window."""
+"""Rounds after a job's sample round in which it may be accused."""
+DEFAULT_AUDIT_WINDOW = 2
+"""Rounds an assigned auditor has to answer (attest or accuse) before another is drawn."""
+DEFAULT_VOTE_WINDOW = 2
+"""Rounds a dispute's committee has to vote, counted from the round that drew it."""
+DEFAULT_ACCUSER_BOND = 1_000
+"""Escrowed from an accuser's balance for its accusation: returned when the committee finds
+FRAUD or cannot decide, lost (with the false-accusation slash) when it finds the work VALID.
+It pays for the committee's re-executions, k × C = 250 with the defaults, four times over."""
+DEFAULT_LIVENESS_PENALTY = 500
+"""Taken from a validator that stays silent past an audit deadline or through a vote window,
+and it is jailed: silence must cost more than the C = 50 the work would have. Not an offence
+(an honest validator may be offline), so it never tombstones."""
 DEFAULT_REWARD = 100
 """R: the most a node earns from one job (its fee minus the verification fee)."""
 DEFAULT_COMPUTE_COST = 50
@@ -100,15 +125,18 @@ DEFAULT_FALSE_ACCUSATION_SLASH = 2_000
 """Taken from a validator's stake when a committee finds its accusation VALID work."""
 DEFAULT_VERIFICATION_FEE = 10
 """Part of each job's fee paid to the validator whose VALID attestation checked it."""
-DEFAULT_LAZY_VALIDATOR_SLASH = 2_000
-"""Taken from a validator's stake for attesting VALID to a canary (Truebit's forced errors)."""
+DEFAULT_LAZY_VALIDATOR_SLASH = 5_000
+"""Taken from a validator's stake for attesting VALID to a job that turns out wrong: a canary
+(Truebit's forced errors) or a job whose FRAUD a committee confirmed. A lazy attestation saves
+C = 50, so canaries on 1 % of jobs already make it a loss."""
 DEFAULT_AVAILABILITY_WINDOW = 2
 """Rounds a node has to serve a sampled job's output after a validator reports it missing.
 A node that does not is slashed the fraud slash S: withholding must cost as much as being
 caught, or a cheat that is sampled would simply withhold."""
 DEFAULT_UNBONDING_PERIOD = 32
-"""Rounds between ``Unbond`` and the earliest ``Withdraw`` (Cosmos: 21 days). It must cover
-:func:`slashing.rules.liability_horizon`, the longest an offence can take to be proven."""
+"""Rounds between ``Unbond`` and the earliest ``Withdraw`` (Cosmos: 21 days), and that a node's
+earnings stay locked. It must cover :func:`slashing.rules.liability_horizon`, the longest an
+offence can take to be proven."""
 DEFAULT_JAIL_PERIOD = 8
 """Rounds a slashed role may not act (Cosmos jails; here release is automatic)."""
 DEFAULT_TOMBSTONE_OFFENCES = 3
@@ -117,7 +145,9 @@ first double-sign; equivocation here tombstones at once too)."""
 
 # -- How a slash is shared out (the rest of each slash is burned) ------------------------------
 DEFAULT_ACCUSER_SHARE_BPS = 4_000
-"""Of a FRAUD slash, to the validator that opened the dispute: pays for its re-execution."""
+"""Of a FRAUD slash, split among the validators that accused the job: pays for the re-execution.
+A coalition that accuses its own node wins this back, so a caught cheat costs it at least
+``S × (1 − share)``: 3 000 with the defaults, still above both conditions' least S."""
 DEFAULT_COMMITTEE_SHARE_BPS = 2_000
 """Of any dispute slash, split equally among committee members who voted the outcome."""
 DEFAULT_WRONGED_NODE_SHARE_BPS = 4_000
@@ -127,7 +157,7 @@ DEFAULT_REPORTER_SHARE_BPS = 1_000
 report itself through a second identity and win this share back."""
 
 # -- Event log ---------------------------------------------------------------------------------
-EVENT_SCHEMA_VERSION = 1
+EVENT_SCHEMA_VERSION = 2
 MAX_EVENT_BYTES = 2 * MAX_MESSAGE_BYTES + 4096
 """An event embeds at most two protocol messages, each bounded by the codec."""
 GENESIS_PREV_HASH = bytes(32)

@@ -13,10 +13,11 @@ will make (:meth:`Event.signature_checks`), so the store can run them ahead,
 in parallel, for a batch.
 
 Account transactions (``Bond``, ``Unbond``, ``Withdraw``, ``ReportUnavailable``)
-may be signed by their account with a per-account ``nonce``, like an Ethereum
-transaction: the signature covers ``ledger_<type> ‖ 0x00 ‖`` the event's
-canonical map without its ``signature``, and the nonce must be the account's
-next. An unsigned ``Bond``, ``Unbond`` or ``Withdraw`` (nonce 0) is the
+may be signed by their account with a per-account ``nonce`` and the network's
+``chain_id``, like an Ethereum transaction (EIP-155): the signature covers the
+event's canonical map without its ``signature`` under the domain
+``ledger_<type>/<chain id>``, the chain id must be the ledger's, and the nonce
+must be the account's next. An unsigned ``Bond``, ``Unbond`` or ``Withdraw`` (nonce 0) is the
 operator's event, as ``Mint`` is: the ledger service decides who may send
 those, and accepts only signed ones from anyone else.
 """
@@ -84,6 +85,13 @@ def _signature(event: str, name: str, v: object) -> None:
     if not isinstance(v, bytes) or len(v) not in (0, SIGNATURE_BYTES):
         raise MalformedMessage(
             f"{event}.{name} must be empty (unsigned) or a {SIGNATURE_BYTES}-byte signature"
+        )
+
+
+def _chain(event: str, name: str, v: object) -> None:
+    if not isinstance(v, bytes) or len(v) not in (0, DIGEST_BYTES):
+        raise MalformedMessage(
+            f"{event}.{name} must be empty (the operator's) or a {DIGEST_BYTES}-byte chain id"
         )
 
 
@@ -156,7 +164,7 @@ class Sealed:
     def check(self) -> SignatureCheck:
         """The signature check that proves the named signer signed this body."""
         signer = getattr(self.message, self.message.SIGNER)
-        return (signer, self.message.KIND.encode(), self.body, self.message.signature_bytes)
+        return (signer, self.message.domain(), self.body, self.message.signature_bytes)
 
 
 def _embedded(kind: type[M], event: str, name: str, data: bytes) -> M:
@@ -259,12 +267,14 @@ class Mint(Event):
 
 @dataclass(frozen=True)
 class AccountTx(Event):
-    """An event an account may sign, with its next nonce; unsigned (nonce 0) from the operator."""
+    """An event an account may sign, with its next nonce and the chain id it is for;
+    unsigned (nonce 0, no chain id) from the operator."""
 
     SIGNER: ClassVar[str] = "account"
     SIGNATURE_REQUIRED: ClassVar[bool] = False
 
     nonce: int = field(default=0, kw_only=True, metadata={"check": _round})
+    chain_id: bytes = field(default=b"", kw_only=True, metadata={"check": _chain})
     signature: bytes = field(default=b"", kw_only=True, metadata={"check": _signature})
 
     @property
@@ -277,9 +287,9 @@ class AccountTx(Event):
     def is_signed(self) -> bool:
         return bool(self.signature)
 
-    @classmethod
-    def domain(cls) -> bytes:
-        return (c.ACCOUNT_TX_TAG_PREFIX + cls.TYPE).encode()
+    def domain(self) -> bytes:
+        """``ledger_<type>/<chain id hex>``: a signature for one network is void on another."""
+        return f"{c.ACCOUNT_TX_TAG_PREFIX}{self.TYPE}/{self.chain_id.hex()}".encode()
 
     def body_bytes(self) -> bytes:
         """What the signature covers: the canonical event map without ``signature``."""
@@ -385,12 +395,22 @@ class SetParams(Event):
 
 @dataclass(frozen=True)
 class RecordJob(Event):
-    """A client's signed request and the node's signed commitment to it, as received."""
+    """A client's signed request and the node's signed commitment to it, as received.
+
+    ``stamp_round`` is the beacon round the ledger's operator stamps the job
+    with, when it is later than the log's latest round: with drand, whose
+    rounds are public the moment drand publishes them, the operator stamps a
+    job with the round drand is at by the clock (:meth:`protocol.beacon.
+    DrandQuicknetVerifier.round_at`), so a node never sees its job's sample
+    round before the job is recorded, however far the log lags. 0 stamps the
+    log's latest round (the devnet beacon, which the ledger itself reveals).
+    """
 
     TYPE: ClassVar[str] = "record_job"
 
     request: bytes = _spec(_message_bytes)
     commitment: bytes = _spec(_message_bytes)
+    stamp_round: int = _spec(_round, default=0)
 
     @cached_property
     def request_message(self) -> JobRequest:

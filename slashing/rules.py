@@ -4,9 +4,10 @@ Each function reads top to bottom as the rule, in the manner of the Ethereum
 consensus specs: a comment naming a check, the check (:func:`require`, which
 raises :class:`LedgerRuleError` — not ``assert``, which ``python -O``
 removes), and at the end the effect. Predicates are named questions
-(``is_bonded``, ``is_sampled_job``); money moves only through the helpers
-(``increase_balance``, ``slash_stake``, ``distribute``), so conservation
-(balances + bonds + unbonding + escrow + burned = minted) can be read off them.
+(``is_bonded``, ``is_settleable_job``); money moves only through the helpers
+(``increase_balance``, ``slash_stake``, ``distribute``, ``lock_earnings``), so
+conservation (balances + bonds + unbonding + locked earnings + escrow +
+burned = minted) can be read off them.
 
 Rules are pure from the caller's view: :func:`apply_event` works on a copy
 and returns it, and :func:`apply_event_in_place` undoes a refused event from
@@ -14,48 +15,86 @@ the state's journal, so a refused event leaves the caller's state untouched.
 They do no I/O and read no clock and no randomness but the beacon values in
 state; signature checks go through :mod:`slashing.signatures`.
 
-Life of a job: ``RecordJob`` escrows the fee at round t; the value of round
-t+1 (its *sample round*) decides whether it is audited; validators ``Attest``
-sampled jobs, and every zk job (:attr:`Job.zk`: its proof is checked whatever
-the draw); anyone bonded as validator may ``Accuse`` within the challenge
-window; at the first ``BeaconRound`` after ``sample round + challenge
-window`` an undisputed job settles. A validator that cannot fetch a sampled
-job's output reports it (``ReportUnavailable``); the output must then appear
-on the log (``ServeData``) within the availability window, which restarts the
-challenge window, or the node is slashed S and the client refunded.
+**The network id.** ``SetParams`` fixes the chain id, the hash of the genesis
+(the ``RegisterBeacon`` and ``SetParams`` events, :func:`genesis_chain_id`).
+Every signed message names it and is signed under a domain that holds it,
+and every signed account transaction does the same (EIP-155), so nothing
+signed for another network is accepted here: it is refused as
+:class:`WrongChain` before its signature is even checked. A job request also
+names its node and an expiry round: no other node's commitment answers it,
+and it cannot be recorded after it expired.
+
+**Life of a job.** ``RecordJob`` escrows the fee at round t (or at the later
+round the operator stamps it with, by drand's clock), and counts against the
+node's in-flight limit: a node may keep at most ``stake / (p·S)`` jobs
+unsettled, so the expected slash of everything it has in flight never
+exceeds what it has at stake. The value of round t+1 (the *sample round*)
+decides whether the job is audited; if it is (or it is a zk job, whose proof
+is checked whatever the draw), the ledger itself draws its auditor then, from
+the validators bonded and not jailed in that round, keyed by the job alone.
+Only that auditor may attest it; it answers within ``audit_window`` rounds,
+or pays the liveness penalty, is jailed, and another is drawn from a later
+round (at most ``MAX_AUDIT_DRAWS``). An auditor that cannot decide
+(INCONCLUSIVE) is replaced without penalty. The job settles at the first
+``BeaconRound`` after its challenge window (``challenge_window`` rounds
+after the sample round, and never before its auditor's deadline) once no
+answer, dispute or availability challenge is outstanding: the fee goes to the
+node's locked earnings, slashable for ``unbonding_period`` rounds, and the
+verification fee to the auditor that attested VALID.
+
+**Disputes are per job.** Any bonded validator may accuse a sampled job
+within its window by posting the accuser bond; the first accusation opens
+the job's one dispute and later ones join it while it is open (the job waits
+for it, whatever its window). The committee is drawn from the value of a
+round revealed *after* the dispute opened, keyed by the job alone
+(:func:`protocol.sampling.draw_dispute_committee`): whoever accuses,
+whenever, the job meets the same unforeseeable committee, and no accuser can
+pick among several. Members learn of it from the ledger. A committee that
+reaches no strict majority by the end of its ``vote_window`` is drawn again
+from a later round, its silent members paying the liveness penalty; only
+after ``MAX_COMMITTEE_DRAWS`` committees is a dispute INCONCLUSIVE.
 
 Offences and what they cost (each also jails the role for ``jail_period``
 rounds and counts towards its tombstone):
 
 * confirmed FRAUD (committee majority) or unavailability: the node loses S;
-* false accusation (committee majority VALID): the accuser loses its slash;
+* false accusation (committee majority VALID): each accuser loses its slash
+  and its bond;
 * equivocation (two signed commitments to one job, self-contained evidence
   as in Ethereum's proposer slashing): the node loses its slash and is
   tombstoned at once, as Cosmos tombstones double-signers;
-* VALID on a canary (Truebit's forced errors, revealed after the job is
-  final): the validator loses ``lazy_validator_slash``, all of it burned;
+* VALID on a job that is wrong — a canary (Truebit's forced errors, revealed
+  after the job is final) or a job whose FRAUD a committee confirmed: the
+  validator loses ``lazy_validator_slash``, all of it burned;
 * an invalid zk proof (self-contained ``INVALID_PROOF`` evidence, which the
   rule re-checks itself): the node loses S; evidence against a proof that
   holds is a false accusation and costs the accuser its slash.
 
+Silence is not an offence (an honest validator may be offline) but it is not
+free: ``liveness_penalty`` is taken and the validator is jailed, so it is
+drawn no more until it is released.
+
 A slash takes bonded stake first, then unbonding stake that was still bonded
 when the offence was committed (Cosmos: unbonding delegations stay slashable
-for earlier infractions). ``unbonding_period`` must cover
-:func:`liability_horizon`, the longest any offence can take to be proven, so
-no stake is withdrawn before a slash it owes can reach it.
+for earlier infractions), then the node's locked earnings.
+``unbonding_period`` must cover :func:`liability_horizon`, the longest any
+offence can take to be proven, so no stake and no earnings leave before a
+slash they owe can reach them.
 
 Slash shares (basis points of what was actually taken; the rest is burned):
 
-* confirmed FRAUD: ``accuser_share_bps`` to the accuser, ``committee_share_bps``
-  split among the members who voted FRAUD; the client's fee is refunded.
-* false accusation (committee majority VALID): ``wronged_node_share_bps`` to the
-  accused node — it was made to serve the job again and its fee was held up —
-  and ``committee_share_bps`` among the members who voted VALID.
+* confirmed FRAUD: ``accuser_share_bps`` split among the accusers,
+  ``committee_share_bps`` among the members who voted FRAUD; the client's
+  fee is refunded and the accusers' bonds returned.
+* false accusation (committee majority VALID): of each accuser's slash and
+  bond, ``wronged_node_share_bps`` to the accused node — it was made to serve
+  the job again and its fee was held up — and ``committee_share_bps`` among
+  the members who voted VALID.
 * equivocation: ``reporter_share_bps`` to the validator that reported it, none
   when the ledger caught it itself (a second ``RecordJob``).
 * unavailability: ``reporter_share_bps`` to the validator that reported it;
   the client's fee is refunded.
-* lazy validator: nothing; all of it is burned, so canaries never pay the
+* a wrong VALID: nothing; all of it is burned, so canaries never pay the
   operator who plants them.
 * invalid proof: ``reporter_share_bps`` to the accuser (self-contained, like
   equivocation, so the same small share); the client's fee is refunded.
@@ -70,10 +109,11 @@ to mint; what the commitment rules out is calling a job a canary after seeing
 who attested it.
 
 Transactions from accounts (``Bond``, ``Unbond``, ``Withdraw``,
-``ReportUnavailable``) carry the account's signature and its next nonce, as an
-Ethereum transaction does; an unsigned ``Bond``, ``Unbond`` or ``Withdraw`` is
-the operator's. Job requests are replay-proof twice over: the job id is the
-request's content id, and each (client, nonce) is used once.
+``ReportUnavailable``) carry the account's signature, the chain id and its
+next nonce, as an Ethereum transaction does; an unsigned ``Bond``,
+``Unbond`` or ``Withdraw`` is the operator's. Job requests are replay-proof
+three times over: the job id is the request's content id, each (client,
+nonce) is used once, and a request expires.
 """
 
 from __future__ import annotations
@@ -82,11 +122,11 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from protocol.economics import violations
+from protocol.economics import in_flight_limit, violations
 from protocol.errors import ProtocolError, ReplayedMessage
 from protocol.hashing import sha256
 from protocol.messages import Attestation, Commitment, JobRequest, Offence, Verdict
-from protocol.sampling import draw_committee, sampled
+from protocol.sampling import draw_auditor, draw_dispute_committee, sampled
 from slashing import constants as c
 from slashing.events import (
     AccountTx,
@@ -155,6 +195,30 @@ class NotAZkModel(LedgerRuleError):
 
 class ProofCheckUnavailable(LedgerRuleError):
     """This process cannot re-check a zk proof: no checker installed, or it could not run."""
+
+
+class WrongChain(LedgerRuleError):
+    """A message or transaction was signed for another network (its chain id is not ours)."""
+
+
+class RequestExpired(LedgerRuleError):
+    """A job request is recorded after its expiry round."""
+
+
+class InFlightLimit(LedgerRuleError):
+    """A node already has as many unsettled jobs as its stake covers (stake / (p·S))."""
+
+
+class NotSampled(LedgerRuleError):
+    """Evidence or an audit for a job the beacon did not select for re-execution."""
+
+
+class NotAssigned(LedgerRuleError):
+    """An audit attestation from a validator the ledger did not assign to the job."""
+
+
+class NotOnCommittee(LedgerRuleError):
+    """A vote from a validator that does not sit on the dispute's current committee."""
 
 
 def require(condition: bool, message: str, error: type[LedgerRuleError] = LedgerRuleError) -> None:
@@ -227,6 +291,7 @@ def proof_failure(
 # -- Predicates ----------------------------------------------------------------------------------
 
 
+
 def is_known_account(state: State, account: bytes) -> bool:
     return account in state.accounts
 
@@ -260,23 +325,24 @@ def is_sample_round_revealed(state: State, job: Job) -> bool:
     return state.beacon_value(job.sample_round) is not None
 
 
-def is_sampled_job(state: State, params: LedgerParams, job: Job) -> bool:
-    """Whether the sample round's beacon value selects this job for re-execution."""
-    beacon = state.beacon_value(job.sample_round)
-    if beacon is None:
-        return False
-    return sampled(beacon, job.job_id, job.commitment_id, params.sample_ppm)
-
-
 def is_in_challenge_window(state: State, params: LedgerParams, job: Job) -> bool:
     return state.current_round <= job.window_end(params.challenge_window)
 
 
+def open_dispute_of(state: State, job: Job) -> Dispute | None:
+    """The job's dispute while it is open."""
+    if job.dispute is None:
+        return None
+    dispute = state.disputes[job.dispute]
+    return dispute if dispute.is_open else None
+
+
 def is_settleable_job(state: State, params: LedgerParams, job: Job) -> bool:
-    """Pending, undisputed, unchallenged, and its challenge window has closed."""
+    """Pending, its window closed, and no answer, dispute or availability challenge outstanding."""
     return (
         job.status is JobStatus.PENDING
-        and job.open_dispute is None
+        and not job.audit_pending
+        and open_dispute_of(state, job) is None
         and not job.has_open_challenge
         and not is_in_challenge_window(state, params, job)
     )
@@ -289,28 +355,49 @@ def is_availability_deadline_over(state: State, params: LedgerParams, job: Job) 
     )
 
 
-def has_open_case(state: State, account: bytes) -> bool:
-    """Whether an open dispute or availability challenge could still slash ``account``."""
+def has_open_case(state: State, account: bytes, since: int) -> bool:
+    """Whether an open dispute, availability challenge or audit about something ``account``
+    did in round ``since`` or before could still slash it."""
     for dispute_id in state.open_disputes:
         dispute = state.disputes[dispute_id]
-        if account in (dispute.node, dispute.accuser):
+        if account == dispute.node and state.jobs[dispute.job_id].recorded_round <= since:
             return True
-    return any(state.jobs[job_id].node == account for job_id in state.open_challenges)
+        if account in dispute.accusers and dispute.opened_round <= since:
+            return True
+    return any(
+        state.jobs[job_id].node == account and state.jobs[job_id].recorded_round <= since
+        for index in (state.open_challenges, state.open_audits)
+        for job_id in index
+    )
 
 
 def liability_horizon(params: LedgerParams) -> int:
     """The most rounds between an offence and the slash that proves it.
 
-    A job recorded in round t is reported by t+1+W, served by t+1+W+A (which
-    restarts its window of W rounds), accused by t+1+2W+A, and its dispute
-    resolved by t+2+3W+A, when the job is final; a canary is revealed at most
-    W rounds after that. The unbonding period must be at least this long.
+    A job recorded in round t is sampled in t+1; its auditors answer by
+    t + MAX_AUDIT_DRAWS·(A+1) at the latest (A the audit window), so it may be
+    accused or reported until then or until t+1+W; a report gives the node
+    the availability window V_a to serve, after which the window of W rounds
+    restarts; a dispute opened in its last round draws a committee in the
+    next and decides within MAX_COMMITTEE_DRAWS·(V+1) rounds (V the vote
+    window), when the job is final; a canary is revealed at most W rounds
+    after that. The unbonding period (and the lock on earnings) must be at
+    least this long.
     """
-    return 4 * params.challenge_window + params.availability_window + 2
+    audits = c.MAX_AUDIT_DRAWS * (params.audit_window + 1)
+    window = max(params.challenge_window + 1, audits)
+    dispute = 1 + c.MAX_COMMITTEE_DRAWS * (params.vote_window + 1)
+    return (
+        window + params.availability_window + params.challenge_window + dispute
+        + params.challenge_window
+    )
 
 
 def is_vote_window_over(state: State, params: LedgerParams, dispute: Dispute) -> bool:
-    return state.current_round > dispute.opened_round + params.challenge_window
+    return (
+        dispute.drawn_round is not None
+        and state.current_round > dispute.drawn_round + params.vote_window
+    )
 
 
 def is_slashed_for_equivocation(state: State, node: bytes, job_id: bytes) -> bool:
@@ -318,7 +405,8 @@ def is_slashed_for_equivocation(state: State, node: bytes, job_id: bytes) -> boo
 
 
 def bonded_validators(state: State) -> list[bytes]:
-    return [a for a in state.accounts if is_bonded_validator(state, a)]
+    """Validators that may be drawn now: bonded above the minimum, not jailed, not slashed out."""
+    return [a for a in state.validators if is_bonded_validator(state, a)]
 
 
 def dispute_outcome(dispute: Dispute) -> Verdict:
@@ -333,13 +421,16 @@ def dispute_outcome(dispute: Dispute) -> Verdict:
     return Verdict.INCONCLUSIVE
 
 
-def committee_seed(job_id: bytes, accuser: bytes) -> bytes:
-    """What a dispute's committee draw is keyed by: fixed by the job and the accuser.
+def committee_candidates(state: State, job: Job, dispute: Dispute) -> list[bytes]:
+    """Who may sit on the job's committee: bonded validators that are not the node, an accuser,
+    or a validator that already answered for the job as its auditor."""
+    excluded = {job.node, *dispute.accusers, *job.auditors, *(v for v, _ in job.attestations)}
+    return [v for v in bonded_validators(state) if v not in excluded]
 
-    Were it the evidence's content id, an accuser could re-word its evidence
-    (its free-text detail) until the draw gave it a friendly committee.
-    """
-    return sha256(c.COMMITTEE_SEED_TAG + job_id + accuser)
+
+def genesis_chain_id(register_beacon: RegisterBeacon, set_params: SetParams) -> bytes:
+    """The network's id: ``sha256(tag ‖ RegisterBeacon event ‖ SetParams event)``."""
+    return sha256(c.CHAIN_ID_TAG + register_beacon.encode() + set_params.encode())
 
 
 def get_params(state: State) -> LedgerParams:
@@ -365,12 +456,23 @@ def get_account(state: State, account: bytes, why: str) -> Account:
     return record
 
 
+def require_chain(state: State, chain_id: bytes, what: str) -> None:
+    """Verify ``what`` was signed for this network."""
+    require(
+        chain_id == state.chain_id,
+        f"{what} is signed for chain {_hex(chain_id)}; this ledger is chain "
+        f"{_hex(state.chain_id or b'')} (a message or transaction from another network)",
+        WrongChain,
+    )
+
+
 def authorise(state: State, event: AccountTx) -> Account:
     """Verify who sent an account transaction; return the signer's account.
 
-    Signed: the signature must verify and the nonce be the account's next (a
-    used nonce is a replay, a later one is out of order). Unsigned: only for
-    the transactions the operator may send, with nonce 0.
+    Signed: it must name this chain, the signature must verify and the nonce
+    be the account's next (a used nonce is a replay, a later one is out of
+    order). Unsigned: only for the transactions the operator may send, with
+    nonce 0 and no chain id.
     """
     account = get_account(state, event.signer, f"it cannot send a {event.TYPE} transaction")
     if not event.is_signed:
@@ -381,6 +483,8 @@ def authorise(state: State, event: AccountTx) -> Account:
         )
         require(event.nonce == 0, f"an unsigned {event.TYPE} carries nonce 0, got {event.nonce}")
         return account
+    # Verify it is signed for this network
+    require_chain(state, event.chain_id, f"{event.TYPE} transaction of {_hex(event.signer)}")
     # Verify the account signed it
     (check,) = event.signature_checks()
     check_signature(check)
@@ -418,14 +522,17 @@ def decrease_balance(state: State, account: bytes, amount: int) -> None:
 
 
 def slash_stake(
-    state: State, account: bytes, role: str, amount: int, offence_round: int | None = None
+    state: State, account: bytes, role: str, amount: int, offence_round: int | None = None,
+    slash_out: bool = True,
 ) -> int:
-    """Take up to ``amount`` and return what was taken: bonded stake first, then unbonding.
+    """Take up to ``amount`` and return what was taken: bonded stake, unbonding, locked earnings.
 
     Unbonding entries of the role are taken from, oldest first, when they were
     still bonded at ``offence_round`` (started in it or later); None, when the
-    offence's round is unknown, takes from every entry. A role whose stake is
-    left below its minimum is slashed out and stays so.
+    offence's round is unknown, takes from every entry. A node's locked
+    earnings come last, oldest first. A role whose stake is left below its
+    minimum is slashed out and stays so, unless ``slash_out`` is off (the
+    liveness penalty: the role is then merely not bonded until it tops up).
     """
     record = state.accounts.get(account, Account())
     stake = record.stake(role)
@@ -440,14 +547,32 @@ def slash_stake(
             entry = evolve(entry, amount=entry.amount - take)
         if entry.amount:
             entries.append(entry)
+    locked = []
+    for release, held in record.locked if role == c.NODE else ():
+        take = min(held, amount - taken)
+        taken += take
+        if held - take:
+            locked.append((release, held - take))
     slashed = evolve(
-        stake, amount=left, slashed_out=stake.slashed_out or left < c.MIN_STAKE[role]
+        stake,
+        amount=left,
+        slashed_out=stake.slashed_out or (slash_out and left < c.MIN_STAKE[role]),
     )
-    state.accounts[account] = evolve(
-        record.with_stake(role, slashed), unbonding=tuple(entries)
-    )
+    changes: dict[str, object] = {"unbonding": tuple(entries)}
+    if role == c.NODE:
+        changes["locked"] = tuple(locked)
+    state.accounts[account] = evolve(record.with_stake(role, slashed), **changes)
     state.counters.slashings += 1
     return taken
+
+
+def jail(state: State, params: LedgerParams, stake: Stake) -> Stake:
+    """The stake jailed for the rest of this round and ``jail_period`` more (none when 0)."""
+    if not params.jail_period:
+        return stake
+    release = state.current_round + params.jail_period + 1
+    state.counters.jailings += 1
+    return evolve(stake, jailed_until=max(release, stake.jailed_until or release))
 
 
 def punish(
@@ -459,8 +584,7 @@ def punish(
     offence_round: int | None,
     tombstone: bool = False,
 ) -> int:
-    """Slash, jail for the rest of the round and ``jail_period`` more (none when it is 0),
-    and tombstone at the ``tombstone_offences``-th offence.
+    """Slash, jail, and tombstone at the ``tombstone_offences``-th offence.
 
     Returns what the slash took.
     """
@@ -472,21 +596,51 @@ def punish(
     tombstoned = stake.slashed_out or tombstone or offences >= params.tombstone_offences
     if tombstoned and not was_out:
         state.counters.tombstones += 1
-    jailed_until = stake.jailed_until
-    if params.jail_period:
-        release = state.current_round + params.jail_period + 1
-        jailed_until = max(release, jailed_until or release)
-    jailed = evolve(
-        stake, offences=offences, slashed_out=tombstoned, jailed_until=jailed_until
-    )
+    jailed = jail(state, params, evolve(stake, offences=offences, slashed_out=tombstoned))
     state.accounts[account] = record.with_stake(role, jailed)
-    state.counters.jailings += 1
     return taken
+
+
+def penalise_silence(state: State, params: LedgerParams, validator: bytes) -> None:
+    """A validator stayed silent on a duty: the liveness penalty, burned, and jail.
+
+    Not an offence: it never counts towards a tombstone, and a stake it
+    leaves below the minimum is merely not bonded until topped up.
+    """
+    taken = slash_stake(
+        state, validator, c.VALIDATOR, params.liveness_penalty, state.current_round,
+        slash_out=False,
+    )
+    state.burned += taken
+    record = state.accounts[validator]
+    state.accounts[validator] = record.with_stake(
+        c.VALIDATOR, jail(state, params, record.validator)
+    )
+    state.counters.liveness_penalties += 1
 
 
 def schedule_settlement(state: State, job_id: bytes, round_number: int) -> None:
     """Try to settle the job at the beacon round ``round_number``."""
     state.settle_queue[round_number] = (*state.settle_queue.get(round_number, ()), job_id)
+
+
+def reschedule_settlement(
+    state: State, params: LedgerParams, job: Job, in_beacon_round: bool
+) -> None:
+    """The job's settlement, once what held it is resolved, unless its first try is still due.
+
+    Resolved in a beacon round, the job may settle in that same round (it is
+    tried after everything else the round does); otherwise in the next.
+    """
+    earliest = job.window_end(params.challenge_window) + 1
+    soonest = state.current_round if in_beacon_round else state.current_round + 1
+    first_try = (job.served_round or job.sample_round) + params.challenge_window + 1
+    if max(earliest, soonest) > first_try:
+        schedule_settlement(state, job.job_id, max(earliest, soonest))
+
+
+def queue(index: dict[int, tuple[bytes, ...]], round_number: int, key: bytes) -> None:
+    index[round_number] = (*index.get(round_number, ()), key)
 
 
 def distribute(state: State, amount: int, shares: Sequence[tuple[Sequence[bytes], int]]) -> None:
@@ -502,33 +656,76 @@ def distribute(state: State, amount: int, shares: Sequence[tuple[Sequence[bytes]
     state.burned += amount - paid
 
 
+def close_audit(state: State, job: Job) -> Job:
+    """The job awaits no auditor any more (answered, given up, or final)."""
+    if job.audit_pending or job.audit_deadline is not None:
+        job = evolve(job, audit_pending=False, audit_deadline=None)
+        state.jobs[job.job_id] = job
+        state.open_audits.pop(job.job_id, None)
+    return job
+
+
+def release_in_flight(state: State, node: bytes) -> None:
+    left = state.node_jobs[node] - 1
+    if left:
+        state.node_jobs[node] = left
+    else:
+        del state.node_jobs[node]
+
+
 def refund_job(state: State, job: Job) -> None:
     increase_balance(state, job.client, job.fee)
+    job = close_audit(state, job)
     state.jobs[job.job_id] = evolve(
         job, status=JobStatus.REFUNDED, closed_round=state.current_round
     )
+    release_in_flight(state, job.node)
     state.counters.jobs_refunded += 1
+
+
+def lock_earnings(state: State, params: LedgerParams, node: bytes, amount: int) -> None:
+    """Hold a node's reward for ``unbonding_period`` rounds, slashable, then release it."""
+    release = state.current_round + params.unbonding_period
+    record = state.accounts.get(node, Account())
+    locked = record.locked
+    if locked and locked[-1][0] == release:
+        locked = (*locked[:-1], (release, locked[-1][1] + amount))
+    else:
+        locked = (*locked, (release, amount))
+        queue(state.unlock_queue, release, node)
+    state.accounts[node] = evolve(record, locked=locked)
+
+
+def unlock_earnings(state: State, account: bytes) -> None:
+    """Move the account's locked earnings whose release round has come to its balance."""
+    record = state.accounts[account]
+    due = [(r, a) for r, a in record.locked if r <= state.current_round]
+    if due:
+        state.accounts[account] = evolve(
+            record,
+            balance=record.balance + sum(a for _, a in due),
+            locked=tuple((r, a) for r, a in record.locked if r > state.current_round),
+        )
 
 
 def settle_job(state: State, params: LedgerParams, job: Job) -> None:
     """Pay out the escrow once nobody can challenge the job any more.
 
     The node earns ``fee - verification_fee`` whether or not it was audited, so
-    its reward never depends on the sample (the R of the economic check). The
-    verification fee goes to the first validator that attested VALID, or back
-    to the client when nobody did. A sampled job that no validator attested
-    settles like any other: a validator that did not check it earns nothing,
-    and one that could not fetch its data reports it (``ReportUnavailable``).
+    its reward never depends on the sample (the R of the economic check), into
+    its locked earnings. The verification fee goes to the auditor that attested
+    VALID, or back to the client when none did.
     """
     if job.equivocated:
         refund_job(state, job)
         return
-    increase_balance(state, job.node, job.fee - params.verification_fee)
+    lock_earnings(state, params, job.node, job.fee - params.verification_fee)
     payee = job.verifier if job.verifier is not None else job.client
     increase_balance(state, payee, params.verification_fee)
     state.jobs[job.job_id] = evolve(
         job, status=JobStatus.SETTLED, closed_round=state.current_round
     )
+    release_in_flight(state, job.node)
     state.counters.jobs_settled += 1
 
 
@@ -546,20 +743,126 @@ def punish_equivocation(
     rewarded = (reporter,) if reporter is not None else ()
     distribute(state, taken, [(rewarded, params.reporter_share_bps)])
     if job is not None and ours:
-        # The client got two answers: the job settles as a refund
-        state.jobs[job_id] = evolve(job, equivocated=True)
+        # The client got two answers: the job settles as a refund, and needs no audit
+        job = close_audit(state, evolve(job, equivocated=True))
+        state.jobs[job_id] = job
+        if job.status is JobStatus.PENDING:
+            reschedule_settlement(state, params, job, in_beacon_round=False)
     state.counters.equivocations += 1
 
 
-def resolve_dispute(
+# -- Audits --------------------------------------------------------------------------------------
+
+
+def assign_auditor(state: State, params: LedgerParams, job: Job) -> None:
+    """Draw the job's next auditor from the value of this round, or give up on the audit.
+
+    Candidates are the validators bonded (and not jailed) now, except the
+    node and everyone already drawn for the job; the draw is keyed by the
+    job and the draw's number (:func:`protocol.sampling.draw_auditor`).
+    """
+    beacon = state.randomness[-1]
+    excluded = {job.node, *job.auditors}
+    candidates = [v for v in bonded_validators(state) if v not in excluded]
+    chosen = None
+    if len(job.auditors) < c.MAX_AUDIT_DRAWS:
+        chosen = draw_auditor(beacon, job.job_id, len(job.auditors), candidates)
+    if chosen is None:
+        # Nobody is left to ask: the job settles unaudited
+        job = close_audit(state, job)
+        state.counters.audits_unanswered += 1
+        reschedule_settlement(state, params, job, in_beacon_round=True)
+        return
+    deadline = state.current_round + params.audit_window
+    state.jobs[job.job_id] = evolve(
+        job,
+        auditors=(*job.auditors, chosen),
+        assigned_round=state.current_round,
+        audit_deadline=deadline,
+        audit_pending=True,
+    )
+    state.open_audits[job.job_id] = None
+    queue(state.audit_queue, deadline + 1, job.job_id)
+    state.counters.audits_assigned += 1
+
+
+def answer_audit(state: State, params: LedgerParams, job: Job, decided: bool) -> None:
+    """The current auditor answered: decisively (VALID, evidence), or it could not decide and
+    another is drawn next round, without penalty."""
+    if decided:
+        job = close_audit(state, job)
+        reschedule_settlement(state, params, job, in_beacon_round=False)
+        return
+    state.jobs[job.job_id] = evolve(job, audit_deadline=None)
+    queue(state.audit_queue, state.current_round + 1, job.job_id)
+
+
+def draw_sample(state: State, params: LedgerParams, job: Job) -> None:
+    """In the job's sample round: is it audited, and by whom."""
+    beacon = state.randomness[-1]
+    selected = sampled(beacon, job.job_id, job.commitment_id, params.sample_ppm)
+    if selected:
+        job = evolve(job, sampled=True)
+        state.jobs[job.job_id] = job
+    if selected or job.zk:
+        assign_auditor(state, params, job)
+
+
+def check_audit(state: State, params: LedgerParams, job: Job) -> None:
+    """A deadline has passed, or an answer was INCONCLUSIVE: penalise silence, draw again."""
+    if job.status is not JobStatus.PENDING or not job.audit_pending or job.has_open_challenge:
+        return  # answered, final, or waiting for its output to be served
+    if job.audit_deadline is not None:
+        if job.audit_deadline >= state.current_round:
+            return  # the deadline moved (the output was served): a later check is queued
+        penalise_silence(state, params, job.auditors[-1])
+        state.counters.audits_missed += 1
+    assign_auditor(state, params, state.jobs[job.job_id])
+
+
+# -- Disputes ------------------------------------------------------------------------------------
+
+
+def draw_dispute(state: State, params: LedgerParams, dispute: Dispute) -> None:
+    """Draw the dispute's next committee from this round's value; wait if too few can sit."""
+    job = state.jobs[dispute.job_id]
+    candidates = committee_candidates(state, job, dispute)
+    if len(candidates) < params.committee_size:
+        return  # not enough validators bonded now: the dispute waits for the next round
+    committee = draw_dispute_committee(
+        state.randomness[-1], job.job_id, dispute.draws, candidates, params.committee_size
+    )
+    state.disputes[dispute.dispute_id] = evolve(
+        dispute, committee=committee, drawn_round=state.current_round, draws=dispute.draws + 1,
+        votes=(),
+    )
+
+
+def conclude_committee(
     state: State, params: LedgerParams, dispute: Dispute, in_beacon_round: bool
 ) -> None:
-    """Apply the committee's decision and close the dispute; the job may then settle.
+    """The committee's time is up, or all of it voted: decide, or draw another.
 
-    Resolved by a beacon round, the job may settle in that same round; resolved
-    by the last vote, in the next.
+    Silent members pay the liveness penalty. A strict majority decides; with
+    none, another committee is drawn (from the next value revealed), up to
+    ``MAX_COMMITTEE_DRAWS``, after which the dispute is INCONCLUSIVE.
     """
+    for member in dispute.committee:
+        if member not in dispute.voters():
+            penalise_silence(state, params, member)
     outcome = dispute_outcome(dispute)
+    if outcome is not Verdict.INCONCLUSIVE or dispute.draws >= c.MAX_COMMITTEE_DRAWS:
+        resolve_dispute(state, params, dispute, outcome, in_beacon_round)
+        return
+    state.disputes[dispute.dispute_id] = evolve(dispute, drawn_round=None, committee=(), votes=())
+    state.counters.committee_redraws += 1
+
+
+def resolve_dispute(
+    state: State, params: LedgerParams, dispute: Dispute, outcome: Verdict,
+    in_beacon_round: bool,
+) -> None:
+    """Apply the outcome and close the dispute; the job may then settle."""
     majority = tuple(v.validator for v in dispute.votes if v.verdict is outcome)
     job = state.jobs[dispute.job_id]
     if outcome is Verdict.FRAUD:
@@ -567,45 +870,42 @@ def resolve_dispute(
         distribute(
             state,
             taken,
-            [
-                ((dispute.accuser,), params.accuser_share_bps),
-                (majority, params.committee_share_bps),
-            ],
+            [(dispute.accusers, params.accuser_share_bps), (majority, params.committee_share_bps)],
         )
+        for accuser in dispute.accusers:
+            increase_balance(state, accuser, dispute.bond)
+        # Whoever called it VALID was wrong: the auditor, and members outvoted
+        wrong = [v for v, verdict in job.attestations if verdict is Verdict.VALID]
+        wrong += [v.validator for v in dispute.votes if v.verdict is Verdict.VALID]
+        for validator in dict.fromkeys(wrong):
+            taken = punish(state, params, validator, c.VALIDATOR, params.lazy_validator_slash,
+                           job.sample_round)
+            distribute(state, taken, [])
+            state.counters.wrong_valid_slashed += 1
         refund_job(state, state.jobs[dispute.job_id])
         state.counters.disputes_fraud += 1
     elif outcome is Verdict.VALID:
-        taken = punish(
-            state,
-            params,
-            dispute.accuser,
-            c.VALIDATOR,
-            params.false_accusation_slash,
-            dispute.opened_round,
-        )
-        distribute(
-            state,
-            taken,
-            [
-                ((dispute.node,), params.wronged_node_share_bps),
-                (majority, params.committee_share_bps),
-            ],
-        )
+        for accuser in dispute.accusers:
+            taken = punish(state, params, accuser, c.VALIDATOR, params.false_accusation_slash,
+                           dispute.opened_round)
+            distribute(
+                state,
+                taken + dispute.bond,
+                [((dispute.node,), params.wronged_node_share_bps),
+                 (majority, params.committee_share_bps)],
+            )
         state.counters.disputes_valid += 1
     else:
+        for accuser in dispute.accusers:
+            increase_balance(state, accuser, dispute.bond)
         state.counters.disputes_inconclusive += 1
     state.disputes[dispute.dispute_id] = evolve(
-        dispute, outcome=outcome, closed_round=state.current_round
+        state.disputes[dispute.dispute_id], outcome=outcome, closed_round=state.current_round
     )
     del state.open_disputes[dispute.dispute_id]
     job = state.jobs[dispute.job_id]
-    state.jobs[job.job_id] = evolve(job, open_dispute=None)
     if job.status is JobStatus.PENDING:
-        # The job settles once its window has closed, at a round still to come
-        earliest = max(state.current_round, job.window_end(params.challenge_window) + 1)
-        if not in_beacon_round:
-            earliest = max(earliest, state.current_round + 1)
-        schedule_settlement(state, job.job_id, earliest)
+        reschedule_settlement(state, params, job, in_beacon_round)
 
 
 def resolve_unavailable(state: State, params: LedgerParams, job: Job) -> None:
@@ -664,6 +964,8 @@ def process_bond(state: State, event: Bond) -> None:
         used_nonce(account, event).with_stake(event.role, bonded),
         balance=account.balance - event.amount,
     )
+    if event.role == c.VALIDATOR and event.account not in state.validators:
+        state.validators[event.account] = None
 
 
 def process_unbond(state: State, event: Unbond) -> None:
@@ -718,11 +1020,12 @@ def process_withdraw(state: State, event: Withdraw) -> None:
         f"{state.current_round}"
         + (f"; the next is released in round {min(upcoming)}" if upcoming else ""),
     )
-    # Verify no open dispute or availability challenge could still slash the account
+    # Verify no open case about what the account did while that stake was bonded could slash it
+    since = max(e.started_round for e in released)
     require(
-        not has_open_case(state, event.account),
-        f"account {_hex(event.account)} is party to an open dispute or availability challenge; "
-        "it withdraws after it is resolved",
+        not has_open_case(state, event.account, since),
+        f"account {_hex(event.account)} is party to an open dispute, availability challenge or "
+        f"audit about round {since} or before; it withdraws after it is resolved",
     )
     kept = tuple(e for e in account.unbonding if e.release_round > state.current_round)
     state.accounts[event.account] = evolve(
@@ -744,6 +1047,12 @@ def process_set_params(state: State, event: SetParams) -> None:
     params = event.params
     # Verify parameters are set once
     require(state.params is None, "parameters are already set; SetParams happens once at genesis")
+    # Verify the beacon is registered: the chain id is the hash of both
+    require(
+        state.beacon_key is not None,
+        "RegisterBeacon comes before SetParams: the chain id is the hash of both",
+    )
+    assert state.beacon_key is not None
     # Verify they are set at genesis, before the clock starts
     require(
         not state.randomness,
@@ -767,23 +1076,29 @@ def process_set_params(state: State, event: SetParams) -> None:
         ("equivocation_slash", params.equivocation_slash, c.NODE),
         ("false_accusation_slash", params.false_accusation_slash, c.VALIDATOR),
         ("lazy_validator_slash", params.lazy_validator_slash, c.VALIDATOR),
+        ("liveness_penalty", params.liveness_penalty, c.VALIDATOR),
     ):
         require(
             0 < amount <= c.MIN_STAKE[role],
             f"{name} = {amount} must be positive and at most the minimum {role} stake "
             f"{c.MIN_STAKE[role]}, or a slash could not be collected in full",
         )
-    # Verify no stake can be withdrawn before a slash it owes is proven
+    # Verify the accuser's bond is something to lose
+    require(params.accuser_bond > 0, "accuser_bond must be positive: a false accusation loses it")
+    # Verify no stake and no earnings can leave before a slash they owe is proven
     require(
         params.unbonding_period >= liability_horizon(params),
         f"unbonding_period = {params.unbonding_period} rounds is shorter than the "
         f"{liability_horizon(params)} rounds an offence can take to be proven "
-        f"(4 × challenge_window + availability_window + 2)",
+        f"(see liability_horizon)",
     )
-    # Verify honest work is the best response (DESIGN decision 6)
+    # Verify honest work is the best response and the stake covers what is in flight
     problems = violations(params.economics())
     require(not problems, "unsafe economic parameters: " + "; ".join(problems))
     state.params = params
+    state.chain_id = genesis_chain_id(
+        RegisterBeacon(public_key=state.beacon_key, first_round=state.first_round), event
+    )
 
 
 # -- Jobs ----------------------------------------------------------------------------------------
@@ -797,14 +1112,22 @@ def process_record_job(state: State, event: RecordJob) -> None:
     params = get_params(state)
     # Verify a beacon is registered to sample the job
     require(state.beacon_key is not None, "no beacon is registered; jobs could not be sampled")
+    # Verify both were signed for this network
+    require_chain(state, request.chain_id, f"job request {_hex(job_id)}")
+    require_chain(state, commitment.chain_id, f"commitment {_hex(commitment_id)}")
     # Verify the client signed the request and the node signed the commitment
     request_check, commitment_check = event.signature_checks()
     check_signature(request_check)
     check_signature(commitment_check)
-    # Verify the commitment answers this request
+    # Verify the commitment answers this request, from the node it names
     require(
         commitment.job_id == job_id,
         f"commitment is for job {_hex(commitment.job_id)}, the request is job {_hex(job_id)}",
+    )
+    require(
+        commitment.node == request.node,
+        f"job {_hex(job_id)} is for node {_hex(request.node)}; node {_hex(commitment.node)} "
+        "cannot answer it",
     )
     require(
         commitment.model_id == request.model_id,
@@ -821,15 +1144,24 @@ def process_record_job(state: State, event: RecordJob) -> None:
     )
     existing = state.jobs.get(job_id)
     if existing is not None:
-        # Verify the job was recorded with this node's commitment
-        require(
-            existing.node == commitment.node,
-            f"job {_hex(job_id)} is already recorded with node {_hex(existing.node)}'s commitment",
-        )
         # A second, different signed commitment to one job is equivocation: slash now
         state.seen.add(commitment_id)
         punish_equivocation(state, params, commitment.node, job_id, reporter=None)
         return
+    # Verify the stamp does not run ahead of the beacon feed
+    require(
+        event.stamp_round <= state.current_round + c.MAX_STAMP_LEAD,
+        f"stamp round {event.stamp_round} is more than {c.MAX_STAMP_LEAD} rounds ahead of the "
+        f"log's round {state.current_round}: append the beacon rounds first",
+    )
+    recorded_round = max(state.current_round, event.stamp_round or state.current_round)
+    # Verify the request has not expired
+    require(
+        recorded_round <= request.expiry_round,
+        f"job {_hex(job_id)} expired after round {request.expiry_round}; the ledger is at round "
+        f"{recorded_round}",
+        RequestExpired,
+    )
     # Verify the client has not used the request's nonce before
     if (request.client, request.nonce) in state.request_nonces:
         raise ReplayedMessage(
@@ -839,6 +1171,16 @@ def process_record_job(state: State, event: RecordJob) -> None:
     require(
         is_bonded_node(state, commitment.node),
         f"node {_hex(commitment.node)} is not bonded as a node (or is jailed or slashed out)",
+    )
+    # Verify the node's stake covers one more job in flight
+    stake = state.accounts[commitment.node].node.amount
+    limit = in_flight_limit(stake, params.sample_ppm, params.fraud_slash)
+    in_flight = state.node_jobs.get(commitment.node, 0)
+    require(
+        in_flight < limit,
+        f"node {_hex(commitment.node)} has {in_flight} unsettled jobs, the most its stake of "
+        f"{stake} covers (stake/(p*S) = {limit}); it takes more once some settle or it bonds more",
+        InFlightLimit,
     )
     # Verify the fee pays the verification fee and a reward of at most R
     require(
@@ -869,16 +1211,19 @@ def process_record_job(state: State, event: RecordJob) -> None:
         fee=request.fee,
         commitment_id=commitment_id,
         output_hash=commitment.output_hash,
-        recorded_round=state.current_round,
+        recorded_round=recorded_round,
         zk=request.model_id in state.zk_models,
     )
     state.seen.add(commitment_id)
     state.request_nonces.add((request.client, request.nonce))
-    schedule_settlement(state, job_id, state.current_round + params.challenge_window + 2)
+    state.node_jobs[commitment.node] = in_flight + 1
+    queue(state.sample_queue, recorded_round + 1, job_id)
+    schedule_settlement(state, job_id, recorded_round + params.challenge_window + 2)
     state.counters.jobs_recorded += 1
 
 
 def process_beacon_round(state: State, event: BeaconRound) -> None:
+    """A round's value: committees, deadlines, sample draws, releases and settlements due now."""
     params = get_params(state)
     # Verify a beacon is registered
     require(state.beacon_key is not None, "no beacon is registered")
@@ -893,18 +1238,33 @@ def process_beacon_round(state: State, event: BeaconRound) -> None:
         f"round {event.round}: randomness is not sha256(signature)",
     )
     state.randomness.append(event.randomness)
-    # Disputes whose vote window has passed resolve on the votes they have
+    round_number = state.current_round
+    # Committees whose vote window has passed decide or are drawn again; waiting ones are drawn
     for dispute_id in sorted(state.open_disputes):
         dispute = state.disputes[dispute_id]
         if is_vote_window_over(state, params, dispute):
-            resolve_dispute(state, params, dispute, in_beacon_round=True)
+            conclude_committee(state, params, dispute, in_beacon_round=True)
+            dispute = state.disputes[dispute_id]
+        if dispute.is_open and dispute.drawn_round is None:
+            draw_dispute(state, params, dispute)
     # Outputs reported unavailable and not served in time are slashed
     for job_id in sorted(state.open_challenges):
         job = state.jobs[job_id]
         if is_availability_deadline_over(state, params, job):
             resolve_unavailable(state, params, job)
+    # Jobs whose sample round this is: drawn for audit, and their auditor assigned
+    for job_id in state.sample_queue.pop(round_number, ()):
+        job = state.jobs[job_id]
+        if job.status is JobStatus.PENDING and not job.equivocated:
+            draw_sample(state, params, job)
+    # Auditors past their deadline pay for their silence; another is drawn
+    for job_id in state.audit_queue.pop(round_number, ()):
+        check_audit(state, params, state.jobs[job_id])
+    # Locked earnings whose period is over are released
+    for account in state.unlock_queue.pop(round_number, ()):
+        unlock_earnings(state, account)
     # Jobs due this round whose challenge window has passed undisputed settle
-    for job_id in state.settle_queue.pop(state.current_round, ()):
+    for job_id in state.settle_queue.pop(round_number, ()):
         job = state.jobs[job_id]
         if is_settleable_job(state, params, job):
             settle_job(state, params, job)
@@ -917,24 +1277,18 @@ def process_vote(
     attestation: Attestation,
     attestation_id: bytes,
 ) -> None:
-    """A committee member's verdict in an open dispute; the last vote resolves it.
+    """A committee member's verdict in an open dispute; the last vote decides it.
 
-    A vote names the round whose beacon value drew the committee (the round the
-    dispute opened in). Like every attestation it is accepted once, so nobody
-    can cast a member's vote by replaying an attestation it sent earlier: a
-    member that already sent an identical one signs its vote with another reason.
+    A vote names the round whose beacon value drew the committee. Like every
+    attestation it is accepted once, so nobody can cast a member's vote by
+    replaying an attestation it sent earlier.
     """
+    assert dispute.drawn_round is not None
     # Verify the vote names the round that drew the committee
     require(
-        attestation.beacon_round == dispute.opened_round,
+        attestation.beacon_round == dispute.drawn_round,
         f"a vote in dispute {_hex(dispute.dispute_id)} names beacon round "
-        f"{dispute.opened_round}, which drew its committee; got {attestation.beacon_round}",
-    )
-    # Verify the voter sits on the committee
-    require(
-        attestation.validator in dispute.committee,
-        f"validator {_hex(attestation.validator)} is not on the committee of dispute "
-        f"{_hex(dispute.dispute_id)}",
+        f"{dispute.drawn_round}, which drew its committee; got {attestation.beacon_round}",
     )
     # Verify each member votes once
     require(
@@ -947,15 +1301,17 @@ def process_vote(
     state.disputes[dispute.dispute_id] = dispute
     state.seen.add(attestation_id)
     if len(dispute.votes) == len(dispute.committee):
-        resolve_dispute(state, params, dispute, in_beacon_round=False)
+        conclude_committee(state, params, dispute, in_beacon_round=False)
 
 
 def process_attest(state: State, event: Attest) -> None:
+    """An audit by the job's assigned auditor, or a committee member's vote."""
     attestation = event.attestation_message
     attestation_id = event.sealed_attestation.content_id
     validator = attestation.validator
     params = get_params(state)
-    # Verify the validator signed the attestation
+    # Verify it was signed for this network, by the validator
+    require_chain(state, attestation.chain_id, f"attestation {_hex(attestation_id)}")
     (check,) = event.signature_checks()
     check_signature(check)
     job = get_job(state, attestation.job_id)
@@ -968,56 +1324,63 @@ def process_attest(state: State, event: Attest) -> None:
     # Verify the attestation was not accepted before, as an audit or as a vote
     if attestation_id in state.seen:
         raise ReplayedMessage(f"attestation {_hex(attestation_id)} is already recorded")
-    # While a dispute is open, attestations on the job are committee votes
-    if job.open_dispute is not None:
-        process_vote(state, params, state.disputes[job.open_dispute], attestation, attestation_id)
+    # A member of the job's open dispute's committee votes
+    dispute = open_dispute_of(state, job)
+    if dispute is not None and validator in dispute.committee:
+        process_vote(state, params, dispute, attestation, attestation_id)
         return
-    # Verify it names the round that sampled the job
+    # Verify a vote comes from the committee
     require(
-        attestation.beacon_round == job.sample_round,
-        f"attestation names beacon round {attestation.beacon_round}; "
-        f"job {_hex(job.job_id)} is sampled by round {job.sample_round}",
+        dispute is None
+        or attestation.beacon_round != dispute.drawn_round
+        or validator == job.auditor,
+        f"validator {_hex(validator)} is not on the committee of dispute "
+        f"{_hex(dispute.dispute_id if dispute else b'')} over job {_hex(job.job_id)}",
+        NotOnCommittee,
     )
-    # Verify the validator is bonded
+    # Verify FRAUD comes as evidence, which opens or joins the job's dispute
     require(
-        is_bonded_validator(state, validator),
-        f"{_hex(validator)} is not bonded as a validator (or is jailed or slashed out)",
+        attestation.verdict is not Verdict.FRAUD,
+        "a FRAUD verdict must be submitted as MISMATCH evidence (Accuse), not as an attestation",
     )
-    # Verify nobody attests their own job
-    require(validator != job.node, f"node {_hex(validator)} cannot attest its own job")
     # Verify the job is not settled
     require(
         job.status is JobStatus.PENDING, f"job {_hex(job.job_id)} is already {job.status}"
     )
-    # Verify the job was sampled (a zk job is checked whatever the draw, once its round is out)
+    # Verify the job's sample round is revealed and the job was selected for an audit
     require(
         is_sample_round_revealed(state, job),
         f"job {_hex(job.job_id)} waits for beacon round {job.sample_round}; "
         f"the ledger is at round {state.current_round}",
     )
     require(
-        job.zk or is_sampled_job(state, params, job),
-        f"job {_hex(job.job_id)} was not sampled; only sampled jobs and zk jobs are attested",
+        bool(job.auditors),
+        f"job {_hex(job.job_id)} was not sampled; only sampled jobs and zk jobs are audited",
+        NotSampled,
     )
-    # Verify FRAUD comes as evidence, which opens a dispute
+    # Verify the validator is the auditor the ledger assigned, and its answer is awaited
     require(
-        attestation.verdict is not Verdict.FRAUD,
-        "a FRAUD verdict must be submitted as MISMATCH evidence (Accuse), not as an attestation",
+        validator == job.auditor,
+        f"validator {_hex(validator)} is not assigned to audit job {_hex(job.job_id)}"
+        + (f"; its auditor is {_hex(job.auditor)}" if job.auditor else
+           "; no auditor's answer is awaited"),
+        NotAssigned,
     )
-    # Verify one attestation per validator per job
+    # Verify it names the round that drew it
     require(
-        all(v != validator for v, _ in job.attestations),
-        f"validator {_hex(validator)} already attested job {_hex(job.job_id)}",
+        attestation.beacon_round == job.assigned_round,
+        f"attestation names beacon round {attestation.beacon_round}; "
+        f"the auditor of job {_hex(job.job_id)} was drawn by round {job.assigned_round}",
     )
-    verifier = job.verifier
-    if verifier is None and attestation.verdict is Verdict.VALID:
-        verifier = validator
-    state.jobs[job.job_id] = evolve(
+    valid = attestation.verdict is Verdict.VALID
+    job = evolve(
         job,
         attestations=(*job.attestations, (validator, attestation.verdict)),
-        verifier=verifier,
+        verifier=validator if valid else job.verifier,
     )
+    state.jobs[job.job_id] = job
     state.seen.add(attestation_id)
+    answer_audit(state, params, job, decided=valid)
     state.counters.attestations += 1
 
 
@@ -1050,12 +1413,12 @@ def process_equivocation(state: State, params: LedgerParams, event: Accuse) -> N
 
 
 def process_mismatch(state: State, params: LedgerParams, event: Accuse) -> None:
-    """A claim that re-execution disagrees: opens a dispute for a committee to decide.
+    """A claim that re-execution disagrees: opens the job's dispute, or joins it.
 
-    The committee is drawn from the latest revealed beacon value. The accuser
-    still chooses the round, within the challenge window, in which to accuse,
-    and so picks among a few committees; drawing from the next, unrevealed
-    round would take that choice away.
+    The accuser escrows the accuser bond. The committee is drawn at the next
+    beacon round, keyed by the job alone, so no accuser can choose it by when
+    or as whom it accuses, and an early accusation shields nothing: every
+    later accuser joins the same dispute.
     """
     evidence = event.evidence_message
     accused = event.accused_commitment
@@ -1072,9 +1435,10 @@ def process_mismatch(state: State, params: LedgerParams, event: Accuse) -> None:
     require(job.status is JobStatus.PENDING, f"job {_hex(job.job_id)} is already {job.status}")
     # Verify the job was sampled
     require(
-        is_sampled_job(state, params, job),
+        job.sampled,
         f"job {_hex(job.job_id)} was not sampled (or its round {job.sample_round} is not "
         "revealed); only sampled jobs can be disputed",
+        NotSampled,
     )
     # Verify the evidence names the round that sampled the job
     require(
@@ -1082,60 +1446,71 @@ def process_mismatch(state: State, params: LedgerParams, event: Accuse) -> None:
         f"evidence names beacon round {evidence.beacon_round}; "
         f"job {_hex(job.job_id)} is sampled by round {job.sample_round}",
     )
-    # Verify the challenge window is open
+    dispute = state.disputes.get(job.dispute) if job.dispute is not None else None
+    # Verify the job's one dispute, if it had one, is still open
+    if dispute is not None and not dispute.is_open:
+        raise LedgerRuleError(
+            f"job {_hex(job.job_id)}'s dispute was decided {dispute.outcome} in round "
+            f"{dispute.closed_round}; a job has one dispute"
+        )
+    # Verify the challenge window is open (an open dispute takes accusers whatever the window)
     require(
-        is_in_challenge_window(state, params, job),
+        dispute is not None or is_in_challenge_window(state, params, job),
         f"the challenge window of job {_hex(job.job_id)} closed after round "
         f"{job.window_end(params.challenge_window)}",
-    )
-    # Verify no dispute is already open on the job
-    require(
-        job.open_dispute is None,
-        f"job {_hex(job.job_id)} already has open dispute {_hex(job.open_dispute or b'')}",
     )
     # Verify no availability challenge is open on the job: its output is not yet served
     require(
         not job.has_open_challenge,
         f"job {_hex(job.job_id)} has an open availability challenge; accuse once it is served",
     )
-    # Verify each validator accuses a job once
+    # Verify each validator accuses a job once, and a committee member votes instead
     require(
         accuser not in job.accusers,
         f"validator {_hex(accuser)} already accused job {_hex(job.job_id)}",
+    )
+    require(
+        dispute is None or accuser not in dispute.committee,
+        f"validator {_hex(accuser)} sits on the committee of job {_hex(job.job_id)}'s dispute; "
+        "it votes",
     )
     # Verify the claimed output differs from the committed one
     require(
         evidence.observed_hash != accused.output_hash,
         "evidence reports the same output hash the node committed to",
     )
-    # Verify enough validators besides the accuser and the accused can sit on the committee
-    candidates = [v for v in bonded_validators(state) if v not in (accuser, job.node)]
+    # Verify the accuser can post the bond
+    balance = state.accounts[accuser].balance
     require(
-        len(candidates) >= params.committee_size,
-        f"a committee needs {params.committee_size} validators besides the accuser and the "
-        f"accused; {len(candidates)} are bonded",
+        balance >= params.accuser_bond,
+        f"accuser {_hex(accuser)} has balance {balance}, less than the accuser bond "
+        f"{params.accuser_bond}",
+        InsufficientFunds,
     )
-    # The committee is drawn with the latest revealed beacon value (the job's sample round
-    # is revealed, so there is one)
-    seed = committee_seed(job.job_id, accuser)
-    committee = draw_committee(state.randomness[-1], seed, candidates, params.committee_size)
-    dispute_id = event.sealed_evidence.content_id
-    state.disputes[dispute_id] = Dispute(
-        dispute_id=dispute_id,
-        job_id=job.job_id,
-        accuser=accuser,
-        node=job.node,
-        opened_round=state.current_round,
-        committee=committee,
-    )
-    state.open_disputes[dispute_id] = None
-    state.jobs[job.job_id] = evolve(
-        job,
-        open_dispute=dispute_id,
-        accusers=(*job.accusers, accuser),
-        disputes=(*job.disputes, dispute_id),
-    )
-    state.counters.disputes_opened += 1
+    if dispute is None:
+        dispute = Dispute(
+            dispute_id=event.sealed_evidence.content_id,
+            job_id=job.job_id,
+            node=job.node,
+            opened_round=state.current_round,
+            accusers=(),
+            bond=params.accuser_bond,
+        )
+        # Verify enough validators besides the node and the accusers could sit on a committee
+        candidates = committee_candidates(state, job, evolve(dispute, accusers=(accuser,)))
+        require(
+            len(candidates) >= params.committee_size,
+            f"a committee needs {params.committee_size} validators besides the node, the "
+            f"accuser and the job's auditors; {len(candidates)} are bonded",
+        )
+        state.open_disputes[dispute.dispute_id] = None
+        state.counters.disputes_opened += 1
+    decrease_balance(state, accuser, params.accuser_bond)
+    state.disputes[dispute.dispute_id] = evolve(dispute, accusers=(*dispute.accusers, accuser))
+    job = evolve(job, dispute=dispute.dispute_id, accusers=(*job.accusers, accuser))
+    state.jobs[job.job_id] = job
+    if accuser == job.auditor:
+        answer_audit(state, params, job, decided=True)
 
 
 OFFENCE_PROCESSORS: Mapping[Offence, Callable[[State, LedgerParams, Accuse], None]] = {
@@ -1150,6 +1525,8 @@ def admit_evidence(state: State, event: Accuse) -> LedgerParams:
     evidence_id = event.sealed_evidence.content_id
     accused = event.accused_commitment
     params = get_params(state)
+    # Verify it was signed for this network (the evidence checks its commitments name the same)
+    require_chain(state, evidence.chain_id, f"evidence {_hex(evidence_id)}")
     # Verify the accuser signed the evidence
     check_signature(event.sealed_evidence.check())
     # Verify the evidence was not accepted before
@@ -1228,6 +1605,9 @@ def process_accuse_invalid_proof(state: State, event: AccuseInvalidProof) -> Non
     evidence = event.evidence_message
     accuser = evidence.accuser
     params = admit_evidence(state, event)
+    # Verify the request was signed for this network
+    require_chain(state, event.request_message.chain_id,
+                  f"job request {_hex(event.sealed_request.content_id)}")
     # Verify the evidence claims an invalid proof
     require(
         evidence.offence is Offence.INVALID_PROOF,
@@ -1270,7 +1650,7 @@ def process_accuse_invalid_proof(state: State, event: AccuseInvalidProof) -> Non
     )
     # Verify no dispute or availability challenge is open on the job: each settles it alone
     require(
-        job.open_dispute is None and not job.has_open_challenge,
+        open_dispute_of(state, job) is None and not job.has_open_challenge,
         f"job {_hex(job.job_id)} has an open dispute or availability challenge; "
         "accuse once it is resolved",
     )
@@ -1290,6 +1670,8 @@ def process_accuse_invalid_proof(state: State, event: AccuseInvalidProof) -> Non
         )
         distribute(state, taken, [((job.node,), params.wronged_node_share_bps)])
         state.counters.false_proof_accusations += 1
+        if accuser == job.auditor:
+            answer_audit(state, params, state.jobs[job.job_id], decided=True)
     else:
         taken = punish(state, params, job.node, c.NODE, params.fraud_slash, job.recorded_round)
         distribute(state, taken, [((accuser,), params.reporter_share_bps)])
@@ -1319,9 +1701,10 @@ def process_report_unavailable(state: State, event: ReportUnavailable) -> None:
     require(job.status is JobStatus.PENDING, f"job {_hex(job.job_id)} is already {job.status}")
     # Verify the job was sampled: only sampled jobs need their output served
     require(
-        is_sampled_job(state, params, job),
+        job.sampled,
         f"job {_hex(job.job_id)} was not sampled (or its round {job.sample_round} is not "
         "revealed); only a sampled job's output must be served",
+        NotSampled,
     )
     # Verify the challenge window is open
     require(
@@ -1337,8 +1720,8 @@ def process_report_unavailable(state: State, event: ReportUnavailable) -> None:
     )
     # Verify no dispute is open on the job
     require(
-        job.open_dispute is None,
-        f"job {_hex(job.job_id)} has open dispute {_hex(job.open_dispute or b'')}",
+        open_dispute_of(state, job) is None,
+        f"job {_hex(job.job_id)} has open dispute {_hex(job.dispute or b'')}",
     )
     state.accounts[reporter] = used_nonce(account, event)
     state.jobs[job.job_id] = evolve(
@@ -1349,7 +1732,10 @@ def process_report_unavailable(state: State, event: ReportUnavailable) -> None:
 
 
 def process_serve_data(state: State, event: ServeData) -> None:
-    """The reported output, on the log: the challenge closes and the challenge window restarts."""
+    """The reported output, on the log: the challenge closes and the challenge window restarts.
+
+    An auditor that was waiting for the output gets a fresh deadline from now.
+    """
     params = get_params(state)
     job = get_job(state, event.job_id)
     # Verify an availability challenge is open on the job
@@ -1372,6 +1758,12 @@ def process_serve_data(state: State, event: ServeData) -> None:
         f"job {_hex(job.job_id)} committed to {_hex(job.output_hash)}",
     )
     served = evolve(job, served_round=state.current_round)
+    if served.audit_pending:
+        if served.audit_deadline is None:
+            queue(state.audit_queue, state.current_round + 1, job.job_id)
+        else:
+            served = evolve(served, audit_deadline=state.current_round + params.audit_window)
+            queue(state.audit_queue, state.current_round + params.audit_window + 1, job.job_id)
     state.jobs[job.job_id] = served
     del state.open_challenges[job.job_id]
     schedule_settlement(state, job.job_id, served.window_end(params.challenge_window) + 1)
@@ -1429,8 +1821,8 @@ def process_reveal_canary(state: State, event: RevealCanary) -> None:
         f"canary job {_hex(job.job_id)} had to be revealed by round {deadline}",
     )
     lazy = [v for v, verdict in job.attestations if verdict is Verdict.VALID]
-    for dispute_id in job.disputes:
-        votes = state.disputes[dispute_id].votes
+    if job.dispute is not None:
+        votes = state.disputes[job.dispute].votes
         lazy += [v.validator for v in votes if v.verdict is Verdict.VALID]
     for validator in dict.fromkeys(lazy):
         taken = punish(

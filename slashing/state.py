@@ -208,6 +208,9 @@ class Account:
     nonce: int = 0
     """The nonce of the account's last signed transaction (0: none yet)."""
     unbonding: tuple[Unbonding, ...] = ()
+    locked: tuple[tuple[int, int], ...] = ()
+    """A node's earnings still slashable, as (release round, amount), oldest first: a settled
+    job's reward is held for the unbonding period, as stake on its way out is."""
 
     def stake(self, role: str) -> Stake:
         if role == c.NODE:
@@ -230,6 +233,10 @@ class Account:
     @property
     def unbonding_total(self) -> int:
         return sum(entry.amount for entry in self.unbonding)
+
+    @property
+    def locked_total(self) -> int:
+        return sum(amount for _, amount in self.locked)
 
 
 @dataclass(frozen=True)
@@ -259,6 +266,10 @@ class LedgerParams:
     unbonding_period: int = c.DEFAULT_UNBONDING_PERIOD
     jail_period: int = c.DEFAULT_JAIL_PERIOD
     tombstone_offences: int = c.DEFAULT_TOMBSTONE_OFFENCES
+    audit_window: int = c.DEFAULT_AUDIT_WINDOW
+    vote_window: int = c.DEFAULT_VOTE_WINDOW
+    accuser_bond: int = c.DEFAULT_ACCUSER_BOND
+    liveness_penalty: int = c.DEFAULT_LIVENESS_PENALTY
 
     def __post_init__(self) -> None:
         bounds = {
@@ -274,6 +285,8 @@ class LedgerParams:
             "unbonding_period": (1, c.MAX_UNBONDING_PERIOD),
             "jail_period": (0, c.MAX_JAIL_PERIOD),
             "tombstone_offences": (1, c.MAX_TOMBSTONE_OFFENCES),
+            "audit_window": (1, c.MAX_CHALLENGE_WINDOW),
+            "vote_window": (1, c.MAX_CHALLENGE_WINDOW),
         }
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
@@ -305,7 +318,16 @@ class LedgerParams:
             unbonding_period=c.DEFAULT_UNBONDING_PERIOD,
             jail_period=c.DEFAULT_JAIL_PERIOD,
             tombstone_offences=c.DEFAULT_TOMBSTONE_OFFENCES,
+            audit_window=c.DEFAULT_AUDIT_WINDOW,
+            vote_window=c.DEFAULT_VOTE_WINDOW,
+            accuser_bond=c.DEFAULT_ACCUSER_BOND,
+            liveness_penalty=c.DEFAULT_LIVENESS_PENALTY,
         )
+
+    @property
+    def detection_rounds(self) -> int:
+        """D: rounds from recording an undisputed job to its settlement, ``W + 2``."""
+        return self.challenge_window + 2
 
     def economics(self) -> EconomicParams:
         """The symbols of DESIGN decision 6; S is the slash a confirmed fraud costs."""
@@ -315,12 +337,14 @@ class LedgerParams:
             sample_ppm=self.sample_ppm,
             collusion_ppm=self.collusion_ppm,
             slash=self.fraud_slash,
+            min_stake=c.MIN_STAKE[c.NODE],
+            detection_rounds=self.detection_rounds,
         )
 
 
 @dataclass(frozen=True)
 class Job:
-    """A recorded commitment and the escrowed fee it is paid from."""
+    """A recorded commitment, the escrowed fee it is paid from, and who must check it."""
 
     job_id: bytes
     client: bytes
@@ -332,13 +356,12 @@ class Job:
     recorded_round: int
     status: JobStatus = JobStatus.PENDING
     verifier: bytes | None = None
-    """The first validator to attest VALID; earns the verification fee at settlement."""
+    """The assigned auditor that attested VALID; earns the verification fee at settlement."""
     attestations: tuple[tuple[bytes, Verdict], ...] = ()
     accusers: tuple[bytes, ...] = ()
-    open_dispute: bytes | None = None
+    dispute: bytes | None = None
+    """The job's one dispute, open or decided (its id)."""
     equivocated: bool = False
-    disputes: tuple[bytes, ...] = ()
-    """Every dispute ever opened on the job, in order."""
     unavailable_since: int | None = None
     """The round a validator reported the job's output unavailable (an open challenge)."""
     availability_reporter: bytes | None = None
@@ -348,6 +371,16 @@ class Job:
     """The round the job settled or was refunded."""
     zk: bool = False
     """Its model was registered for the zk mode when it was recorded: it carries a proof."""
+    sampled: bool = False
+    """Set in its sample round when the draw selects it (or it is a zk job): it must be audited."""
+    auditors: tuple[bytes, ...] = ()
+    """Every validator the ledger drew to audit the job, in order; the last is the current one."""
+    assigned_round: int | None = None
+    """The round whose beacon value drew the current auditor: its attestation names it."""
+    audit_deadline: int | None = None
+    """The last round the current auditor may answer in; None when no answer is awaited."""
+    audit_pending: bool = False
+    """An auditor's decisive answer (VALID, or evidence) is still awaited: the job waits."""
 
     @property
     def sample_round(self) -> int:
@@ -363,10 +396,19 @@ class Job:
             and self.status is JobStatus.PENDING
         )
 
+    @property
+    def auditor(self) -> bytes | None:
+        """The validator whose answer is awaited, if any."""
+        return self.auditors[-1] if self.audit_deadline is not None else None
+
     def window_end(self, challenge_window: int) -> int:
-        """The last round in which the job may be attested, accused or reported."""
+        """The last round in which the job may be accused or reported.
+
+        ``challenge_window`` rounds after its sample round (or after its output
+        was served), and never before its current auditor's deadline.
+        """
         start = self.served_round if self.served_round is not None else self.sample_round
-        return start + challenge_window
+        return max(start + challenge_window, self.audit_deadline or 0)
 
     @property
     def escrow(self) -> int:
@@ -399,16 +441,30 @@ class Vote:
 
 @dataclass(frozen=True)
 class Dispute:
-    """A MISMATCH accusation and the committee that re-executes the job to decide it."""
+    """Every MISMATCH accusation against one job, and the committee that decides them.
+
+    One per job, whoever accuses: later accusers join it. Its committee is
+    drawn from the value of a round revealed after it opened (and drawn again,
+    from a later round, when a committee reaches no majority), keyed by the
+    job alone.
+    """
 
     dispute_id: bytes
     """The content id of the evidence that opened it."""
     job_id: bytes
-    accuser: bytes
     node: bytes
     opened_round: int
-    committee: tuple[bytes, ...]
+    accusers: tuple[bytes, ...]
+    """Every validator that accused the job, in order; each posted ``bond``."""
+    bond: int
+    """What each accuser escrowed; returned unless the committee finds the work VALID."""
+    draws: int = 0
+    """Committees drawn so far."""
+    drawn_round: int | None = None
+    """The round whose value drew the current committee; None while one is awaited."""
+    committee: tuple[bytes, ...] = ()
     votes: tuple[Vote, ...] = ()
+    """The current committee's votes."""
     outcome: Verdict | None = None
     """None while open; FRAUD, VALID or INCONCLUSIVE once resolved."""
     closed_round: int | None = None
@@ -416,6 +472,15 @@ class Dispute:
     @property
     def is_open(self) -> bool:
         return self.outcome is None
+
+    @property
+    def accuser(self) -> bytes:
+        """The validator that opened it."""
+        return self.accusers[0]
+
+    @property
+    def escrow(self) -> int:
+        return self.bond * len(self.accusers) if self.is_open else 0
 
     def voters(self) -> tuple[bytes, ...]:
         return tuple(v.validator for v in self.votes)
@@ -439,6 +504,12 @@ class Counters:
     unavailability_slashes: int = 0
     canaries_revealed: int = 0
     lazy_validators_slashed: int = 0
+    wrong_valid_slashed: int = 0
+    audits_assigned: int = 0
+    audits_missed: int = 0
+    audits_unanswered: int = 0
+    committee_redraws: int = 0
+    liveness_penalties: int = 0
     invalid_proofs: int = 0
     false_proof_accusations: int = 0
     jailings: int = 0
@@ -454,6 +525,7 @@ class Savepoint(NamedTuple):
     rounds: int
     params: LedgerParams | None
     beacon_key: bytes | None
+    chain_id: bytes | None
     first_round: int
     minted: int
     burned: int
@@ -462,7 +534,8 @@ class Savepoint(NamedTuple):
 
 _TABLES = (
     "accounts", "jobs", "disputes", "canaries", "open_disputes", "open_challenges", "settle_queue",
-    "zk_models", "zk_blobs",
+    "zk_models", "zk_blobs", "sample_queue", "audit_queue", "open_audits", "node_jobs",
+    "validators", "unlock_queue",
 )
 _SETS = ("equivocations", "seen", "request_nonces", "revealed_canaries", "proof_frauds")
 
@@ -504,6 +577,21 @@ class State:
     """Verifying keys and settings of zk models, content-addressed: SHA-256 → bytes."""
     proof_frauds: set[bytes] = field(default_factory=set)
     """Job ids whose node was slashed for an invalid proof: one slash per job."""
+    chain_id: bytes | None = None
+    """The hash of the genesis (``RegisterBeacon`` and ``SetParams``): what every signed message
+    and account transaction names, so nothing signed for another network is accepted here."""
+    sample_queue: dict[int, tuple[bytes, ...]] = field(default_factory=dict)
+    """Index: sample round → jobs recorded the round before, to draw (and assign) in it."""
+    audit_queue: dict[int, tuple[bytes, ...]] = field(default_factory=dict)
+    """Index: round → jobs whose auditor's deadline has passed by then, or that need another."""
+    open_audits: dict[bytes, None] = field(default_factory=dict)
+    """Index: ids of the jobs waiting for an auditor's answer."""
+    node_jobs: dict[bytes, int] = field(default_factory=dict)
+    """A node's unsettled jobs: bounded by its stake (the in-flight limit)."""
+    validators: dict[bytes, None] = field(default_factory=dict)
+    """Index: every account that ever bonded as a validator, where draws look for candidates."""
+    unlock_queue: dict[int, tuple[bytes, ...]] = field(default_factory=dict)
+    """Index: round → accounts with locked earnings released in it."""
 
     def __post_init__(self) -> None:
         self._journal = Journal()
@@ -527,11 +615,14 @@ class State:
         return None
 
     def escrow(self) -> int:
-        return sum(job.escrow for job in self.jobs.values())
+        """Fees held for pending jobs and accusers' bonds held by open disputes."""
+        fees = sum(job.escrow for job in self.jobs.values())
+        return fees + sum(self.disputes[d].escrow for d in self.open_disputes)
 
     def total_supply(self) -> int:
-        """Balances + bonds + unbonding + escrow + burned; conservation: always ``minted``."""
-        held = sum(a.balance + a.bonded + a.unbonding_total for a in self.accounts.values())
+        """Balances + bonds + unbonding + locked + escrow + burned; conservation: ``minted``."""
+        held = sum(a.balance + a.bonded + a.unbonding_total + a.locked_total
+                   for a in self.accounts.values())
         return held + self.escrow() + self.burned
 
     def copy(self) -> State:
@@ -548,6 +639,7 @@ class State:
             rounds=len(self.randomness),
             params=self.params,
             beacon_key=self.beacon_key,
+            chain_id=self.chain_id,
             first_round=self.first_round,
             minted=self.minted,
             burned=self.burned,
@@ -570,6 +662,7 @@ class State:
                 set.add(container, key)
         del self.randomness[point.rounds :]
         self.params, self.beacon_key = point.params, point.beacon_key
+        self.chain_id = point.chain_id
         self.first_round, self.minted, self.burned = point.first_round, point.minted, point.burned
         self.counters.__dict__.update(point.counters)
         self._release()
@@ -741,6 +834,7 @@ def _decode_account(v: Any) -> Account:
         validator=_decode_stake(v["validator"]),
         nonce=v["nonce"],
         unbonding=tuple(Unbonding(**e) for e in v["unbonding"]),
+        locked=tuple((r, a) for r, a in v["locked"]),
     )
 
 
@@ -751,7 +845,7 @@ def _decode_job(v: Any) -> Job:
             "status": JobStatus(v["status"]),
             "attestations": tuple((a, Verdict(verdict)) for a, verdict in v["attestations"]),
             "accusers": tuple(v["accusers"]),
-            "disputes": tuple(v["disputes"]),
+            "auditors": tuple(v["auditors"]),
         }
     )
 
@@ -760,6 +854,7 @@ def _decode_dispute(v: Any) -> Dispute:
     return Dispute(
         **{
             **v,
+            "accusers": tuple(v["accusers"]),
             "committee": tuple(v["committee"]),
             "votes": tuple(
                 Vote(x["validator"], Verdict(x["verdict"]), x["attestation_id"]) for x in v["votes"]
@@ -795,6 +890,13 @@ def decode_state(data: bytes) -> State:
             zk_models={k: ZkModel(**v) for k, v in value["zk_models"]},
             zk_blobs=dict(value["zk_blobs"]),
             proof_frauds=set(value["proof_frauds"]),
+            chain_id=value["chain_id"],
+            sample_queue={r: tuple(ids) for r, ids in value["sample_queue"]},
+            audit_queue={r: tuple(ids) for r, ids in value["audit_queue"]},
+            open_audits=dict(value["open_audits"]),
+            node_jobs=dict(value["node_jobs"]),
+            validators=dict(value["validators"]),
+            unlock_queue={r: tuple(ids) for r, ids in value["unlock_queue"]},
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise MalformedMessage(f"bytes are not an encoded ledger state: {exc!r:.200}") from exc

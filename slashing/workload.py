@@ -3,7 +3,9 @@
 Benchmarks and crash tests need many events that the rules accept, in an
 order that exercises the common path: genesis, then rounds in which clients'
 signed jobs are recorded with nodes' signed commitments, the beacon reveals a
-round, a validator attests each sampled job, and earlier jobs settle. The
+round (and the ledger assigns each sampled job its auditor), the assigned
+validator attests each sampled job, and earlier jobs settle. Nodes bond
+enough that the jobs they keep in flight stay within their in-flight limit. The
 stream is a pure function of its arguments (devnet keys, a hash-chain beacon),
 so a crash test can regenerate it and compare a recovered log with it.
 """
@@ -17,7 +19,7 @@ from protocol.codec import Tensor
 from protocol.hashing import sha256
 from protocol.keys import SigningKey
 from protocol.messages import Attestation, Commitment, JobRequest, Verdict
-from protocol.sampling import draw_committee, sample_seed, sampled
+from protocol.sampling import draw_auditor, sampled
 from slashing import constants as c
 from slashing.events import (
     Attest,
@@ -29,9 +31,12 @@ from slashing.events import (
     RegisterBeacon,
     SetParams,
 )
+from slashing.rules import genesis_chain_id
 from slashing.state import LedgerParams
 
 _BEACON_TAG = b"assay/v1/workload-beacon\x00"
+NODE_STAKE_MINIMA = 10
+"""Each node bonds ten times the minimum stake: in-flight room for 100 jobs at p = 0.2."""
 
 
 @dataclass(frozen=True)
@@ -70,24 +75,30 @@ def events(workload: Workload) -> Iterator[Event]:
     validators = [w.key("validator", i) for i in range(w.validators)]
     clients = [w.key("client", i) for i in range(w.clients)]
     model = sha256(b"workload/model")
-    yield RegisterBeacon(public_key=sha256(b"workload/beacon") + bytes(16), first_round=0)
-    yield SetParams(params=params)
+    register = RegisterBeacon(public_key=sha256(b"workload/beacon") + bytes(16), first_round=0)
+    set_params = SetParams(params=params)
+    chain_id = genesis_chain_id(register, set_params)
+    yield register
+    yield set_params
     for client in clients:
         yield Mint(account=client.public.raw, amount=fee * (w.jobs // w.clients + 1))
-    for role, keys in ((c.NODE, nodes), (c.VALIDATOR, validators)):
+    for role, keys, minima in ((c.NODE, nodes, NODE_STAKE_MINIMA), (c.VALIDATOR, validators, 2)):
         for key in keys:
-            yield Mint(account=key.public.raw, amount=2 * c.MIN_STAKE[role])
-            yield Bond(account=key.public.raw, role=role, amount=2 * c.MIN_STAKE[role])
+            yield Mint(account=key.public.raw, amount=minima * c.MIN_STAKE[role])
+            yield Bond(account=key.public.raw, role=role, amount=minima * c.MIN_STAKE[role])
     round_number = -1
-    last_round: list[tuple[bytes, bytes]] = []
+    last_round: list[tuple[bytes, bytes, bytes]] = []
     for index in range(w.jobs):
         client, node = clients[index % w.clients], nodes[index % w.nodes]
         request = JobRequest(
             model_id=model,
             input=Tensor("int64", (1,), index.to_bytes(8, "little")),
             client=client.public.raw,
+            node=node.public.raw,
             nonce=index,
             fee=fee,
+            expiry_round=round_number + 1 + params.challenge_window,
+            chain_id=chain_id,
         ).signed(client)
         commitment = Commitment(
             job_id=request.job_id,
@@ -95,14 +106,16 @@ def events(workload: Workload) -> Iterator[Event]:
             input_hash=sha256(b"input" + request.job_id),
             output_hash=sha256(b"output" + request.job_id),
             node=node.public.raw,
+            chain_id=chain_id,
         ).signed(node)
         yield RecordJob(request=request.encode(), commitment=commitment.encode())
-        last_round.append((request.job_id, commitment.content_id))
+        last_round.append((request.job_id, commitment.content_id, node.public.raw))
         if (index + 1) % w.jobs_per_round == 0 or index + 1 == w.jobs:
             round_number += 1
             revealed = beacon_round(w.seed, round_number)
             yield revealed
-            yield from _audits(revealed, round_number, last_round, validators, params.sample_ppm)
+            yield from _audits(revealed, round_number, last_round, validators, params.sample_ppm,
+                               chain_id)
             last_round = []
     for _ in range(params.challenge_window + 2):
         round_number += 1
@@ -112,22 +125,25 @@ def events(workload: Workload) -> Iterator[Event]:
 def _audits(
     revealed: BeaconRound,
     round_number: int,
-    jobs: list[tuple[bytes, bytes]],
+    jobs: list[tuple[bytes, bytes, bytes]],
     validators: list[SigningKey],
     sample_ppm: int,
+    chain_id: bytes,
 ) -> Iterator[Event]:
-    """A VALID attestation on each sampled job, by the validator the beacon assigns it."""
+    """A VALID attestation on each sampled job, by the validator the ledger assigns it
+    (every validator is bonded and none is jailed, so the draw is over all of them)."""
     by_key = {v.public.raw: v for v in validators}
-    for job_id, commitment_id in jobs:
+    for job_id, commitment_id, node in jobs:
         if not sampled(revealed.randomness, job_id, commitment_id, sample_ppm):
             continue
-        seed = sample_seed(revealed.randomness, job_id, commitment_id)
-        (chosen,) = draw_committee(seed, job_id, by_key, 1)
+        chosen = draw_auditor(revealed.randomness, job_id, 0, [v for v in by_key if v != node])
+        assert chosen is not None
         attestation = Attestation(
             job_id=job_id,
             commitment_id=commitment_id,
             validator=chosen,
             verdict=Verdict.VALID,
             beacon_round=round_number,
+            chain_id=chain_id,
         ).signed(by_key[chosen])
         yield Attest(attestation=attestation.encode())

@@ -64,8 +64,11 @@ def job_requests(draw: st.DrawFn) -> JobRequest:
         model_id=draw(digests),
         input=draw(tensors()),
         client=key.public.raw,
+        node=draw(st.sampled_from(KEYS)).public.raw,
         nonce=draw(uint64),
         fee=draw(uint64),
+        expiry_round=draw(uint64),
+        chain_id=draw(digests),
         params=tuple(draw(params).items()),
     ).signed(key)
 
@@ -79,6 +82,7 @@ def commitments(draw: st.DrawFn) -> Commitment:
         input_hash=draw(digests),
         output_hash=draw(digests),
         node=key.public.raw,
+        chain_id=draw(digests),
         mode=draw(st.sampled_from(["exact", "llm", "tensor", "zk"])),
         aux=draw(st.binary(max_size=32)),
     ).signed(key)
@@ -93,6 +97,7 @@ def attestations(draw: st.DrawFn) -> Attestation:
         validator=key.public.raw,
         verdict=draw(st.sampled_from(list(Verdict))),
         beacon_round=draw(uint64),
+        chain_id=draw(digests),
         observed_hash=draw(st.just(b"") | digests),
         reason=draw(text),
     ).signed(key)
@@ -112,6 +117,7 @@ def evidence(draw: st.DrawFn) -> Evidence:
             input_hash=accused.input_hash,
             output_hash=bytes(b ^ 0xFF for b in accused.output_hash),
             node=accused.node,
+            chain_id=accused.chain_id,
         ).signed(node_key)
         conflicting = other.encode()
     return Evidence(
@@ -119,6 +125,7 @@ def evidence(draw: st.DrawFn) -> Evidence:
         job_id=accused.job_id,
         accuser=key.public.raw,
         commitment=accused.encode(),
+        chain_id=accused.chain_id,
         conflicting=conflicting,
         observed_hash=draw(st.just(b"") | digests),
         beacon_round=draw(uint64),

@@ -31,7 +31,7 @@ from protocol.errors import (
 from protocol.hashing import sha256
 from protocol.keys import PublicKey, SigningKey
 from protocol.messages import Attestation, Commitment, Evidence, JobRequest, Offence, Verdict
-from protocol.sampling import PPM, sampled
+from protocol.sampling import PPM, draw_auditor, draw_dispute_committee, sampled
 from slashing import constants as c
 from slashing.events import (
     EVENT_TYPES,
@@ -56,14 +56,23 @@ from slashing.events import (
     decode_event,
 )
 from slashing.rules import (
+    InsufficientFunds,
     LedgerRuleError,
     NonceOutOfOrder,
+    NotAssigned,
+    NotOnCommittee,
+    NotSampled,
+    WrongChain,
     apply_event,
+    genesis_chain_id,
     install_proof_checker,
+    is_bonded_validator,
+    open_dispute_of,
     process_event,
 )
 from slashing.state import (
     Dispute,
+    Job,
     JobStatus,
     LedgerParams,
     State,
@@ -83,10 +92,12 @@ VALIDATORS = tuple(SigningKey.derive(f"ledger/validator-{i}") for i in range(5))
 STRANGER = SigningKey.derive("ledger/stranger")
 CHEATER = SigningKey.derive("ledger/cheater")
 EXTRA_VALIDATOR = SigningKey.derive("ledger/validator-5")
+EXTRA_VALIDATORS = tuple(SigningKey.derive(f"ledger/validator-{i}") for i in range(5, 12))
+"""More validators, for committees drawn again and again."""
 CANARY_NODE = SigningKey.derive("ledger/canary-node")
 """The operator's node for canaries: bonded like any other, its outputs deliberately wrong."""
 KEY_OF = {k.public.raw: k for k in (CLIENT, POOR_CLIENT, NODE, OTHER_NODE, CHEATER, STRANGER,
-                                    CANARY_NODE, *VALIDATORS, EXTRA_VALIDATOR)}
+                                    CANARY_NODE, *VALIDATORS, *EXTRA_VALIDATORS)}
 
 BEACON_KEY = bytes(range(48))
 MODEL = sha256(b"ledger/model")
@@ -95,6 +106,10 @@ MIN_VALIDATOR = c.MIN_STAKE[c.VALIDATOR]
 DEFAULTS = LedgerParams.default()
 FEE = DEFAULTS.reward + DEFAULTS.verification_fee
 WINDOW = DEFAULTS.challenge_window
+AUDIT = DEFAULTS.audit_window
+VOTES = DEFAULTS.vote_window
+EXPIRY = 10_000
+"""The expiry round of the tests' job requests: far beyond any test's rounds."""
 
 
 def pk(key: SigningKey) -> bytes:
@@ -102,12 +117,27 @@ def pk(key: SigningKey) -> bytes:
 
 
 def params(**changes: int) -> LedgerParams:
-    """Default parameters with every job sampled (p = 100 %), unless changed."""
-    return dataclasses.replace(DEFAULTS, **{"sample_ppm": PPM, **changes})
+    """Default parameters with every job sampled (p = 100 %), committees of three and a fraud
+    slash of 1 000 (so a node at the minimum stake may keep p·S·10 = 10 jobs in flight),
+    unless changed."""
+    base = {"sample_ppm": PPM, "committee_size": 3, "fraud_slash": 1_000}
+    return dataclasses.replace(DEFAULTS, **{**base, **changes})
+
+
+class Chain:
+    """The chain id the message builders sign for: the latest genesis built."""
+
+    id = genesis_chain_id(RegisterBeacon(BEACON_KEY, 0), SetParams(params()))
+
+
+def chain_of(p: LedgerParams) -> bytes:
+    return genesis_chain_id(RegisterBeacon(BEACON_KEY, 0), SetParams(p))
 
 
 def genesis(p: LedgerParams, nodes: Iterable[SigningKey] = (NODE, OTHER_NODE),
             validators: Iterable[SigningKey] = VALIDATORS) -> list[Event]:
+    """Genesis events; the builders below sign for its chain from now on."""
+    Chain.id = chain_of(p)
     events: list[Event] = [
         RegisterBeacon(BEACON_KEY, 0),
         SetParams(p),
@@ -132,13 +162,17 @@ def beacon(round_number: int, salt: bytes = b"") -> BeaconRound:
     return BeaconRound(round_number, signature, sha256(signature))
 
 
-def request(nonce: int, fee: int = FEE, client: SigningKey = CLIENT) -> JobRequest:
+def request(nonce: int, fee: int = FEE, client: SigningKey = CLIENT,
+            node: SigningKey = NODE, expiry: int = EXPIRY) -> JobRequest:
     return JobRequest(
         model_id=MODEL,
         input=Tensor("float32", (2,), bytes(8)),
         client=pk(client),
+        node=pk(node),
         nonce=nonce,
         fee=fee,
+        expiry_round=expiry,
+        chain_id=Chain.id,
     ).signed(client)
 
 
@@ -149,16 +183,19 @@ def unsigned_commitment(req: JobRequest, node: bytes, output: bytes) -> Commitme
         input_hash=sha256(b"input" + req.job_id),
         output_hash=sha256(output + req.job_id),
         node=node,
+        chain_id=req.chain_id,
     )
 
 
-def commit(req: JobRequest, node: SigningKey = NODE, output: bytes = b"right") -> Commitment:
-    return unsigned_commitment(req, pk(node), output).signed(node)
+def commit(req: JobRequest, node: SigningKey | None = None, output: bytes = b"right") -> Commitment:
+    """The commitment of the node the request names (or of ``node``, which may not answer)."""
+    key = node if node is not None else KEY_OF[req.node]
+    return unsigned_commitment(req, pk(key), output).signed(key)
 
 
 def forge(message: Commitment, key: SigningKey) -> Commitment:
     """``message`` signed by ``key`` although it names someone else."""
-    return dataclasses.replace(message, signature=key.sign(b"commitment", message.body_bytes()))
+    return dataclasses.replace(message, signature=key.sign(message.domain(), message.body_bytes()))
 
 
 def record(req: JobRequest, com: Commitment) -> RecordJob:
@@ -174,6 +211,7 @@ def attest(key: SigningKey, com: Commitment, verdict: Verdict, round_number: int
             validator=pk(key),
             verdict=verdict,
             beacon_round=round_number,
+            chain_id=com.chain_id,
             reason=reason,
         ).signed(key).encode()
     )
@@ -186,6 +224,7 @@ def mismatch(key: SigningKey, com: Commitment, round_number: int, detail: str = 
             job_id=com.job_id,
             accuser=pk(key),
             commitment=com.encode(),
+            chain_id=com.chain_id,
             observed_hash=sha256(b"observed" + com.job_id),
             beacon_round=round_number,
             detail=detail,
@@ -200,6 +239,7 @@ def equivocation(key: SigningKey, first: Commitment, second: Commitment) -> Accu
             job_id=first.job_id,
             accuser=pk(key),
             commitment=first.encode(),
+            chain_id=first.chain_id,
             conflicting=second.encode(),
         ).signed(key).encode()
     )
@@ -220,8 +260,8 @@ class World:
 
     def job(self, nonce: int, node: SigningKey = NODE, output: bytes = b"right",
             fee: int = FEE) -> Commitment:
-        req = request(nonce, fee)
-        com = commit(req, node, output)
+        req = request(nonce, fee, node=node)
+        com = commit(req, output=output)
         self.apply(record(req, com))
         return com
 
@@ -244,6 +284,32 @@ class World:
 
     def committee(self) -> list[SigningKey]:
         return [KEY_OF[m] for m in self.open_dispute().committee]
+
+    def auditor(self, com: Commitment) -> SigningKey:
+        """The validator the ledger assigned to audit the job now."""
+        auditor = self.state.jobs[com.job_id].auditor
+        assert auditor is not None, "no auditor's answer is awaited"
+        return KEY_OF[auditor]
+
+    def audit(self, com: Commitment, verdict: Verdict = Verdict.VALID) -> None:
+        """The assigned auditor attests."""
+        job = self.state.jobs[com.job_id]
+        assert job.assigned_round is not None
+        self.apply(attest(self.auditor(com), com, verdict, job.assigned_round))
+
+    def accuse(self, com: Commitment, key: SigningKey | None = None) -> None:
+        """MISMATCH evidence, by the assigned auditor unless ``key`` is given."""
+        accuser = key if key is not None else self.auditor(com)
+        self.apply(mismatch(accuser, com, self.state.jobs[com.job_id].sample_round))
+
+    def vote(self, com: Commitment, verdicts: Iterable[Verdict],
+             members: Iterable[SigningKey] | None = None) -> None:
+        """The committee's members (the first of them, or ``members``) vote in order."""
+        dispute = self.open_dispute()
+        assert dispute.drawn_round is not None
+        voters = members if members is not None else self.committee()
+        self.apply(*(attest(m, com, v, dispute.drawn_round, reason="vote")
+                     for m, v in zip(voters, verdicts, strict=False)))
 
 
 def is_sampled(state: State, com: Commitment) -> bool:
@@ -281,7 +347,7 @@ def sample_events() -> list[Event]:
         RegisterZkModel(MODEL, b"vk", b"{}", sha256(b"srs")),
         AccuseInvalidProof(
             Evidence(offence=Offence.INVALID_PROOF, job_id=com.job_id, accuser=pk(VALIDATORS[0]),
-                     commitment=com.encode()).signed(VALIDATORS[0]).encode(),
+                     commitment=com.encode(), chain_id=com.chain_id).signed(VALIDATORS[0]).encode(),
             req.encode(),
         ),
     ]
@@ -312,7 +378,7 @@ def _value(event: Event) -> dict[str, object]:
     ("change", "error", "match"),
     [
         (lambda v: {**v, "type": "nope"}, MalformedMessage, "unknown event type 'nope'"),
-        (lambda v: {**v, "v": 2}, UnsupportedVersion, "schema version 2"),
+        (lambda v: {**v, "v": 1}, UnsupportedVersion, "schema version 1"),
         (lambda v: {k: x for k, x in v.items() if k != "amount"}, MalformedMessage,
          r"missing \['amount'\]"),
         (lambda v: {**v, "extra": 1}, MalformedMessage, r"unknown \['extra'\]"),
@@ -394,17 +460,32 @@ def test_genesis_is_set_once() -> None:
         ({"accuser_share_bps": 9_000}, "accuser share 9000 \\+ committee share 2000 exceeds"),
         ({"fraud_slash": MIN_NODE + 1}, "fraud_slash = 10001 must be positive and at most"),
         ({"false_accusation_slash": 0}, "false_accusation_slash = 0 must be positive"),
+        ({"liveness_penalty": 0}, "liveness_penalty = 0 must be positive"),
+        ({"accuser_bond": 0}, "accuser_bond must be positive"),
+        ({"unbonding_period": 20}, "unbonding_period = 20 rounds is shorter than the 29"),
+        ({"sample_ppm": PPM},
+         r"stake at risk fails: the minimum stake 10000 covers 2 unsettled jobs"),
     ],
 )
 def test_unsafe_params_are_refused_with_the_condition_named(
     changes: dict[str, int], match: str
 ) -> None:
+    registered = fold([RegisterBeacon(BEACON_KEY, 0)])
     with pytest.raises(LedgerRuleError, match=match):
-        apply_event(State(), SetParams(dataclasses.replace(DEFAULTS, **changes)))
+        apply_event(registered, SetParams(dataclasses.replace(DEFAULTS, **changes)))
 
 
-def test_default_params_are_safe() -> None:
-    assert apply_event(State(), SetParams(DEFAULTS)).params == DEFAULTS
+def test_params_come_after_the_beacon_whose_key_the_chain_id_hashes() -> None:
+    with pytest.raises(LedgerRuleError, match="RegisterBeacon comes before SetParams"):
+        apply_event(State(), SetParams(DEFAULTS))
+
+
+def test_default_params_are_safe_and_fix_the_chain_id() -> None:
+    state = fold([RegisterBeacon(BEACON_KEY, 0), SetParams(DEFAULTS)])
+    assert state.params == DEFAULTS
+    assert state.chain_id == genesis_chain_id(RegisterBeacon(BEACON_KEY, 0), SetParams(DEFAULTS))
+    other = fold([RegisterBeacon(BEACON_KEY, 1), SetParams(DEFAULTS)])
+    assert other.chain_id != state.chain_id  # another genesis is another network
 
 
 # -- Recording jobs -------------------------------------------------------------------------------
@@ -433,8 +514,8 @@ def test_record_job_guards() -> None:
     wrong_model = dataclasses.replace(unsigned_commitment(req, pk(NODE), b"x"),
                                       model_id=sha256(b"other")).signed(NODE)
     world.refuse(record(req, wrong_model), LedgerRuleError, "commitment names model")
-    client_req = request(3)
-    world.refuse(record(client_req, commit(client_req, CLIENT)), LedgerRuleError,
+    client_req = request(3, node=CLIENT)
+    world.refuse(record(client_req, commit(client_req)), LedgerRuleError,
                  "is not bonded as a node")
     cheap = request(4, fee=DEFAULTS.verification_fee - 1)
     world.refuse(record(cheap, commit(cheap)), LedgerRuleError, "below the verification fee")
@@ -447,7 +528,7 @@ def test_record_job_guards() -> None:
     world.apply(record(req, com))
     world.refuse(record(req, com), ReplayedMessage, "already recorded")
     world.refuse(record(req, commit(req, OTHER_NODE)), LedgerRuleError,
-                 "already recorded with node")
+                 "is for node .* cannot answer it")
     with pytest.raises(LedgerRuleError, match="no parameters yet"):
         apply_event(State(), record(req, com))
 
@@ -481,7 +562,7 @@ def test_a_small_order_key_cannot_sign_for_everyone() -> None:
         PublicKey(IDENTITY_POINT).verify(b"job_request", b"any payload", forged)
     world = World()
     world.apply(Mint(IDENTITY_POINT, MIN_VALIDATOR))
-    bond = Bond(IDENTITY_POINT, c.VALIDATOR, MIN_VALIDATOR, nonce=1)
+    bond = Bond(IDENTITY_POINT, c.VALIDATOR, MIN_VALIDATOR, nonce=1, chain_id=Chain.id)
     bond = dataclasses.replace(bond, signature=forged)
     world.refuse(bond, BadSignature, "does not verify")
 
@@ -522,78 +603,96 @@ def test_beacon_rounds_come_in_order_with_hashed_randomness() -> None:
     assert started.current_round == 1000
 
 
-# -- Attestations ----------------------------------------------------------------------------------
+# -- Audits: the ledger assigns the auditor ---------------------------------------------------
 
 
-def test_valid_attestation_marks_the_job_verified() -> None:
+def test_the_ledger_assigns_each_sampled_job_an_auditor_in_its_sample_round() -> None:
+    world = World()
+    com = world.job(1)
+    assert world.state.jobs[com.job_id].auditors == ()  # not drawn before its round
+    world.next_round()
+    job = world.state.jobs[com.job_id]
+    assert job.sampled and job.audit_pending and len(job.auditors) == 1
+    assert job.auditor in {pk(v) for v in VALIDATORS} and job.auditor != pk(NODE)
+    assert (job.assigned_round, job.audit_deadline) == (0, AUDIT)
+    expected = draw_auditor(world.state.beacon_value(0) or b"", com.job_id, 0,
+                            [pk(v) for v in VALIDATORS])
+    assert job.auditor == expected  # keyed by the job alone, over the bonded validators
+
+
+def test_valid_attestation_by_the_auditor_answers_the_audit() -> None:
     world = World()
     com = world.job(1)
     world.next_round()
-    world.apply(attest(VALIDATORS[0], com, Verdict.VALID, 0))
-    world.apply(attest(VALIDATORS[1], com, Verdict.VALID, 0))
+    auditor = world.auditor(com)
+    world.audit(com)
     job = world.state.jobs[com.job_id]
-    assert job.verifier == pk(VALIDATORS[0])  # the first to check earns the fee
-    assert len(job.attestations) == 2
+    assert job.verifier == pk(auditor) and not job.audit_pending
+    assert job.attestations == ((pk(auditor), Verdict.VALID),)
 
 
-def test_inconclusive_attestation_is_recorded_and_slashes_nobody() -> None:
+def test_an_inconclusive_audit_slashes_nobody_and_another_auditor_is_drawn() -> None:
     world = World()
     com = world.job(1)
     world.next_round()
-    stakes = {k: world.state.accounts[k] for k in world.state.accounts}
-    world.apply(attest(VALIDATORS[0], com, Verdict.INCONCLUSIVE, 0))
+    first = world.auditor(com)
+    stakes = {k: a.validator for k, a in world.state.accounts.items()}
+    world.audit(com, Verdict.INCONCLUSIVE)
     job = world.state.jobs[com.job_id]
-    assert job.attestations == ((pk(VALIDATORS[0]), Verdict.INCONCLUSIVE),)
-    assert job.verifier is None
-    assert {k: world.state.accounts[k] for k in stakes} == stakes
+    assert job.verifier is None and job.audit_pending and job.auditor is None
+    world.next_round()
+    job = world.state.jobs[com.job_id]
+    assert len(job.auditors) == 2 and job.auditor != pk(first) and job.assigned_round == 1
+    assert {k: a.validator for k, a in world.state.accounts.items()} == stakes
 
 
 def test_attestation_guards() -> None:
     world = World()
     com = world.job(1)
-    v = VALIDATORS[0]
-    world.refuse(attest(v, com, Verdict.VALID, 0), LedgerRuleError, "waits for beacon round 0")
+    world.refuse(attest(VALIDATORS[0], com, Verdict.VALID, 0), LedgerRuleError,
+                 "waits for beacon round 0")
     world.next_round()
+    v = world.auditor(com)
+    other = next(k for k in VALIDATORS if k is not v)
     good = attest(v, com, Verdict.VALID, 0)
     forged = Attestation.decode(good.attestation)
-    forged = dataclasses.replace(forged, signature=NODE.sign(b"attestation", forged.body_bytes()))
+    forged = dataclasses.replace(forged, signature=NODE.sign(forged.domain(), forged.body_bytes()))
     world.refuse(Attest(forged.encode()), BadSignature, "does not verify")
     world.refuse(attest(v, commit(request(99)), Verdict.VALID, 0), LedgerRuleError, "unknown job")
     stale = commit(request(1), output=b"other")
     world.refuse(attest(v, stale, Verdict.VALID, 0), LedgerRuleError, "about commitment")
     world.refuse(attest(v, com, Verdict.VALID, 5), LedgerRuleError,
-                 "names beacon round 5; .* sampled by round 0")
-    world.refuse(attest(CLIENT, com, Verdict.VALID, 0), LedgerRuleError,
-                 "not bonded as a validator")
+                 "names beacon round 5; the auditor of job .* was drawn by round 0")
+    world.refuse(attest(other, com, Verdict.VALID, 0), NotAssigned,
+                 f"validator {pk(other)[:8].hex()} is not assigned to audit job")
+    world.refuse(attest(CLIENT, com, Verdict.VALID, 0), NotAssigned, "is not assigned")
+    world.refuse(attest(NODE, com, Verdict.VALID, 0), NotAssigned, "is not assigned")
     world.refuse(attest(v, com, Verdict.FRAUD, 0), LedgerRuleError,
                  "must be submitted as MISMATCH")
+    world.refuse(Attest(dataclasses.replace(Attestation.decode(good.attestation),
+                                            chain_id=sha256(b"another network")).signed(v)
+                        .encode()), WrongChain, "signed for chain")
     world.apply(good)
     world.refuse(good, ReplayedMessage, "already recorded")
-    world.refuse(attest(v, com, Verdict.INCONCLUSIVE, 0), LedgerRuleError, "already attested")
+    world.refuse(attest(v, com, Verdict.INCONCLUSIVE, 0), NotAssigned,
+                 "no auditor's answer is awaited")
     for _ in range(WINDOW + 1):
         world.next_round()
-    world.refuse(attest(VALIDATORS[1], com, Verdict.VALID, 0), LedgerRuleError, "already settled")
-
-
-def test_a_node_cannot_attest_its_own_job() -> None:
-    world = World()
-    world.apply(Mint(pk(NODE), MIN_VALIDATOR), Bond(pk(NODE), c.VALIDATOR, MIN_VALIDATOR))
-    com = world.job(1)
-    world.next_round()
-    world.refuse(attest(NODE, com, Verdict.VALID, 0), LedgerRuleError, "cannot attest its own job")
+    world.refuse(attest(other, com, Verdict.VALID, 0), LedgerRuleError, "already settled")
 
 
 def test_unsampled_jobs_take_no_attestation_and_no_dispute() -> None:
-    world = World(params(sample_ppm=DEFAULTS.sample_ppm))
+    world = World(params(sample_ppm=DEFAULTS.sample_ppm, fraud_slash=DEFAULTS.fraud_slash))
     com = world.job(1)
     world.next_round(find_salt(world.state, lambda s: not is_sampled(s, com)))
-    world.refuse(attest(VALIDATORS[0], com, Verdict.VALID, 0), LedgerRuleError, "was not sampled")
-    world.refuse(mismatch(VALIDATORS[0], com, 0), LedgerRuleError, "was not sampled")
+    assert world.state.jobs[com.job_id].auditors == ()
+    world.refuse(attest(VALIDATORS[0], com, Verdict.VALID, 0), NotSampled, "was not sampled")
+    world.refuse(mismatch(VALIDATORS[0], com, 0), NotSampled, "was not sampled")
 
 
-def test_an_unsampled_zk_job_takes_an_attestation_and_pays_its_verifier() -> None:
-    """Every zk job's proof is checked whatever the draw, so its attestation is taken unsampled."""
-    world = World(params(sample_ppm=DEFAULTS.sample_ppm))
+def test_an_unsampled_zk_job_is_assigned_and_pays_its_verifier() -> None:
+    """Every zk job's proof is checked whatever the draw: the ledger assigns it an auditor."""
+    world = World(params(sample_ppm=DEFAULTS.sample_ppm, fraud_slash=DEFAULTS.fraud_slash))
     plain = world.job(1)  # recorded before its model is registered: not a zk job
     world.apply(RegisterZkModel(MODEL, b"vk", b"{}", sha256(b"srs")))
     zk = world.job(2)
@@ -602,46 +701,101 @@ def test_an_unsampled_zk_job_takes_an_attestation_and_pays_its_verifier() -> Non
                  "waits for beacon round")
     world.next_round(find_salt(world.state,
                                lambda s: not is_sampled(s, zk) and not is_sampled(s, plain)))
-    world.refuse(attest(VALIDATORS[0], plain, Verdict.VALID, 0), LedgerRuleError,
-                 "was not sampled")
-    before = world.balance(VALIDATORS[0])
-    world.apply(attest(VALIDATORS[0], zk, Verdict.VALID, 0))
-    assert world.state.jobs[zk.job_id].attestations == ((pk(VALIDATORS[0]), Verdict.VALID),)
+    world.refuse(attest(VALIDATORS[0], plain, Verdict.VALID, 0), NotSampled, "was not sampled")
+    auditor = world.auditor(zk)
+    before = world.balance(auditor)
+    world.audit(zk)
+    assert world.state.jobs[zk.job_id].attestations == ((pk(auditor), Verdict.VALID),)
     # a failing proof is INVALID_PROOF evidence, judged alone: no dispute on an unsampled job
-    world.refuse(mismatch(VALIDATORS[1], zk, 0), LedgerRuleError, "was not sampled")
+    world.refuse(mismatch(VALIDATORS[1], zk, 0), NotSampled, "was not sampled")
     for _ in range(WINDOW + 1):
         world.next_round()
     assert world.state.jobs[zk.job_id].status is JobStatus.SETTLED
-    assert world.balance(VALIDATORS[0]) == before + DEFAULTS.verification_fee
+    assert world.balance(auditor) == before + DEFAULTS.verification_fee
+
+
+# -- Missed deadlines: the liveness penalty --------------------------------------------------------
+
+
+def test_a_silent_auditor_pays_the_liveness_penalty_and_is_replaced() -> None:
+    world = World()
+    com = world.job(1)
+    world.next_round()
+    silent = world.auditor(com)
+    for _ in range(AUDIT):
+        world.next_round()
+    assert world.state.jobs[com.job_id].auditor == pk(silent)  # in time up to its deadline
+    burned = world.state.burned
+    world.next_round()  # round AUDIT + 1: the deadline has passed
+    job = world.state.jobs[com.job_id]
+    penalty = DEFAULTS.liveness_penalty
+    assert world.stake(silent, c.VALIDATOR) == MIN_VALIDATOR - penalty
+    assert world.state.burned == burned + penalty
+    account = world.state.accounts[pk(silent)].validator
+    assert account.offences == 0 and not account.slashed_out  # not an offence: no tombstone
+    assert not is_bonded_validator(world.state, pk(silent))  # below the minimum, and jailed
+    assert len(job.auditors) == 2 and job.auditor != pk(silent)
+    assert job.assigned_round == AUDIT + 1
+    world.refuse(attest(silent, com, Verdict.VALID, 0), NotAssigned, "is not assigned")
+    world.audit(com)
+    assert not world.state.jobs[com.job_id].audit_pending
+    world.apply(Bond(pk(silent), c.VALIDATOR, penalty))  # topped up, it may act once released
+    assert world.stake(silent, c.VALIDATOR) == MIN_VALIDATOR
+
+
+def test_a_job_whose_auditors_all_stay_silent_settles_after_the_last_draw() -> None:
+    world = World()
+    com = world.job(1)
+    world.next_round()
+    for _ in range(c.MAX_AUDIT_DRAWS * (AUDIT + 1)):
+        world.next_round()
+    job = world.state.jobs[com.job_id]
+    assert len(job.auditors) == c.MAX_AUDIT_DRAWS and not job.audit_pending
+    assert world.state.counters.audits_unanswered == 1
+    assert world.state.counters.liveness_penalties == c.MAX_AUDIT_DRAWS
+    world.next_round()
+    assert world.state.jobs[com.job_id].status is JobStatus.SETTLED
+    assert world.state.total_supply() == world.state.minted
 
 
 # -- Settlement ------------------------------------------------------------------------------------
 
 
-def test_honest_settled_job_pays_node_and_validator() -> None:
+def test_honest_settled_job_locks_the_reward_and_pays_the_auditor() -> None:
     world = World()
     com = world.job(1)
-    node_before, validator_before = world.balance(NODE), world.balance(VALIDATORS[0])
+    node_before = world.balance(NODE)
     world.next_round()
-    world.apply(attest(VALIDATORS[0], com, Verdict.VALID, 0))
+    auditor = world.auditor(com)
+    validator_before = world.balance(auditor)
+    world.audit(com)
     for _ in range(WINDOW):
         world.next_round()
     assert world.state.jobs[com.job_id].status is JobStatus.PENDING  # window still open
     world.next_round()
     assert world.state.jobs[com.job_id].status is JobStatus.SETTLED
-    assert world.balance(NODE) == node_before + FEE - DEFAULTS.verification_fee
-    assert world.balance(VALIDATORS[0]) == validator_before + DEFAULTS.verification_fee
-    assert world.state.escrow() == 0
+    settled = world.state.current_round
+    account = world.state.accounts[pk(NODE)]
+    reward = FEE - DEFAULTS.verification_fee
+    assert account.balance == node_before and account.locked == (
+        (settled + DEFAULTS.unbonding_period, reward),)
+    assert world.balance(auditor) == validator_before + DEFAULTS.verification_fee
+    assert world.state.escrow() == 0 and world.state.node_jobs == {}
     assert world.state.total_supply() == world.state.minted
+    while world.state.current_round < settled + DEFAULTS.unbonding_period:
+        world.next_round()
+    account = world.state.accounts[pk(NODE)]
+    assert account.balance == node_before + reward and account.locked == ()
 
 
 def test_unattested_job_settles_and_returns_the_verification_fee() -> None:
-    world = World()
+    world = World(params(sample_ppm=DEFAULTS.sample_ppm, fraud_slash=DEFAULTS.fraud_slash))
     com = world.job(1)
-    for _ in range(WINDOW + 2):
+    world.next_round(find_salt(world.state, lambda s: not is_sampled(s, com)))
+    for _ in range(WINDOW + 1):
         world.next_round()
     assert world.state.jobs[com.job_id].status is JobStatus.SETTLED
-    assert world.balance(NODE) == MIN_NODE + DEFAULTS.reward
+    assert world.state.accounts[pk(NODE)].locked_total == DEFAULTS.reward
     assert world.balance(CLIENT) == 1_000_000 - DEFAULTS.reward
 
 
@@ -690,58 +844,76 @@ def test_equivocation_evidence_guards() -> None:
     )
     invalid_proof = Accuse(
         Evidence(offence=Offence.INVALID_PROOF, job_id=req.job_id, accuser=pk(VALIDATORS[1]),
-                 commitment=first.encode()).signed(VALIDATORS[1]).encode()
+                 commitment=first.encode(), chain_id=first.chain_id).signed(VALIDATORS[1]).encode()
     )
     world.refuse(invalid_proof, LedgerRuleError, "judged with the job's request")
 
 
-def dispute_world(output: bytes) -> tuple[World, Commitment, SigningKey]:
-    world = World()
+def dispute_world(output: bytes, validators: Iterable[SigningKey] = VALIDATORS,
+                  ) -> tuple[World, Commitment, SigningKey]:
+    """A sampled job, accused by its auditor; its committee is drawn in the next round."""
+    world = World(validators=validators)
     com = world.job(1, output=output)
     world.next_round()
-    accuser = VALIDATORS[0]
-    world.apply(mismatch(accuser, com, 0))
+    accuser = world.auditor(com)
+    world.accuse(com)
     return world, com, accuser
 
 
-def test_opening_a_dispute_draws_a_committee_without_accuser_or_node() -> None:
+def test_a_dispute_draws_its_committee_from_a_round_revealed_after_it_opened() -> None:
     world, com, accuser = dispute_world(b"wrong")
     dispute = world.open_dispute()
-    assert len(dispute.committee) == DEFAULTS.committee_size
+    assert dispute.committee == () and dispute.drawn_round is None  # nothing to foresee yet
+    assert dispute.opened_round == 0 and dispute.accusers == (pk(accuser),)
+    world.next_round()
+    dispute = world.open_dispute()
+    assert dispute.drawn_round == 1 and len(dispute.committee) == params().committee_size
     assert pk(accuser) not in dispute.committee and pk(NODE) not in dispute.committee
-    assert world.state.jobs[com.job_id].open_dispute == dispute.dispute_id
-    assert dispute.opened_round == 0
+    candidates = [pk(v) for v in VALIDATORS if v is not accuser]
+    assert dispute.committee == draw_dispute_committee(
+        world.state.beacon_value(1) or b"", com.job_id, 0, candidates, 3)
+    assert world.state.jobs[com.job_id].dispute == dispute.dispute_id
 
 
-def test_rewording_the_evidence_does_not_change_the_committee() -> None:
+def test_the_committee_is_the_same_whoever_accuses_first_and_however_it_is_worded() -> None:
+    """Keyed by the job alone: which key opens the dispute, and its words, choose nothing."""
     committees = set()
-    for detail in ("", "logits differ", "see attached", "again"):
-        world = World(validators=(*VALIDATORS, EXTRA_VALIDATOR))
+    for opener_first, detail in ((True, ""), (False, "logits differ"), (True, "see attached")):
+        world = World(validators=(*VALIDATORS, *EXTRA_VALIDATORS))
         com = world.job(1, output=b"wrong")
         world.next_round()
-        world.apply(mismatch(VALIDATORS[0], com, 0, detail))
+        auditor = world.auditor(com)
+        other = next(v for v in VALIDATORS if v is not auditor)
+        order = (other, auditor) if opener_first else (auditor, other)
+        world.apply(mismatch(order[0], com, 0, detail), mismatch(order[1], com, 0))
+        assert len(world.state.disputes) == 1  # one dispute per job: the second accuser joins
+        world.next_round()
         committees.add(world.open_dispute().committee)
     assert len(committees) == 1
 
 
-def test_majority_fraud_slashes_the_node_and_rewards_accuser_and_committee() -> None:
+def test_majority_fraud_slashes_the_node_and_rewards_accusers_and_committee() -> None:
     world, com, accuser = dispute_world(b"wrong")
+    world.next_round()
     a, b, third = world.committee()
     balances = {k: world.balance(k) for k in (CLIENT, accuser, a, b, third)}
     burned = world.state.burned
-    world.apply(attest(a, com, Verdict.FRAUD, 0), attest(b, com, Verdict.FRAUD, 0))
+    world.vote(com, (Verdict.FRAUD, Verdict.FRAUD))
     assert world.open_dispute().votes  # open until all k voted or the window passes
-    world.apply(attest(third, com, Verdict.VALID, 0))
-    slash = DEFAULTS.fraud_slash
+    world.vote(com, (Verdict.VALID,), members=[third])
+    slash = params().fraud_slash
     to_accuser = slash * DEFAULTS.accuser_share_bps // c.BPS
     to_each_member = slash * DEFAULTS.committee_share_bps // c.BPS // 2
     assert world.stake(NODE) == MIN_NODE - slash
     assert world.state.accounts[pk(NODE)].node.slashed_out
-    assert world.balance(accuser) == balances[accuser] + to_accuser
+    assert world.balance(accuser) == balances[accuser] + to_accuser + DEFAULTS.accuser_bond
     assert world.balance(a) == balances[a] + to_each_member
     assert world.balance(b) == balances[b] + to_each_member
     assert world.balance(third) == balances[third]
-    assert world.state.burned == burned + slash - to_accuser - 2 * to_each_member
+    # the member that called a confirmed fraud VALID is slashed as lazy, all of it burned
+    lazy = DEFAULTS.lazy_validator_slash
+    assert world.stake(third, c.VALIDATOR) == MIN_VALIDATOR - lazy
+    assert world.state.burned == burned + slash - to_accuser - 2 * to_each_member + lazy
     assert world.balance(CLIENT) == balances[CLIENT] + FEE  # refunded
     assert world.state.jobs[com.job_id].status is JobStatus.REFUNDED
     (dispute,) = world.state.disputes.values()
@@ -749,24 +921,54 @@ def test_majority_fraud_slashes_the_node_and_rewards_accuser_and_committee() -> 
     assert world.state.total_supply() == world.state.minted
 
 
-def test_majority_valid_slashes_the_accuser() -> None:
+def test_majority_valid_slashes_the_accuser_and_takes_its_bond() -> None:
     world, com, accuser = dispute_world(b"right")
+    world.next_round()
     members = world.committee()
     node_balance, burned = world.balance(NODE), world.state.burned
-    world.apply(*(attest(m, com, Verdict.VALID, 0) for m in members))
-    slash = DEFAULTS.false_accusation_slash
-    to_node = slash * DEFAULTS.wronged_node_share_bps // c.BPS
-    to_each_member = slash * DEFAULTS.committee_share_bps // c.BPS // len(members)
+    accuser_balance = world.balance(accuser)
+    world.vote(com, (Verdict.VALID,) * 3)
+    slash, bond = DEFAULTS.false_accusation_slash, DEFAULTS.accuser_bond
+    to_node = (slash + bond) * DEFAULTS.wronged_node_share_bps // c.BPS
+    to_each_member = (slash + bond) * DEFAULTS.committee_share_bps // c.BPS // len(members)
     assert world.stake(accuser, c.VALIDATOR) == MIN_VALIDATOR - slash
-    assert world.state.accounts[pk(accuser)].validator.slashed_out
+    assert world.balance(accuser) == accuser_balance  # the bond is not returned
     assert world.stake(NODE) == MIN_NODE
     assert world.balance(NODE) == node_balance + to_node
-    assert world.state.burned == burned + slash - to_node - len(members) * to_each_member
-    assert world.state.jobs[com.job_id].open_dispute is None
+    assert world.state.burned == burned + slash + bond - to_node - 3 * to_each_member
     for _ in range(WINDOW + 1):
         world.next_round()
     assert world.state.jobs[com.job_id].status is JobStatus.SETTLED  # the node is paid after all
     assert world.state.total_supply() == world.state.minted
+
+
+def test_a_committee_without_a_majority_is_drawn_again_and_never_quietly_inconclusive() -> None:
+    world, com, _ = dispute_world(b"wrong")
+    world.next_round()
+    first = world.committee()
+    world.vote(com, (Verdict.FRAUD, Verdict.INCONCLUSIVE, Verdict.VALID))  # all voted: no majority
+    assert world.open_dispute().drawn_round is None
+    world.next_round()
+    dispute = world.open_dispute()
+    assert dispute.draws == 2 and dispute.drawn_round == world.state.current_round
+    assert world.state.counters.committee_redraws == 1
+    assert world.committee() != first or dispute.votes == ()
+    world.vote(com, (Verdict.FRAUD,) * 3)
+    assert world.state.jobs[com.job_id].status is JobStatus.REFUNDED
+
+
+def test_silent_members_pay_the_liveness_penalty_and_the_committee_is_redrawn() -> None:
+    world, _, _ = dispute_world(b"wrong", (*VALIDATORS, *EXTRA_VALIDATORS))
+    world.next_round()
+    silent = world.committee()
+    for _ in range(VOTES + 1):
+        world.next_round()  # the vote window closes with no vote
+    dispute = world.open_dispute()
+    assert dispute.draws == 2 and dispute.outcome is None  # not INCONCLUSIVE: drawn again
+    for member in silent:
+        assert world.stake(member, c.VALIDATOR) == MIN_VALIDATOR - DEFAULTS.liveness_penalty
+        assert pk(member) not in dispute.committee  # jailed: not drawn again
+    assert world.state.counters.liveness_penalties == 3
 
 
 @pytest.mark.parametrize(
@@ -775,47 +977,81 @@ def test_majority_valid_slashes_the_accuser() -> None:
         (Verdict.INCONCLUSIVE, Verdict.INCONCLUSIVE, Verdict.INCONCLUSIVE),
         (Verdict.FRAUD, Verdict.INCONCLUSIVE, Verdict.INCONCLUSIVE),
         (Verdict.FRAUD, Verdict.VALID, Verdict.INCONCLUSIVE),
-        (Verdict.FRAUD,),
-        (),
     ],
-    ids=["all-inconclusive", "inconclusive-majority", "no-majority", "one-vote", "nobody-voted"],
+    ids=["all-inconclusive", "inconclusive-majority", "no-majority"],
 )
 def test_inconclusive_disputes_never_slash(verdicts: tuple[Verdict, ...]) -> None:
-    world, com, _ = dispute_world(b"wrong")
-    members = world.committee()
+    """After the last committee without a majority the dispute is INCONCLUSIVE: bonds return."""
+    world = World(validators=(*VALIDATORS, *EXTRA_VALIDATORS))
+    com = world.job(1, output=b"wrong")
+    world.next_round()
+    accuser = world.auditor(com)
+    world.accuse(com)
+    accuser_balance = world.balance(accuser)
     stakes_before = {k: (a.node, a.validator) for k, a in world.state.accounts.items()}
     burned = world.state.burned
-    world.apply(*(attest(m, com, v, 0) for m, v in zip(members, verdicts, strict=False)))
-    for _ in range(WINDOW + 1):
+    for _ in range(c.MAX_COMMITTEE_DRAWS):
         world.next_round()
+        world.vote(com, verdicts)
     (dispute,) = world.state.disputes.values()
-    assert dispute.outcome is Verdict.INCONCLUSIVE
+    assert dispute.outcome is Verdict.INCONCLUSIVE and dispute.draws == c.MAX_COMMITTEE_DRAWS
     assert {k: (a.node, a.validator) for k, a in world.state.accounts.items()} == stakes_before
     assert world.state.burned == burned
+    assert world.balance(accuser) == accuser_balance + DEFAULTS.accuser_bond
+    for _ in range(WINDOW + 1):
+        world.next_round()
     assert world.state.jobs[com.job_id].status is JobStatus.SETTLED
 
 
 def test_dispute_guards() -> None:
     world, com, accuser = dispute_world(b"wrong")
+    world.refuse(attest(VALIDATORS[0], com, Verdict.FRAUD, 0), LedgerRuleError,
+                 "must be submitted as MISMATCH")
+    world.next_round()
     members = world.committee()
     outsider = next(v for v in VALIDATORS if v not in members and v is not accuser)
-    world.refuse(attest(outsider, com, Verdict.FRAUD, 0), LedgerRuleError, "not on the committee")
-    world.refuse(attest(accuser, com, Verdict.FRAUD, 0), LedgerRuleError, "not on the committee")
-    world.refuse(attest(members[0], com, Verdict.FRAUD, 1), LedgerRuleError,
-                 "names beacon round 0, which drew its committee; got 1")
-    vote = attest(members[0], com, Verdict.FRAUD, 0)
+    world.refuse(attest(outsider, com, Verdict.FRAUD, 1), NotOnCommittee, "not on the committee")
+    world.refuse(attest(accuser, com, Verdict.FRAUD, 1), NotOnCommittee, "not on the committee")
+    world.refuse(attest(members[0], com, Verdict.FRAUD, 0), LedgerRuleError,
+                 "names beacon round 1, which drew its committee; got 0")
+    vote = attest(members[0], com, Verdict.FRAUD, 1)
     world.apply(vote)
     world.refuse(vote, ReplayedMessage, "already recorded")
-    world.refuse(attest(members[0], com, Verdict.VALID, 0), LedgerRuleError, "already voted")
-    world.refuse(mismatch(VALIDATORS[4], com, 0), LedgerRuleError, "already has open dispute")
+    world.refuse(attest(members[0], com, Verdict.VALID, 1), LedgerRuleError, "already voted")
+    world.refuse(mismatch(members[1], com, 0), LedgerRuleError, "sits on the committee")
+    other_net = sha256(b"another network")
+    foreign = forge(dataclasses.replace(com, chain_id=other_net), NODE)
+    elsewhere = dataclasses.replace(Evidence.decode(mismatch(outsider, com, 0).evidence),
+                                    chain_id=other_net, commitment=foreign.encode())
+    world.refuse(Accuse(elsewhere.signed(outsider).encode()), WrongChain, "signed for chain")
     world.refuse(mismatch(accuser, com, 0), ReplayedMessage, "already recorded")
+
+
+def test_any_validator_may_join_an_open_dispute_even_past_the_window() -> None:
+    """An early accusation shields nothing: later accusers join the job's one dispute."""
+    world = World(validators=(*VALIDATORS, *EXTRA_VALIDATORS))
+    com = world.job(1, output=b"wrong")
+    world.next_round()
+    first = next(v for v in VALIDATORS if pk(v) != world.state.jobs[com.job_id].auditor)
+    world.apply(mismatch(first, com, 0))
+    auditor = world.auditor(com)
+    for _ in range(WINDOW + 1):
+        world.next_round()  # past the challenge window: the dispute is still open
+    members = world.committee()
+    joiner = next(v for v in (*VALIDATORS, *EXTRA_VALIDATORS)
+                  if v not in members and v is not first and v is not auditor
+                  and is_bonded_validator(world.state, pk(v)))
+    world.apply(mismatch(joiner, com, 0))
+    dispute = world.open_dispute()
+    assert dispute.accusers == (pk(first), pk(joiner)) and len(world.state.disputes) == 1
+    assert world.state.escrow() == FEE + 2 * DEFAULTS.accuser_bond
 
 
 def test_mismatch_guards() -> None:
     world = World()
     com = world.job(1)
     v = VALIDATORS[0]
-    world.refuse(mismatch(v, com, 0), LedgerRuleError, "was not sampled")
+    world.refuse(mismatch(v, com, 0), NotSampled, "was not sampled")
     world.next_round()
     world.refuse(mismatch(v, commit(request(9)), 0), LedgerRuleError, "unknown job")
     world.refuse(mismatch(v, commit(request(1), output=b"x"), 0), LedgerRuleError,
@@ -823,61 +1059,56 @@ def test_mismatch_guards() -> None:
     world.refuse(mismatch(v, com, 3), LedgerRuleError, "names beacon round 3")
     same = Accuse(
         Evidence(offence=Offence.MISMATCH, job_id=com.job_id, accuser=pk(v),
-                 commitment=com.encode(), observed_hash=com.output_hash,
+                 commitment=com.encode(), chain_id=com.chain_id, observed_hash=com.output_hash,
                  beacon_round=0).signed(v).encode()
     )
     world.refuse(same, LedgerRuleError, "same output hash")
-    for _ in range(WINDOW):
-        world.next_round()
+    world.apply(Mint(pk(STRANGER), MIN_VALIDATOR), Bond(pk(STRANGER), c.VALIDATOR, MIN_VALIDATOR))
+    world.refuse(mismatch(STRANGER, com, 0), InsufficientFunds, "less than the accuser bond")
     small = World(validators=VALIDATORS[:3])
     small_com = small.job(1)
     small.next_round()
-    small.refuse(mismatch(VALIDATORS[0], small_com, 0), LedgerRuleError,
+    small.refuse(mismatch(small.auditor(small_com), small_com, 0), LedgerRuleError,
                  "a committee needs 3 validators .* 2 are bonded")
-    world.next_round()  # the job settles: the window is closed
+    world.audit(com)
+    for _ in range(WINDOW + 1):
+        world.next_round()
     world.refuse(mismatch(v, com, 0), LedgerRuleError, "already settled")
 
 
+def test_a_job_has_one_dispute() -> None:
+    world, com, accuser = dispute_world(b"right")
+    world.next_round()
+    world.vote(com, (Verdict.INCONCLUSIVE,) * 3)
+    world.next_round()
+    world.vote(com, (Verdict.VALID,) * 3)
+    late = next(v for v in VALIDATORS if v is not accuser and pk(v) not in
+                world.state.disputes[world.state.jobs[com.job_id].dispute or b""].committee)
+    world.refuse(mismatch(late, com, 0), LedgerRuleError, "dispute was decided VALID")
+
+
 def test_an_earlier_attestation_cannot_be_replayed_as_a_vote() -> None:
+    world, com, _ = dispute_world(b"wrong")
+    world.next_round()
+    members = world.committee()
+    earlier = attest(members[0], com, Verdict.FRAUD, 1, reason="vote")
+    world.apply(earlier)
+    world.refuse(earlier, ReplayedMessage, "already recorded")
+
+
+def test_a_dispute_holds_the_job_past_its_challenge_window() -> None:
     world = World()
     com = world.job(1, output=b"wrong")
     world.next_round()
-    earlier = {v: attest(v, com, Verdict.INCONCLUSIVE, 0) for v in VALIDATORS[1:]}
-    world.apply(*earlier.values())
-    world.apply(mismatch(VALIDATORS[0], com, 0))
-    members = world.committee()
-    world.refuse(earlier[members[0]], ReplayedMessage, "already recorded")
-    world.apply(*(attest(m, com, Verdict.INCONCLUSIVE, 0, reason="vote") for m in members))
-    (dispute,) = world.state.disputes.values()
-    assert dispute.outcome is Verdict.INCONCLUSIVE
-
-
-def test_a_validator_accuses_a_job_once() -> None:
-    world, com, accuser = dispute_world(b"right")
-    world.apply(*(attest(m, com, Verdict.INCONCLUSIVE, 0) for m in world.committee()))
-    again = Accuse(
-        Evidence(offence=Offence.MISMATCH, job_id=com.job_id, accuser=pk(accuser),
-                 commitment=com.encode(), observed_hash=sha256(b"again"),
-                 beacon_round=0).signed(accuser).encode()
-    )
-    world.refuse(again, LedgerRuleError, "already accused")
-    world.apply(mismatch(VALIDATORS[4], com, 0))  # another validator may try
-    assert world.open_dispute().accuser == pk(VALIDATORS[4])
-
-
-def test_a_dispute_outlives_the_challenge_window_and_the_job_waits_for_it() -> None:
-    world = World()
-    com = world.job(1, output=b"wrong")
-    for _ in range(WINDOW + 1):
-        world.next_round()  # rounds 0..WINDOW: the window's last round
-    world.apply(mismatch(VALIDATORS[0], com, 0))
+    world.audit(com)  # a lazy VALID
+    for _ in range(WINDOW):
+        world.next_round()  # rounds 1..WINDOW: the window's last round
+    world.apply(mismatch(next(v for v in VALIDATORS if pk(v) != world.state.jobs[
+        com.job_id].verifier), com, 0))
     world.next_round()
     assert world.state.jobs[com.job_id].status is JobStatus.PENDING  # held by the dispute
-    world.apply(*(attest(m, com, Verdict.INCONCLUSIVE, WINDOW) for m in world.committee()))
-    world.refuse(mismatch(VALIDATORS[4], com, 0), LedgerRuleError,
-                 f"challenge window of job .* closed after round {WINDOW}")
-    world.next_round()
-    assert world.state.jobs[com.job_id].status is JobStatus.SETTLED
+    world.vote(com, (Verdict.FRAUD,) * 3)
+    assert world.state.jobs[com.job_id].status is JobStatus.REFUNDED
 
 
 def test_apply_event_never_changes_its_input() -> None:
@@ -894,17 +1125,18 @@ def scenario() -> list[Event]:
     """Genesis, a settled honest job, a confirmed fraud and an equivocation."""
     p = params()
     events = genesis(p)
-    honest_req, cheat_req, equiv_req = request(1), request(2), request(3)
-    honest, cheat = commit(honest_req), commit(cheat_req, OTHER_NODE, b"wrong")
+    honest_req, cheat_req, equiv_req = request(1), request(2, node=OTHER_NODE), request(3)
+    honest, cheat = commit(honest_req), commit(cheat_req, output=b"wrong")
     events += [record(honest_req, honest), record(cheat_req, cheat),
-               record(equiv_req, commit(equiv_req))]
-    events += [beacon(0), attest(VALIDATORS[1], honest, Verdict.VALID, 0),
-               mismatch(VALIDATORS[0], cheat, 0)]
+               record(equiv_req, commit(equiv_req)), beacon(0)]
     state = fold(events)
-    (dispute,) = state.disputes.values()
-    events += [attest(KEY_OF[m], cheat, Verdict.FRAUD, 0) for m in dispute.committee]
+    auditor = {com.job_id: KEY_OF[state.jobs[com.job_id].auditors[0]] for com in (honest, cheat)}
+    events += [attest(auditor[honest.job_id], honest, Verdict.VALID, 0),
+               mismatch(auditor[cheat.job_id], cheat, 0), beacon(1)]
+    (dispute,) = fold(events).disputes.values()
+    events += [attest(KEY_OF[m], cheat, Verdict.FRAUD, 1) for m in dispute.committee]
     events += [record(equiv_req, commit(equiv_req, output=b"other"))]
-    events += [beacon(r) for r in range(1, WINDOW + 2)]
+    events += [beacon(r) for r in range(2, WINDOW + 2)]
     return events
 
 
@@ -962,20 +1194,24 @@ def _files(path: Path) -> dict[str, bytes]:
 
 
 def _unsampled_job_world() -> tuple[list[Event], Commitment, Commitment]:
-    """Genesis at p = 50 %, one job sampled and one not, and a dispute open on the first."""
-    events = genesis(params(sample_ppm=PPM // 2))
+    """Genesis at p = 50 %, one job sampled and one not, and a dispute open on the first,
+    its committee drawn."""
+    events = genesis(params(sample_ppm=PPM // 2, fraud_slash=500),
+                     validators=(*VALIDATORS, *EXTRA_VALIDATORS[:2]))
     hit_req, miss_req = request(1), request(2)
     hit, miss = commit(hit_req, output=b"wrong"), commit(miss_req)
     events += [record(hit_req, hit), record(miss_req, miss)]
     salt = find_salt(fold(events), lambda s: is_sampled(s, hit) and not is_sampled(s, miss))
-    events += [beacon(0, salt), mismatch(VALIDATORS[0], hit, 0)]
+    events += [beacon(0, salt), mismatch(VALIDATORS[0], hit, 0), beacon(1)]
     return events, hit, miss
 
 
 def _non_member_vote(state: State, hit: Commitment, miss: Commitment) -> Event:
     (dispute,) = state.disputes.values()
-    outsider = next(v for v in VALIDATORS[1:] if pk(v) not in dispute.committee)
-    return attest(outsider, hit, Verdict.FRAUD, 0)
+    job = state.jobs[hit.job_id]
+    outsider = next(v for v in VALIDATORS[1:]
+                    if pk(v) not in dispute.committee and pk(v) != job.auditor)
+    return attest(outsider, hit, Verdict.FRAUD, 1)
 
 
 Attempt = Callable[[State, Commitment, Commitment], Event]
@@ -998,7 +1234,7 @@ REJECTED: dict[str, tuple[Attempt, type[ProtocolError], str]] = {
     "replayed commitment": (lambda state, hit, miss: record(request(1), hit),
                             ReplayedMessage, "already recorded"),
     "skipped beacon round": (lambda state, hit, miss: beacon(5),
-                             LedgerRuleError, "not the next round 1"),
+                             LedgerRuleError, "not the next round 2"),
 }
 
 
@@ -1081,7 +1317,9 @@ HONEST_NODES = (NODE, OTHER_NODE)
 MACHINE_VALIDATORS = (*VALIDATORS, EXTRA_VALIDATOR)
 MACHINE_ACCOUNTS = (CLIENT, POOR_CLIENT, *HONEST_NODES, CHEATER, *MACHINE_VALIDATORS, STRANGER)
 MACHINE_PARAMS = params(sample_ppm=PPM // 2, challenge_window=2, availability_window=1,
-                        unbonding_period=11, jail_period=2)
+                        audit_window=1, vote_window=1, unbonding_period=18, jail_period=2)
+LAZY_VALIDATORS = MACHINE_VALIDATORS[-2:]
+"""Validators that, when assigned, may attest VALID without re-executing."""
 MACHINE_ZK_MODEL = sha256(b"ledger/machine-zk-model")
 MACHINE_ZK_KEYS = RegisterZkModel(MACHINE_ZK_MODEL, b"machine vk", b"{}", sha256(b"machine srs"))
 GOOD_PROOF = b"proof that holds"
@@ -1096,7 +1334,8 @@ def machine_proof_checker(vk: bytes, settings: bytes, srs: bytes, req: JobReques
 
 def zk_job(nonce: int, node: SigningKey, forged: bool) -> tuple[JobRequest, Commitment]:
     req = JobRequest(model_id=MACHINE_ZK_MODEL, input=Tensor("float32", (2,), bytes(8)),
-                     client=pk(CLIENT), nonce=nonce, fee=FEE).signed(CLIENT)
+                     client=pk(CLIENT), node=pk(node), nonce=nonce, fee=FEE,
+                     expiry_round=EXPIRY, chain_id=Chain.id).signed(CLIENT)
     com = dataclasses.replace(
         unsigned_commitment(req, pk(node), b"wrong" if forged else b"right"),
         mode="zk", aux=b"forged proof" if forged else GOOD_PROOF,
@@ -1107,7 +1346,7 @@ def zk_job(nonce: int, node: SigningKey, forged: bool) -> tuple[JobRequest, Comm
 def invalid_proof(key: SigningKey, req: JobRequest, com: Commitment,
                   detail: str = "") -> AccuseInvalidProof:
     evidence = Evidence(offence=Offence.INVALID_PROOF, job_id=com.job_id, accuser=pk(key),
-                        commitment=com.encode(), detail=detail).signed(key)
+                        commitment=com.encode(), chain_id=com.chain_id, detail=detail).signed(key)
     return AccuseInvalidProof(evidence.encode(), req.encode())
 
 
@@ -1134,7 +1373,10 @@ class LedgerMachine(RuleBasedStateMachine):
                      validators=MACHINE_VALIDATORS),
             Mint(pk(CHEATER), 5 * MIN_NODE), Bond(pk(CHEATER), c.NODE, 5 * MIN_NODE),
             MACHINE_ZK_KEYS,
-        ]  # the cheater can afford several slashes before it is slashed out
+            *(e for v in MACHINE_VALIDATORS
+              for e in (Mint(pk(v), MIN_VALIDATOR), Bond(pk(v), c.VALIDATOR, MIN_VALIDATOR))),
+        ]  # the cheater can afford several slashes before it is slashed out; validators can
+        # pay a few liveness penalties and post accuser bonds
         self.previous_checker = install_proof_checker(machine_proof_checker)
         self.state = fold(genesis_events)
         self.log: list[Event] = list(genesis_events)
@@ -1143,7 +1385,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.replayable: list[Event] = []
         self.nonce = 0
         self.floor = {pk(k): self.state.accounts[pk(k)].node.amount for k in HONEST_NODES}
-        self.validator_floor = {pk(k): MIN_VALIDATOR for k in MACHINE_VALIDATORS}
+        self.validator_floor = {pk(k): 2 * MIN_VALIDATOR for k in MACHINE_VALIDATORS}
         self.liars: set[bytes] = set()
         """Validators that accused a right output or called a wrong one VALID."""
         self.canaries: dict[bytes, list[bytes]] = {}
@@ -1271,29 +1513,49 @@ class LedgerMachine(RuleBasedStateMachine):
         for _ in range(rounds):
             self.beacon_round(b"later", 1)
 
-    @precondition(lambda self: self.has_revealed_jobs())
-    @rule(data=st.data(), validator=st.sampled_from(MACHINE_VALIDATORS), truthful=st.booleans())
-    def attest(self, data: st.DataObject, validator: SigningKey, truthful: bool) -> None:
-        candidates = self.revealed_jobs(data)
-        if not candidates:
-            return
-        job = self.state.jobs[data.draw(st.sampled_from(candidates))]
+    def awaited(self) -> list[Job]:
+        """Pending jobs whose assigned auditor's answer is awaited."""
+        return [j for j in self.state.jobs.values()
+                if j.status is JobStatus.PENDING and j.auditor is not None]
+
+    @precondition(lambda self: self.awaited())
+    @rule(data=st.data(), answer=st.sampled_from(("truth", "truth", "inconclusive", "lazy")))
+    def auditor_answers(self, data: st.DataObject, answer: str) -> None:
+        """The assigned auditor answers: the truth (VALID, or evidence), INCONCLUSIVE, or, if it
+        is lazy, VALID without re-executing. Silence is the rule that does nothing."""
+        job = data.draw(st.sampled_from(self.awaited()))
+        auditor = KEY_OF[job.auditor or b""]
         com = self.jobs[job.job_id][1]
-        verdict = self.truth(job.job_id) if truthful else Verdict.INCONCLUSIVE
-        self.submit(attest(validator, com, verdict, job.sample_round))
+        assert job.assigned_round is not None
+        if answer == "lazy" and auditor in LAZY_VALIDATORS:
+            accepted = self.accepted(attest(auditor, com, Verdict.VALID, job.assigned_round))
+            if accepted and not self.jobs[job.job_id][2]:
+                self.liars.add(pk(auditor))
+        elif answer == "inconclusive":
+            self.submit(attest(auditor, com, Verdict.INCONCLUSIVE, job.assigned_round))
+        elif self.truth(job.job_id) is Verdict.VALID:
+            self.submit(attest(auditor, com, Verdict.VALID, job.assigned_round))
+        else:
+            self.submit(mismatch(auditor, com, job.sample_round))
 
     @precondition(lambda self: self.has_revealed_jobs())
-    @rule(data=st.data(), validator=st.sampled_from(MACHINE_VALIDATORS[-2:]))
-    def lazy_attest(self, data: st.DataObject, validator: SigningKey) -> None:
-        """VALID without re-executing: lies when the output is wrong (canaries included)."""
+    @rule(data=st.data(), validator=st.sampled_from(MACHINE_VALIDATORS))
+    def anyone_attests(self, data: st.DataObject, validator: SigningKey) -> None:
+        """An attestation from whoever: accepted only from the assigned auditor or a member."""
         candidates = self.revealed_jobs(data)
         if not candidates:
             return
         job = self.state.jobs[data.draw(st.sampled_from(candidates))]
+        dispute = open_dispute_of(self.state, job)
         com = self.jobs[job.job_id][1]
-        lies = not self.jobs[job.job_id][2]
-        if self.accepted(attest(validator, com, Verdict.VALID, job.sample_round)) and lies:
-            self.liars.add(pk(validator))
+        drawn = dispute.drawn_round or 0 if dispute else 0
+        rounds = [job.sample_round, job.assigned_round or 0, drawn]
+        round_number = data.draw(st.sampled_from(rounds))
+        if self.accepted(attest(validator, com, Verdict.VALID, round_number)):
+            assert pk(validator) == job.auditor or (
+                dispute is not None and pk(validator) in dispute.committee)
+            if not self.jobs[job.job_id][2]:
+                self.liars.add(pk(validator))
 
     @precondition(lambda self: self.has_revealed_jobs())
     @rule(data=st.data(), accuser=st.sampled_from(MACHINE_VALIDATORS))
@@ -1306,22 +1568,42 @@ class LedgerMachine(RuleBasedStateMachine):
         if self.accepted(mismatch(accuser, self.jobs[job.job_id][1], job.sample_round)) and lies:
             self.liars.add(pk(accuser))
 
-    @precondition(lambda self: any(d.is_open for d in self.state.disputes.values()))
+    @precondition(lambda self: any(d.is_open and d.committee for d in self.state.disputes.values()))
     @rule(data=st.data())
     def committee_votes(self, data: st.DataObject) -> None:
         """Members who have not voted yet vote: mostly the truth, sometimes INCONCLUSIVE or not."""
         dispute = data.draw(st.sampled_from([d for d in self.state.disputes.values()
-                                             if d.is_open]))
+                                             if d.is_open and d.committee]))
+        assert dispute.drawn_round is not None
         job = self.state.jobs[dispute.job_id]
         truth = self.truth(job.job_id)
         for member in dispute.committee:
-            if member in dispute.voters():
+            current = self.state.disputes[dispute.dispute_id]
+            if not current.is_open or member in current.voters():
                 continue
             verdict = data.draw(st.sampled_from((truth, truth, Verdict.INCONCLUSIVE, None)))
             if verdict is not None:
                 vote = attest(KEY_OF[member], self.jobs[job.job_id][1], verdict,
-                              dispute.opened_round, reason=f"vote {dispute.dispute_id.hex()}")
+                              dispute.drawn_round, reason=f"vote {dispute.dispute_id.hex()}")
                 assert self.accepted(vote)
+
+    @rule(data=st.data(), kind=st.sampled_from(("record", "attest", "bond")))
+    def another_network_replays(self, data: st.DataObject, kind: str) -> None:
+        """Messages and transactions signed for another chain are refused as such."""
+        elsewhere = sha256(b"another network")
+        self.nonce += 1
+        if kind == "record" or not self.jobs:
+            req = dataclasses.replace(request(self.nonce), chain_id=elsewhere).signed(CLIENT)
+            error = self.submit(record(req, commit(req)))
+        elif kind == "attest":
+            _, com, _ = data.draw(st.sampled_from(list(self.jobs.values())))
+            foreign = dataclasses.replace(com, chain_id=elsewhere).signed(KEY_OF[com.node])
+            error = self.submit(attest(VALIDATORS[0], foreign, Verdict.VALID, 0))
+        else:
+            account = self.state.accounts[pk(VALIDATORS[0])]
+            error = self.submit(Bond(pk(VALIDATORS[0]), c.VALIDATOR, 1, nonce=account.nonce + 1,
+                                     chain_id=elsewhere).signed(VALIDATORS[0]))
+        assert isinstance(error, WrongChain)
 
     @precondition(lambda self: self.has_revealed_jobs())
     @rule(data=st.data(), reporter=st.sampled_from(MACHINE_VALIDATORS), serves=st.booleans())
@@ -1331,7 +1613,7 @@ class LedgerMachine(RuleBasedStateMachine):
         if not candidates:
             return
         job = self.state.jobs[data.draw(st.sampled_from(candidates))]
-        report = ReportUnavailable(pk(reporter), job.job_id,
+        report = ReportUnavailable(pk(reporter), job.job_id, chain_id=Chain.id,
                                    nonce=self.state.accounts[pk(reporter)].nonce + 1)
         if not self.accepted(report.signed(reporter)):
             return
@@ -1345,7 +1627,7 @@ class LedgerMachine(RuleBasedStateMachine):
           skew=st.sampled_from((0, 0, 0, -1, 1)))
     def cheater_unbonds(self, amount: int, skew: int) -> None:
         account = self.state.accounts[pk(CHEATER)]
-        tx = Unbond(pk(CHEATER), c.NODE, amount, nonce=account.nonce + 1 + skew)
+        tx = Unbond(pk(CHEATER), c.NODE, amount, chain_id=Chain.id, nonce=account.nonce + 1 + skew)
         error = self.submit(tx.signed(CHEATER))
         if skew < 0:
             assert isinstance(error, ReplayedMessage)
@@ -1355,7 +1637,7 @@ class LedgerMachine(RuleBasedStateMachine):
     @rule(skew=st.sampled_from((0, 0, 0, -1, 1)))
     def cheater_withdraws(self, skew: int) -> None:
         before = self.state.accounts[pk(CHEATER)]
-        tx = Withdraw(pk(CHEATER), nonce=before.nonce + 1 + skew)
+        tx = Withdraw(pk(CHEATER), chain_id=Chain.id, nonce=before.nonce + 1 + skew)
         if not self.accepted(tx.signed(CHEATER)):
             return
         assert skew == 0
@@ -1461,31 +1743,20 @@ class LedgerMachine(RuleBasedStateMachine):
             assert stake.amount >= self.floor[pk(key)]
             self.floor[pk(key)] = stake.amount
 
-    def overruled_by_liars(self, account: bytes) -> bool:
-        """The account accused truthfully and a strict majority of its committee voted a lie.
-
-        The dispute rule trusts a committee majority (as Proof of Sampling trusts
-        the colluding share r to stay small): lazy members who attested VALID to
-        a wrong output, then sat on its committee, outvote a truthful accuser.
-        They are liars, slashed when canaries catch them; the accuser's loss is
-        the price of the trust assumption, not a broken rule.
-        """
-        for d in self.state.disputes.values():
-            if d.accuser != account or d.outcome is None:
-                continue
-            truth = self.truth(d.job_id)
-            lies = sum(v.validator in self.liars and v.verdict is not truth for v in d.votes)
-            if 2 * lies > len(d.committee):
-                return True
-        return False
-
     @invariant()
-    def validators_that_never_lied_keep_their_stake(self) -> None:
+    def validators_that_never_lied_lose_only_liveness_penalties(self) -> None:
+        """A validator that never lied is never slashed for an offence: silence costs it the
+        liveness penalty, and nothing else ever takes its stake. A truthful accuser is never
+        outvoted by a lie here: a validator that attested a job never sits on its committee,
+        and members vote the truth, INCONCLUSIVE, or nothing."""
+        penalty = MACHINE_PARAMS.liveness_penalty
         for key in MACHINE_VALIDATORS:
-            if pk(key) in self.liars or self.overruled_by_liars(pk(key)):
-                continue
             stake = self.state.accounts[pk(key)].validator
-            assert stake.offences == 0 and stake.amount >= self.validator_floor[pk(key)]
+            if pk(key) in self.liars:
+                continue
+            assert stake.offences == 0 and not stake.slashed_out
+            floor = self.validator_floor[pk(key)]
+            assert stake.amount >= floor or (floor - stake.amount) % penalty == 0
             self.validator_floor[pk(key)] = stake.amount
 
     def teardown(self) -> None:
