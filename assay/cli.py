@@ -79,6 +79,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             seed=args.seed,
             threads=args.threads,
             llm=args.llm,
+            canary_rate_ppm=args.canary_rate,
+            lazy_validators=args.lazy_validators,
         )
     except DemoConfigError as exc:
         raise CommandError(str(exc)) from exc
@@ -131,6 +133,10 @@ def _print_demo(summary: object) -> None:
         f"{summary.honest_slashed} · validators slashed {summary.validators_slashed}"
     )
     out.print(
+        f"canaries {summary.canaries} (sampled {summary.canaries_sampled}, caught "
+        f"{summary.canaries_caught}) · lazy validators slashed {summary.lazy_slashed}"
+    )
+    out.print(
         f"verification overhead {summary.verification_overhead:.1%} of inference compute · "
         f"{summary.ledger_events} ledger events, chain verified · tokens conserved: "
         f"{summary.supply_conserved} · {summary.wall_seconds:.1f} s"
@@ -159,7 +165,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="probability p that a job is re-executed (0.2)",
     )
     demo.add_argument("--jobs", type=positive_int, default=240, help="client jobs (240)")
-    demo.add_argument("--validators", type=positive_int, default=5, help="validators (5)")
+    demo.add_argument("--validators", type=positive_int, default=7, help="validators (7)")
+    demo.add_argument(
+        "--canary-rate", type=rate_ppm, default=50_000,
+        help="share of jobs the operator adds as canaries, deliberately wrong (0.05)",
+    )
+    demo.add_argument(
+        "--lazy-validators", type=int, default=0,
+        help="validators that attest VALID without re-executing, for canaries to catch (0)",
+    )
     demo.add_argument("--seed", type=positive_int, default=7, help="seed for everything (7)")
     demo.add_argument("--threads", type=positive_int, default=1, help="torch threads (1)")
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")

@@ -12,11 +12,22 @@ mode, so no honest node is slashed whatever CPU the demo runs on.
 Each round: clients send signed jobs to the active nodes, each node runs the
 job and signs a commitment, and the ledger records it with the fee in
 escrow. Then the beacon reveals the next round; its value decides which of
-the round's jobs are audited and by which validator. A validator that finds a
-mismatch files evidence, a committee drawn with the beacon re-executes and
-votes, and the ledger slashes whoever the majority finds wrong. After the
-last job, rounds advance until every challenge window has closed and every
-fee is settled.
+the round's jobs are audited, and the ledger assigns each its auditor. Every
+validator does what the ledger awaits from it: the assigned auditors
+re-execute and attest, or file evidence, which opens the job's dispute; the
+next round draws its committee, whose members re-execute and vote, and the
+ledger slashes whoever the majority finds wrong. After the last job, rounds
+advance until every job is final.
+
+**Canaries run.** The operator keeps a canary node, bonded like any other,
+whose outputs are deliberately wrong (it always runs another model). For
+about ``canary_rate_ppm`` of the jobs it plants a salted commitment
+(``PlantCanary``) in one round, has an ordinary client send the canary node
+a job in the next, and reveals the commitment (``RevealCanary``) once the job
+is final: every validator that called it VALID without re-executing is
+slashed. A sampled canary met by an honest auditor is accused and confirmed
+like any fraud. ``lazy_validators`` of the validators attest and vote VALID
+without re-executing, to show what canaries do to them.
 
 With ``llm=True`` (``assay demo --llm``) the models are the zoo's GPT-2 and
 Llama registered in the ``llm`` mode: clients ask for seeded sampled
@@ -30,7 +41,7 @@ from __future__ import annotations
 import random
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -42,8 +53,8 @@ from protocol.codec import Tensor
 from protocol.economics import min_slash_fabrication, min_slash_posp
 from protocol.hashing import sha256
 from protocol.keys import SigningKey
-from protocol.messages import Commitment, Evidence, JobRequest, Verdict
-from protocol.sampling import check_rate_ppm, sampled
+from protocol.messages import Attestation, Commitment, Evidence, JobRequest, Verdict
+from protocol.sampling import PPM, check_rate_ppm
 from prover import zoo
 from prover.adversary import SubstituteModel
 from prover.llm.job import LLMJob
@@ -65,14 +76,18 @@ from slashing import (
     Bond,
     Ledger,
     LedgerParams,
+    LedgerRuleError,
     Mint,
+    PlantCanary,
     RecordJob,
     RegisterBeacon,
+    RevealCanary,
     SetParams,
+    canary_digest,
     is_bonded,
 )
 from slashing import constants as c
-from verifier.sampling import assigned_validator
+from slashing.state import JobStatus
 from verifier.tensor import REGISTRY_KEY as TENSOR_KEY
 from verifier.tensor_calibration import calibrate_tensor
 from verifier.validator import Validator
@@ -82,9 +97,14 @@ DEMO_MODELS: tuple[str, ...] = ("mlp-int8", "cnn-int8", "cnn", "gpt2")
 DEMO_CALIBRATION_JOBS = 8
 LLM_DEMO_MODELS: tuple[str, ...] = ("gpt2", "llama")
 LLM_DEMO_NEW_TOKENS = 32
-NODE_BOND = 20_000
+NODE_BOND = 50_000
+"""Enough for each node's jobs in flight: its stake covers stake/(p·S) unsettled jobs."""
 VALIDATOR_BOND = 20_000
 CLIENTS = 3
+EXPIRY_ROUNDS = 4
+"""Rounds after the current one in which a demo client's job may still be recorded."""
+VALIDATOR_FLOAT = 5 * c.DEFAULT_ACCUSER_BOND
+"""A validator's free balance beside its stake, to post accuser bonds from."""
 
 
 class DemoConfigError(ValueError):
@@ -98,12 +118,14 @@ class DemoConfig:
     cheat_rate_ppm: int = 500_000
     sample_ppm: int = 200_000
     jobs: int = 240
-    validators: int = 5
+    validators: int = 7
     jobs_per_round: int = 12
     seed: int = 7
     threads: int = 1
     models: tuple[str, ...] = DEMO_MODELS
     llm: bool = False
+    canary_rate_ppm: int = 50_000
+    lazy_validators: int = 0
 
     def __post_init__(self) -> None:
         checks = [
@@ -118,9 +140,13 @@ class DemoConfig:
                 f"jobs per round must be at least 1, got {self.jobs_per_round}",
             ),
             (
-                self.validators >= c.DEFAULT_COMMITTEE_SIZE + 1,
-                f"validators must be at least {c.DEFAULT_COMMITTEE_SIZE + 1} (an accuser plus a "
-                f"committee of {c.DEFAULT_COMMITTEE_SIZE}), got {self.validators}",
+                self.validators >= c.DEFAULT_COMMITTEE_SIZE + 2,
+                f"validators must be at least {c.DEFAULT_COMMITTEE_SIZE + 2} (an auditor, another "
+                f"accuser and a committee of {c.DEFAULT_COMMITTEE_SIZE}), got {self.validators}",
+            ),
+            (
+                0 <= self.lazy_validators < self.validators,
+                f"lazy validators must be between 0 and validators - 1, got {self.lazy_validators}",
             ),
             (self.threads >= 1, f"threads must be at least 1, got {self.threads}"),
             (bool(self.models), "at least one model is needed"),
@@ -132,7 +158,7 @@ class DemoConfig:
         for ok, message in checks:
             if not ok:
                 raise DemoConfigError(message)
-        for name in ("cheat_rate_ppm", "sample_ppm"):
+        for name in ("cheat_rate_ppm", "sample_ppm", "canary_rate_ppm"):
             try:
                 check_rate_ppm(getattr(self, name))
             except ValueError as exc:
@@ -155,9 +181,11 @@ class NodeReport:
     earnings: int = 0
     slashed_out: bool = False
 
+    offences: int = 0
+
     @property
     def slashed(self) -> bool:
-        return self.stake_after < self.stake_before
+        return self.offences > 0 or self.stake_after < self.stake_before
 
 
 @dataclass
@@ -179,6 +207,13 @@ class DemoSummary:
     burned: int = 0
     supply_conserved: bool = False
     params: dict[str, int] = field(default_factory=dict)
+    canaries: int = 0
+    """Canary jobs the operator planted and recorded."""
+    canaries_sampled: int = 0
+    canaries_caught: int = 0
+    """Sampled canaries an honest auditor accused and a committee confirmed."""
+    lazy_slashed: int = 0
+    """Validators slashed for calling a wrong output VALID (a canary or a confirmed fraud)."""
 
     @property
     def cheaters(self) -> int:
@@ -219,6 +254,10 @@ class DemoSummary:
             "ledger_events": self.ledger_events,
             "burned": self.burned,
             "supply_conserved": self.supply_conserved,
+            "canaries": self.canaries,
+            "canaries_sampled": self.canaries_sampled,
+            "canaries_caught": self.canaries_caught,
+            "lazy_validators_slashed": self.lazy_slashed,
             "sample_ppm": self.config.sample_ppm,
             "cheat_rate_ppm": self.config.cheat_rate_ppm,
             "seed": self.config.seed,
@@ -243,13 +282,23 @@ class DemoSummary:
 
 
 def demo_params(sample_ppm: int) -> LedgerParams:
-    """Genesis parameters: the defaults, with p from the demo and S raised if p needs it."""
+    """Genesis parameters: the defaults, with p from the demo and S moved if p needs it.
+
+    S is raised to the least both honesty conditions allow, or lowered to the
+    most a node at the minimum stake can cover while keeping a job a round in
+    flight (``p·S·D ≤`` the minimum stake).
+    """
     base = LedgerParams.default()
     params = LedgerParams(**{**base.__dict__, "sample_ppm": sample_ppm})
     needed = max(min_slash_posp(params.economics()), min_slash_fabrication(params.economics()))
-    if needed > params.fraud_slash:
-        params = LedgerParams(**{**params.__dict__, "fraud_slash": needed})
-    return params
+    covered = c.MIN_STAKE[c.NODE] * PPM // (sample_ppm * params.detection_rounds)
+    slash = min(max(needed, params.fraud_slash), covered)
+    if slash < needed:
+        raise DemoConfigError(
+            f"no slash suits p = {sample_ppm / PPM:g}: honesty needs S >= {needed}, a node at the "
+            f"minimum stake covers S <= {covered}"
+        )
+    return LedgerParams(**{**params.__dict__, "fraud_slash": slash})
 
 
 def _key(seed: int, role: str, index: int) -> SigningKey:
@@ -301,11 +350,17 @@ class DemoNetwork:
             self.reports.append(
                 NodeReport(name=f"node-{i}", node_id=node.node_id.hex()[:12], cheater=cheater)
             )
+        # The operator's canary node: ordinary-looking, its every output deliberately wrong
+        every_job = SubstituteModel(substitutes, PPM, seed=config.seed + 99)
+        self.canary_node = InferenceNode(_key(config.seed, "node", config.nodes), models,
+                                         runtime, every_job, llms, tensors=tensors)
         self.validators = [
             Validator(_key(config.seed, "validator", i), models, runtime, llms, tensors=tensors)
             for i in range(config.validators)
         ]
         self.by_validator_id = {v.validator_id: v for v in self.validators}
+        self.lazy = {v.validator_id for v in self.validators[config.validators
+                                                             - config.lazy_validators:]}
         self.clients = [_key(config.seed, "client", i) for i in range(CLIENTS)]
         beacon_secret = int.from_bytes(sha256(f"demo/{config.seed}/beacon".encode()), "big")
         self.beacon = DevnetBeacon(beacon_secret % (2**250) + 1)
@@ -313,19 +368,31 @@ class DemoNetwork:
         self.params = demo_params(config.sample_ppm)
         self.fee = self.params.reward + self.params.verification_fee
         self.inference_seconds = 0.0
-        self.served: dict[bytes, tuple[int, Commitment]] = {}
+        self.served: dict[bytes, tuple[InferenceNode, Commitment]] = {}
+        self.node_index = {n.node_id: i for i, n in enumerate(self.nodes)}
+        self.chain_id = b""
+        self.canaries: dict[bytes, bytes] = {}
+        """Canary job id → the salt of its commitment, until revealed."""
+        self.planted: list[tuple[bytes, JobRequest]] = []
+        """Canaries committed to this round, recorded next round: (salt, request)."""
+        self.canary_summary = DemoSummary(config=config, nodes=[])
 
     # -- genesis -----------------------------------------------------------------------------------
     def genesis(self) -> None:
         self.ledger.append(RegisterBeacon(public_key=self.beacon.public_key, first_round=0))
         self.ledger.append(SetParams(params=self.params))
+        assert self.ledger.state.chain_id is not None
+        self.chain_id = self.ledger.state.chain_id
+        canary_jobs = self.config.jobs * self.config.canary_rate_ppm // PPM + 1
         for client in self.clients:
-            self.ledger.append(Mint(account=client.public.raw, amount=self.fee * self.config.jobs))
-        for node in self.nodes:
+            self.ledger.append(Mint(account=client.public.raw,
+                                    amount=self.fee * (self.config.jobs + canary_jobs)))
+        for node in (*self.nodes, self.canary_node):
             self.ledger.append(Mint(account=node.node_id, amount=NODE_BOND))
             self.ledger.append(Bond(account=node.node_id, role=c.NODE, amount=NODE_BOND))
         for validator in self.validators:
-            self.ledger.append(Mint(account=validator.validator_id, amount=VALIDATOR_BOND))
+            self.ledger.append(Mint(account=validator.validator_id,
+                                    amount=VALIDATOR_BOND + VALIDATOR_FLOAT))
             self.ledger.append(
                 Bond(account=validator.validator_id, role=c.VALIDATOR, amount=VALIDATOR_BOND)
             )
@@ -346,9 +413,45 @@ class DemoNetwork:
 
     # -- jobs --------------------------------------------------------------------------------------
     def active_nodes(self) -> list[int]:
-        """Nodes the ledger takes jobs from: bonded, not jailed, not slashed out."""
+        """Nodes the ledger takes jobs from: bonded, not jailed, not slashed out, with room for
+        one more job in flight."""
         state = self.ledger.state
-        return [i for i, n in enumerate(self.nodes) if is_bonded(state, n.node_id, c.NODE)]
+        return [i for i, n in enumerate(self.nodes)
+                if is_bonded(state, n.node_id, c.NODE) and self.has_room(n)]
+
+    def has_room(self, node: InferenceNode) -> bool:
+        state = self.ledger.state
+        stake = state.accounts[node.node_id].node.amount
+        limit = stake * PPM // (self.params.sample_ppm * self.params.fraud_slash)
+        return state.node_jobs.get(node.node_id, 0) < limit
+
+    def request(self, index: int, node: InferenceNode, client: SigningKey,
+                rng: random.Random, nonce: int) -> JobRequest:
+        model_id = self.model_ids[index % len(self.model_ids)]
+        params: tuple[tuple[str, int | str], ...] = ()
+        if self.config.llm:
+            job = LLMJob(LLM_DEMO_NEW_TOKENS, "float32", SamplingParams(seed=rng.randrange(2**63)))
+            params = tuple(job.to_params().items())
+        return JobRequest(
+            model_id=model_id,
+            input=Tensor.from_torch(self.example_inputs[model_id](rng.randrange(2**31))),
+            client=client.public.raw,
+            node=node.node_id,
+            nonce=nonce,
+            fee=self.fee,
+            expiry_round=self.ledger.state.current_round + EXPIRY_ROUNDS,
+            chain_id=self.chain_id,
+            params=params,
+        ).signed(client)
+
+    def record(self, node: InferenceNode, request: JobRequest) -> Commitment:
+        result = node.handle(request)
+        self.inference_seconds += result.seconds
+        self.ledger.append(
+            RecordJob(request=request.encode(), commitment=result.commitment.encode())
+        )
+        self.served[request.job_id] = (node, result.commitment)
+        return result.commitment
 
     def submit(self, index: int, rng: random.Random) -> bytes | None:
         """One client job to the next active node; returns the job id, or None if none is left."""
@@ -357,76 +460,103 @@ class DemoNetwork:
             return None
         node_index = active[index % len(active)]
         node = self.nodes[node_index]
-        model_id = self.model_ids[index % len(self.model_ids)]
-        client = self.clients[index % len(self.clients)]
-        params: tuple[tuple[str, int | str], ...] = ()
-        if self.config.llm:
-            job = LLMJob(LLM_DEMO_NEW_TOKENS, "float32", SamplingParams(seed=rng.randrange(2**63)))
-            params = tuple(job.to_params().items())
-        request = JobRequest(
-            model_id=model_id,
-            input=Tensor.from_torch(self.example_inputs[model_id](rng.randrange(2**31))),
-            client=client.public.raw,
-            nonce=index,
-            fee=self.fee,
-            params=params,
-        ).signed(client)
-        result = node.handle(request)
-        self.inference_seconds += result.seconds
-        self.ledger.append(
-            RecordJob(request=request.encode(), commitment=result.commitment.encode())
-        )
-        self.served[request.job_id] = (node_index, result.commitment)
+        request = self.request(index, node, self.clients[index % len(self.clients)], rng, index)
+        self.record(node, request)
         report = self.reports[node_index]
         report.jobs += 1
         if node.cheat is not None and request.job_id in node.cheat.cheated:
             report.cheated += 1
         return request.job_id
 
+    # -- canaries ----------------------------------------------------------------------------------
+    def plant_canaries(self, count: int, rng: random.Random) -> None:
+        """Commit to this round's canaries; their jobs are recorded next round."""
+        for _ in range(count):
+            index = self.config.jobs + self.canary_summary.canaries + len(self.planted)
+            client = self.clients[index % len(self.clients)]
+            request = self.request(index, self.canary_node, client, rng, index)
+            salt = sha256(f"demo/{self.config.seed}/canary/{index}".encode())
+            self.ledger.append(PlantCanary(digest=canary_digest(salt, request.job_id)))
+            self.planted.append((salt, request))
+
+    def record_canaries(self) -> None:
+        """Record the canaries planted last round, if the canary node may take them."""
+        for salt, request in self.planted:
+            try:
+                self.record(self.canary_node, request)
+            except LedgerRuleError:
+                continue  # jailed, out of room, or the request expired: this canary is lost
+            self.canaries[request.job_id] = salt
+            self.canary_summary.canaries += 1
+        self.planted = []
+
+    def reveal_canaries(self) -> None:
+        """Open the commitment of every canary that is final: VALID on it was lazy."""
+        state = self.ledger.state
+        for job_id, salt in list(self.canaries.items()):
+            job = state.jobs[job_id]
+            if job.status is JobStatus.PENDING:
+                continue
+            self.canary_summary.canaries_sampled += job.sampled
+            self.canary_summary.canaries_caught += job.status is JobStatus.REFUNDED
+            self.ledger.append(RevealCanary(job_id=job_id, salt=salt))
+            del self.canaries[job_id]
+
+    # -- validators --------------------------------------------------------------------------------
     def bonded_validators(self) -> list[bytes]:
         state = self.ledger.state
         return [v for v in state.accounts if is_bonded(state, v, c.VALIDATOR)]
 
-    def audit(self, job_ids: Sequence[bytes]) -> None:
-        """Audit the sampled jobs among ``job_ids``, whose sample round has just been revealed."""
-        for job_id in job_ids:
+    def finding(self, validator: Validator, job_id: bytes, round_: int,
+                vote: bool) -> Attestation | Evidence:
+        """What ``validator`` signs for the job: a re-execution's verdict, or, if it is lazy, a
+        VALID it never checked."""
+        node, commitment = self.served[job_id]
+        if validator.validator_id in self.lazy:
+            return Attestation(
+                job_id=job_id, commitment_id=commitment.content_id,
+                validator=validator.validator_id, verdict=Verdict.VALID, beacon_round=round_,
+                chain_id=commitment.chain_id,
+            ).signed(validator.key)
+        request, output = node.job_data(job_id)  # the validator's fetch
+        if vote:
+            return validator.vote(request, commitment, round_, output)
+        return validator.audit(request, commitment, round_, output)
+
+    def do_duties(self) -> None:
+        """Every validator does what the ledger awaits from it, as ``duties`` tells a service:
+        committee members vote, then assigned auditors audit."""
+        state = self.ledger.state
+        for dispute_id in sorted(state.open_disputes):
+            dispute = self.ledger.state.disputes[dispute_id]
+            if dispute.drawn_round is None:
+                continue
+            for member in dispute.committee:
+                if not self.ledger.state.disputes[dispute_id].is_open:
+                    break
+                vote = self.finding(self.by_validator_id[member], dispute.job_id,
+                                    dispute.drawn_round, vote=True)
+                self.ledger.append(Attest(attestation=vote.encode()))
+        for job_id in sorted(self.ledger.state.open_audits):
             job = self.ledger.state.jobs[job_id]
-            beacon_value = self.ledger.state.beacon_value(job.sample_round)
-            if beacon_value is None:
-                raise RuntimeError(f"round {job.sample_round} should be revealed by now")
-            if not sampled(beacon_value, job_id, job.commitment_id, self.params.sample_ppm):
+            if job.auditor is None or job.assigned_round is None:
                 continue
-            node_index, commitment = self.served[job_id]
-            self.reports[node_index].sampled += 1
-            chosen = assigned_validator(
-                beacon_value, job_id, job.commitment_id, self.bonded_validators()
-            )
-            if chosen is None:
-                continue
-            request, output = self.nodes[node_index].job_data(job_id)  # the validator's fetch
-            finding = self.by_validator_id[chosen].audit(
-                request, commitment, job.sample_round, output
-            )
+            finding = self.finding(self.by_validator_id[job.auditor], job_id,
+                                   job.assigned_round, vote=False)
             if isinstance(finding, Evidence):
-                self.reports[node_index].mismatches += 1
+                node, _ = self.served[job_id]
+                if node is not self.canary_node:
+                    self.reports[self.node_index[node.node_id]].mismatches += 1
                 self.ledger.append(Accuse(evidence=finding.encode()))
-                self.run_dispute(finding, request, commitment, job.sample_round, output)
             else:
                 self.ledger.append(Attest(attestation=finding.encode()))
 
-    def run_dispute(
-        self,
-        evidence: Evidence,
-        request: JobRequest,
-        commitment: Commitment,
-        round_: int,
-        output: Tensor | None = None,
-    ) -> None:
-        """Each committee member re-executes and votes; the last vote resolves the dispute."""
-        dispute = self.ledger.state.disputes[evidence.content_id]
-        for member in dispute.committee:
-            vote = self.by_validator_id[member].vote(request, commitment, round_, output)
-            self.ledger.append(Attest(attestation=vote.encode()))
+    def step(self) -> None:
+        """The next round is revealed, then every party acts on it."""
+        self.advance_round()
+        self.record_canaries()
+        self.do_duties()
+        self.reveal_canaries()
 
     def close(self) -> None:
         self.ledger.close()
@@ -452,20 +582,24 @@ def run_demo(
                 n.node_id: net.ledger.state.accounts[n.node_id].balance for n in net.nodes
             }
             rng = random.Random(config.seed)
+            canary_rng = random.Random(config.seed + 1)
             submitted = 0
             while submitted < config.jobs:
-                batch: list[bytes] = []
-                for _ in range(min(config.jobs_per_round, config.jobs - submitted)):
-                    job_id = net.submit(submitted, rng)
+                batch = min(config.jobs_per_round, config.jobs - submitted)
+                for _ in range(batch):
+                    net.submit(submitted, rng)
                     submitted += 1
                     if on_job is not None:
                         on_job(1)
-                    if job_id is not None:
-                        batch.append(job_id)
-                net.advance_round()
-                net.audit(batch)
-            for _ in range(net.params.challenge_window + 2):
-                net.advance_round()
+                canaries = sum(canary_rng.randrange(PPM) < config.canary_rate_ppm
+                               for _ in range(batch))
+                net.plant_canaries(canaries, canary_rng)
+                net.step()
+            for _ in range(c.MAX_STAMP_LEAD):
+                if not any(j.status is JobStatus.PENDING for j in net.ledger.state.jobs.values()) \
+                        and not net.canaries:
+                    break
+                net.step()
             return _summarise(net, stake_before, balance_before, time.perf_counter() - started)
         finally:
             net.close()
@@ -482,8 +616,10 @@ def _summarise(
         account = state.accounts[node.node_id]
         report.stake_before = stake_before[node.node_id]
         report.stake_after = account.node.amount
-        report.earnings = account.balance - balance_before[node.node_id]
+        report.earnings = account.balance + account.locked_total - balance_before[node.node_id]
         report.slashed_out = account.node.slashed_out
+        report.offences = account.node.offences
+        report.sampled = sum(1 for j in state.jobs.values() if j.node == node.node_id and j.sampled)
     counters = state.counters
     summary = DemoSummary(
         config=net.config,
@@ -495,8 +631,8 @@ def _summarise(
         disputes_valid=counters.disputes_valid,
         inconclusive=sum(v.stats.verdicts[Verdict.INCONCLUSIVE] for v in net.validators),
         validators_slashed=sum(
-            state.accounts[v.validator_id].validator.amount < VALIDATOR_BOND
-            for v in net.validators
+            state.accounts[v.validator_id].validator.offences > 0
+            for v in net.validators if v.validator_id not in net.lazy
         ),
         inference_seconds=net.inference_seconds,
         verification_seconds=sum(v.stats.seconds for v in net.validators),
@@ -513,6 +649,10 @@ def _summarise(
             "reward": net.params.reward,
             "verification_fee": net.params.verification_fee,
         },
+        canaries=net.canary_summary.canaries,
+        canaries_sampled=net.canary_summary.canaries_sampled,
+        canaries_caught=net.canary_summary.canaries_caught,
+        lazy_slashed=sum(state.accounts[v].validator.offences > 0 for v in net.lazy),
     )
     return summary
 
@@ -664,6 +804,8 @@ def run_zk_demo(jobs: int = 4, seed: int = 7, workdir: Path | None = None) -> Zk
                 Bond(account=validator.validator_id, role=c.VALIDATOR, amount=VALIDATOR_BOND)
             )
             advance_round()
+            chain_id = ledger.state.chain_id
+            assert chain_id is not None
             summary.forger_stake_before = ledger.state.accounts[forger.node_id].node.amount
             honest_balance = ledger.state.accounts[honest.node_id].balance
             cheap = small_mlp(seed + 50, SMALL_MLP_CONFIG)
@@ -676,7 +818,8 @@ def run_zk_demo(jobs: int = 4, seed: int = 7, workdir: Path | None = None) -> Zk
                     input=Tensor.from_torch(
                         zoo.example_input("mlp", SMALL_MLP_CONFIG, 1000 + index)
                     ),
-                    client=client.public.raw, nonce=index, fee=fee,
+                    client=client.public.raw, node=node.node_id, nonce=index, fee=fee,
+                    expiry_round=ledger.state.current_round + EXPIRY_ROUNDS, chain_id=chain_id,
                 ).signed(client)
                 forging = node is forger and node.node_id in last_proof and index % 4 == 3
                 if forging:
@@ -690,7 +833,8 @@ def run_zk_demo(jobs: int = 4, seed: int = 7, workdir: Path | None = None) -> Zk
                     commitment = Commitment(
                         job_id=request.job_id, model_id=entry.model_id,
                         input_hash=tensor_hash(request.input), output_hash=tensor_hash(output),
-                        node=node.node_id, mode="zk", aux=last_proof[node.node_id],
+                        node=node.node_id, chain_id=chain_id, mode="zk",
+                        aux=last_proof[node.node_id],
                     ).signed(node.key)
                     summary.forged += 1
                 else:
@@ -705,8 +849,9 @@ def run_zk_demo(jobs: int = 4, seed: int = 7, workdir: Path | None = None) -> Zk
             advance_round()
             for request, commitment, forging in served:
                 job = ledger.state.jobs[request.job_id]
+                assert job.auditor == validator.validator_id and job.assigned_round is not None
                 before = validator.stats.seconds
-                finding = validator.audit(request, commitment, job.sample_round)
+                finding = validator.audit(request, commitment, job.assigned_round)
                 summary.verify_seconds.append(validator.stats.seconds - before)
                 if isinstance(finding, Evidence):
                     summary.reasons.append(finding.detail)

@@ -143,6 +143,11 @@ class InferenceNode:
     def handle(self, request: JobRequest) -> JobResult:
         """Run one job and return its output with a signed commitment."""
         request.verify()
+        if request.node != self.node_id:
+            raise JobRejected(
+                f"the request is for node {request.node.hex()[:16]}…, not this one "
+                f"({self.node_id.hex()[:16]}…)"
+            )
         if request.model_id in self.llms:
             return self._handle_llm(request)
         if request.model_id in self.zk_provers:
@@ -226,6 +231,7 @@ class InferenceNode:
             input_hash=tensor_hash(request.input),
             output_hash=tensor_hash(output),
             node=self.node_id,
+            chain_id=request.chain_id,
             mode=mode,
             aux=aux,
         ))

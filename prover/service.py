@@ -85,6 +85,8 @@ SHUTDOWN_GRACE_S = 30.0
 GOSSIP_FLUSH_S = 2.0
 BOND_RETRY_S = 1.0
 MAX_PROMPT_TOKENS = 1024
+EXPIRY_ROUNDS = 4
+"""Rounds after the ledger's current one in which an HTTP job's request may still be recorded."""
 
 
 class NodeUnavailable(ProtocolError):
@@ -245,6 +247,11 @@ class NodeService:
         """Run, journal, record and gossip one job (see the module docstring)."""
         if not self.accepting:
             raise NodeUnavailable("this node is shutting down; send the job to another node")
+        if request.chain_id != self.ledger.chain_id:
+            raise JobRejected(
+                f"the request is signed for chain {request.chain_id.hex()[:16]}…; this node's "
+                f"ledger is chain {self.ledger.chain_id.hex()[:16]}…"
+            )
         if request.model_id in self.node.zk_provers:
             if request.model_id in self.zk_refused:
                 raise JobRejected(self.zk_refused[request.model_id])
@@ -319,9 +326,13 @@ class NodeService:
         return served
 
     def _request(self, served: ServedModel, tensor: Tensor, params: dict[str, Any]) -> JobRequest:
+        if not self.ledger.chain_id:
+            raise HttpError(503, "unavailable", "the node has not heard from its ledger yet")
         return JobRequest(
             model_id=served.entry.model_id, input=tensor, client=self.client_key.public.raw,
-            nonce=next(self._nonces), fee=self.config.fee, params=tuple(params.items()),
+            node=self.node.node_id, nonce=next(self._nonces), fee=self.config.fee,
+            expiry_round=max(self.ledger.round, 0) + EXPIRY_ROUNDS,
+            chain_id=self.ledger.chain_id, params=tuple(params.items()),
         ).signed(self.client_key)
 
     def _assay_field(self, commitment: Commitment) -> dict[str, Any]:

@@ -23,8 +23,15 @@ one framed request per stream:
     (:attr:`Genesis.zk_models`) are registered when the service starts, each
     once, and a start whose key for a model differs from the logged one fails.
 ``{"op": "status" | "job" | "dispute" | "beacon" | "account", ...}``
-    read-only queries answered from the folded state (a job's ``zk`` says
-    whether it is a zk job, which validators check whatever the draw).
+    read-only queries answered from the folded state (``status`` carries the
+    chain id every message must name; a job's ``zk`` says whether it is a zk
+    job, and ``auditor`` whom the ledger assigned to audit it).
+``{"op": "duties", "validator"}``
+    what the ledger awaits from a validator: the jobs it is assigned to audit
+    (each with its signed commitment and the round that drew it) and the
+    disputes whose current committee it sits on. Validators learn their work
+    here, from the ledger, not from gossip: a colluder that opens a dispute
+    and tells nobody still has it decided by the committee the ledger drew.
 ``{"op": "jobs_since", "after": row}``
     the commitments recorded after log row ``after``, read from the log, so a
     validator that missed their gossip (or was down) can catch up.
@@ -71,6 +78,8 @@ from slashing import (
 )
 from slashing import constants as c
 from slashing.events import Event
+from slashing.rules import open_dispute_of
+from slashing.state import JobStatus
 
 log = logging.getLogger("assay.ledger")
 
@@ -131,6 +140,9 @@ class LedgerService:
             self._genesis(genesis)
         self._catch_up_beacon()
         self._register_zk_models(genesis.zk_models)
+        self.commitments: dict[bytes, bytes] = {}
+        """Signed commitments of the jobs not yet final, by job id, for ``duties``."""
+        self._remember_pending_commitments()
         host.serve(wire.PROTOCOL_LEDGER, self.handle)
 
     @classmethod
@@ -172,6 +184,21 @@ class LedgerService:
                     " the operator's artifacts differ (a model is registered once)"
                 )
 
+    def _remember_pending_commitments(self) -> None:
+        """Read the commitments of the jobs still pending back from the log (after a restart)."""
+        jobs = self.ledger.state.jobs
+        for entry in self.ledger.events(0):
+            event = entry.event
+            if isinstance(event, RecordJob):
+                job = jobs.get(event.job_id)
+                if job is not None and job.status is JobStatus.PENDING:
+                    self.commitments[event.job_id] = event.commitment
+
+    def _forget_final_commitments(self) -> None:
+        jobs = self.ledger.state.jobs
+        for job_id in [j for j in self.commitments if jobs[j].status is not JobStatus.PENDING]:
+            del self.commitments[job_id]
+
     def _catch_up_beacon(self) -> None:
         """Re-derive the revealed chain after a restart and check it is the one logged."""
         state = self.ledger.state
@@ -190,6 +217,7 @@ class LedgerService:
         )
         self.ledger.append(event)
         self.metrics.beacon_round.set(revealed.round)
+        self._forget_final_commitments()
         return event
 
     async def _tick(self) -> None:
@@ -225,9 +253,13 @@ class LedgerService:
         return wire.ok_response(seq=entry.seq)
 
     def _record_job(self, request: dict[str, Any], sender: bytes) -> bytes:
-        return self._append(
-            RecordJob(request=_blob(request, "request"), commitment=_blob(request, "commitment"))
-        )
+        event = RecordJob(request=_blob(request, "request"),
+                          commitment=_blob(request, "commitment"))
+        reply = self._append(event)
+        job = self.ledger.state.jobs.get(event.job_id)
+        if job is not None and job.commitment_id == event.sealed_commitment.content_id:
+            self.commitments[event.job_id] = event.commitment
+        return reply
 
     def _attest(self, request: dict[str, Any], sender: bytes) -> bytes:
         return self._append(Attest(attestation=_blob(request, "attestation")))
@@ -257,6 +289,7 @@ class LedgerService:
                       and not acc.validator.slashed_out]
         return wire.ok_response(
             round=state.current_round, beacon_key=_hex(state.beacon_key),
+            chain_id=_hex(state.chain_id), audit_window=params.audit_window,
             sample_ppm=params.sample_ppm, committee_size=params.committee_size,
             verification_fee=params.verification_fee, reward=params.reward,
             nodes=sorted(nodes), validators=sorted(validators), length=self.ledger.length,
@@ -266,11 +299,13 @@ class LedgerService:
         job = self.ledger.state.jobs.get(_bytes(request, "job_id"))
         if job is None:
             return wire.ok_response(found=False)
+        dispute = open_dispute_of(self.ledger.state, job)
         return wire.ok_response(
             found=True, node=job.node, commitment_id=job.commitment_id,
             recorded_round=job.recorded_round, sample_round=job.sample_round,
-            status=str(job.status), open_dispute=_hex(job.open_dispute),
-            attested_by=[v for v, _ in job.attestations], zk=job.zk,
+            status=str(job.status), open_dispute=_hex(dispute.dispute_id if dispute else None),
+            attested_by=[v for v, _ in job.attestations], zk=job.zk, sampled=job.sampled,
+            auditor=_hex(job.auditor), assigned_round=job.assigned_round or 0,
         )
 
     def _dispute(self, request: dict[str, Any]) -> bytes:
@@ -279,9 +314,30 @@ class LedgerService:
             return wire.ok_response(found=False)
         return wire.ok_response(
             found=True, job_id=dispute.job_id, committee=list(dispute.committee),
-            opened_round=dispute.opened_round, open=dispute.is_open,
-            outcome=str(dispute.outcome or ""),
+            opened_round=dispute.opened_round, drawn_round=dispute.drawn_round or 0,
+            drawn=dispute.drawn_round is not None, accusers=list(dispute.accusers),
+            open=dispute.is_open, outcome=str(dispute.outcome or ""),
         )
+
+    def _duties(self, request: dict[str, Any]) -> bytes:
+        """The audits and committee votes the ledger awaits from ``validator``."""
+        me = _bytes(request, "validator")
+        state = self.ledger.state
+        audits = []
+        for job_id in sorted(state.open_audits):
+            job = state.jobs[job_id]
+            if job.auditor == me and job_id in self.commitments:
+                audits.append({"job_id": job_id, "commitment": self.commitments[job_id],
+                               "round": job.assigned_round or 0, "zk": job.zk})
+        votes = []
+        for dispute_id in sorted(state.open_disputes):
+            dispute = state.disputes[dispute_id]
+            voted = me in dispute.voters()
+            if me in dispute.committee and not voted and dispute.job_id in self.commitments:
+                votes.append({"dispute_id": dispute_id, "job_id": dispute.job_id,
+                              "commitment": self.commitments[dispute.job_id],
+                              "round": dispute.drawn_round or 0})
+        return wire.ok_response(audits=audits, votes=votes, round=state.current_round)
 
     def _beacon(self, request: dict[str, Any]) -> bytes:
         number = request.get("round")
@@ -367,6 +423,7 @@ TRANSACTIONS = {
 }
 QUERIES = {
     "status": LedgerService._status,
+    "duties": LedgerService._duties,
     "job": LedgerService._job,
     "dispute": LedgerService._dispute,
     "beacon": LedgerService._beacon,

@@ -44,7 +44,7 @@ def test_demo_is_deterministic_by_seed() -> None:
 
 def test_without_cheaters_nobody_is_slashed() -> None:
     summary = run_demo(DemoConfig(cheaters=0, jobs=60, sample_ppm=500_000))
-    assert summary.disputes == 0
+    assert summary.disputes == summary.canaries_caught  # the only disputes are over canaries
     assert summary.cheaters_slashed == summary.honest_slashed == 0
     assert summary.sampled > 0
 
@@ -64,7 +64,8 @@ def test_json_summary_has_the_promised_keys(capsys: pytest.CaptureFixture[str]) 
         ({"nodes": 0}, "nodes must be at least 1"),
         ({"cheaters": 5}, "cheaters must be between 0 and nodes"),
         ({"jobs": 0}, "jobs must be at least 1"),
-        ({"validators": 2}, "validators must be at least 4"),
+        ({"validators": 2}, "validators must be at least 7"),
+        ({"lazy_validators": 7}, "lazy validators must be between 0 and validators - 1"),
         ({"sample_ppm": 0}, "sample rate p must be above 0"),
         ({"cheat_rate_ppm": 2_000_000}, "cheat_rate_ppm"),
         ({"models": ("resnet",)}, "models must come from"),
@@ -73,3 +74,14 @@ def test_json_summary_has_the_promised_keys(capsys: pytest.CaptureFixture[str]) 
 def test_bad_demo_options_name_the_problem(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(DemoConfigError, match=message):
         DemoConfig(**kwargs)  # type: ignore[arg-type]
+
+
+def test_canaries_run_and_a_lazy_validator_pays_for_them() -> None:
+    """The operator plants canaries on the network; a validator that attests VALID without
+    re-executing is slashed once one it called VALID is revealed, and nobody honest is."""
+    summary = run_demo(DemoConfig(jobs=120, cheaters=0, lazy_validators=2,
+                                  canary_rate_ppm=200_000, models=("mlp",)))
+    assert summary.canaries > 0 and summary.canaries_sampled > 0
+    assert summary.lazy_slashed >= 1
+    assert summary.honest_slashed == 0 and summary.validators_slashed == 0
+    assert summary.supply_conserved

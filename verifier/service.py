@@ -1,52 +1,35 @@
-"""The validator as a long-running service: follow, sample, re-execute, attest, accuse, vote.
+"""The validator as a long-running service: learn duties from the ledger, audit, accuse, vote.
 
-Its nursery runs the libp2p host, the ledger status refresher, and one worker
-that does the slow part (fetch job data, re-execute) one job at a time. The
-gossip handlers only file work:
+Its nursery runs the libp2p host, the ledger status refresher, a duties
+poller and one worker that does the slow part (fetch job data, re-execute)
+one job at a time.
 
-* a commitment (``/assay/1/commitments``, or one of a batch on
-  ``/assay/1/commitment-batches``) is remembered until the beacon round that
-  samples it is known;
-* a beacon round (checked against the BLS chain) settles which remembered
-  jobs are sampled; those assigned to this validator are queued;
-* evidence opens a dispute on the ledger; if this validator sits on its
-  committee, a vote is queued.
-
-Gossip is not the only way in: a reconciler asks the ledger every
-``RECONCILE_INTERVAL_S`` for the commitments recorded since its cursor
-(``jobs_since``, read from the ledger's log), from row 0 when the validator
-starts, so a commitment whose gossip was lost, or that was recorded while the
-validator was down, is sampled all the same. Jobs already decided are
-remembered, so gossip and the reconciler never file one job twice.
+**The ledger says what to do.** The ledger draws each sampled job's auditor
+(and every zk job's) in the job's sample round, draws a replacement when an
+auditor stays silent past its deadline, and draws each dispute's committee
+from a round revealed after the dispute opened. The service asks the ledger
+for its duties (``duties``) every ``DUTIES_INTERVAL_S`` and whenever a new
+beacon round arrives: the jobs it is assigned to audit, each with its signed
+commitment and the round that drew it, and the disputes whose committee it
+sits on. It never draws anything itself and never learns of a dispute from
+gossip: a colluder that opens a dispute and tells nobody cannot keep the
+committee from hearing of it. Gossip topics are still followed (validated
+and relayed, so the mesh stays dense) and beacon rounds are checked against
+the BLS chain.
 
 Every attestation, evidence and vote is written to the signing journal
-*before* it is sent, keyed by job: a restarted validator that meets the same
-job again re-sends what it signed, never a second verdict.
+*before* it is sent, keyed by job (a vote by job and committee round): a
+restarted validator that meets the same duty again re-sends what it signed,
+never a second verdict.
 
-**zk jobs are checked 100%.** A job the ledger recorded as a zk job (its
-model was registered with ``RegisterZkModel`` first: the ledger's ``job``
-answer says ``zk``) is audited whatever the sampling draw, because checking a
-proof costs milliseconds and a failing proof is self-contained evidence. The
-flag is the ledger's, not the commitment's ``mode``: the node writes the mode,
-and a node that committed a zk model's job as ``exact`` to dodge the check is
-still checked, and accused by a validator holding the model's key (the
-commitment carries no valid proof). A commitment
-that says ``zk`` for a model the ledger did not register is an ordinary job,
-audited only if sampled: the ledger accepts attestations on unsampled jobs
-only for zk jobs, and judges INVALID_PROOF evidence only on them. Each zk job
-is still checked by one validator, the one :func:`~verifier.sampling.assigned_validator`
-draws from the job's sample round as for a sampled job: one check is all a
-proof needs (every validator holding the registered key reaches the same
-verdict, and the ledger re-checks any accusation itself), so more would only
-add duplicate attestations to the log and split the work no better. Catch-up
-from ``jobs_since`` files commitments into the same pending set, so zk jobs
-missed on gossip are checked all the same. They count in
-``assay_validator_sampled_total`` like sampled jobs.
-
-A zk job whose proof fails gives ``INVALID_PROOF`` evidence, which the ledger
-judges itself from the job's request: it is sent as ``accuse_invalid_proof``
-with the request the validator fetched (journalled with the evidence), not as
-a plain ``accuse`` that would open a dispute.
+**zk jobs are checked 100%.** The ledger assigns an auditor to every zk job
+(its model was registered with ``RegisterZkModel`` before the job was
+recorded), sampled or not, because checking a proof costs milliseconds and a
+failing proof is self-contained evidence. A zk job whose proof fails gives
+``INVALID_PROOF`` evidence, which the ledger judges itself from the job's
+request: it is sent as ``accuse_invalid_proof`` with the request the
+validator fetched (journalled with the evidence), not as a plain ``accuse``
+that would open a dispute.
 
 Before it checks any job the service compares each zk key it holds with the
 ledger's registration (``zk_model``: the hashes of the verifying key, the
@@ -69,6 +52,7 @@ import trio
 from protocol.beacon import BeaconRound, DevnetBeaconVerifier
 from protocol.config import ValidatorConfig
 from protocol.errors import ProtocolError
+from protocol.hashing import sha256
 from protocol.keystore import SigningJournal
 from protocol.messages import Attestation, Commitment, Evidence, JobRequest, Offence
 from protocol.net import validate, wire
@@ -78,20 +62,16 @@ from protocol.net.http import metrics_app, serve_http
 from protocol.net.ledger_client import LedgerClient
 from protocol.net.metrics import Metrics
 from prover.zk import file_sha256
-from verifier.sampling import assigned_validator, sampled
 from verifier.validator import Validator
 
 log = logging.getLogger("assay.validator")
 
 AUDIT, VOTE = "audit", "vote"
 ACCUSE, ACCUSE_INVALID_PROOF, ATTEST = "accuse", "accuse_invalid_proof", "attest"
-PENDING_LIMIT = 100_000
-PENDING_TTL_S = 120.0
 QUEUE_LIMIT = 1_000
-DISPUTE_LOOKUPS = 20
-RECONCILE_INTERVAL_S = 2.0
-DECIDED_LIMIT = 200_000
-"""Job ids remembered as decided (sampled for someone, or not), oldest forgotten first."""
+DUTIES_INTERVAL_S = 0.5
+QUEUED_LIMIT = 200_000
+"""Duties remembered as queued, oldest forgotten first."""
 ZK_CHECK_RETRY_S = 1.0
 
 
@@ -100,6 +80,14 @@ class Work:
     kind: str  # AUDIT or VOTE
     commitment: Commitment
     beacon_round: int
+
+    @property
+    def key(self) -> bytes:
+        """The journal's key: the job for an audit, the job and committee round for a vote
+        (a dispute may draw this validator again, for a later committee)."""
+        if self.kind == AUDIT:
+            return self.commitment.job_id
+        return sha256(self.commitment.job_id + self.beacon_round.to_bytes(8, "big"))
 
 
 class ValidatorService:
@@ -117,27 +105,22 @@ class ValidatorService:
         self.journal = journal
         self.metrics = metrics
         self.ledger = LedgerClient(host, config.ledger)
-        self.pending: dict[bytes, tuple[Commitment, float]] = {}
         self.rounds: dict[int, BeaconRound] = {}
-        self.decided: OrderedDict[bytes, None] = OrderedDict()
-        self.cursor = 0
-        """The ledger log row up to which recorded jobs have been reconciled."""
-        self.caught_up = trio.Event()
+        self.queued: OrderedDict[tuple[str, bytes], None] = OrderedDict()
+        """Duties already handed to the worker, by (kind, journal key)."""
         self.zk_checked = trio.Event()
         """Set once the zk keys were compared with the ledger's registration."""
         self.zk_refused: dict[bytes, str] = {}
         """zk models whose key this validator dropped (the ledger registered another), and why."""
-        self._settling = trio.Lock()
+        self._duties_lock = trio.Lock()
         self._beacon: DevnetBeaconVerifier | None = None
         self._send, self._receive = trio.open_memory_channel[Work](QUEUE_LIMIT)
-        host.subscribe(wire.TOPIC_COMMITMENTS, validate.commitments(self.ledger),
-                       self.on_commitment)
+        host.subscribe(wire.TOPIC_COMMITMENTS, validate.commitments(self.ledger), self._relay)
         host.subscribe(wire.TOPIC_COMMITMENT_BATCHES, validate.commitment_batches(self.ledger),
-                       self.on_commitment_batch)
+                       self._relay)
         host.subscribe(wire.TOPIC_BEACON, validate.beacon_rounds(self.ledger), self.on_beacon)
-        host.subscribe(wire.TOPIC_EVIDENCE, validate.evidence(self.ledger), self.on_evidence)
-        host.subscribe(wire.TOPIC_ATTESTATIONS, validate.attestations(self.ledger),
-                       self.on_attestation)
+        host.subscribe(wire.TOPIC_EVIDENCE, validate.evidence(self.ledger), self._relay)
+        host.subscribe(wire.TOPIC_ATTESTATIONS, validate.attestations(self.ledger), self._relay)
 
     @property
     def me(self) -> bytes:
@@ -147,75 +130,46 @@ class ValidatorService:
         try:
             self._send.send_nowait(work)
         except trio.WouldBlock:
-            self.metrics.gossip_dropped.labels(wire.TOPIC_COMMITMENTS, "backlog").inc()
+            self.metrics.gossip_dropped.labels("duties", "backlog").inc()
+            return
+        self.queued[(work.kind, work.key)] = None
+        if len(self.queued) > QUEUED_LIMIT:
+            self.queued.popitem(last=False)
 
-    # -- gossip handlers -----------------------------------------------------------------------
-    async def on_commitment(self, commitment: Commitment, sender: bytes) -> None:
-        self._remember(commitment)
+    async def _relay(self, message: Any, sender: bytes) -> None:
+        """Validated gossip is relayed; the ledger, not gossip, says what to do."""
 
-    async def on_commitment_batch(self, batch: tuple[Commitment, ...], sender: bytes) -> None:
-        for commitment in batch:
-            self._remember(commitment)
-
-    def _remember(self, commitment: Commitment, recorded: bool = False) -> bool:
-        """File a commitment until its sample round is known; False if it was already filed.
-
-        ``recorded`` commitments come from the ledger's log and replace a
-        different gossiped commitment for the same job (an equivocation).
-        """
-        if commitment.job_id in self.decided:
-            return False
-        filed = self.pending.get(commitment.job_id)
-        if filed is not None and (not recorded or filed[0].content_id == commitment.content_id):
-            return False
-        if len(self.pending) >= PENDING_LIMIT:
-            self.metrics.gossip_dropped.labels(wire.TOPIC_COMMITMENTS, "backlog").inc()
-            return False
-        self.pending[commitment.job_id] = (commitment, time.monotonic())
-        return True
-
-    def _decide(self, job_id: bytes) -> None:
-        self.pending.pop(job_id, None)
-        self.decided[job_id] = None
-        if len(self.decided) > DECIDED_LIMIT:
-            self.decided.popitem(last=False)
-
-    # -- catching up from the ledger -----------------------------------------------------------
-    async def reconcile(self) -> int:
-        """File every commitment the ledger recorded since the cursor; returns how many were new."""
-        new = 0
-        while True:
-            reply = await self.ledger.call("jobs_since", after=self.cursor)
-            for data in reply.get("jobs", []):
-                try:
-                    commitment = Commitment.decode(data).verify()
-                except ProtocolError as exc:  # the ledger checked it; count, never crash
-                    self.metrics.gossip_dropped.labels("jobs_since", drop_reason(exc)).inc()
-                    continue
-                if self._remember(commitment, recorded=True):
+    # -- duties from the ledger ----------------------------------------------------------------
+    async def do_duties(self) -> int:
+        """Queue every audit and vote the ledger awaits from us; returns how many were new."""
+        async with self._duties_lock:
+            reply = await self.ledger.call("duties", validator=self.me)
+            new = 0
+            for kind, items in ((AUDIT, reply.get("audits", [])), (VOTE, reply.get("votes", []))):
+                for item in items:
+                    try:
+                        commitment = Commitment.decode(item["commitment"]).verify()
+                        work = Work(kind, commitment, int(item["round"]))
+                    except (ProtocolError, KeyError, TypeError, ValueError) as exc:
+                        self.metrics.gossip_dropped.labels("duties", drop_reason(exc)).inc()
+                        continue
+                    if (kind, work.key) in self.queued:
+                        continue
+                    self.metrics.duties.labels(kind).inc()
+                    if kind == AUDIT:
+                        self.metrics.sampled.inc()
+                    self._enqueue(work)
                     new += 1
-                    self.metrics.caught_up.inc()
-            cursor = reply.get("cursor")
-            if not isinstance(cursor, int) or cursor <= self.cursor:
-                return new
-            self.cursor = cursor
-            length = reply.get("length")
-            if not isinstance(length, int) or self.cursor >= length:
-                return new
+            return new
 
-    async def _keep_reconciling(self) -> None:
+    async def _keep_doing_duties(self) -> None:
         while True:
             await self.ledger.wait_reachable()
             try:
-                if await self.reconcile():
-                    await self._settle_pending()
-                self.caught_up.set()
+                await self.do_duties()
             except ProtocolError as exc:
-                log.info("catching up from the ledger failed: %s", exc)
-            await trio.sleep(RECONCILE_INTERVAL_S)
-
-    async def on_attestation(self, attestation: Attestation, sender: bytes) -> None:
-        """Other validators' verdicts are counted (by the validator) and otherwise left alone."""
+                log.info("asking the ledger for duties failed: %s", exc)
+            await trio.sleep(DUTIES_INTERVAL_S)
 
     async def _beacon_round(self, number: int) -> BeaconRound | None:
         """Round ``number``, fetched from the ledger if gossip missed it, checked on the chain."""
@@ -263,55 +217,10 @@ class ValidatorService:
             for missing in range(max(max(self.rounds) + 1, candidate.round - 16), candidate.round):
                 await self._beacon_round(missing)
         if await self._accept_round(candidate):
-            await self._settle_pending()
-
-    async def _settle_pending(self) -> None:
-        """Decide, for every remembered job whose sample round is known, whether we audit it."""
-        async with self._settling:  # beacon gossip and the reconciler both call this
-            await self._settle_pending_locked()
-
-    async def _settle_pending_locked(self) -> None:
-        now = time.monotonic()
-        rate = self.ledger.status.get("sample_ppm", 0)
-        for job_id, (commitment, seen) in list(self.pending.items()):
-            if now - seen > PENDING_TTL_S:
-                self.pending.pop(job_id, None)
-                continue
-            job = await self.ledger.call("job", job_id=job_id)
-            if not job.get("found"):
-                continue
-            if job["commitment_id"] != commitment.content_id:
-                self.pending.pop(job_id, None)
-                continue
-            if job.get("status") != "pending" or self.me in job.get("attested_by", []):
-                self._decide(job_id)  # final, or already attested by us before a restart
-                continue
-            number = job["sample_round"]
-            round_ = self.rounds.get(number)
-            if round_ is None and number <= self.ledger.round:
-                round_ = await self._beacon_round(number)
-            if round_ is None:
-                continue
-            self._decide(job_id)
-            if not job.get("zk") and not sampled(round_.randomness, job_id,
-                                                 commitment.content_id, rate):
-                continue  # zk jobs are checked whatever the draw (module docstring)
-            chosen = assigned_validator(round_.randomness, job_id, commitment.content_id,
-                                        self.ledger.validators)
-            if chosen == self.me:
-                self.metrics.sampled.inc()
-                self._enqueue(Work(AUDIT, commitment, round_.round))
-
-    async def on_evidence(self, evidence: Evidence, sender: bytes) -> None:
-        if evidence.accuser == self.me or evidence.offence is Offence.INVALID_PROOF:
-            return  # an invalid proof is judged by the ledger alone: no committee to sit on
-        for _ in range(DISPUTE_LOOKUPS):
-            dispute = await self.ledger.call("dispute", dispute_id=evidence.content_id)
-            if dispute.get("found"):
-                if self.me in dispute["committee"] and dispute["open"]:
-                    self._enqueue(Work(VOTE, evidence.accused(), dispute["opened_round"]))
-                return
-            await trio.sleep(0.25)
+            try:
+                await self.do_duties()  # the round may have drawn us
+            except ProtocolError as exc:
+                log.info("asking the ledger for duties failed: %s", exc)
 
     # -- the worker ----------------------------------------------------------------------------
     async def _fetch(self, commitment: Commitment) -> tuple[JobRequest, Any]:
@@ -327,7 +236,7 @@ class ValidatorService:
     async def _sign_once(self, work: Work) -> tuple[str, bytes, bytes]:
         """The op, message (and, for ``accuse_invalid_proof``, the job's request) to send for
         ``work``: the journalled ones, or new ones, journalled first."""
-        kept = self.journal.get(work.kind, work.commitment.job_id)
+        kept = self.journal.get(work.kind, work.key)
         if kept is not None:
             op, _, request_bytes = kept[1].partition(b"\n")
             return op.decode(), kept[0], request_bytes
@@ -354,7 +263,7 @@ class ValidatorService:
             self.metrics.verified.labels(str(finding.verdict)).inc()
             op = ATTEST
         extra = op.encode() + (b"\n" + request_bytes if request_bytes else b"")
-        kept = self.journal.record(work.kind, work.commitment.job_id, finding.encode(), extra)
+        kept = self.journal.record(work.kind, work.key, finding.encode(), extra)
         return op, kept, request_bytes
 
     async def _submit(self, op: str, message: bytes, request: bytes = b"") -> None:
@@ -456,7 +365,7 @@ class ValidatorService:
             nursery.start_soon(self.ledger.keep_fresh)
             nursery.start_soon(self._bond)
             nursery.start_soon(self._work)
-            nursery.start_soon(self._keep_reconciling)
+            nursery.start_soon(self._keep_doing_duties)
             if self.config.metrics:
                 nursery.start_soon(serve_http, metrics_app(self.metrics),
                                    self.config.metrics_host, self.config.metrics_port, stop_http)

@@ -124,6 +124,7 @@ class Validator:
                 job_id=commitment.job_id,
                 accuser=self.validator_id,
                 commitment=commitment.encode(),
+                chain_id=commitment.chain_id,
                 observed_hash=check.observed_hash,
                 beacon_round=beacon_round,
                 detail=check.reason,
@@ -149,6 +150,7 @@ class Validator:
             validator=self.validator_id,
             verdict=check.verdict,
             beacon_round=beacon_round,
+            chain_id=commitment.chain_id,
             observed_hash=check.observed_hash,
             reason=check.reason,
         ).signed(self.key)

@@ -77,6 +77,13 @@ class LedgerClient:
         value = self.status.get("round", -1)
         return value if isinstance(value, int) else -1
 
+    @property
+    def chain_id(self) -> bytes:
+        """The network's chain id, which every message this role signs must name (empty until
+        the first status answer)."""
+        value = self.status.get("chain_id", b"")
+        return value if isinstance(value, bytes) else b""
+
     async def keep_fresh(self) -> None:
         while True:
             try:

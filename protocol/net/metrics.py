@@ -60,9 +60,9 @@ class Metrics:
             "assay_validator_mismatches", "Re-executions that disagreed with the commitment",
             registry=r,
         )
-        self.caught_up = Counter(
-            "assay_validator_caught_up",
-            "Commitments first learnt from the ledger's log rather than from gossip", registry=r,
+        self.duties = Counter(
+            "assay_validator_duties", "Audits and committee votes the ledger assigned",
+            ["kind"], registry=r,
         )
         self.votes = Counter("assay_validator_votes", "Dispute votes cast", registry=r)
         self.verify_latency = Histogram(
