@@ -50,7 +50,7 @@ from torch import nn
 
 from protocol.beacon import DevnetBeacon
 from protocol.codec import Tensor
-from protocol.economics import min_slash_fabrication, min_slash_posp
+from protocol.errors import MalformedMessage
 from protocol.hashing import sha256
 from protocol.keys import SigningKey
 from protocol.messages import Attestation, Commitment, Evidence, JobRequest, Verdict
@@ -87,6 +87,7 @@ from slashing import (
     is_bonded,
 )
 from slashing import constants as c
+from slashing.service import safe_params
 from slashing.state import JobStatus
 from verifier.tensor import REGISTRY_KEY as TENSOR_KEY
 from verifier.tensor_calibration import calibrate_tensor
@@ -282,23 +283,12 @@ class DemoSummary:
 
 
 def demo_params(sample_ppm: int) -> LedgerParams:
-    """Genesis parameters: the defaults, with p from the demo and S moved if p needs it.
-
-    S is raised to the least both honesty conditions allow, or lowered to the
-    most a node at the minimum stake can cover while keeping a job a round in
-    flight (``p·S·D ≤`` the minimum stake).
-    """
+    """Genesis parameters: the defaults, with p from the demo and S fitted to it."""
     base = LedgerParams.default()
-    params = LedgerParams(**{**base.__dict__, "sample_ppm": sample_ppm})
-    needed = max(min_slash_posp(params.economics()), min_slash_fabrication(params.economics()))
-    covered = c.MIN_STAKE[c.NODE] * PPM // (sample_ppm * params.detection_rounds)
-    slash = min(max(needed, params.fraud_slash), covered)
-    if slash < needed:
-        raise DemoConfigError(
-            f"no slash suits p = {sample_ppm / PPM:g}: honesty needs S >= {needed}, a node at the "
-            f"minimum stake covers S <= {covered}"
-        )
-    return LedgerParams(**{**params.__dict__, "fraud_slash": slash})
+    try:
+        return safe_params(LedgerParams(**{**base.__dict__, "sample_ppm": sample_ppm}))
+    except MalformedMessage as exc:
+        raise DemoConfigError(f"p = {sample_ppm / PPM:g}: {exc}") from exc
 
 
 def _key(seed: int, role: str, index: int) -> SigningKey:

@@ -61,12 +61,14 @@ Job = tuple[torch.Tensor, LLMJob]
 def signed_pair(prompt: torch.Tensor, job: LLMJob, tokens: torch.Tensor, aux: bytes,
                 nonce: int) -> tuple[JobRequest, Commitment, Tensor]:
     request = JobRequest(model_id=MODEL_ID, input=Tensor.from_torch(prompt[None, :]),
-                         client=CLIENT_KEY.public.raw, nonce=nonce, fee=1,
+                         client=CLIENT_KEY.public.raw, node=NODE_KEY.public.raw, nonce=nonce,
+                         fee=1, expiry_round=0, chain_id=bytes(32),  # never recorded
                          params=tuple(job.to_params().items())).signed(CLIENT_KEY)
     output = Tensor.from_torch(tokens[None, :].contiguous())
     commitment = Commitment(job_id=request.job_id, model_id=MODEL_ID,
                             input_hash=tensor_hash(request.input), output_hash=tensor_hash(output),
-                            node=NODE_KEY.public.raw, mode="llm", aux=aux).signed(NODE_KEY)
+                            node=NODE_KEY.public.raw, chain_id=bytes(32), mode="llm",
+                            aux=aux).signed(NODE_KEY)
     return request, commitment, output
 
 

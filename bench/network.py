@@ -48,7 +48,8 @@ def bench_key(index: int) -> SigningKey:
 def commitment(key: SigningKey, n: int) -> Commitment:
     job = n.to_bytes(8, "big") + key.public.raw[:24]
     return Commitment(job_id=job, model_id=b"\x01" * 32, input_hash=b"\x02" * 32,
-                      output_hash=b"\x03" * 32, node=key.public.raw).signed(key)
+                      output_hash=b"\x03" * 32, node=key.public.raw,
+                      chain_id=b"\x04" * 32).signed(key)
 
 
 # -- gossip worker (one process) ------------------------------------------------------------
@@ -180,19 +181,28 @@ def latency_bench(jobs: int) -> dict[str, float]:
                               str(directory / "keys" / "node-0-client.pass"))
             model_id = bytes.fromhex(net.models["mlp"])
             example = zoo.build("mlp", seed=0).example_input
-            requests = [
-                JobRequest(model_id=model_id, input=Tensor.from_torch(example(i)),
-                           client=client.public.raw, nonce=i, fee=110).signed(client)
-                for i in range(jobs)
-            ]
+            ledger = net.member("ledger")
             network_ms: list[float] = []
+            requests: list[JobRequest] = []
 
             async def run() -> None:
-                host = PeerHost(SigningKey.generate(), "/ip4/127.0.0.1/tcp/0", [node.address])
+                host = PeerHost(SigningKey.generate(), "/ip4/127.0.0.1/tcp/0",
+                                [node.address, ledger.address])
                 async with host.running():
                     with trio.fail_after(20):
-                        while bytes.fromhex(node.pubkey) not in host.connected():
+                        while not all(bytes.fromhex(peer.pubkey) in host.connected()
+                                      for peer in (node, ledger)):
                             await trio.sleep(0.05)
+                    status = await host.request(bytes.fromhex(ledger.pubkey),
+                                                wire.PROTOCOL_LEDGER,
+                                                wire.encode_map({"op": "status"}), 10)
+                    requests[:] = [
+                        JobRequest(model_id=model_id, input=Tensor.from_torch(example(i)),
+                                   client=client.public.raw, node=bytes.fromhex(node.pubkey),
+                                   nonce=i, fee=110, expiry_round=status["round"] + 10**6,
+                                   chain_id=status["chain_id"]).signed(client)
+                        for i in range(jobs)
+                    ]
                     for request in requests:
                         started = time.perf_counter()
                         await host.request(bytes.fromhex(node.pubkey), wire.PROTOCOL_JOB,
@@ -201,7 +211,9 @@ def latency_bench(jobs: int) -> dict[str, float]:
 
             trio.run(run)
             registry = ModelRegistry(directory / "registry")
-            local = InferenceNode(SigningKey.generate(), load_registered_models(registry))
+            node_key = load_key(directory / "keys" / "node-0.json",
+                                str(directory / "keys" / "node-0.pass"))
+            local = InferenceNode(node_key, load_registered_models(registry))
             baseline_ms = []
             torch.set_num_threads(1)
             for request in requests:

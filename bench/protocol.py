@@ -54,6 +54,10 @@ def time_us(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(samples)
 
 
+CHAIN_ID = sha256(b"bench/protocol/chain")
+"""A stand-in chain id: these messages are signed and checked, never recorded on a ledger."""
+
+
 def measure(name: str, repeats: int) -> dict[str, float | int | str]:
     client, node = SigningKey.derive("bench/client"), SigningKey.derive("bench/node")
     built = zoo.build(name, seed=1)
@@ -63,8 +67,11 @@ def measure(name: str, repeats: int) -> dict[str, float | int | str]:
         model_id=sha256(name.encode()),
         input=Tensor.from_torch(job_input),
         client=client.public.raw,
+        node=node.public.raw,
         nonce=1,
         fee=110,
+        expiry_round=10,
+        chain_id=CHAIN_ID,
     ).signed(client)
     if name in zoo.EMBEDDER_KINDS:
         model = TensorModel(built.module)
@@ -83,6 +90,7 @@ def measure(name: str, repeats: int) -> dict[str, float | int | str]:
             input_hash=sha256(encode(request.input)),
             output_hash=sha256(encode(output)),
             node=node.public.raw,
+            chain_id=CHAIN_ID,
         ).signed(node)
 
     commitment = commit()

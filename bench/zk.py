@@ -265,12 +265,13 @@ def run_case(name: str, n_accuracy: int, root: str) -> dict[str, Any]:
         client = SigningKey.derive("bench-zk")
         request = JobRequest(
             model_id=model_id, input=Tensor.from_torch(calibration[0]),
-            client=client.public.raw, nonce=0, fee=0,
+            client=client.public.raw, node=client.public.raw, nonce=0, fee=0, expiry_round=0,
+            chain_id=bytes(32),  # checked here, never recorded on a ledger
         )
         commitment = Commitment(
             job_id=request.job_id, model_id=model_id, input_hash=tensor_hash(request.input),
-            output_hash=tensor_hash(proof.output_tensor()), node=client.public.raw, mode="zk",
-            aux=proof.encode(),
+            output_hash=tensor_hash(proof.output_tensor()), node=client.public.raw,
+            chain_id=bytes(32), mode="zk", aux=proof.encode(),
         )
         verify_times, binding_times, check_times = [], [], []
         for _ in range(5):

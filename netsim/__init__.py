@@ -7,9 +7,9 @@ judges them. The protocol comes in two paths that must agree:
 * ``reference`` builds real signed messages and folds them through
   :func:`slashing.rules.process_event` on a :class:`slashing.State`;
 * ``fast`` makes the same decisions with the same hash rules
-  (:func:`protocol.sampling.sampled`, :func:`verifier.sampling.assigned_validator`,
-  :func:`protocol.sampling.draw_committee`) but keeps the money in numpy arrays,
-  which is what lets a million jobs run in seconds.
+  (:func:`protocol.sampling.sampled`, :func:`protocol.sampling.draw_auditor`,
+  :func:`protocol.sampling.draw_dispute_committee`) but keeps the money in numpy
+  arrays, which is what lets a million jobs run in seconds.
 
 Both name every job by its real message ids (``jobs``) and draw every choice
 from the same seeded streams, so both return the same

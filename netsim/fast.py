@@ -2,23 +2,24 @@
 
 What stays exactly as in the network: whether a job is sampled
 (:func:`protocol.sampling.sampled` on the beacon value of its sample round),
-who audits it (:func:`verifier.sampling.assigned_validator` over the bonded
-validators' real public keys), who sits on a dispute's committee
-(:func:`protocol.sampling.draw_committee` keyed by
-:func:`slashing.rules.committee_seed`), the strict-majority outcome, and the
-amounts and standing: slashes capped by the stake left, shares in basis
+who audits it (:func:`protocol.sampling.draw_auditor` over the validators
+bonded in that round, drawn again from a later round when an auditor cannot
+decide), who sits on a dispute's committee
+(:func:`protocol.sampling.draw_dispute_committee`, keyed by the job, from the
+round after the accusation, drawn again while a committee has no strict
+majority), the in-flight limit (a node keeps at most ``stake / (p·S)`` jobs
+unsettled), the accuser's bond, and the amounts and standing: slashes taken
+from the stake and then from the node's locked earnings, shares in basis
 points rounded down per recipient with the dust burned, the slashed role
 jailed for ``jail_period`` rounds and slashed out (tombstoned) below the
-minimum stake or at its ``tombstone_offences``-th offence, the node paid
-``fee − verification fee`` at settlement and the verification fee paid to
-the VALID auditor or returned to the client.
+minimum stake or at its ``tombstone_offences``-th offence, and each settled
+job paying ``fee − verification fee`` into the node's locked earnings and
+the verification fee to the VALID auditor or back to the client.
 
 What changes: no messages are built or signed and no ``State`` is folded.
-Jobs are handled an epoch at a time as arrays; only sampled jobs (a fraction
-p) go through a Python loop, because an accusation can slash a validator out
-and so change who audits the next one. Settlement is one vectorised pass at
-the end, which gives the same balances because a settlement only adds to
-balances and never depends on them.
+Jobs are recorded an epoch at a time as arrays; only sampled jobs (a
+fraction p) and disputes go through Python loops, and settlement is a
+queue of job indices per round, as the ledger keeps one.
 
 Jobs are named by their real content ids (:class:`netsim.jobs.JobIds`), so
 every draw keyed by a job is the reference path's.
@@ -29,21 +30,25 @@ per-job column and every final balance and stake to be equal.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from netsim import behaviour, jobs
 from netsim.beacon import ChainBeacon
 from netsim.genesis import check_params, client_funds
-from netsim.outcome import FRAUD, INCONCLUSIVE, REFUSED, VALID, Outcome
+from netsim.outcome import FRAUD, INCONCLUSIVE, NO_DISPUTE, REFUSED, VALID, Outcome
 from netsim.population import Population
+from protocol.economics import in_flight_limit
 from protocol.messages import Verdict
-from protocol.sampling import draw_committee, sampled
+from protocol.sampling import draw_auditor, draw_dispute_committee, sampled
 from slashing import LedgerParams
 from slashing import constants as c
-from slashing.rules import committee_seed
-from verifier.sampling import assigned_validator
+from slashing.rules import liability_horizon
+
+PENDING, SETTLED, REFUNDED = 0, 1, 2
 
 
 class Stakes:
@@ -62,9 +67,12 @@ class Stakes:
         """Who may act in ``current_round``: not slashed out, at the minimum, not jailed."""
         return ~self.out & (self.amount >= self.minimum) & (self.jailed_until <= current_round)
 
-    def punish(self, index: int, amount: int, current_round: int) -> int:
-        """Slash up to ``amount``, jail, and tombstone at the last allowed offence."""
-        taken = min(int(self.amount[index]), amount)
+    def is_bonded(self, index: int, current_round: int) -> bool:
+        return bool(not self.out[index] and self.amount[index] >= self.minimum
+                    and self.jailed_until[index] <= current_round)
+
+    def punish(self, index: int, taken: int, current_round: int) -> None:
+        """After a slash took ``taken`` from the stake: jail, and tombstone at the last offence."""
         self.amount[index] -= taken
         self.offences[index] += 1
         self.out[index] = (
@@ -75,77 +83,296 @@ class Stakes:
         if self.params.jail_period:
             release = current_round + self.params.jail_period + 1
             self.jailed_until[index] = max(release, int(self.jailed_until[index]))
-        return taken
 
 
-class FastLedger:
-    """Balances and stakes as arrays, changed only the way the ledger rules change them."""
+@dataclass
+class Dispute:
+    job: int
+    accuser: int
+    draws: int = 0
+    drawn_round: int | None = None
+    committee: list[int] = field(default_factory=list)
 
-    def __init__(self, population: Population) -> None:
+
+class FastRun:
+    """Balances, stakes and jobs as arrays, changed only the way the ledger rules change them."""
+
+    def __init__(self, population: Population, total: int) -> None:
         config = population.config
-        self.params = config.ledger
-        self.node_balance = np.zeros(config.nodes, dtype=np.int64)
-        self.nodes = Stakes(config.nodes, config.node_bond, c.NODE, self.params)
-        self.validator_balance = np.zeros(config.validators, dtype=np.int64)
-        self.validators = Stakes(config.validators, config.validator_bond, c.VALIDATOR,
-                                 self.params)
+        self.population = population
+        self.config = config
+        self.params = p = config.ledger
+        self.beacon = ChainBeacon(config.seed)
+        n, m = config.nodes, config.validators
+        self.node_balance = np.zeros(n, dtype=np.int64)
+        self.locked: list[dict[int, int]] = [{} for _ in range(n)]
+        """Per node: release round → earnings still slashable, in the order they came."""
+        self.nodes = Stakes(n, config.node_bond, c.NODE, p)
+        self.node_jobs = np.zeros(n, dtype=np.int64)
+        self.validator_balance = np.zeros(m, dtype=np.int64)
+        self.validators = Stakes(m, config.validator_bond, c.VALIDATOR, p)
         self.burned = 0
         self.ids = population.validator_ids
-        self.index = {v: i for i, v in enumerate(self.ids)}
+        self.index_of = {v: i for i, v in enumerate(self.ids)}
         self.round = 0
-        self.bonded: list[bytes] = []
+        # per recorded job
+        self.node = np.zeros(total, dtype=np.int64)
+        self.cheated = np.zeros(total, dtype=bool)
+        self.epoch = np.zeros(total, dtype=np.int64)
+        self.routed = np.zeros(total, dtype=np.int64)
+        """The job's place among all jobs routed to a node (its request's nonce)."""
+        self.grief = np.zeros(total)
+        self.recorded_round = np.zeros(total, dtype=np.int64)
+        self.status = np.zeros(total, dtype=np.int64)
+        self.verifier = np.full(total, -1, dtype=np.int64)
+        self.is_sampled = np.zeros(total, dtype=bool)
+        self.auditor = np.full(total, -1, dtype=np.int64)
+        self.accused = np.zeros(total, dtype=bool)
+        self.verdict = np.full(total, NO_DISPUTE, dtype=np.int64)
+        self.reexecutions = np.zeros(total, dtype=np.int64)
+        self.money = {
+            name: np.zeros(total, dtype=np.int64)
+            for name in ("node_income", "node_slash", "validator_income", "validator_slash",
+                         "burned")
+        }
+        self.job_ids: list[tuple[bytes, bytes]] = []
+        self.count = 0
+        self.audits = np.zeros(m, dtype=np.int64)
+        self.reexecuted = np.zeros(m, dtype=np.int64)
+        self.auditors: dict[int, list[int]] = {}
+        """Sampled job → every validator drawn to audit it, in order."""
+        self.audit_round: dict[int, int] = {}
+        """Sampled job → the round whose value drew its current auditor (answer awaited)."""
+        self.redraw: dict[int, list[int]] = defaultdict(list)
+        """Round → jobs whose auditor could not decide, to draw another for."""
+        self.disputes: dict[int, Dispute] = {}
+        self.open: list[int] = []
+        """Jobs with an open dispute, in the order they were opened."""
+        self.settle_queue: dict[int, list[int]] = defaultdict(list)
 
-    def reveal(self, round_number: int) -> None:
+    # -- the ledger's clock --------------------------------------------------------------------
+    def bonded_ids(self) -> list[tuple[int, bytes]]:
+        return [(int(i), self.ids[i]) for i in np.flatnonzero(self.validators.bonded(self.round))]
+
+    def reveal(self, round_number: int, new_jobs: range) -> None:
+        """What ``process_beacon_round`` does in round ``round_number``, in its order."""
         self.round = round_number
-        self.refresh()
+        beacon = self.beacon.value(round_number)
+        for job in self.open:  # a committee for each dispute awaiting one
+            dispute = self.disputes[job]
+            if dispute.drawn_round is None:
+                self.draw_committee(dispute, beacon)
+        for g in new_jobs:  # sample draws of the jobs recorded last round
+            job_id, commitment_id = self.job_ids[g]
+            if sampled(beacon, job_id, commitment_id, self.params.sample_ppm):
+                self.is_sampled[g] = True
+                self.auditors[g] = []
+                self.assign(g, beacon)
+        for g in self.redraw.pop(round_number, []):
+            if self.status[g] == PENDING:
+                self.assign(g, beacon)
+        for node, held in enumerate(self.locked):  # earnings whose lock has run out
+            due = held.pop(round_number, 0)
+            self.node_balance[node] += due
+        for g in self.settle_queue.pop(round_number, []):
+            if self.is_settleable(g):
+                self.settle(g)
 
-    def refresh(self) -> None:
-        """The bonded validators, as ``bonded_validators(state)`` lists them now."""
-        self.bonded = [self.ids[i] for i in np.flatnonzero(self.validators.bonded(self.round))]
+    def assign(self, g: int, beacon: bytes) -> None:
+        drawn = self.auditors[g]
+        candidates = [(i, v) for i, v in self.bonded_ids() if i not in drawn]
+        chosen = None
+        if len(drawn) < c.MAX_AUDIT_DRAWS:
+            ids = [v for _, v in candidates]
+            chosen = draw_auditor(beacon, self.job_ids[g][0], len(drawn), ids)
+        if chosen is None:
+            self.audit_round.pop(g, None)  # nobody is left to ask: it settles unaudited
+            self.reschedule(g, in_beacon_round=True)
+            return
+        drawn.append(self.index_of[chosen])
+        self.audit_round[g] = self.round
+
+    def window_end(self, g: int) -> int:
+        return int(self.recorded_round[g]) + 1 + self.params.challenge_window
+
+    def is_settleable(self, g: int) -> bool:
+        return (
+            self.status[g] == PENDING and g not in self.audit_round
+            and not (g in self.disputes and g in self.open)
+            and self.round > self.window_end(g) and not self.awaits_redraw(g)
+        )
+
+    def awaits_redraw(self, g: int) -> bool:
+        return any(g in later for later in self.redraw.values())
+
+    def reschedule(self, g: int, in_beacon_round: bool) -> None:
+        """``reschedule_settlement``: once what held the job is resolved."""
+        earliest = self.window_end(g) + 1
+        soonest = self.round if in_beacon_round else self.round + 1
+        first_try = int(self.recorded_round[g]) + 1 + self.params.challenge_window + 1
+        if max(earliest, soonest) > first_try:
+            self.settle_queue[max(earliest, soonest)].append(g)
+
+    def settle(self, g: int) -> None:
+        p = self.params
+        node = int(self.node[g])
+        release = self.round + p.unbonding_period
+        held = self.locked[node]
+        held[release] = held.get(release, 0) + self.config.fee - p.verification_fee
+        if self.verifier[g] >= 0:
+            self.validator_balance[self.verifier[g]] += p.verification_fee
+        self.status[g] = SETTLED
+        self.node_jobs[node] -= 1
+
+    def slash_node(self, node: int, amount: int) -> int:
+        """``slash_stake`` on a node: the stake first, then its locked earnings, oldest first."""
+        taken = min(int(self.nodes.amount[node]), amount)
+        from_stake = taken
+        held = self.locked[node]
+        for release in sorted(held):
+            take = min(held[release], amount - taken)
+            taken += take
+            held[release] -= take
+            if not held[release]:
+                del held[release]
+        self.nodes.punish(node, from_stake, self.round)
+        return taken
+
+    def slash_validator(self, v: int, amount: int) -> int:
+        taken = min(int(self.validators.amount[v]), amount)
+        self.validators.punish(v, taken, self.round)
+        return taken
 
     def share(self, amount: int, share_bps: int, recipients: int) -> int:
-        """Each recipient's part of a slash, as ``distribute`` rounds it."""
         return amount * share_bps // c.BPS // recipients
 
-    def resolve(
-        self, node: int, accuser: int, votes: list[tuple[int, Verdict]]
-    ) -> tuple[int, int, int, int, int, int]:
-        """Apply a dispute's outcome.
+    # -- disputes --------------------------------------------------------------------------
+    def candidates(self, dispute: Dispute) -> list[bytes]:
+        excluded = {dispute.accuser, *self.auditors.get(dispute.job, [])}
+        return [v for i, v in self.bonded_ids() if i not in excluded]
 
-        Returns (verdict code, node slash, validator slash, node income,
-        validator income, burned).
-        """
-        params = self.params
+    def draw_committee(self, dispute: Dispute, beacon: bytes) -> None:
+        candidates = self.candidates(dispute)
+        k = self.params.committee_size
+        if len(candidates) < k:
+            return
+        committee = draw_dispute_committee(beacon, self.job_ids[dispute.job][0], dispute.draws,
+                                           candidates, k)
+        dispute.committee = [self.index_of[v] for v in committee]
+        dispute.drawn_round = self.round
+        dispute.draws += 1
+
+    def vote(self, dispute: Dispute) -> None:
+        """Every member votes; the last vote decides, or another committee is drawn."""
+        g = dispute.job
+        node, cheated = int(self.node[g]), bool(self.cheated[g])
+        votes = []
+        for w in dispute.committee:
+            verdict, member_reexec = behaviour.committee_vote(self.population, w, node, cheated)
+            if member_reexec:
+                self.reexecutions[g] += 1
+                self.reexecuted[w] += 1
+            votes.append((w, verdict))
         size = len(votes)
         fraud = sum(1 for _, v in votes if v is Verdict.FRAUD)
         valid = sum(1 for _, v in votes if v is Verdict.VALID)
-        if 2 * fraud > size:
-            verdict = Verdict.FRAUD
-        elif 2 * valid > size:
-            verdict = Verdict.VALID
-        else:
-            return INCONCLUSIVE, 0, 0, 0, 0, 0
-        majority = [w for w, v in votes if v is verdict]
-        if verdict is Verdict.FRAUD:
-            taken = self.nodes.punish(node, params.fraud_slash, self.round)
-            accuser_part = self.share(taken, params.accuser_share_bps, 1)
-            committee_each = self.share(taken, params.committee_share_bps, len(majority))
-            self.validator_balance[accuser] += accuser_part
+        outcome = (Verdict.FRAUD if 2 * fraud > size else
+                   Verdict.VALID if 2 * valid > size else Verdict.INCONCLUSIVE)
+        if outcome is Verdict.INCONCLUSIVE and dispute.draws < c.MAX_COMMITTEE_DRAWS:
+            dispute.drawn_round, dispute.committee = None, []
+            return
+        self.resolve(dispute, outcome, votes)
+
+    def resolve(self, dispute: Dispute, outcome: Verdict, votes: list[tuple[int, Verdict]]
+                ) -> None:
+        p = self.params
+        g, v = dispute.job, dispute.accuser
+        node = int(self.node[g])
+        bond = p.accuser_bond
+        money = self.money
+        majority = [w for w, verdict in votes if verdict is outcome]
+        if outcome is Verdict.FRAUD:
+            taken = self.slash_node(node, p.fraud_slash)
+            accuser_part = self.share(taken, p.accuser_share_bps, 1)
+            each = self.share(taken, p.committee_share_bps, len(majority)) if majority else 0
+            self.validator_balance[v] += accuser_part + bond
             for w in majority:
-                self.validator_balance[w] += committee_each
-            paid = accuser_part + committee_each * len(majority)
+                self.validator_balance[w] += each
+            paid = accuser_part + each * len(majority)
             self.burned += taken - paid
-            return FRAUD, taken, 0, 0, paid, taken - paid
-        taken = self.validators.punish(accuser, params.false_accusation_slash, self.round)
-        self.refresh()
-        wronged = self.share(taken, params.wronged_node_share_bps, 1)
-        committee_each = self.share(taken, params.committee_share_bps, len(majority))
-        self.node_balance[node] += wronged
-        for w in majority:
-            self.validator_balance[w] += committee_each
-        paid = wronged + committee_each * len(majority)
-        self.burned += taken - paid
-        return VALID, 0, taken, wronged, committee_each * len(majority), taken - paid
+            money["node_slash"][g] += taken
+            money["validator_income"][g] += paid
+            money["burned"][g] += taken - paid
+            for w in dict.fromkeys(w for w, verdict in votes if verdict is Verdict.VALID):
+                lazy = self.slash_validator(w, p.lazy_validator_slash)  # VALID on a fraud
+                self.burned += lazy
+                money["validator_slash"][g] += lazy
+                money["burned"][g] += lazy
+            self.status[g] = REFUNDED
+            self.node_jobs[node] -= 1
+            self.verdict[g] = FRAUD
+        elif outcome is Verdict.VALID:
+            taken = self.slash_validator(v, p.false_accusation_slash)
+            pot = taken + bond
+            wronged = self.share(pot, p.wronged_node_share_bps, 1)
+            each = self.share(pot, p.committee_share_bps, len(majority)) if majority else 0
+            self.node_balance[node] += wronged
+            for w in majority:
+                self.validator_balance[w] += each
+            paid = wronged + each * len(majority)
+            self.burned += pot - paid
+            money["node_income"][g] += wronged
+            money["validator_income"][g] += each * len(majority)
+            money["validator_slash"][g] += pot
+            money["burned"][g] += pot - paid
+            self.verdict[g] = VALID
+        else:
+            self.validator_balance[v] += bond
+            self.verdict[g] = INCONCLUSIVE
+        self.open.remove(g)
+        if self.status[g] == PENDING:
+            self.reschedule(g, in_beacon_round=False)
+
+    # -- audits ----------------------------------------------------------------------------
+    def audit(self, g: int) -> None:
+        v = self.auditors[g][-1]
+        del self.audit_round[g]
+        self.auditor[g] = v
+        self.audits[v] += 1
+        node, cheated = int(self.node[g]), bool(self.cheated[g])
+        accuse, reexec = behaviour.audit_action(self.population, v, node, cheated,
+                                                float(self.grief[g]))
+        if reexec:
+            self.reexecutions[g] += 1
+            self.reexecuted[v] += 1
+        if accuse:
+            self.accused[g] = True
+            dispute = Dispute(job=g, accuser=v)
+            k = self.params.committee_size
+            if self.validators.is_bonded(v, self.round) and len(self.candidates(dispute)) >= k:
+                self.validator_balance[v] -= self.params.accuser_bond
+                self.disputes[g] = dispute
+                self.open.append(g)
+                self.reschedule_if_late(g)
+                return
+            self.verdict[g] = REFUSED  # it cannot be judged: the auditor says so
+            self.redraw[self.round + 1].append(g)
+            return
+        self.verifier[g] = v
+        self.reschedule_if_late(g)
+
+    def reschedule_if_late(self, g: int) -> None:
+        """``answer_audit``: a decisive answer lets the job settle on time, or later."""
+        if g not in self.disputes or g not in self.open:
+            self.reschedule(g, in_beacon_round=False)
+
+    def act(self) -> None:
+        """As the reference path: committees drawn this round vote, then auditors audit."""
+        drawn = [g for g in self.open if self.disputes[g].drawn_round == self.round]
+        for g in sorted(drawn):
+            self.vote(self.disputes[g])
+        for g in sorted(j for j, r in self.audit_round.items() if r == self.round):
+            self.audit(g)
 
 
 def run_fast(population: Population, on_epoch: Callable[[int], None] | None = None) -> Outcome:
@@ -155,140 +382,93 @@ def run_fast(population: Population, on_epoch: Callable[[int], None] | None = No
     counts = behaviour.arrivals(population)
     total = int(counts.sum())
     funds = client_funds(config, total)
-    beacon = ChainBeacon(config.seed)
-    ledger = FastLedger(population)
+    run = FastRun(population, total)
     n, m = config.nodes, config.validators
     job_ids = jobs.JobIds(population)
-
-    epoch = np.zeros(total, dtype=np.int64)
-    node = np.zeros(total, dtype=np.int64)
-    cheated = np.zeros(total, dtype=bool)
-    is_sampled = np.zeros(total, dtype=bool)
-    auditor = np.full(total, -1, dtype=np.int64)
-    verifier = np.full(total, -1, dtype=np.int64)
-    accused = np.zeros(total, dtype=bool)
-    verdict = np.zeros(total, dtype=np.int64)
-    reexecutions = np.zeros(total, dtype=np.int64)
-    money = {
-        name: np.zeros(total, dtype=np.int64)
-        for name in ("node_income", "node_slash", "validator_income", "validator_slash", "burned")
-    }
-    audits = np.zeros(m, dtype=np.int64)
-    reexecuted = np.zeros(m, dtype=np.int64)
     online = np.ones(n, dtype=bool)
     streak = np.zeros(n, dtype=np.int64)
     online_log, active_log, auditors_log = [], [], []
-    start = 0
+    routed = 0
     for e in range(config.epochs):
-        active = online & ledger.nodes.bonded(e)
+        run.round = e
+        active = online & run.nodes.bonded(e)
         online_log.append(int(online.sum()))
         active_log.append(int(active.sum()))
         draw = behaviour.draw_epoch(population, e, int(counts[e]), active, streak)
-        size = len(draw.node)
-        here = slice(start, start + size)
-        epoch[here], node[here], cheated[here] = e, draw.node, draw.cheated
-        served = zip(range(start, start + size), draw.node.tolist(), draw.cheated.tolist(),
-                     strict=True)
-        ids = [job_ids.ids(g, k, x) for g, k, x in served]
-        beacon_value = beacon.value(e + 1)
-        ledger.reveal(e + 1)
-        auditors_log.append(len(ledger.bonded))
-        hit = np.array(
-            [sampled(beacon_value, job_id, cid, params.sample_ppm) for job_id, cid in ids],
-            dtype=bool,
-        )
-        is_sampled[here] = hit
-        for j in np.flatnonzero(hit).tolist():
-            g = start + j
-            job_id, commitment_id = ids[j]
-            chosen = assigned_validator(beacon_value, job_id, commitment_id, ledger.bonded)
-            if chosen is None:
-                continue
-            v = ledger.index[chosen]
-            auditor[g] = v
-            audits[v] += 1
-            k, x = int(draw.node[j]), bool(draw.cheated[j])
-            accuse, reexec = behaviour.audit_action(population, v, k, x, float(draw.grief[j]))
-            if reexec:
-                reexecutions[g] += 1
-                reexecuted[v] += 1
-            if not accuse:
-                verifier[g] = v
-                continue
-            accused[g] = True
-            candidates = [b for b in ledger.bonded if b != chosen]
-            if len(candidates) < params.committee_size:
-                verdict[g] = REFUSED
-                continue
-            committee = draw_committee(
-                beacon_value, committee_seed(job_id, chosen), candidates, params.committee_size
-            )
-            votes = []
-            for member in committee:
-                w = ledger.index[member]
-                vote, member_reexec = behaviour.committee_vote(population, w, k, x)
-                if member_reexec:
-                    reexecutions[g] += 1
-                    reexecuted[w] += 1
-                votes.append((w, vote))
-            result = ledger.resolve(k, v, votes)
-            verdict[g] = result[0]
-            for name, value in zip(
-                ("node_slash", "validator_slash", "node_income", "validator_income", "burned"),
-                result[1:],
-                strict=True,
-            ):
-                money[name][g] = value
-        streak = behaviour.next_streak(population, streak, draw.node, hit)
+        start = run.count
+        limits = {}
+        kept = np.zeros(len(draw.node), dtype=bool)
+        for j, (k, x) in enumerate(zip(draw.node.tolist(), draw.cheated.tolist(), strict=True)):
+            index = routed + j
+            if k not in limits:
+                limits[k] = in_flight_limit(int(run.nodes.amount[k]), params.sample_ppm,
+                                            params.fraud_slash)
+            if run.node_jobs[k] >= limits[k]:
+                continue  # the node's stake covers no more jobs in flight
+            run.node_jobs[k] += 1
+            kept[j] = True
+            g = run.count
+            run.count += 1
+            run.job_ids.append(job_ids.ids(index, k, x))
+            run.node[g], run.cheated[g], run.epoch[g], run.routed[g] = k, x, e, index
+            run.grief[g], run.recorded_round[g] = draw.grief[j], e
+            run.settle_queue[e + params.challenge_window + 2].append(g)
+        routed += len(draw.node)
+        run.reveal(e + 1, range(start, run.count))
+        auditors_log.append(int(run.validators.bonded(run.round).sum()))
+        run.act()
+        epoch_sampled = np.zeros(len(draw.node), dtype=bool)
+        epoch_sampled[kept] = run.is_sampled[start:run.count]
+        streak = behaviour.next_streak(population, streak, draw.node, epoch_sampled)
         online = behaviour.next_online(population, online, draw.churn)
-        start += size
         if on_epoch is not None:
             on_epoch(1)
+    round_number = config.epochs
+    limit = round_number + liability_horizon(params) + 2
+    while (run.status[: run.count] == PENDING).any():
+        round_number += 1
+        assert round_number <= limit, "a job outlived the liability horizon"
+        run.reveal(round_number, range(0))
+        run.act()
 
-    # Jobs that found no active node to serve them were never recorded
-    recorded = slice(0, start)
-    epoch, node, cheated = epoch[recorded], node[recorded], cheated[recorded]
-    is_sampled, auditor, verifier = is_sampled[recorded], auditor[recorded], verifier[recorded]
-    accused, verdict = accused[recorded], verdict[recorded]
-    reexecutions = reexecutions[recorded]
-    money = {name: values[recorded] for name, values in money.items()}
-
-    # Settlement: every job not refunded for fraud pays out once its window closes
+    # Settlement money, per job, from the final status
+    count = run.count
     fee, verification_fee = config.fee, params.verification_fee
-    settled = verdict != FRAUD
+    status, verifier = run.status[:count], run.verifier[:count]
+    settled = status == SETTLED
     verified = settled & (verifier >= 0)
+    money = {name: values[:count] for name, values in run.money.items()}
     money["node_income"][settled] += fee - verification_fee
     money["validator_income"][verified] += verification_fee
     client_cost = np.where(settled, np.where(verified, fee, fee - verification_fee), 0)
-    ledger.node_balance += np.bincount(node[settled], minlength=n) * (fee - verification_fee)
-    ledger.validator_balance += np.bincount(verifier[verified], minlength=m) * verification_fee
     client_balance = np.full(config.clients, funds, dtype=np.int64)
-    np.subtract.at(client_balance, np.arange(start) % config.clients, client_cost)
+    np.subtract.at(client_balance, run.routed[:count] % config.clients, client_cost)
+    locked = np.array([sum(held.values()) for held in run.locked], dtype=np.int64)
     minted = funds * config.clients if funds else 0
     return Outcome(
-        epoch=epoch,
-        node=node,
-        cheated=cheated,
-        cost=population.node_cost[node].astype(np.float64),
-        sampled=is_sampled,
-        auditor=auditor,
-        accused=accused,
-        verdict=verdict,
-        reexecutions=reexecutions,
+        epoch=run.epoch[:count],
+        node=run.node[:count],
+        cheated=run.cheated[:count],
+        cost=population.node_cost[run.node[:count]].astype(np.float64),
+        sampled=run.is_sampled[:count],
+        auditor=run.auditor[:count],
+        accused=run.accused[:count],
+        verdict=run.verdict[:count],
+        reexecutions=run.reexecutions[:count],
         client_cost=client_cost.astype(np.int64),
         **money,
-        node_balance=ledger.node_balance,
-        node_stake=ledger.nodes.amount,
-        node_slashed_out=ledger.nodes.out,
-        validator_balance=ledger.validator_balance,
-        validator_stake=ledger.validators.amount,
-        validator_slashed_out=ledger.validators.out,
-        validator_audits=audits,
-        validator_reexecutions=reexecuted,
+        node_balance=run.node_balance + locked,
+        node_stake=run.nodes.amount,
+        node_slashed_out=run.nodes.out,
+        validator_balance=run.validator_balance,
+        validator_stake=run.validators.amount,
+        validator_slashed_out=run.validators.out,
+        validator_audits=run.audits,
+        validator_reexecutions=run.reexecuted,
         client_balance=client_balance,
         online=np.array(online_log, dtype=np.int64),
         active=np.array(active_log, dtype=np.int64),
         auditors=np.array(auditors_log, dtype=np.int64),
         minted=minted + n * config.node_bond + m * config.validator_bond,
-        total_burned=ledger.burned,
+        total_burned=run.burned,
     )

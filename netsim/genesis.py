@@ -8,8 +8,9 @@ with the ledger's message, whichever path runs it.
 
 from __future__ import annotations
 
+from netsim.beacon import ChainBeacon
 from netsim.config import ConfigError, SimConfig
-from slashing import LedgerRuleError, SetParams, State, apply_event
+from slashing import LedgerRuleError, RegisterBeacon, SetParams, State, apply_event
 from slashing import constants as c
 
 INT64_SUPPLY = min(c.MAX_SUPPLY, 2**63 - 1)
@@ -18,11 +19,24 @@ class ParamsRefused(ValueError):
     """The ledger's ``SetParams`` rule refused the configuration's parameters."""
 
 
+def genesis_events(config: SimConfig) -> tuple[RegisterBeacon, SetParams]:
+    """The events that fix the network, and so its chain id."""
+    beacon = ChainBeacon(config.seed)
+    return RegisterBeacon(public_key=beacon.public_key, first_round=0), SetParams(config.ledger)
+
+
 def check_params(config: SimConfig) -> None:
+    register, set_params = genesis_events(config)
     try:
-        apply_event(State(), SetParams(params=config.ledger))
+        apply_event(apply_event(State(), register), set_params)
     except LedgerRuleError as exc:
         raise ParamsRefused(str(exc)) from exc
+
+
+def validator_float(config: SimConfig, total_jobs: int) -> int:
+    """Each validator's free balance beside its bond, for accuser bonds: one per job, so a
+    bond is never short, whichever jobs it accuses. Outcomes report balances without it."""
+    return config.ledger.accuser_bond * max(total_jobs, 1)
 
 
 def client_funds(config: SimConfig, total_jobs: int) -> int:
@@ -36,7 +50,7 @@ def client_funds(config: SimConfig, total_jobs: int) -> int:
     supply = (
         funds * config.clients
         + config.node_bond * config.nodes
-        + config.validator_bond * config.validators
+        + (config.validator_bond + validator_float(config, total_jobs)) * config.validators
     )
     if supply > INT64_SUPPLY:
         raise ConfigError(

@@ -45,15 +45,23 @@ def job_input(index: int) -> Tensor:
     return Tensor("uint8", (INPUT_BYTES,), index.to_bytes(INPUT_BYTES, "big"))
 
 
-def request(population: Population, index: int) -> JobRequest:
-    """The unsigned request of global job ``index``; client ``index mod clients`` pays."""
+EXPIRY_ROUNDS = 2**32
+"""A simulated request may be recorded in any round of a run."""
+
+
+def request(population: Population, index: int, node: int) -> JobRequest:
+    """The unsigned request of global job ``index`` to ``node``; client ``index mod clients``
+    pays."""
     config = population.config
     return JobRequest(
         model_id=population.model_id,
         input=job_input(index),
         client=population.client_ids[index % config.clients],
+        node=population.node_ids[node],
         nonce=index,
         fee=config.fee,
+        expiry_round=EXPIRY_ROUNDS,
+        chain_id=population.chain_id,
     )
 
 
@@ -80,6 +88,7 @@ def commitment(
         input_hash=sha256(encode(job.input)),
         output_hash=output_hash(job.job_id, cheated),
         node=population.node_ids[node],
+        chain_id=job.chain_id,
     )
 
 
@@ -87,7 +96,7 @@ def message_ids(
     population: Population, index: int, node: int, cheated: bool
 ) -> tuple[bytes, bytes]:
     """(job id, commitment id) from the real messages: what the ledger records."""
-    job = request(population, index)
+    job = request(population, index, node)
     return job.job_id, commitment(population, job, node, cheated).content_id
 
 
@@ -133,14 +142,15 @@ class JobIds:
     def __init__(self, population: Population) -> None:
         self.population = population
         marker = 2**33 + 5
-        job = request(population, marker)
+        job = request(population, marker, 0)
         data = job.input.data
         self.input = Template.cut(encode(job.input), [data])
         self.clients = [_packed(c) for c in population.client_ids]
         self.nodes = [_packed(n) for n in population.node_ids]
-        # In a canonical map, keys are written in UTF-8 order: client, fee, input, ..., nonce
+        # In a canonical map, keys are written in UTF-8 order: client, ..., input, ..., node, nonce
         self.request = Template.cut(
-            job.body_bytes(), [_packed(job.client), encode(job.input), _packed(marker)]
+            job.body_bytes(),
+            [_packed(job.client), encode(job.input), _packed(job.node), _packed(marker)],
         )
         made = commitment(population, job, 0, cheated=False)
         # Keys in order: input_hash, job_id, ..., node, output_hash
@@ -163,7 +173,8 @@ class JobIds:
         tensor = tensor_pieces[0] + index.to_bytes(INPUT_BYTES, "big") + tensor_pieces[1]
         job_id = _sha256(b"".join((
             request_pieces[0], self.clients[index % len(self.clients)], request_pieces[1],
-            tensor, request_pieces[2], _pack(index), request_pieces[3],
+            tensor, request_pieces[2], self.nodes[node], request_pieces[3], _pack(index),
+            request_pieces[4],
         ))).digest()
         output = _sha256((SUBSTITUTE_TAG if cheated else OUTPUT_TAG) + job_id).digest()
         pieces, digest = self.commitment.pieces, self.digest

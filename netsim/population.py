@@ -16,8 +16,10 @@ from functools import cached_property
 import numpy as np
 
 from netsim.config import SimConfig
+from netsim.genesis import genesis_events
 from protocol.hashing import sha256
 from protocol.keys import SigningKey
+from slashing.rules import genesis_chain_id
 
 HONEST = "honest"
 LAZY = "lazy"
@@ -120,3 +122,8 @@ class Population:
     @cached_property
     def model_id(self) -> bytes:
         return sha256(b"netsim/model")
+
+    @cached_property
+    def chain_id(self) -> bytes:
+        """The simulated network's chain id, which every message of the run names."""
+        return genesis_chain_id(*genesis_events(self.config))

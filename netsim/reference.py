@@ -3,20 +3,22 @@
 Clients sign :class:`JobRequest`\\ s, nodes sign :class:`Commitment`\\ s, validators
 sign :class:`Attestation`\\ s and :class:`Evidence`, and each is recorded as a
 ``slashing`` event folded into one :class:`slashing.State` with
-:func:`slashing.rules.process_event` (the SQLite log is left out: it adds a
-disk write per event and no rule). Accusations go through
-:func:`slashing.apply_event`, which leaves the state untouched when the ledger
-refuses one. Sampling and the auditor are drawn with
-:func:`protocol.sampling.sampled` and :func:`verifier.sampling.assigned_validator`
-on the beacon values in the ledger's state; committees are drawn by the ledger
-itself. Nothing here computes money: balances and stakes are read back from
-the state.
+:func:`slashing.rules.apply_event_in_place` (the SQLite log is left out: it
+adds a disk write per event and no rule). The ledger itself samples each job,
+assigns its auditor and draws every committee; the validators do what it
+awaits from them, as the validator service does with the ledger's
+``duties``. Nothing here computes money: balances, stakes and locked earnings
+are read back from the state.
 
-Each epoch e is one beacon round: jobs are recorded in round e, round e+1 is
-revealed, and the validators audit the jobs it sampled, as in ``assay demo``.
-After the last epoch the beacon runs on until every challenge window has
-closed and every fee is settled. About 1 ms a job: for checking the fast path
-and for small runs.
+Each epoch e is one beacon round: jobs are recorded in round e (a job the
+ledger refuses because its node's stake covers no more jobs in flight is
+dropped, as a client would take it elsewhere), round e+1 is revealed, and
+then every validator acts on it: committee members drawn in it vote, in the
+order the jobs were recorded, and the auditors it assigned audit. An auditor
+whose evidence the ledger refuses (too few validators for a committee, or it
+is jailed) answers INCONCLUSIVE, and the ledger draws another. After the last
+epoch the beacon runs on until every job is final. About 1 ms a job: for
+checking the fast path and for small runs.
 """
 
 from __future__ import annotations
@@ -28,29 +30,26 @@ import numpy as np
 
 from netsim import behaviour, jobs
 from netsim.beacon import ChainBeacon
-from netsim.genesis import check_params, client_funds
+from netsim.genesis import check_params, client_funds, genesis_events, validator_float
 from netsim.outcome import FRAUD, INCONCLUSIVE, NO_DISPUTE, REFUSED, VALID, Outcome
 from netsim.population import Population, client_key, node_key, validator_key
+from protocol.errors import ProtocolError
 from protocol.messages import Attestation, Commitment, Evidence, Offence, Verdict
-from protocol.sampling import sampled
 from slashing import (
     Accuse,
     Attest,
     BeaconRound,
     Bond,
     Event,
-    LedgerRuleError,
+    InFlightLimit,
     Mint,
     RecordJob,
-    RegisterBeacon,
-    SetParams,
     State,
-    apply_event,
+    apply_event_in_place,
 )
 from slashing import constants as c
-from slashing.rules import is_bonded_node, is_bonded_validator, process_event
-from slashing.state import JobStatus
-from verifier.sampling import assigned_validator
+from slashing.rules import bonded_validators, is_bonded_node, liability_horizon, process_event
+from slashing.state import Job, JobStatus
 
 _VERDICT_CODES = {Verdict.FRAUD: FRAUD, Verdict.VALID: VALID, Verdict.INCONCLUSIVE: INCONCLUSIVE}
 
@@ -67,6 +66,12 @@ class ReferenceRun:
         self.validator_keys = [validator_key(config.seed, i) for i in range(config.validators)]
         self.client_keys = [client_key(config.seed, i) for i in range(config.clients)]
         self.validator_index = {k.public.raw: i for i, k in enumerate(self.validator_keys)}
+        self.float = 0
+        self.commitments: dict[bytes, Commitment] = {}
+        self.rows: dict[bytes, dict[str, Any]] = {}
+        """Job id → its row of the outcome, in the order the jobs were recorded."""
+        self.audits = np.zeros(config.validators, dtype=np.int64)
+        self.reexecuted = np.zeros(config.validators, dtype=np.int64)
 
     def record(self, event: Event) -> None:
         """An event the run expects the ledger to accept; a refusal is a netsim bug."""
@@ -82,24 +87,21 @@ class ReferenceRun:
 
     def genesis(self, total_jobs: int) -> None:
         check_params(self.config)
-        self.record(RegisterBeacon(public_key=self.beacon.public_key, first_round=0))
-        self.record(SetParams(params=self.params))
+        for event in genesis_events(self.config):
+            self.record(event)
         funds = client_funds(self.config, total_jobs)
         if funds:
             for key in self.client_keys:
                 self.record(Mint(account=key.public.raw, amount=funds))
-        for key, role, bond in [
-            *((k, c.NODE, self.config.node_bond) for k in self.node_keys),
-            *((k, c.VALIDATOR, self.config.validator_bond) for k in self.validator_keys),
+        self.float = validator_float(self.config, total_jobs)
+        for key, role, bond, extra in [
+            *((k, c.NODE, self.config.node_bond, 0) for k in self.node_keys),
+            *((k, c.VALIDATOR, self.config.validator_bond, self.float)
+              for k in self.validator_keys),
         ]:
-            self.record(Mint(account=key.public.raw, amount=bond))
+            self.record(Mint(account=key.public.raw, amount=bond + extra))
             self.record(Bond(account=key.public.raw, role=role, amount=bond))
         self.reveal(0)
-
-    def bonded_validators(self) -> list[bytes]:
-        """Validators the ledger lets act now (bonded, not jailed, not slashed out)."""
-        ids = (k.public.raw for k in self.validator_keys)
-        return [v for v in ids if is_bonded_validator(self.state, v)]
 
     def bonded_nodes(self) -> np.ndarray:
         return np.array(
@@ -107,17 +109,118 @@ class ReferenceRun:
         )
 
     def money(self, node: int) -> tuple[int, int, int, int, int]:
-        """(node balance, node stake, validators' balances, validators' stakes, burned)."""
+        """(node balance and locked earnings, node stake, validators' balances, validators'
+        stakes, burned)."""
         accounts = self.state.accounts
         account = accounts[self.node_keys[node].public.raw]
         validators = [accounts[k.public.raw] for k in self.validator_keys]
         return (
-            account.balance,
+            account.balance + account.locked_total,
             account.node.amount,
             sum(a.balance for a in validators),
             sum(a.validator.amount for a in validators),
             self.state.burned,
         )
+
+    def sign(self, v: int, message: Attestation | Evidence) -> Attestation | Evidence:
+        return message.signed(self.validator_keys[v])
+
+    # -- what the validators do in a round, as the ledger's duties tell them --------------------
+    def act(self) -> None:
+        """Committees drawn this round vote, then the auditors assigned this round audit."""
+        state = self.state
+        now = state.current_round
+        drawn = [state.disputes[d] for d in state.open_disputes
+                 if state.disputes[d].drawn_round == now]
+        for dispute in sorted(drawn, key=lambda d: self.rows[d.job_id]["index"]):
+            self.vote(dispute.dispute_id)
+        assigned = [j for j in self.rows if self._awaits(state.jobs[j], now)]
+        for job_id in assigned:
+            self.audit(state.jobs[job_id])
+
+    @staticmethod
+    def _awaits(job: Job, now: int) -> bool:
+        return job.audit_deadline is not None and job.assigned_round == now
+
+    def vote(self, dispute_id: bytes) -> None:
+        dispute = self.state.disputes[dispute_id]
+        row = self.rows[dispute.job_id]
+        node, cheated = int(row["node"]), bool(row["cheated"])
+        commitment = self.commitments[dispute.job_id]
+        before = self.money(node)
+        for member in dispute.committee:
+            w = self.validator_index[member]
+            verdict, member_reexec = behaviour.committee_vote(self.population, w, node, cheated)
+            if member_reexec:
+                row["reexecutions"] += 1
+                self.reexecuted[w] += 1
+            vote = self.sign(w, Attestation(
+                job_id=dispute.job_id, commitment_id=commitment.content_id, validator=member,
+                verdict=verdict, beacon_round=dispute.drawn_round or 0,
+                chain_id=commitment.chain_id,
+                observed_hash=jobs.output_hash(dispute.job_id, cheated) if member_reexec else b"",
+            ))
+            self.record(Attest(attestation=vote.encode()))
+        decided = self.state.disputes[dispute_id]
+        if decided.outcome is None:
+            return  # no majority: another committee is drawn next round
+        after = self.money(node)
+        bonds = decided.bond * len(decided.accusers)
+        returned = bonds if decided.outcome is not Verdict.VALID else 0
+        forfeited = bonds - returned
+        row["verdict"] = _VERDICT_CODES[decided.outcome]
+        row["node_income"] += after[0] - before[0]
+        row["node_slash"] += before[1] - after[1]
+        row["validator_income"] += after[2] - before[2] - returned
+        row["validator_slash"] += before[3] - after[3] + forfeited
+        row["burned"] += after[4] - before[4]
+
+    def audit(self, job: Job) -> None:
+        """The assigned auditor re-executes (or not) and attests, or accuses."""
+        row = self.rows[job.job_id]
+        node, cheated = int(row["node"]), bool(row["cheated"])
+        commitment = self.commitments[job.job_id]
+        auditor = job.auditors[-1]
+        v = self.validator_index[auditor]
+        row["auditor"] = v
+        self.audits[v] += 1
+        accuse, reexec = behaviour.audit_action(self.population, v, node, cheated, row["grief"])
+        if reexec:
+            row["reexecutions"] += 1
+            self.reexecuted[v] += 1
+        observed = jobs.honest_output(job.job_id) if reexec else b""
+        if accuse:
+            row["accused"] = True
+            claimed = (jobs.honest_output(job.job_id) if cheated
+                       else jobs.griefing_output(job.job_id))
+            evidence = self.sign(v, Evidence(
+                offence=Offence.MISMATCH, job_id=job.job_id, accuser=auditor,
+                commitment=commitment.encode(), chain_id=commitment.chain_id,
+                observed_hash=claimed, beacon_round=job.sample_round,
+            ))
+            try:
+                apply_event_in_place(self.state, Accuse(evidence=evidence.encode()))
+                return
+            except ProtocolError:
+                row["verdict"] = REFUSED  # it cannot be judged: the auditor says so
+        verdict = Verdict.INCONCLUSIVE if accuse else Verdict.VALID
+        attestation = self.sign(v, Attestation(
+            job_id=job.job_id, commitment_id=commitment.content_id, validator=auditor,
+            verdict=verdict, beacon_round=job.assigned_round or 0, chain_id=commitment.chain_id,
+            observed_hash=observed,
+        ))
+        self.record(Attest(attestation=attestation.encode()))
+
+
+def _row(index: int, epoch: int, node: int, cheated: bool, cost: float, grief: float
+         ) -> dict[str, Any]:
+    return {
+        "index": index, "grief": grief,
+        "epoch": epoch, "node": node, "cheated": cheated, "cost": cost, "sampled": False,
+        "auditor": -1, "accused": False, "verdict": NO_DISPUTE, "reexecutions": 0,
+        "node_income": 0, "node_slash": 0, "validator_income": 0, "validator_slash": 0,
+        "burned": 0,
+    }
 
 
 def run_reference(
@@ -127,20 +230,8 @@ def run_reference(
     net = ReferenceRun(population)
     counts = behaviour.arrivals(population)
     net.genesis(int(counts.sum()))
-    n, m = config.nodes, config.validators
-    params = config.ledger
-    columns: dict[str, list[Any]] = {
-        name: []
-        for name in (
-            "epoch", "node", "cheated", "cost", "sampled", "auditor", "accused", "verdict",
-            "reexecutions", "node_income", "node_slash", "validator_income", "validator_slash",
-            "burned",
-        )
-    }
-    job_ids: list[bytes] = []
+    n = config.nodes
     identity = jobs.JobIds(population)
-    audits = np.zeros(m, dtype=np.int64)
-    reexecuted = np.zeros(m, dtype=np.int64)
     online = np.ones(n, dtype=bool)
     streak = np.zeros(n, dtype=np.int64)
     online_log, active_log, auditors_log = [], [], []
@@ -150,145 +241,76 @@ def run_reference(
         online_log.append(int(online.sum()))
         active_log.append(int(active.sum()))
         draw = behaviour.draw_epoch(population, epoch, int(counts[epoch]), active, streak)
-        served = []
-        for node, cheated in zip(draw.node.tolist(), draw.cheated.tolist(), strict=True):
+        recorded: list[bytes] = []
+        for j, (node, cheated) in enumerate(zip(draw.node.tolist(), draw.cheated.tolist(),
+                                                strict=True)):
             client = net.client_keys[index % config.clients]
-            request = jobs.request(population, index).signed(client)
+            request = jobs.request(population, index, node).signed(client)
             commitment = jobs.commitment(population, request, node, cheated).signed(
                 net.node_keys[node]
             )
             assert identity.ids(index, node, cheated) == (request.job_id, commitment.content_id)
-            net.record(RecordJob(request=request.encode(), commitment=commitment.encode()))
-            served.append(commitment)
-            job_ids.append(request.job_id)
             index += 1
+            try:
+                apply_event_in_place(net.state, RecordJob(request=request.encode(),
+                                                          commitment=commitment.encode()))
+            except InFlightLimit:
+                continue  # the node's stake covers no more jobs in flight: the client goes
+            net.commitments[request.job_id] = commitment
+            net.rows[request.job_id] = _row(index - 1, epoch, node, cheated,
+                                            float(population.node_cost[node]),
+                                            float(draw.grief[j]))
+            recorded.append(request.job_id)
         net.reveal(epoch + 1)
-        auditors_log.append(len(net.bonded_validators()))
-        epoch_sampled = np.zeros(len(served), dtype=bool)
-        for j, commitment in enumerate(served):
-            node, cheated = int(draw.node[j]), bool(draw.cheated[j])
-            row = {
-                "epoch": epoch, "node": node, "cheated": cheated,
-                "cost": float(population.node_cost[node]), "sampled": False, "auditor": -1,
-                "accused": False, "verdict": NO_DISPUTE, "reexecutions": 0, "node_income": 0,
-                "node_slash": 0, "validator_income": 0, "validator_slash": 0, "burned": 0,
-            }
-            job = net.state.jobs[commitment.job_id]
-            beacon_value = net.state.beacon_value(job.sample_round)
-            assert beacon_value is not None
-            if sampled(beacon_value, job.job_id, job.commitment_id, params.sample_ppm):
-                row["sampled"] = epoch_sampled[j] = True
-                _audit(net, population, row, job.sample_round, commitment, float(draw.grief[j]),
-                       audits, reexecuted)
-            for name, value in row.items():
-                columns[name].append(value)
+        auditors_log.append(len(bonded_validators(net.state)))
+        for job_id in recorded:
+            net.rows[job_id]["sampled"] = net.state.jobs[job_id].sampled
+        net.act()
+        epoch_sampled = np.zeros(len(draw.node), dtype=bool)
+        positions = {net.rows[j]["index"]: j for j in recorded}
+        first = index - len(draw.node)
+        for position in range(len(draw.node)):
+            kept = positions.get(first + position)
+            epoch_sampled[position] = kept is not None and net.rows[kept]["sampled"]
         streak = behaviour.next_streak(population, streak, draw.node, epoch_sampled)
         online = behaviour.next_online(population, online, draw.churn)
         if on_epoch is not None:
             on_epoch(1)
-    for extra in range(params.challenge_window + 2):
-        net.reveal(config.epochs + 1 + extra)
-    return _outcome(
-        net, columns, job_ids, audits, reexecuted, online_log, active_log, auditors_log
-    )
-
-
-def _audit(
-    net: ReferenceRun,
-    population: Population,
-    row: dict[str, Any],
-    sample_round: int,
-    commitment: Commitment,
-    grief: float,
-    audits: np.ndarray,
-    reexecuted: np.ndarray,
-) -> None:
-    """The assigned validator audits a sampled job; a mismatch goes to a committee."""
-    node, cheated = int(row["node"]), bool(row["cheated"])
-    job_id, commitment_id = commitment.job_id, commitment.content_id
-    beacon_value = net.state.beacon_value(sample_round)
-    assert beacon_value is not None
-    chosen = assigned_validator(beacon_value, job_id, commitment_id, net.bonded_validators())
-    if chosen is None:
-        return
-    v = net.validator_index[chosen]
-    row["auditor"] = v
-    audits[v] += 1
-    accuse, reexec = behaviour.audit_action(population, v, node, cheated, grief)
-    if reexec:
-        row["reexecutions"] = 1
-        reexecuted[v] += 1
-    key = net.validator_keys[v]
-    if not accuse:
-        attestation = Attestation(
-            job_id=job_id, commitment_id=commitment_id, validator=chosen, verdict=Verdict.VALID,
-            beacon_round=sample_round,
-            observed_hash=jobs.honest_output(job_id) if reexec else b"",
-        ).signed(key)
-        net.record(Attest(attestation=attestation.encode()))
-        return
-    row["accused"] = True
-    observed = jobs.honest_output(job_id) if cheated else jobs.griefing_output(job_id)
-    evidence = Evidence(
-        offence=Offence.MISMATCH, job_id=job_id, accuser=chosen, commitment=commitment.encode(),
-        observed_hash=observed, beacon_round=sample_round,
-    ).signed(key)
-    before = net.money(node)
-    try:
-        net.state = apply_event(net.state, Accuse(evidence=evidence.encode()))
-    except LedgerRuleError:
-        row["verdict"] = REFUSED
-        return
-    dispute = net.state.disputes[evidence.content_id]
-    for member in dispute.committee:
-        w = net.validator_index[member]
-        verdict, member_reexec = behaviour.committee_vote(population, w, node, cheated)
-        if member_reexec:
-            row["reexecutions"] += 1
-            reexecuted[w] += 1
-        vote = Attestation(
-            job_id=job_id, commitment_id=commitment_id, validator=member, verdict=verdict,
-            beacon_round=dispute.opened_round,
-            observed_hash=jobs.output_hash(job_id, cheated) if member_reexec else b"",
-        ).signed(net.validator_keys[w])
-        net.record(Attest(attestation=vote.encode()))
-    outcome = net.state.disputes[evidence.content_id].outcome
-    assert outcome is not None, "the last committee vote resolves the dispute"
-    row["verdict"] = _VERDICT_CODES[outcome]
-    after = net.money(node)
-    row["node_income"] = after[0] - before[0]
-    row["node_slash"] = before[1] - after[1]
-    row["validator_income"] = after[2] - before[2]
-    row["validator_slash"] = before[3] - after[3]
-    row["burned"] = after[4] - before[4]
+    round_number = config.epochs
+    limit = round_number + liability_horizon(net.params) + 2
+    while any(net.state.jobs[j].status is JobStatus.PENDING for j in net.rows):
+        round_number += 1
+        assert round_number <= limit, "a job outlived the liability horizon"
+        net.reveal(round_number)
+        net.act()
+    return _outcome(net, online_log, active_log, auditors_log)
 
 
 def _outcome(
-    net: ReferenceRun,
-    columns: dict[str, list[Any]],
-    job_ids: list[bytes],
-    audits: np.ndarray,
-    reexecuted: np.ndarray,
-    online: list[int],
-    active: list[int],
-    auditors: list[int],
+    net: ReferenceRun, online: list[int], active: list[int], auditors: list[int]
 ) -> Outcome:
     """Settlement read back from the ledger: who the escrow went to, job by job."""
     params = net.params
     fee, verification_fee = net.config.fee, params.verification_fee
+    names = ("epoch", "node", "cheated", "cost", "sampled", "auditor", "accused", "verdict",
+             "reexecutions", "node_income", "node_slash", "validator_income", "validator_slash",
+             "burned")
+    columns: dict[str, list[Any]] = {name: [] for name in names}
     client_cost = []
-    for j, job_id in enumerate(job_ids):
+    for job_id, row in net.rows.items():
         job = net.state.jobs[job_id]
         if job.status is JobStatus.SETTLED:
-            columns["node_income"][j] += fee - verification_fee
+            row["node_income"] += fee - verification_fee
             if job.verifier is not None:
-                columns["validator_income"][j] += verification_fee
+                row["validator_income"] += verification_fee
                 client_cost.append(fee)
             else:
                 client_cost.append(fee - verification_fee)
         else:
-            assert job.status is JobStatus.REFUNDED, f"job {j} is still {job.status}"
+            assert job.status is JobStatus.REFUNDED, f"job {row['index']} is still {job.status}"
             client_cost.append(0)
+        for name in names:
+            columns[name].append(row[name])
     accounts = net.state.accounts
     nodes = [accounts[k.public.raw] for k in net.node_keys]
     validators = [accounts[k.public.raw] for k in net.validator_keys]
@@ -300,14 +322,14 @@ def _outcome(
     return Outcome(
         **arrays,
         client_cost=np.array(client_cost, dtype=np.int64),
-        node_balance=np.array([a.balance for a in nodes], dtype=np.int64),
+        node_balance=np.array([a.balance + a.locked_total for a in nodes], dtype=np.int64),
         node_stake=np.array([a.node.amount for a in nodes], dtype=np.int64),
         node_slashed_out=np.array([a.node.slashed_out for a in nodes], dtype=bool),
-        validator_balance=np.array([a.balance for a in validators], dtype=np.int64),
+        validator_balance=np.array([a.balance - net.float for a in validators], dtype=np.int64),
         validator_stake=np.array([a.validator.amount for a in validators], dtype=np.int64),
         validator_slashed_out=np.array([a.validator.slashed_out for a in validators], dtype=bool),
-        validator_audits=audits,
-        validator_reexecutions=reexecuted,
+        validator_audits=net.audits,
+        validator_reexecutions=net.reexecuted,
         client_balance=np.array(
             [accounts[k.public.raw].balance if k.public.raw in accounts else 0
              for k in net.client_keys],
@@ -316,6 +338,6 @@ def _outcome(
         online=np.array(online, dtype=np.int64),
         active=np.array(active, dtype=np.int64),
         auditors=np.array(auditors, dtype=np.int64),
-        minted=net.state.minted,
+        minted=net.state.minted - net.float * len(net.validator_keys),
         total_burned=net.state.burned,
     )

@@ -93,6 +93,12 @@ def stake_for_throughput(e: EconomicParams, jobs_per_round: int) -> int:
     return -(-e.sample_ppm * e.slash * jobs_per_round * e.detection_rounds // PPM)
 
 
+def max_slash_stake_at_risk(e: EconomicParams) -> int:
+    """The largest S with which a node at the minimum stake keeps a job a round in flight:
+    ``p·S·D ≤ stake``."""
+    return e.min_stake * PPM // (e.sample_ppm * max(e.detection_rounds, 1))
+
+
 def stake_at_risk_holds(e: EconomicParams) -> bool:
     """A node at the minimum stake may keep one job a round in flight for D rounds."""
     return in_flight_limit(e.min_stake, e.sample_ppm, e.slash) >= e.detection_rounds

@@ -55,7 +55,7 @@ from typing import Any
 import trio
 
 from protocol.beacon import DevnetBeacon
-from protocol.economics import min_slash_fabrication, min_slash_posp
+from protocol.economics import max_slash_stake_at_risk, min_slash_fabrication, min_slash_posp
 from protocol.errors import MalformedMessage, ProtocolError
 from protocol.hashing import sha256
 from protocol.keys import SigningKey
@@ -110,11 +110,23 @@ class Genesis:
 
 
 def safe_params(params: LedgerParams) -> LedgerParams:
-    """Raise the fraud slash to the least value that keeps both economic conditions."""
-    needed = max(min_slash_posp(params.economics()), min_slash_fabrication(params.economics()))
-    if needed <= params.fraud_slash:
-        return params
-    return LedgerParams(**{**params.__dict__, "fraud_slash": needed})
+    """Move the fraud slash into the range every economic condition allows.
+
+    Raised to the least value that keeps honest work the best response, or
+    lowered to the most a node at the minimum stake can cover while keeping a
+    job a round in flight (``p·S·D ≤`` the minimum stake). When the two cross,
+    no slash suits p, and that is said.
+    """
+    e = params.economics()
+    needed = max(min_slash_posp(e), min_slash_fabrication(e))
+    most = max_slash_stake_at_risk(e)
+    if needed > most:
+        raise MalformedMessage(
+            f"no fraud slash suits these parameters: honest work needs S >= {needed}, a node at "
+            f"the minimum stake covers S <= {most} (p*S*D <= the minimum stake)"
+        )
+    slash = min(max(needed, params.fraud_slash), most)
+    return LedgerParams(**{**params.__dict__, "fraud_slash": slash})
 
 
 def _hex(value: bytes | None) -> bytes:

@@ -16,7 +16,7 @@ from protocol.net.host import PeerHost
 from protocol.net.identity import peer_address
 from protocol.net.metrics import Metrics
 from slashing import Ledger
-from slashing.service import Genesis, LedgerService
+from slashing.service import Genesis, LedgerService, safe_params
 from slashing.state import LedgerParams
 
 BEACON_SECRET = 0x1234567
@@ -37,7 +37,8 @@ def ledger_service(tmp: Path, accounts: list[bytes], round_seconds: float = 0.2
     port = free_port()
     params = LedgerParams(**{**LedgerParams.default().__dict__, "committee_size": 1,
                              "sample_ppm": 500_000})
-    genesis = Genesis(params=params, mints=tuple((a, GENESIS_FUNDS) for a in accounts))
+    genesis = Genesis(params=safe_params(params),
+                      mints=tuple((a, GENESIS_FUNDS) for a in accounts))
     host = PeerHost(key, f"/ip4/127.0.0.1/tcp/{port}", (), Metrics())
     service = LedgerService(host, Ledger.open(tmp / "ledger.sqlite"),
                             DevnetBeacon(BEACON_SECRET), genesis, round_seconds, host.metrics)

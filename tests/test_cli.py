@@ -121,11 +121,14 @@ def test_models_add_refuses_bad_directories_and_changes_nothing(
         (["demo", "--cheaters", "9"], "cheaters must be between 0 and nodes"),
         (["models", "build", "resnet", "--out", "x"], "invalid choice: 'resnet'"),
         (["nonsense"], "invalid choice: 'nonsense'"),
-        (["infer", "--node", "/ip4/127.0.0.1/tcp/1", "--keystore", "k", "--model", "ab",
+        (["infer", "--node", "/ip4/127.0.0.1/tcp/1", "--ledger", PEER, "--keystore", "k",
+          "--model", "ab",
           "--prompt", "x"], "is not a /p2p/ address"),
-        (["infer", "--node", PEER, "--keystore", "k", "--model", "ab", "--prompt", "x"],
+        (["infer", "--node", PEER, "--ledger", PEER, "--keystore", "k", "--model", "ab",
+          "--prompt", "x"],
          "64 hex digits"),
-        (["infer", "--node", "x", "--keystore", "k", "--model", "ab"], "one of the arguments"),
+        (["infer", "--node", "x", "--ledger", PEER, "--keystore", "k", "--model", "ab"],
+         "one of the arguments"),
     ],
 )
 def test_bad_arguments_name_the_problem(

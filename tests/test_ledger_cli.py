@@ -58,6 +58,19 @@ def test_econ_for_the_demo_parameters(capsys: pytest.CaptureFixture[str]) -> Non
     assert code == 0 and "p(1-r)(R+S) > C" in text and "S >= R(1-p)/p" in text
 
 
+def test_econ_prices_throughput_times_detection_latency(
+    capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The stake a node needs for its throughput: p·S·T·D, and the in-flight limit it gets."""
+    code, out, _ = run(["econ", "--json"], capsys)
+    risk = json.loads(out)["stake_at_risk"]
+    assert code == 0 and risk["holds"] and risk["detection_rounds"] == 6
+    assert risk["in_flight_limit"] == 10_000 * 1_000_000 // (50_000 * 5_000) == 40
+    assert risk["stake_for_jobs_per_round"]["100"] == 150_000  # 0.05 * 5000 * 100 * 6
+    code, out, _ = run(["econ", "-p", "0.5", "--stake", "10000"], capsys)
+    assert code == 1 and "UNSAFE: stake at risk fails" in out
+
+
 def test_econ_names_the_broken_condition_with_its_numbers(
     capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -108,9 +121,9 @@ def test_ledger_show_and_history(ledger_file: Path, capsys: pytest.CaptureFixtur
     code, out, _ = run(["ledger", "show", node[:10], "--ledger", str(ledger_file), "--json"],
                        capsys)
     shown = json.loads(out)
-    assert code == 0 and shown["account"] == node and shown["node"]["amount"] == 20_000
+    assert code == 0 and shown["account"] == node and shown["node"]["amount"] == 100_000
     code, out, _ = run(["ledger", "show", node, "--ledger", str(ledger_file)], capsys)
-    assert code == 0 and "20000 bonded, active" in out
+    assert code == 0 and "100000 bonded, active" in out
     code, out, _ = run(["ledger", "history", node, "--ledger", str(ledger_file)], capsys)
     assert code == 0 and "record_job" in out and "bond" in out
 
@@ -154,7 +167,7 @@ def test_ledger_commands_refuse_a_missing_or_corrupt_file(
 def test_signer_export_and_import(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     key = SigningKey.derive("cli/node")
     commitment = Commitment(job_id=bytes(32), model_id=bytes(32), input_hash=bytes(32),
-                            output_hash=bytes(32), node=key.public.raw)
+                            output_hash=bytes(32), node=key.public.raw, chain_id=bytes(32))
     with SignerProtection.open(tmp_path / "a.sqlite") as protection:
         protection.approve(commitment)
     dump = tmp_path / "protection.json"

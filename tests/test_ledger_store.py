@@ -151,7 +151,7 @@ def test_a_forged_snapshot_with_a_consistent_hash_is_caught_by_verify(tmp_path: 
 
 def test_parallel_signature_checks_agree_with_the_rules(tmp_path: Path) -> None:
     evs = stream()
-    req = request(9_999)
+    req = dataclasses.replace(request(9_999), chain_id=fold(evs[:2]).chain_id or b"")
     forged = record(req, forge(commit(req), CLIENT))
     with Ledger.open(tmp_path / "a.db", signature_workers=2) as pooled, \
             Ledger.open(tmp_path / "b.db") as plain:

@@ -55,6 +55,10 @@ def prompt(seed: int) -> torch.Tensor:
     return torch.randint(0, 256, (20,), generator=torch.Generator().manual_seed(seed))
 
 
+CHAIN = b"\x0c" * 32
+"""A stand-in chain id: these jobs are judged here, never recorded on a ledger."""
+
+
 def job(seed: int, dtype: str = "float32", **sampling: int) -> LLMJob:
     return LLMJob(N_NEW, dtype, SamplingParams(seed=seed, **sampling))
 
@@ -62,12 +66,14 @@ def job(seed: int, dtype: str = "float32", **sampling: int) -> LLMJob:
 def commit(p: torch.Tensor, j: LLMJob, tokens: torch.Tensor, aux: bytes, model_id: bytes = bytes(32)
            ) -> tuple[JobRequest, Commitment, Tensor]:
     request = JobRequest(model_id=model_id, input=Tensor.from_torch(p[None, :]),
-                         client=CLIENT.public.raw, nonce=1, fee=1,
+                         client=CLIENT.public.raw, node=NODE.public.raw, nonce=1, fee=1,
+                         expiry_round=10, chain_id=CHAIN,
                          params=tuple(j.to_params().items())).signed(CLIENT)
     output = Tensor.from_torch(tokens[None, :].contiguous())
     commitment = Commitment(job_id=request.job_id, model_id=model_id,
                             input_hash=tensor_hash(request.input), output_hash=tensor_hash(output),
-                            node=NODE.public.raw, mode="llm", aux=aux).signed(NODE)
+                            node=NODE.public.raw, chain_id=CHAIN, mode="llm",
+                            aux=aux).signed(NODE)
     return request, commitment, output
 
 
@@ -292,7 +298,8 @@ def test_malformed_commitments_are_fraud_or_inconclusive_never_valid() -> None:
 )
 def test_bad_job_parameters_are_named(params: dict[str, int | str], message: str) -> None:
     request = JobRequest(model_id=bytes(32), input=Tensor.from_torch(prompt(0)[None, :]),
-                         client=CLIENT.public.raw, nonce=0, fee=1, params=tuple(params.items()))
+                         client=CLIENT.public.raw, node=NODE.public.raw, nonce=0, fee=1,
+                         expiry_round=10, chain_id=CHAIN, params=tuple(params.items()))
     with pytest.raises(ValueError, match=message):
         parse_job(request)
 
@@ -306,7 +313,8 @@ def test_node_and_validator_agree_and_a_substitute_is_caught() -> None:
     node = InferenceNode(NODE, {}, llms=llms)
     validator = Validator(VALIDATOR, {}, llms=llms)
     request = JobRequest(model_id=model_id, input=Tensor.from_torch(prompt(3)[None, :]),
-                         client=CLIENT.public.raw, nonce=3, fee=1,
+                         client=CLIENT.public.raw, node=NODE.public.raw, nonce=3, fee=1,
+                         expiry_round=10, chain_id=CHAIN,
                          params=tuple(job(3).to_params().items())).signed(CLIENT)
     result = node.handle(request)
     assert result.commitment.mode == "llm" and result.output.shape == (1, N_NEW)

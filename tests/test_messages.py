@@ -29,6 +29,8 @@ from protocol.messages import (
 )
 from tests.strategies import KEYS, any_message, commitments
 
+CHAIN = b"\x0c" * 32
+
 
 @given(any_message)
 def test_every_message_round_trips_canonically(msg: SignedMessage) -> None:
@@ -54,9 +56,22 @@ def test_any_single_byte_change_fails(msg: SignedMessage, data: st.DataObject) -
 @given(commitments())
 def test_a_signature_is_bound_to_its_domain(c: Commitment) -> None:
     key = next(k for k in KEYS if k.public.raw == c.node)
-    sig_for_other_domain = key.sign(b"attestation", c.body_bytes())
-    with pytest.raises(BadSignature, match="domain 'commitment'"):
+    sig_for_other_domain = key.sign(f"attestation/{c.chain_id.hex()}".encode(), c.body_bytes())
+    with pytest.raises(BadSignature, match=f"domain 'commitment/{c.chain_id.hex()}'"):
         dataclasses.replace(c, signature=sig_for_other_domain).verify()
+
+
+@given(commitments())
+def test_a_signature_is_bound_to_its_chain(c: Commitment) -> None:
+    """A commitment signed for one network does not verify as another network's."""
+    key = next(k for k in KEYS if k.public.raw == c.node)
+    elsewhere = bytes(b ^ 0xFF for b in c.chain_id)
+    sig_for_other_chain = key.sign(f"commitment/{elsewhere.hex()}".encode(), c.body_bytes())
+    with pytest.raises(BadSignature):
+        dataclasses.replace(c, signature=sig_for_other_chain).verify()
+    moved = dataclasses.replace(c, chain_id=elsewhere)  # the same signature, another chain
+    with pytest.raises(BadSignature):
+        moved.verify()
 
 
 @given(commitments())
@@ -81,12 +96,13 @@ def test_signing_with_the_wrong_key_is_refused() -> None:
         input_hash=b"\x03" * 32,
         output_hash=b"\x04" * 32,
         node=KEYS[0].public.raw,
+        chain_id=CHAIN,
     )
     with pytest.raises(ValueError, match="names signer"):
         c.signed(KEYS[1])
     with pytest.raises(BadSignature, match="signature is 0 bytes"):
         c.verify()  # unsigned
-    forged = dataclasses.replace(c, signature=KEYS[1].sign(b"commitment", c.body_bytes()))
+    forged = dataclasses.replace(c, signature=KEYS[1].sign(c.domain(), c.body_bytes()))
     with pytest.raises(BadSignature, match="does not verify"):
         forged.verify()
 
@@ -104,10 +120,11 @@ def test_schema_errors_name_the_field() -> None:
         input_hash=b"\x03" * 32,
         output_hash=b"\x04" * 32,
         node=KEYS[0].public.raw,
+        chain_id=CHAIN,
     ).signed(KEYS[0])
     value = _commitment_value(c)
-    with pytest.raises(UnsupportedVersion, match="schema version 2"):
-        Commitment.decode(codec.encode({**value, "v": 2}))
+    with pytest.raises(UnsupportedVersion, match="schema version 1"):
+        Commitment.decode(codec.encode({**value, "v": 1}))
     with pytest.raises(MalformedMessage, match="'job_id' must be 32 bytes"):
         Commitment.decode(codec.encode({**value, "job_id": b"short"}))
     with pytest.raises(MalformedMessage, match=r"missing \['output_hash'\]"):
@@ -132,16 +149,28 @@ def test_equivocation_evidence_needs_two_different_commitments() -> None:
         input_hash=b"\x03" * 32,
         output_hash=b"\x04" * 32,
         node=node.public.raw,
+        chain_id=CHAIN,
     ).signed(node)
     with pytest.raises(MalformedMessage, match="needs a conflicting commitment"):
         Evidence(
             offence=Offence.EQUIVOCATION, job_id=c.job_id, accuser=KEYS[1].public.raw,
-            commitment=c.encode(),
+            commitment=c.encode(), chain_id=CHAIN,
         )
     with pytest.raises(MalformedMessage, match="two different commitments"):
         Evidence(
             offence=Offence.EQUIVOCATION, job_id=c.job_id, accuser=KEYS[1].public.raw,
-            commitment=c.encode(), conflicting=c.encode(),
+            commitment=c.encode(), chain_id=CHAIN, conflicting=c.encode(),
+        )
+    other = dataclasses.replace(c, output_hash=b"\x05" * 32, chain_id=b"\x09" * 32).signed(node)
+    with pytest.raises(MalformedMessage, match="commitment of another chain"):
+        Evidence(
+            offence=Offence.EQUIVOCATION, job_id=c.job_id, accuser=KEYS[1].public.raw,
+            commitment=c.encode(), chain_id=CHAIN, conflicting=other.encode(),
+        )
+    with pytest.raises(MalformedMessage, match="signed for another chain"):
+        Evidence(
+            offence=Offence.MISMATCH, job_id=c.job_id, accuser=KEYS[1].public.raw,
+            commitment=c.encode(), chain_id=b"\x09" * 32,
         )
 
 

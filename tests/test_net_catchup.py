@@ -1,8 +1,9 @@
-"""Validators catch up from the ledger's log: gossip is an optimisation, not the only way in.
+"""Validators learn their duties from the ledger: gossip is not the way in.
 
 Jobs are recorded on a real ledger service while no validator runs and nothing
-is gossiped; a validator started afterwards must still find every sampled job
-(``jobs_since``), fetch its data from the node, re-execute and attest.
+is gossiped; the ledger assigns each sampled job its auditor, and a validator
+started afterwards must still find every job assigned to it (``duties``),
+fetch its data from the node, re-execute and attest.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from protocol.net.metrics import Metrics
 from prover import zoo
 from prover.node import InferenceNode
 from tests.net_helpers import connected, free_port, ledger_service
-from verifier.sampling import sampled
 from verifier.service import ValidatorService
 from verifier.validator import Validator
 
@@ -63,17 +63,19 @@ def test_a_validator_started_after_the_jobs_audits_every_sampled_one(tmp_path: P
             await nursery.start(ledger.run)
             async with node_host.running():
                 await connected(node_host, node_ledger.key)
-                await node_ledger.call("bond", role="node", amount=20_000)
+                await node_ledger.call("bond", role="node", amount=100_000)
                 # the validator is bonded but not running while the jobs are recorded
                 bonder = PeerHost(VALIDATOR, f"/ip4/127.0.0.1/tcp/{free_port()}", [address])
                 async with bonder.running():
                     await connected(bonder, node_ledger.key)
                     await LedgerClient(bonder, address).call("bond", role="validator",
                                                              amount=20_000)
+                status = await node_ledger.call("status")
                 for n in range(JOBS):
                     request = JobRequest(
                         model_id=MODEL_ID, input=Tensor.from_torch(built.example_input(n)),
-                        client=CLIENT.public.raw, nonce=n, fee=110,
+                        client=CLIENT.public.raw, node=NODE.public.raw, nonce=n, fee=110,
+                        expiry_round=status["round"] + 100, chain_id=status["chain_id"],
                     ).signed(CLIENT)
                     result = node.handle(request)
                     served[request.job_id] = (request, result.output)
@@ -95,14 +97,11 @@ def test_a_validator_started_after_the_jobs_audits_every_sampled_one(tmp_path: P
                 )
                 shutdown = trio.Event()
                 nursery.start_soon(service.run, shutdown)
-                status = await node_ledger.call("status")
-                rate = status["sample_ppm"]
                 want = []
                 for commitment in recorded:
                     job = await node_ledger.call("job", job_id=commitment.job_id)
-                    beacon = await node_ledger.call("beacon", round=job["sample_round"])
-                    if sampled(beacon["randomness"], commitment.job_id, commitment.content_id,
-                               rate):
+                    if job["sampled"]:
+                        assert job["auditor"] == VALIDATOR.public.raw  # the only validator
                         want.append(commitment.job_id)
                 assert want, "no job sampled at 50 %: rerun"
                 with trio.fail_after(60):
@@ -112,7 +111,7 @@ def test_a_validator_started_after_the_jobs_audits_every_sampled_one(tmp_path: P
                         if all(VALIDATOR.public.raw in voters for voters in done):
                             break
                         await trio.sleep(0.2)
-                assert metrics.caught_up._value.get() == JOBS
+                assert metrics.duties.labels("audit")._value.get() == len(want)
                 assert metrics.verified.labels(str(Verdict.VALID))._value.get() == len(want)
                 shutdown.set()
             nursery.cancel_scope.cancel()
@@ -162,7 +161,8 @@ def test_a_commitment_batch_is_accepted_whole_or_refused_whole() -> None:
 
     def commitment(n: int, key: SigningKey = NODE) -> bytes:
         return Commitment(job_id=bytes([n]) * 32, model_id=MODEL_ID, input_hash=b"\x01" * 32,
-                          output_hash=b"\x02" * 32, node=key.public.raw).signed(key).encode()
+                          output_hash=b"\x02" * 32, node=key.public.raw,
+                          chain_id=b"\x0c" * 32).signed(key).encode()
 
     good = codec.encode([commitment(n) for n in range(3)])
     assert check.libp2p_validator(None, _fake(good, NODE)) is True  # type: ignore[arg-type]

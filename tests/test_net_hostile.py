@@ -150,7 +150,7 @@ def gossip_payloads(rng: random.Random, n: int) -> list[bytes]:
     drawn = [
         Commitment(job_id=rng.randbytes(32), model_id=rng.randbytes(32),
                    input_hash=rng.randbytes(32), output_hash=rng.randbytes(32),
-                   node=signer.public.raw).signed(signer).encode()
+                   node=signer.public.raw, chain_id=rng.randbytes(32)).signed(signer).encode()
         for _ in range(20)
     ] + [codec.encode({rng.choice(["kind", "v", "round", "node"]): rng.randbytes(8)})
          for _ in range(20)]

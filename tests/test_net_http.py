@@ -52,6 +52,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> NodeService:
         return {"ok": True, "seq": 1}
 
     service.ledger.call = recorded  # type: ignore[method-assign]
+    service.ledger.status = {"chain_id": b"\x0c" * 32, "round": 0}  # as the ledger would say
     return service
 
 

@@ -34,7 +34,8 @@ OTHER = SigningKey.derive("net-test/other")
 
 def commitment(key: SigningKey, n: int) -> Commitment:
     return Commitment(job_id=bytes([n]) * 32, model_id=b"\x02" * 32, input_hash=b"\x03" * 32,
-                      output_hash=b"\x04" * 32, node=key.public.raw).signed(key)
+                      output_hash=b"\x04" * 32, node=key.public.raw,
+                      chain_id=b"\x0c" * 32).signed(key)
 
 
 def test_noise_is_the_only_security_transport() -> None:

@@ -36,8 +36,16 @@ from protocol.net.metrics import Metrics
 from prover.node import InferenceNode, JobRejected, tensor_hash
 from prover.service import NodeService
 from prover.zk import ZkArtifactStore
-from slashing import Ledger, LedgerParams, RegisterZkModel, rules
-from slashing.service import Genesis, LedgerService
+from slashing import (
+    Ledger,
+    LedgerParams,
+    RegisterBeacon,
+    RegisterZkModel,
+    SetParams,
+    genesis_chain_id,
+    rules,
+)
+from slashing.service import Genesis, LedgerService, safe_params
 from tests.net_helpers import BEACON_SECRET, GENESIS_FUNDS, connected, free_port
 from tests.test_ledger_cli import run
 from verifier.service import ValidatorService
@@ -62,13 +70,15 @@ def zk_store(root: Path) -> ZkArtifactStore:
     return store
 
 
-def forged_job() -> tuple[JobRequest, Tensor, Commitment]:
+def forged_job(chain_id: bytes) -> tuple[JobRequest, Tensor, Commitment]:
     x = Tensor.from_torch(torch.ones((1, 16)))
-    request = JobRequest(model_id=MODEL_ID, input=x, client=CLIENT.public.raw, nonce=1,
-                         fee=110).signed(CLIENT)
+    request = JobRequest(model_id=MODEL_ID, input=x, client=CLIENT.public.raw,
+                         node=NODE.public.raw, nonce=1, fee=110, expiry_round=10**6,
+                         chain_id=chain_id).signed(CLIENT)
     commitment = Commitment(
         job_id=request.job_id, model_id=MODEL_ID, input_hash=tensor_hash(x),
-        output_hash=tensor_hash(x), node=NODE.public.raw, mode="zk", aux=b"not a proof",
+        output_hash=tensor_hash(x), node=NODE.public.raw, chain_id=chain_id, mode="zk",
+        aux=b"not a proof",
     ).signed(NODE)
     return request, x, commitment
 
@@ -79,8 +89,8 @@ def test_a_forged_proof_sent_through_the_ledger_service_slashes_the_node(
     from assay.commands.ledger import proof_checker
 
     store = zk_store(tmp_path / "zk")
-    params = LedgerParams(**{**LedgerParams.default().__dict__, "committee_size": 1,
-                             "sample_ppm": 1_000_000})
+    params = safe_params(LedgerParams(**{**LedgerParams.default().__dict__,
+                                         "committee_size": 1, "sample_ppm": 1_000_000}))
     genesis = Genesis(
         params=params,
         mints=tuple((k.public.raw, GENESIS_FUNDS) for k in (NODE, CLIENT, VALIDATOR)),
@@ -90,7 +100,9 @@ def test_a_forged_proof_sent_through_the_ledger_service_slashes_the_node(
     port = free_port()
     address = peer_address("127.0.0.1", port, ledger_key.public.raw)
     database = tmp_path / "ledger.sqlite"
-    request, output, commitment = forged_job()
+    chain_id = genesis_chain_id(
+        RegisterBeacon(DevnetBeacon(BEACON_SECRET).public_key, 0), SetParams(params))
+    request, output, commitment = forged_job(chain_id)
     key_dir = tmp_path / "keys"
     key_dir.mkdir()
     (key_dir / "vk").write_bytes(VK)  # the validator compares its key's hashes with the ledger's
@@ -188,7 +200,8 @@ def test_a_node_refuses_a_zk_model_the_ledger_registered_with_another_key(
     ledger_key = SigningKey.derive("net-zk/ledger-2")
     port = free_port()
     address = peer_address("127.0.0.1", port, ledger_key.public.raw)
-    request, _, _ = forged_job()
+    request, _, _ = forged_job(genesis_chain_id(
+        RegisterBeacon(DevnetBeacon(BEACON_SECRET).public_key, 0), SetParams(genesis.params)))
 
     async def main() -> None:
         host = PeerHost(ledger_key, f"/ip4/127.0.0.1/tcp/{port}", (), Metrics())

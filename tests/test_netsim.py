@@ -322,9 +322,10 @@ def test_sweep_on_a_local_process_pool(tmp_path: Path, capsys: pytest.CaptureFix
     assert runs["point"] == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]
     assert runs["seed"] == [3, 4] * 6
     points = pq.read_table(out / "sweep.parquet").to_pydict()
-    assert points["status"] == ["refused", "refused", "ok", "ok", "ok", "ok"]
+    assert points["status"] == ["refused", "refused", "ok", "ok", "ok", "refused"]
     assert "fabrication condition" in points["reason"][0]
-    assert points["seeds"] == [0, 0, 2, 2, 2, 2]
+    assert "stake at risk fails" in points["reason"][5]  # p·S·D = 15 000 > the minimum stake
+    assert points["seeds"] == [0, 0, 2, 2, 2, 0]
     low, mean, high = (points[f"cheat_gain_per_cheated_job{s}"][2] for s in ("_low", "", "_high"))
     assert low <= mean <= high
     assert {p.name for p in out.iterdir()} >= {

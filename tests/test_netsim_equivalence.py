@@ -58,11 +58,14 @@ def ledgers(draw: st.DrawFn) -> dict[str, int]:
     committee_share = draw(st.integers(0, c.BPS))
     reward = draw(st.integers(1, 200))
     sample_ppm = draw(st.integers(50_000, 1_000_000))
-    fraud_slash = draw(st.integers(1, c.MIN_STAKE[c.NODE]))
+    window = draw(st.integers(1, 3))
+    # at most what a node at the minimum stake covers with a job a round in flight (p·S·D)
+    covered = c.MIN_STAKE[c.NODE] * 1_000_000 // (sample_ppm * (window + 2))
+    fraud_slash = draw(st.integers(1, min(covered, c.MIN_STAKE[c.NODE])))
     return {
         "sample_ppm": sample_ppm,
         "committee_size": draw(st.integers(1, 4)),
-        "challenge_window": draw(st.integers(1, 3)),
+        "challenge_window": window,
         "reward": reward,
         "compute_cost": 0,
         "collusion_ppm": 0,
@@ -142,7 +145,7 @@ def test_every_protocol_branch_is_reached_and_matches() -> None:
         "validators": {"count": 6, "bond": 12_000, "lazy": 0.17, "griefing": 0.17,
                        "grief_rate": 0.6, "colluding": 0.34},
         "ledger": {"sample_ppm": 500_000, "committee_size": 2, "jail_period": 1,
-                   "tombstone_offences": 2},
+                   "tombstone_offences": 2, "fraud_slash": 3_000},
     }
     population = Population.draw(resolve(tree))
     reference, fast = run_reference(population), run_fast(population)

@@ -19,7 +19,7 @@ KEY = SigningKey.derive("protection/node")
 
 def commitment(job: bytes, output: bytes) -> Commitment:
     return Commitment(job_id=sha256(job), model_id=sha256(b"model"), input_hash=sha256(b"in"),
-                      output_hash=sha256(output), node=KEY.public.raw)
+                      output_hash=sha256(output), node=KEY.public.raw, chain_id=sha256(b"chain"))
 
 
 def test_the_same_commitment_may_be_signed_again_a_different_one_never(tmp_path: Path) -> None:

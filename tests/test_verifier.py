@@ -10,13 +10,12 @@ from torch import nn
 from protocol.codec import Tensor
 from protocol.keys import SigningKey
 from protocol.messages import Attestation, Evidence, JobRequest, Offence, Verdict
-from protocol.sampling import PPM, sampled
+from protocol.sampling import PPM, draw_auditor, draw_dispute_committee, sampled
 from prover import zoo
 from prover.adversary import SubstituteModel
 from prover.node import InferenceNode, JobRejected
 from prover.runtime import DeterministicRuntime
 from verifier.reexecute import check_exact
-from verifier.sampling import assigned_validator
 from verifier.validator import Validator
 
 CLIENT = SigningKey.derive("verifier-test/client")
@@ -36,8 +35,11 @@ def _request(model: zoo.ZooModel, seed: int = 0, model_id: bytes = MODEL_ID) -> 
         model_id=model_id,
         input=Tensor.from_torch(model.example_input(seed)),
         client=CLIENT.public.raw,
+        node=NODE.public.raw,
         nonce=seed,
         fee=110,
+        expiry_round=10,
+        chain_id=b"\x0c" * 32,
     ).signed(CLIENT)
 
 
@@ -114,6 +116,13 @@ def test_sampling_rate_is_respected_and_assignment_is_stable() -> None:
     assert not any(sampled(beacon, j, c, 0) for j, c in jobs)
     assert all(sampled(beacon, j, c, PPM) for j, c in jobs)
     validators = [bytes([v]) * 32 for v in range(5)]
-    first = assigned_validator(beacon, *jobs[0], validators)
-    assert first == assigned_validator(beacon, *jobs[0], list(reversed(validators)))
-    assert assigned_validator(beacon, *jobs[0], []) is None
+    job_id = jobs[0][0]
+    first = draw_auditor(beacon, job_id, 0, validators)
+    assert first == draw_auditor(beacon, job_id, 0, list(reversed(validators)))
+    assert draw_auditor(beacon, job_id, 0, []) is None
+    # a later draw is keyed by its number: the same job meets another auditor, predictably
+    drawn = {draw_auditor(beacon, job_id, n, validators) for n in range(8)}
+    assert len(drawn) > 1
+    committee = draw_dispute_committee(beacon, job_id, 0, validators, 3)
+    assert committee == draw_dispute_committee(beacon, job_id, 0, validators[::-1], 3)
+    assert len(set(committee)) == 3

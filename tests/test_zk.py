@@ -37,6 +37,7 @@ from prover.zk import (
     felt_hex,
     small_mlp,
 )
+from slashing import LedgerParams, RegisterBeacon, SetParams, genesis_chain_id
 from slashing import constants as c
 from verifier.validator import Validator
 from verifier.zk import ZkKey, check_zk
@@ -108,10 +109,14 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ZkWorld]:
     yield ZkWorld(store, registry, models[0], models[1], inputs, {})
 
 
+CHAIN = genesis_chain_id(RegisterBeacon(bytes(48), 0), SetParams(LedgerParams.default()))
+"""The chain of the ledger the tests below record on (and a stand-in for the others)."""
+
+
 def request_for(model: ZkModel, x: torch.Tensor, nonce: int = 0, fee: int = 1) -> JobRequest:
     return JobRequest(
         model_id=model.model_id, input=Tensor.from_torch(x), client=CLIENT.public.raw,
-        nonce=nonce, fee=fee,
+        node=NODE.public.raw, nonce=nonce, fee=fee, expiry_round=10**6, chain_id=CHAIN,
     ).signed(CLIENT)
 
 
@@ -121,7 +126,7 @@ def commit(request: JobRequest, proof: ZkProof, output: Tensor | None = None) ->
     return Commitment(
         job_id=request.job_id, model_id=request.model_id,
         input_hash=tensor_hash(request.input), output_hash=tensor_hash(out),
-        node=NODE.public.raw, mode="zk", aux=proof.encode(),
+        node=NODE.public.raw, chain_id=request.chain_id, mode="zk", aux=proof.encode(),
     ).signed(NODE)
 
 
@@ -326,7 +331,8 @@ def test_the_ledger_rechecks_a_forged_proof_and_slashes_on_the_evidence_alone(
 
     def evidence(key: SigningKey, req: JobRequest, com: Commitment) -> AccuseInvalidProof:
         finding = Evidence(offence=Offence.INVALID_PROOF, job_id=com.job_id,
-                           accuser=key.public.raw, commitment=com.encode()).signed(key)
+                           accuser=key.public.raw, commitment=com.encode(),
+                           chain_id=com.chain_id).signed(key)
         return AccuseInvalidProof(evidence=finding.encode(), request=req.encode())
 
     events = [

@@ -62,7 +62,14 @@ from prover.zk import (
     ZkProver,
     small_mlp,
 )
-from slashing import Ledger, LedgerParams, RegisterZkModel
+from slashing import (
+    Ledger,
+    LedgerParams,
+    RegisterBeacon,
+    RegisterZkModel,
+    SetParams,
+    genesis_chain_id,
+)
 from slashing.service import Genesis, LedgerService
 from tests.net_helpers import BEACON_SECRET, GENESIS_FUNDS, free_port
 from tests.test_ledger_cli import run
@@ -108,11 +115,12 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TinyZk]:
     yield TinyZk(root, registry, store, entry, artifacts)
 
 
-def job(model_id: bytes, nonce: int, fee: int) -> JobRequest:
+def job(model_id: bytes, nonce: int, fee: int, chain_id: bytes) -> JobRequest:
     g = torch.Generator().manual_seed(100 + nonce)
     x = Tensor.from_torch(torch.rand((1, 1, 4, 4), generator=g))
-    return JobRequest(model_id=model_id, input=x, client=CLIENT.public.raw, nonce=nonce,
-                      fee=fee).signed(CLIENT)
+    return JobRequest(model_id=model_id, input=x, client=CLIENT.public.raw, node=NODE.public.raw,
+                      nonce=nonce, fee=fee, expiry_round=10**6,
+                      chain_id=chain_id).signed(CLIENT)
 
 
 # -- every zk job is checked, whatever the draw ----------------------------------------------------
@@ -133,8 +141,10 @@ def test_every_zk_job_is_checked_at_a_rate_that_samples_none(tiny: TinyZk) -> No
     port, node_port = free_port(), free_port()
     address = peer_address("127.0.0.1", port, ledger_key.public.raw)
     node_address = peer_address("127.0.0.1", node_port, NODE.public.raw)
-    honest = [job(model_id, nonce, fee) for nonce in range(3)]
-    replayed = job(model_id, 3, fee)
+    chain_id = genesis_chain_id(
+        RegisterBeacon(DevnetBeacon(BEACON_SECRET).public_key, 0), SetParams(params))
+    honest = [job(model_id, nonce, fee, chain_id) for nonce in range(3)]
+    replayed = job(model_id, 3, fee, chain_id)
     verdicts: dict[bytes, Attestation | Evidence] = {}
     draws: list[bool] = []
 
@@ -184,7 +194,7 @@ def test_every_zk_job_is_checked_at_a_rate_that_samples_none(tiny: TinyZk) -> No
             forged = Commitment(
                 job_id=replayed.job_id, model_id=model_id,
                 input_hash=tensor_hash(replayed.input), output_hash=tensor_hash(output),
-                node=NODE.public.raw, mode="zk", aux=first[2].aux,
+                node=NODE.public.raw, chain_id=chain_id, mode="zk", aux=first[2].aux,
             ).signed(NODE)
             node_service.journal.record(
                 COMMITMENT, replayed.job_id, forged.encode(),

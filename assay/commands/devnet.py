@@ -48,10 +48,12 @@ DEVNET_FILE = "devnet.json"
 ASSAY = (sys.executable, "-m", "assay")
 """The ``assay`` command as this interpreter runs it."""
 DEVNET_SCRYPT_N = 2**14
-NODE_FUNDS = 50_000
+NODE_FUNDS = 150_000
 VALIDATOR_FUNDS = 50_000
 CLIENT_FUNDS = 10**12
-STAKE = 20_000
+STAKE = 100_000
+"""A node's stake covers stake/(p·S) jobs in flight: 60 at the devnet's p = 0.5."""
+VALIDATOR_STAKE = 20_000
 MODELS = (("gpt2", "gpt2", "llm"), ("mlp", "mlp-int8", "exact"), ("embed", "bert", "tensor"))
 """``(name, zoo model, mode)``: a text model, an integer model judged bit for bit, and a float
 sentence embedder judged within the tolerances measured when the devnet is made."""
@@ -197,7 +199,7 @@ def create(
             "keystore": f"keys/{name}.json", "password_file": f"keys/{name}.pass",
             "data_dir": f"data/{name}", "registry": "registry", "zk_store": ZK_STORE,
             "listen": f"/ip4/127.0.0.1/tcp/{listen}", "ledger": ledger_address,
-            "stake": STAKE, "metrics": True, "metrics_port": metrics,
+            "stake": VALIDATOR_STAKE, "metrics": True, "metrics_port": metrics,
         }
         members.append(Member(name, "validator", f"{name}.toml", key.public.hex(),
                               peer_address("127.0.0.1", listen, key.public.raw), 0, metrics))

@@ -6,8 +6,12 @@ It prints the least slash S that satisfies each condition of DESIGN decision
 probabilistic proofs) — whether the given S meets them, what verification
 costs, how soon a cheat is caught, and how often canaries must come for a
 validator to gain nothing by attesting without re-executing (Truebit's
-forced errors). The defaults are the ledger's genesis defaults; exit status
-1 means S breaks a condition, which is what the ledger would refuse.
+forced errors), and what stake a node needs for its throughput: the ledger
+keeps a node's unsettled jobs within ``stake / (p·S)``, and each stays
+unsettled for the detection latency D = W + 2 rounds, so T jobs a round need
+``stake ≥ p·S·T·D`` (stake at risk covers liability). The defaults are the
+ledger's genesis defaults; exit status 1 means the parameters break a
+condition, which is what the ledger would refuse.
 """
 
 from __future__ import annotations
@@ -19,14 +23,18 @@ from assay.arguments import positive_int, rate_ppm
 from protocol.economics import (
     EconomicParams,
     fabrication_condition_holds,
+    in_flight_limit,
     min_slash_fabrication,
     min_slash_posp,
     posp_condition_holds,
+    stake_at_risk_holds,
+    stake_for_throughput,
     violations,
 )
 from protocol.sampling import PPM
 
 DETECTION_JOBS: tuple[int, ...] = (1, 10, 50, 100, 500, 1_000)
+THROUGHPUTS: tuple[int, ...] = (1, 10, 100, 400)
 CHEAT_RATES_PPM: tuple[int, ...] = (10_000, 100_000, 500_000, 1_000_000)
 
 # The ledger's genesis defaults (slashing.constants), repeated so `assay --help` stays light;
@@ -36,8 +44,10 @@ DEFAULT_COMPUTE_COST = 50
 DEFAULT_SAMPLE_PPM = 50_000
 DEFAULT_COLLUSION_PPM = 100_000
 DEFAULT_SLASH = 5_000
-DEFAULT_COMMITTEE_SIZE = 3
-DEFAULT_LAZY_SLASH = 2_000
+DEFAULT_COMMITTEE_SIZE = 5
+DEFAULT_LAZY_SLASH = 5_000
+DEFAULT_MIN_STAKE = 10_000
+DEFAULT_WINDOW = 4
 
 
 def detection_probability(sample_ppm: int, collusion_ppm: int, cheat_ppm: int, jobs: int) -> float:
@@ -57,6 +67,8 @@ def report(args: argparse.Namespace) -> dict[str, object]:
         sample_ppm=args.p,
         collusion_ppm=args.collusion,
         slash=args.slash,
+        min_stake=args.stake,
+        detection_rounds=args.window + 2,
     )
     p, r = e.sample_ppm / PPM, e.collusion_ppm / PPM
     return {
@@ -83,6 +95,18 @@ def report(args: argparse.Namespace) -> dict[str, object]:
         },
         "min_safe_slash": max(min_slash_posp(e), min_slash_fabrication(e)),
         "violations": violations(e),
+        "stake_at_risk": {
+            "formula": "stake >= p*S*T*D",
+            "stake": e.min_stake,
+            "detection_rounds": e.detection_rounds,
+            "in_flight_limit": in_flight_limit(e.min_stake, e.sample_ppm, e.slash),
+            "jobs_per_round": in_flight_limit(e.min_stake, e.sample_ppm, e.slash)
+            // e.detection_rounds,
+            "stake_for_jobs_per_round": {
+                str(t): stake_for_throughput(e, t) for t in THROUGHPUTS
+            },
+            "holds": stake_at_risk_holds(e),
+        },
         "verification_overhead": p,
         "dispute_reexecutions": args.committee,
         "min_canary_share_ppm": -(-e.compute_cost * PPM // args.lazy_slash),
@@ -117,6 +141,16 @@ def _print(out: dict[str, object]) -> None:
           f"{slash} vs {reward}*(1-{p:g})/{p:g} = {fab['unsampled_gain']:.6g}")
     print(f"least safe S: {out['min_safe_slash']}")
     print("[1] Proof of Sampling, arXiv 2405.00295  [2] Pocket Network, zero-cost fabrication")
+    print()
+    risk = out["stake_at_risk"]
+    assert isinstance(risk, dict)
+    verdict = "holds" if risk["holds"] else "FAILS"
+    print(f"stake at risk: a node keeps at most stake/(p*S) jobs unsettled, each for "
+          f"D = W+2 = {risk['detection_rounds']} rounds")
+    print(f"  with stake {risk['stake']}: {risk['in_flight_limit']} in flight, "
+          f"{risk['jobs_per_round']} jobs a round ({verdict}: at least 1)")
+    needs = "  ".join(f"T={t}: {v}" for t, v in risk["stake_for_jobs_per_round"].items())
+    print(f"  stake for T jobs a round, p*S*T*D:  {needs}")
     print()
     print(f"verification overhead: p = {p:.1%} of inference compute is re-executed,")
     print(f"  plus {out['dispute_reexecutions']} re-executions per dispute")
@@ -172,5 +206,9 @@ def register(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
                       help=f"k: validators re-executing a disputed job ({DEFAULT_COMMITTEE_SIZE})")
     econ.add_argument("--lazy-slash", type=positive_int, default=DEFAULT_LAZY_SLASH,
                       help=f"L: slash for VALID on a canary ({DEFAULT_LAZY_SLASH})")
+    econ.add_argument("--stake", type=positive_int, default=DEFAULT_MIN_STAKE,
+                      help=f"a node's stake (the minimum, {DEFAULT_MIN_STAKE})")
+    econ.add_argument("--window", "-W", type=positive_int, default=DEFAULT_WINDOW,
+                      help=f"W: the challenge window in rounds ({DEFAULT_WINDOW})")
     econ.add_argument("--json", action="store_true", help="print the report as JSON")
     econ.set_defaults(func=cmd_econ)

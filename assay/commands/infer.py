@@ -20,6 +20,8 @@ from typing import Any
 from assay.arguments import CommandError, positive_int
 
 CONNECT_TIMEOUT_S = 20.0
+EXPIRY_ROUNDS = 8
+"""Rounds after the ledger's current one in which the job may still be recorded."""
 DEFAULT_FEE = 110
 """The demo ledger's R + verification fee; a ledger refuses fees above that."""
 
@@ -30,6 +32,9 @@ def register(commands: Any) -> None:
     )
     infer.add_argument("--node", required=True,
                        help="the node's libp2p address, /ip4/…/tcp/…/p2p/<peer id>")
+    infer.add_argument("--ledger", required=True,
+                       help="the ledger's /p2p/ address: the request names its chain id and an "
+                            "expiry round from its clock")
     infer.add_argument("--keystore", required=True, type=Path,
                        help="the client's keystore (its account pays the fee)")
     infer.add_argument("--password-file", default=None,
@@ -108,29 +113,52 @@ def cmd_infer(args: argparse.Namespace) -> int:
     from protocol.net.host import PeerHost, PeerUnavailable
     from protocol.net.identity import public_key_of
 
-    try:
-        node_key = public_key_of(info_from_p2p_addr(multiaddr.Multiaddr(args.node)).peer_id)
-    except Exception as exc:  # multiaddr and libp2p raise many types for a bad address
-        raise CommandError(f"--node {args.node!r} is not a /p2p/ address: {exc}") from exc
+    def peer_key(flag: str, address: str) -> bytes:
+        try:
+            return public_key_of(info_from_p2p_addr(multiaddr.Multiaddr(address)).peer_id)
+        except Exception as exc:  # multiaddr and libp2p raise many types for a bad address
+            raise CommandError(f"--{flag} {address!r} is not a /p2p/ address: {exc}") from exc
+
+    node_key = peer_key("node", args.node)
+    ledger_key = peer_key("ledger", args.ledger)
     model_id = _model_id(args.model)
     params = _llm_params(args) if args.prompt is not None else {}
     job_input = _job_input(args)
     key: SigningKey = load_key(args.keystore, args.password_file)
-    request = JobRequest(
-        model_id=model_id, input=job_input, client=key.public.raw,
-        nonce=secrets.randbelow(2**63), fee=args.fee, params=tuple(params.items()),
-    ).signed(key)
+    signed: list[JobRequest] = []
+
+    async def connect(host: PeerHost, peer: bytes, address: str) -> str:
+        with trio.move_on_after(min(args.timeout, CONNECT_TIMEOUT_S)):
+            while peer not in host.connected():
+                await trio.sleep(0.05)
+        return "" if peer in host.connected() else f"could not connect to {address}"
 
     async def submit() -> tuple[dict[str, Any] | None, str]:
         """The node's answer, or why there is none (raised inside the host's nursery,
         an exception would reach trio.run wrapped in an exception group)."""
-        host = PeerHost(key, "/ip4/127.0.0.1/tcp/0", [args.node])
+        host = PeerHost(key, "/ip4/127.0.0.1/tcp/0", [args.node, args.ledger])
         async with host.running():
-            with trio.move_on_after(min(args.timeout, CONNECT_TIMEOUT_S)):
-                while node_key not in host.connected():
-                    await trio.sleep(0.05)
-            if node_key not in host.connected():
-                return None, f"could not connect to the node at {args.node}"
+            failed = await connect(host, ledger_key, args.ledger)
+            if failed:
+                return None, failed
+            try:
+                status = await host.request(ledger_key, wire.PROTOCOL_LEDGER,
+                                            wire.encode_map({"op": "status"}), args.timeout)
+            except (wire.RemoteError, PeerUnavailable) as exc:
+                return None, f"the ledger did not say its chain id: {exc}"
+            chain_id, now = status.get("chain_id"), status.get("round")
+            if not isinstance(chain_id, bytes) or not isinstance(now, int):
+                return None, "the ledger's status lacks its chain id or round"
+            request = JobRequest(
+                model_id=model_id, input=job_input, client=key.public.raw, node=node_key,
+                nonce=secrets.randbelow(2**63), fee=args.fee,
+                expiry_round=max(now, 0) + EXPIRY_ROUNDS, chain_id=chain_id,
+                params=tuple(params.items()),
+            ).signed(key)
+            signed.append(request)
+            failed = await connect(host, node_key, args.node)
+            if failed:
+                return None, failed
             try:
                 payload = request.encode()
                 return await host.request(node_key, wire.PROTOCOL_JOB, payload, args.timeout), ""
@@ -142,6 +170,7 @@ def cmd_infer(args: argparse.Namespace) -> int:
     answer, failure = trio.run(submit)
     if answer is None:
         raise CommandError(failure)
+    (request,) = signed
     output, raw_commitment = answer.get("output"), answer.get("commitment")
     if not isinstance(output, Tensor) or not isinstance(raw_commitment, bytes):
         raise CommandError("the node's answer lacks an output tensor or a commitment")

@@ -126,17 +126,19 @@ def cmd_zk_setup(args: argparse.Namespace) -> int:
     from prover.node import tensor_hash
 
     client = SigningKey.derive("assay-zk-setup/client")
+    no_network = bytes(32)  # the example is checked here, never recorded on a ledger
     request = JobRequest(
         model_id=entry.model_id, input=Tensor.from_torch(inputs[0]),
-        client=client.public.raw, nonce=0, fee=0,
+        client=client.public.raw, node=client.public.raw, nonce=0, fee=0, expiry_round=0,
+        chain_id=no_network,
     ).signed(client)
     started = time.perf_counter()
     proof = ZkProver(artifacts).prove(inputs[0])
     prove = time.perf_counter() - started
     commitment = Commitment(
         job_id=request.job_id, model_id=entry.model_id, input_hash=tensor_hash(request.input),
-        output_hash=tensor_hash(proof.output_tensor()), node=client.public.raw, mode="zk",
-        aux=proof.encode(),
+        output_hash=tensor_hash(proof.output_tensor()), node=client.public.raw,
+        chain_id=no_network, mode="zk", aux=proof.encode(),
     )
     check = check_zk(request, commitment, ZkKey.from_artifacts(artifacts, entry.params))
     if check.verdict is not Verdict.VALID:
