@@ -57,6 +57,8 @@ class EpochDraw:
     cheated: np.ndarray
     grief: np.ndarray
     churn: np.ndarray
+    canaries: int = 0
+    """Canary jobs the operator plants this epoch (recorded the next)."""
 
 
 def cheat_rates(population: Population, streak: np.ndarray) -> np.ndarray:
@@ -86,7 +88,8 @@ def draw_epoch(
     cheated = rng.random(jobs) < cheat_rates(population, streak)[node]
     grief = rng.random(jobs)
     churn = rng.random(config.nodes)
-    return EpochDraw(node=node, cheated=cheated, grief=grief, churn=churn)
+    canaries = int(rng.binomial(jobs, config.canaries)) if config.canaries else 0
+    return EpochDraw(node=node, cheated=cheated, grief=grief, churn=churn, canaries=canaries)
 
 
 def next_online(population: Population, online: np.ndarray, churn: np.ndarray) -> np.ndarray:
@@ -110,6 +113,7 @@ def covers(population: Population, validator: int, node: int) -> bool:
     return (
         population.validator_kind[validator] == COLLUDING
         and group != NO_GROUP
+        and node >= 0  # not a canary: those belong to no group
         and group == population.node_group[node]
     )
 

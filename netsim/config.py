@@ -88,6 +88,9 @@ class SimConfig:
     colluding: float
     groups: int
     ledger: LedgerParams
+    canaries: float = 0.0
+    """The operator's canaries: this share of each epoch's jobs is added as canary jobs,
+    recorded the epoch after their commitment is planted and revealed once final."""
 
     @property
     def fee(self) -> int:
@@ -103,6 +106,7 @@ class SimConfig:
             "arrivals": self.arrivals,
             "path": self.path,
             "clients": self.clients,
+            "canaries": self.canaries,
             "nodes": {
                 "count": self.nodes,
                 "bond": self.node_bond,
@@ -138,6 +142,7 @@ _TOP: dict[str, Any] = {
     "arrivals": "fixed",
     "path": "fast",
     "clients": 4,
+    "canaries": 0.0,
 }
 _NODES: dict[str, Any] = {
     "count": 20,
@@ -261,6 +266,7 @@ def resolve(tree: Mapping[str, Any]) -> SimConfig:
         colluding=_fraction("validators.colluding", validators["colluding"]),
         groups=_int("validators.groups", validators["groups"], 1, 10_000),
         ledger=_ledger(top["ledger"]),
+        canaries=_fraction("canaries", top["canaries"]),
     )
     if sum(s.share for s in strategies) > 1.0 + 1e-9:
         raise ConfigError("the shares of nodes.strategy add up to more than 1")

@@ -38,7 +38,13 @@ import numpy as np
 
 from netsim import behaviour, jobs
 from netsim.beacon import ChainBeacon
-from netsim.genesis import check_params, client_funds
+from netsim.genesis import (
+    CANARY_NODES,
+    CANARY_STAKE,
+    canary_funds,
+    check_params,
+    client_funds,
+)
 from netsim.outcome import FRAUD, INCONCLUSIVE, NO_DISPUTE, REFUSED, VALID, Outcome
 from netsim.population import Population
 from protocol.economics import in_flight_limit
@@ -92,6 +98,7 @@ class Dispute:
     draws: int = 0
     drawn_round: int | None = None
     committee: list[int] = field(default_factory=list)
+    votes: list[tuple[int, Verdict]] = field(default_factory=list)
 
 
 class FastRun:
@@ -104,11 +111,21 @@ class FastRun:
         self.params = p = config.ledger
         self.beacon = ChainBeacon(config.seed)
         n, m = config.nodes, config.validators
-        self.node_balance = np.zeros(n, dtype=np.int64)
-        self.locked: list[dict[int, int]] = [{} for _ in range(n)]
+        nodes = n + CANARY_NODES  # the operator's canary nodes follow the clients' nodes
+        self.node_balance = np.zeros(nodes, dtype=np.int64)
+        self.locked: list[dict[int, int]] = [{} for _ in range(nodes)]
         """Per node: release round → earnings still slashable, in the order they came."""
-        self.nodes = Stakes(n, config.node_bond, c.NODE, p)
-        self.node_jobs = np.zeros(n, dtype=np.int64)
+        self.nodes = Stakes(nodes, config.node_bond, c.NODE, p)
+        self.nodes.amount[n:] = CANARY_STAKE
+        self.node_jobs = np.zeros(nodes, dtype=np.int64)
+        self.canary = np.zeros(total, dtype=bool)
+        self.canary_count = 0
+        self.canary_spent = 0
+        """Fees the operator's canary client paid for canaries that settled."""
+        self.planted: list[tuple[int, int]] = []
+        """Canaries committed to this epoch, recorded the next: (number, canary node)."""
+        self.canaries: list[int] = []
+        """Recorded canary jobs not yet revealed, in order."""
         self.validator_balance = np.zeros(m, dtype=np.int64)
         self.validators = Stakes(m, config.validator_bond, c.VALIDATOR, p)
         self.burned = 0
@@ -149,14 +166,20 @@ class FastRun:
         self.open: list[int] = []
         """Jobs with an open dispute, in the order they were opened."""
         self.settle_queue: dict[int, list[int]] = defaultdict(list)
+        self.drawn_upto = 0
+        """Jobs before this index have had their sample round."""
+        self.unlocks: dict[int, set[int]] = defaultdict(set)
+        """Round → nodes with locked earnings released in it."""
 
     # -- the ledger's clock --------------------------------------------------------------------
     def bonded_ids(self) -> list[tuple[int, bytes]]:
         return [(int(i), self.ids[i]) for i in np.flatnonzero(self.validators.bonded(self.round))]
 
-    def reveal(self, round_number: int, new_jobs: range) -> None:
+    def reveal(self, round_number: int) -> None:
         """What ``process_beacon_round`` does in round ``round_number``, in its order."""
         self.round = round_number
+        new_jobs = range(self.drawn_upto, self.count)  # recorded last round: their sample round
+        self.drawn_upto = self.count
         beacon = self.beacon.value(round_number)
         for job in self.open:  # a committee for each dispute awaiting one
             dispute = self.disputes[job]
@@ -171,12 +194,22 @@ class FastRun:
         for g in self.redraw.pop(round_number, []):
             if self.status[g] == PENDING:
                 self.assign(g, beacon)
-        for node, held in enumerate(self.locked):  # earnings whose lock has run out
-            due = held.pop(round_number, 0)
-            self.node_balance[node] += due
-        for g in self.settle_queue.pop(round_number, []):
-            if self.is_settleable(g):
-                self.settle(g)
+        for node in self.unlocks.pop(round_number, ()):  # earnings whose lock has run out
+            self.node_balance[node] += self.locked[node].pop(round_number, 0)
+        due = np.array(self.settle_queue.pop(round_number, []), dtype=np.int64)
+        if len(due):
+            self.settle(due[self.settleable(due)])
+
+    def settleable(self, due: np.ndarray) -> np.ndarray:
+        """``is_settleable_job`` for each of ``due``: pending, window closed, nothing held."""
+        held = set(self.audit_round) | set(self.open)
+        for later in self.redraw.values():
+            held.update(later)
+        ok = (self.status[due] == PENDING) & (
+            self.round > self.recorded_round[due] + 1 + self.params.challenge_window)
+        if held:
+            ok &= ~np.isin(due, np.fromiter(held, dtype=np.int64))
+        return np.asarray(ok, dtype=bool)
 
     def assign(self, g: int, beacon: bytes) -> None:
         drawn = self.auditors[g]
@@ -195,16 +228,6 @@ class FastRun:
     def window_end(self, g: int) -> int:
         return int(self.recorded_round[g]) + 1 + self.params.challenge_window
 
-    def is_settleable(self, g: int) -> bool:
-        return (
-            self.status[g] == PENDING and g not in self.audit_round
-            and not (g in self.disputes and g in self.open)
-            and self.round > self.window_end(g) and not self.awaits_redraw(g)
-        )
-
-    def awaits_redraw(self, g: int) -> bool:
-        return any(g in later for later in self.redraw.values())
-
     def reschedule(self, g: int, in_beacon_round: bool) -> None:
         """``reschedule_settlement``: once what held the job is resolved."""
         earliest = self.window_end(g) + 1
@@ -213,16 +236,27 @@ class FastRun:
         if max(earliest, soonest) > first_try:
             self.settle_queue[max(earliest, soonest)].append(g)
 
-    def settle(self, g: int) -> None:
+    def settle(self, jobs_: np.ndarray) -> None:
+        """``settle_job`` for each of ``jobs_``: rewards locked, verification fees paid."""
+        if not len(jobs_):
+            return
         p = self.params
-        node = int(self.node[g])
+        reward = self.config.fee - p.verification_fee
+        verifier = self.verifier[jobs_]
+        canaries = self.canary[jobs_]
+        self.canary_spent += int(canaries.sum()) * self.config.fee - int(
+            (canaries & (verifier < 0)).sum()) * p.verification_fee
         release = self.round + p.unbonding_period
-        held = self.locked[node]
-        held[release] = held.get(release, 0) + self.config.fee - p.verification_fee
-        if self.verifier[g] >= 0:
-            self.validator_balance[self.verifier[g]] += p.verification_fee
-        self.status[g] = SETTLED
-        self.node_jobs[node] -= 1
+        nodes = self.node[jobs_]
+        counts = np.bincount(nodes, minlength=len(self.locked))
+        for node in np.flatnonzero(counts).tolist():
+            held = self.locked[node]
+            held[release] = held.get(release, 0) + int(counts[node]) * reward
+            self.unlocks[release].add(node)
+        paid = verifier[verifier >= 0]
+        np.add.at(self.validator_balance, paid, p.verification_fee)
+        self.status[jobs_] = SETTLED
+        self.node_jobs -= counts
 
     def slash_node(self, node: int, amount: int) -> int:
         """``slash_stake`` on a node: the stake first, then its locked earnings, oldest first."""
@@ -268,7 +302,8 @@ class FastRun:
         node, cheated = int(self.node[g]), bool(self.cheated[g])
         votes = []
         for w in dispute.committee:
-            verdict, member_reexec = behaviour.committee_vote(self.population, w, node, cheated)
+            verdict, member_reexec = behaviour.committee_vote(
+                self.population, w, -1 if self.canary[g] else node, cheated)
             if member_reexec:
                 self.reexecutions[g] += 1
                 self.reexecuted[w] += 1
@@ -281,6 +316,7 @@ class FastRun:
         if outcome is Verdict.INCONCLUSIVE and dispute.draws < c.MAX_COMMITTEE_DRAWS:
             dispute.drawn_round, dispute.committee = None, []
             return
+        dispute.votes = votes
         self.resolve(dispute, outcome, votes)
 
     def resolve(self, dispute: Dispute, outcome: Verdict, votes: list[tuple[int, Verdict]]
@@ -340,7 +376,8 @@ class FastRun:
         self.auditor[g] = v
         self.audits[v] += 1
         node, cheated = int(self.node[g]), bool(self.cheated[g])
-        accuse, reexec = behaviour.audit_action(self.population, v, node, cheated,
+        accuse, reexec = behaviour.audit_action(self.population, v,
+                                                -1 if self.canary[g] else node, cheated,
                                                 float(self.grief[g]))
         if reexec:
             self.reexecutions[g] += 1
@@ -367,12 +404,55 @@ class FastRun:
             self.reschedule(g, in_beacon_round=False)
 
     def act(self) -> None:
-        """As the reference path: committees drawn this round vote, then auditors audit."""
+        """As the reference path: committees drawn this round vote, then auditors audit, then
+        final canaries are revealed."""
         drawn = [g for g in self.open if self.disputes[g].drawn_round == self.round]
         for g in sorted(drawn):
             self.vote(self.disputes[g])
         for g in sorted(j for j, r in self.audit_round.items() if r == self.round):
             self.audit(g)
+        for g in list(self.canaries):
+            if self.status[g] != PENDING:
+                self.reveal_canary(g)
+
+    # -- the operator's canaries ------------------------------------------------------------
+    def plant(self, count: int) -> None:
+        first = self.config.nodes
+        bonded = [k for k in range(first, first + CANARY_NODES)
+                  if self.nodes.is_bonded(k, self.round)]
+        if not bonded:
+            return
+        for _ in range(count):
+            self.planted.append((self.canary_count, bonded[0]))
+            self.canary_count += 1
+
+    def record_canaries(self) -> None:
+        p = self.params
+        for number, k in self.planted:
+            limit = in_flight_limit(int(self.nodes.amount[k]), p.sample_ppm, p.fraud_slash)
+            if not self.nodes.is_bonded(k, self.round) or self.node_jobs[k] >= limit:
+                continue  # the canary is lost
+            self.node_jobs[k] += 1
+            g = self.count
+            self.count += 1
+            node_id = self.population.canary_node_ids[k - self.config.nodes]
+            self.job_ids.append(jobs.canary_ids(self.population, number, node_id))
+            self.node[g], self.cheated[g], self.canary[g] = k, True, True
+            self.epoch[g], self.grief[g], self.recorded_round[g] = -1, 1.0, self.round
+            self.settle_queue[self.round + p.challenge_window + 2].append(g)
+            self.canaries.append(g)
+        self.planted = []
+
+    def reveal_canary(self, g: int) -> None:
+        """Everyone that called the canary VALID is slashed, all of it burned."""
+        p = self.params
+        wrong = [int(self.verifier[g])] if self.verifier[g] >= 0 else []
+        dispute = self.disputes.get(g)
+        if dispute is not None:
+            wrong += [w for w, verdict in dispute.votes if verdict is Verdict.VALID]
+        for w in dict.fromkeys(wrong):
+            self.burned += self.slash_validator(w, p.lazy_validator_slash)
+        self.canaries.remove(g)
 
 
 def run_fast(population: Population, on_epoch: Callable[[int], None] | None = None) -> Outcome:
@@ -382,7 +462,7 @@ def run_fast(population: Population, on_epoch: Callable[[int], None] | None = No
     counts = behaviour.arrivals(population)
     total = int(counts.sum())
     funds = client_funds(config, total)
-    run = FastRun(population, total)
+    run = FastRun(population, total + (total if config.canaries else 0))  # room for canaries
     n, m = config.nodes, config.validators
     job_ids = jobs.JobIds(population)
     online = np.ones(n, dtype=bool)
@@ -391,7 +471,7 @@ def run_fast(population: Population, on_epoch: Callable[[int], None] | None = No
     routed = 0
     for e in range(config.epochs):
         run.round = e
-        active = online & run.nodes.bonded(e)
+        active = online & run.nodes.bonded(e)[:n]
         online_log.append(int(online.sum()))
         active_log.append(int(active.sum()))
         draw = behaviour.draw_epoch(population, e, int(counts[e]), active, streak)
@@ -414,52 +494,69 @@ def run_fast(population: Population, on_epoch: Callable[[int], None] | None = No
             run.grief[g], run.recorded_round[g] = draw.grief[j], e
             run.settle_queue[e + params.challenge_window + 2].append(g)
         routed += len(draw.node)
-        run.reveal(e + 1, range(start, run.count))
+        regular = run.count
+        run.record_canaries()
+        run.plant(draw.canaries)
+        run.reveal(e + 1)
         auditors_log.append(int(run.validators.bonded(run.round).sum()))
         run.act()
         epoch_sampled = np.zeros(len(draw.node), dtype=bool)
-        epoch_sampled[kept] = run.is_sampled[start:run.count]
+        epoch_sampled[kept] = run.is_sampled[start:regular]
         streak = behaviour.next_streak(population, streak, draw.node, epoch_sampled)
         online = behaviour.next_online(population, online, draw.churn)
         if on_epoch is not None:
             on_epoch(1)
     round_number = config.epochs
     limit = round_number + liability_horizon(params) + 2
-    while (run.status[: run.count] == PENDING).any():
+    run.record_canaries()
+    while run.canaries or (run.status[: run.count] == PENDING).any():
         round_number += 1
         assert round_number <= limit, "a job outlived the liability horizon"
-        run.reveal(round_number, range(0))
+        run.reveal(round_number)
         run.act()
 
-    # Settlement money, per job, from the final status
-    count = run.count
+    # Settlement money, per job, from the final status; canaries are the operator's
+    clients_jobs = ~run.canary[: run.count]
     fee, verification_fee = config.fee, params.verification_fee
-    status, verifier = run.status[:count], run.verifier[:count]
+
+    def jobs_of(values: np.ndarray) -> np.ndarray:
+        return values[: run.count][clients_jobs]
+
+    status, verifier = jobs_of(run.status), jobs_of(run.verifier)
     settled = status == SETTLED
     verified = settled & (verifier >= 0)
-    money = {name: values[:count] for name, values in run.money.items()}
+    money = {name: jobs_of(values) for name, values in run.money.items()}
     money["node_income"][settled] += fee - verification_fee
     money["validator_income"][verified] += verification_fee
     client_cost = np.where(settled, np.where(verified, fee, fee - verification_fee), 0)
     client_balance = np.full(config.clients, funds, dtype=np.int64)
-    np.subtract.at(client_balance, run.routed[:count] % config.clients, client_cost)
+    np.subtract.at(client_balance, jobs_of(run.routed) % config.clients, client_cost)
     locked = np.array([sum(held.values()) for held in run.locked], dtype=np.int64)
-    minted = funds * config.clients if funds else 0
+    operator = (
+        canary_funds(config, total) - run.canary_spent
+        + int(run.node_balance[n:].sum() + locked[n:].sum() + run.nodes.amount[n:].sum())
+    )
+    minted = (funds * config.clients if funds else 0) + canary_funds(config, total)
+    minted += CANARY_STAKE * CANARY_NODES
     return Outcome(
-        epoch=run.epoch[:count],
-        node=run.node[:count],
-        cheated=run.cheated[:count],
-        cost=population.node_cost[run.node[:count]].astype(np.float64),
-        sampled=run.is_sampled[:count],
-        auditor=run.auditor[:count],
-        accused=run.accused[:count],
-        verdict=run.verdict[:count],
-        reexecutions=run.reexecutions[:count],
+        epoch=jobs_of(run.epoch),
+        node=jobs_of(run.node),
+        cheated=jobs_of(run.cheated),
+        cost=population.node_cost[jobs_of(run.node)].astype(np.float64),
+        sampled=jobs_of(run.is_sampled),
+        auditor=jobs_of(run.auditor),
+        accused=jobs_of(run.accused),
+        verdict=jobs_of(run.verdict),
+        reexecutions=jobs_of(run.reexecutions),
         client_cost=client_cost.astype(np.int64),
-        **money,
-        node_balance=run.node_balance + locked,
-        node_stake=run.nodes.amount,
-        node_slashed_out=run.nodes.out,
+        node_income=money["node_income"],
+        node_slash=money["node_slash"],
+        validator_income=money["validator_income"],
+        validator_slash=money["validator_slash"],
+        burned=money["burned"],
+        node_balance=(run.node_balance + locked)[:n],
+        node_stake=run.nodes.amount[:n],
+        node_slashed_out=run.nodes.out[:n],
         validator_balance=run.validator_balance,
         validator_stake=run.validators.amount,
         validator_slashed_out=run.validators.out,
@@ -471,4 +568,5 @@ def run_fast(population: Population, on_epoch: Callable[[int], None] | None = No
         auditors=np.array(auditors_log, dtype=np.int64),
         minted=minted + n * config.node_bond + m * config.validator_bond,
         total_burned=run.burned,
+        operator=operator,
     )

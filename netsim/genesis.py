@@ -39,6 +39,18 @@ def validator_float(config: SimConfig, total_jobs: int) -> int:
     return config.ledger.accuser_bond * max(total_jobs, 1)
 
 
+CANARY_NODES = 32
+"""The operator's canary nodes: a caught canary jails its node (and the third tombstones it),
+so the operator keeps a pool and uses the first that may take jobs."""
+CANARY_STAKE = 10 * c.MIN_STAKE[c.NODE]
+"""Each canary node's stake: its in-flight limit must hold a few epochs of canaries."""
+
+
+def canary_funds(config: SimConfig, total_jobs: int) -> int:
+    """The operator's canary client: the fees of at most one canary per job."""
+    return config.fee * total_jobs if config.canaries else 0
+
+
 def client_funds(config: SimConfig, total_jobs: int) -> int:
     """Each client's mint: the fees of every job it pays for (job i is paid by client i mod n).
 
@@ -51,6 +63,7 @@ def client_funds(config: SimConfig, total_jobs: int) -> int:
         funds * config.clients
         + config.node_bond * config.nodes
         + (config.validator_bond + validator_float(config, total_jobs)) * config.validators
+        + canary_funds(config, total_jobs) + CANARY_STAKE * CANARY_NODES
     )
     if supply > INT64_SUPPLY:
         raise ConfigError(

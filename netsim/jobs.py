@@ -39,6 +39,9 @@ GRIEF_TAG = b"netsim/grief\x00"
 INPUT_BYTES = 8
 CHECKED_INDICES = (0, 1, 200, 70_000, 2**33 + 5)
 """Jobs whose template bytes are compared with the codec's: one per msgpack integer width."""
+CANARY_SALT_TAG = b"netsim/canary-salt\x00"
+CANARY_NONCE = 2**48
+"""Canary requests' nonces start here, apart from the clients' jobs."""
 
 
 def job_input(index: int) -> Tensor:
@@ -63,6 +66,42 @@ def request(population: Population, index: int, node: int) -> JobRequest:
         expiry_round=EXPIRY_ROUNDS,
         chain_id=population.chain_id,
     )
+
+
+def canary_request(population: Population, number: int, node: bytes) -> JobRequest:
+    """The unsigned request of the operator's ``number``-th canary, to canary node ``node``."""
+    return JobRequest(
+        model_id=population.model_id,
+        input=job_input(CANARY_NONCE + number),
+        client=population.canary_client_id,
+        node=node,
+        nonce=CANARY_NONCE + number,
+        fee=population.config.fee,
+        expiry_round=EXPIRY_ROUNDS,
+        chain_id=population.chain_id,
+    )
+
+
+def canary_commitment(job: JobRequest) -> Commitment:
+    """A canary node's commitment: a wrong output, as a cheater's would be."""
+    return Commitment(
+        job_id=job.job_id,
+        model_id=job.model_id,
+        input_hash=sha256(encode(job.input)),
+        output_hash=output_hash(job.job_id, True),
+        node=job.node,
+        chain_id=job.chain_id,
+    )
+
+
+def canary_salt(job_id: bytes) -> bytes:
+    return sha256(CANARY_SALT_TAG + job_id)
+
+
+def canary_ids(population: Population, number: int, node: bytes) -> tuple[bytes, bytes]:
+    """(job id, commitment id) of a canary, as the ledger computes them."""
+    job = canary_request(population, number, node)
+    return job.job_id, canary_commitment(job).content_id
 
 
 def honest_output(job_id: bytes) -> bytes:

@@ -224,6 +224,7 @@ def summary(population: Population, outcome: Outcome, nodes: Table, validators: 
         + int(outcome.validator_balance.sum() + outcome.validator_stake.sum())
         + int(outcome.client_balance.sum())
         + outcome.total_burned
+        + outcome.operator
     )
     false_slashes = ((outcome.verdict == FRAUD) & ~outcome.cheated) | (
         (outcome.verdict == VALID) & outcome.cheated

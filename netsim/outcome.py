@@ -66,6 +66,8 @@ class Outcome:
     # -- totals
     minted: int
     total_burned: int
+    operator: int = 0
+    """What the operator's canary nodes and canary client hold at the end."""
 
     def arrays(self) -> dict[str, object]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}

@@ -16,7 +16,7 @@ from functools import cached_property
 import numpy as np
 
 from netsim.config import SimConfig
-from netsim.genesis import genesis_events
+from netsim.genesis import CANARY_NODES, genesis_events
 from protocol.hashing import sha256
 from protocol.keys import SigningKey
 from slashing.rules import genesis_chain_id
@@ -45,6 +45,15 @@ def validator_key(seed: int, index: int) -> SigningKey:
 
 def client_key(seed: int, index: int) -> SigningKey:
     return SigningKey.derive(f"netsim/{seed}/client/{index}")
+
+
+def canary_node_key(seed: int, index: int) -> SigningKey:
+    return SigningKey.derive(f"netsim/{seed}/canary-node/{index}")
+
+
+def canary_client_key(seed: int) -> SigningKey:
+    """The operator's client: canary jobs look like any client's and are paid by it."""
+    return SigningKey.derive(f"netsim/{seed}/canary-client")
 
 
 @dataclass(frozen=True)
@@ -118,6 +127,14 @@ class Population:
     @cached_property
     def client_ids(self) -> tuple[bytes, ...]:
         return tuple(client_key(self.config.seed, i).public.raw for i in range(self.config.clients))
+
+    @cached_property
+    def canary_client_id(self) -> bytes:
+        return canary_client_key(self.config.seed).public.raw
+
+    @cached_property
+    def canary_node_ids(self) -> tuple[bytes, ...]:
+        return tuple(canary_node_key(self.config.seed, i).public.raw for i in range(CANARY_NODES))
 
     @cached_property
     def model_id(self) -> bytes:

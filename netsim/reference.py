@@ -19,6 +19,15 @@ whose evidence the ledger refuses (too few validators for a committee, or it
 is jailed) answers INCONCLUSIVE, and the ledger draws another. After the last
 epoch the beacon runs on until every job is final. About 1 ms a job: for
 checking the fast path and for small runs.
+
+**Canaries run.** With ``canaries`` above 0 the operator plants, each epoch,
+commitments to that share of canary jobs (``PlantCanary``), records them the
+next epoch from its own client to the first of its canary nodes that may
+take them, with a wrong output, and reveals each (``RevealCanary``) in the
+round it is final: every validator that called it VALID, auditor or
+committee member, is slashed. Canary jobs are audited and disputed like any
+other; they are left out of the per-job columns (they are no client's), and
+the operator's tokens are reported as ``operator``.
 """
 
 from __future__ import annotations
@@ -30,11 +39,26 @@ import numpy as np
 
 from netsim import behaviour, jobs
 from netsim.beacon import ChainBeacon
-from netsim.genesis import check_params, client_funds, genesis_events, validator_float
+from netsim.genesis import (
+    CANARY_NODES,
+    CANARY_STAKE,
+    canary_funds,
+    check_params,
+    client_funds,
+    genesis_events,
+    validator_float,
+)
 from netsim.outcome import FRAUD, INCONCLUSIVE, NO_DISPUTE, REFUSED, VALID, Outcome
-from netsim.population import Population, client_key, node_key, validator_key
+from netsim.population import (
+    Population,
+    canary_client_key,
+    canary_node_key,
+    client_key,
+    node_key,
+    validator_key,
+)
 from protocol.errors import ProtocolError
-from protocol.messages import Attestation, Commitment, Evidence, Offence, Verdict
+from protocol.messages import Attestation, Commitment, Evidence, JobRequest, Offence, Verdict
 from slashing import (
     Accuse,
     Attest,
@@ -42,10 +66,14 @@ from slashing import (
     Bond,
     Event,
     InFlightLimit,
+    LedgerRuleError,
     Mint,
+    PlantCanary,
     RecordJob,
+    RevealCanary,
     State,
     apply_event_in_place,
+    canary_digest,
 )
 from slashing import constants as c
 from slashing.rules import bonded_validators, is_bonded_node, liability_horizon, process_event
@@ -72,6 +100,12 @@ class ReferenceRun:
         """Job id → its row of the outcome, in the order the jobs were recorded."""
         self.audits = np.zeros(config.validators, dtype=np.int64)
         self.reexecuted = np.zeros(config.validators, dtype=np.int64)
+        self.canary_nodes = [canary_node_key(config.seed, i) for i in range(CANARY_NODES)]
+        self.canary_client = canary_client_key(config.seed)
+        self.canary_count = 0
+        self.planted: list[JobRequest] = []
+        self.canaries: list[bytes] = []
+        """Canary job ids recorded and not yet revealed, in order."""
 
     def record(self, event: Event) -> None:
         """An event the run expects the ledger to accept; a refusal is a netsim bug."""
@@ -94,6 +128,12 @@ class ReferenceRun:
             for key in self.client_keys:
                 self.record(Mint(account=key.public.raw, amount=funds))
         self.float = validator_float(self.config, total_jobs)
+        canary_money = canary_funds(self.config, total_jobs)
+        if canary_money:
+            self.record(Mint(account=self.canary_client.public.raw, amount=canary_money))
+        for key in self.canary_nodes:
+            self.record(Mint(account=key.public.raw, amount=CANARY_STAKE))
+            self.record(Bond(account=key.public.raw, role=c.NODE, amount=CANARY_STAKE))
         for key, role, bond, extra in [
             *((k, c.NODE, self.config.node_bond, 0) for k in self.node_keys),
             *((k, c.VALIDATOR, self.config.validator_bond, self.float)
@@ -125,6 +165,54 @@ class ReferenceRun:
     def sign(self, v: int, message: Attestation | Evidence) -> Attestation | Evidence:
         return message.signed(self.validator_keys[v])
 
+    def operator(self) -> int:
+        """Everything the operator's canary nodes and canary client hold."""
+        total = 0
+        for key in (*self.canary_nodes, self.canary_client):
+            account = self.state.accounts.get(key.public.raw)
+            if account is not None:
+                total += account.balance + account.bonded + account.locked_total
+        return total
+
+    # -- the operator's canaries ----------------------------------------------------------------
+    def plant_canaries(self, count: int) -> None:
+        """Commit to ``count`` canaries for the first canary node that may take jobs now."""
+        node = next((k for k in self.canary_nodes if is_bonded_node(self.state, k.public.raw)),
+                    None)
+        if node is None:
+            return
+        for _ in range(count):
+            request = jobs.canary_request(self.population, self.canary_count, node.public.raw)
+            self.canary_count += 1
+            self.record(PlantCanary(digest=canary_digest(jobs.canary_salt(request.job_id),
+                                                         request.job_id)))
+            self.planted.append(request.signed(self.canary_client))
+
+    def record_canaries(self) -> None:
+        """Record last epoch's canaries, unless their node may not take them now."""
+        for request in self.planted:
+            commitment = jobs.canary_commitment(request).signed(
+                self.canary_nodes[self._canary_index(request.node)])
+            try:
+                apply_event_in_place(self.state, RecordJob(request=request.encode(),
+                                                           commitment=commitment.encode()))
+            except LedgerRuleError:
+                continue  # jailed since, or past its in-flight limit: the canary is lost
+            self.commitments[request.job_id] = commitment
+            self.rows[request.job_id] = {**_row(-1, -1, -1, True, 0.0, 1.0), "canary": True}
+            self.canaries.append(request.job_id)
+        self.planted = []
+
+    def _canary_index(self, node: bytes) -> int:
+        return next(i for i, k in enumerate(self.canary_nodes) if k.public.raw == node)
+
+    def reveal_canaries(self) -> None:
+        """Open every final canary's commitment: whoever called it VALID is slashed."""
+        for job_id in list(self.canaries):
+            if self.state.jobs[job_id].status is not JobStatus.PENDING:
+                self.record(RevealCanary(job_id=job_id, salt=jobs.canary_salt(job_id)))
+                self.canaries.remove(job_id)
+
     # -- what the validators do in a round, as the ledger's duties tell them --------------------
     def act(self) -> None:
         """Committees drawn this round vote, then the auditors assigned this round audit."""
@@ -147,7 +235,7 @@ class ReferenceRun:
         row = self.rows[dispute.job_id]
         node, cheated = int(row["node"]), bool(row["cheated"])
         commitment = self.commitments[dispute.job_id]
-        before = self.money(node)
+        before = self.money(max(node, 0))
         for member in dispute.committee:
             w = self.validator_index[member]
             verdict, member_reexec = behaviour.committee_vote(self.population, w, node, cheated)
@@ -162,8 +250,8 @@ class ReferenceRun:
             ))
             self.record(Attest(attestation=vote.encode()))
         decided = self.state.disputes[dispute_id]
-        if decided.outcome is None:
-            return  # no majority: another committee is drawn next round
+        if decided.outcome is None or row.get("canary"):
+            return  # no majority yet (another committee comes next round), or a canary
         after = self.money(node)
         bonds = decided.bond * len(decided.accusers)
         returned = bonds if decided.outcome is not Verdict.VALID else 0
@@ -261,11 +349,14 @@ def run_reference(
                                             float(population.node_cost[node]),
                                             float(draw.grief[j]))
             recorded.append(request.job_id)
+        net.record_canaries()
+        net.plant_canaries(draw.canaries)
         net.reveal(epoch + 1)
         auditors_log.append(len(bonded_validators(net.state)))
         for job_id in recorded:
             net.rows[job_id]["sampled"] = net.state.jobs[job_id].sampled
         net.act()
+        net.reveal_canaries()
         epoch_sampled = np.zeros(len(draw.node), dtype=bool)
         positions = {net.rows[j]["index"]: j for j in recorded}
         first = index - len(draw.node)
@@ -278,11 +369,13 @@ def run_reference(
             on_epoch(1)
     round_number = config.epochs
     limit = round_number + liability_horizon(net.params) + 2
-    while any(net.state.jobs[j].status is JobStatus.PENDING for j in net.rows):
+    net.record_canaries()
+    while net.canaries or any(net.state.jobs[j].status is JobStatus.PENDING for j in net.rows):
         round_number += 1
         assert round_number <= limit, "a job outlived the liability horizon"
         net.reveal(round_number)
         net.act()
+        net.reveal_canaries()
     return _outcome(net, online_log, active_log, auditors_log)
 
 
@@ -298,6 +391,8 @@ def _outcome(
     columns: dict[str, list[Any]] = {name: [] for name in names}
     client_cost = []
     for job_id, row in net.rows.items():
+        if row.get("canary"):
+            continue
         job = net.state.jobs[job_id]
         if job.status is JobStatus.SETTLED:
             row["node_income"] += fee - verification_fee
@@ -340,4 +435,5 @@ def _outcome(
         auditors=np.array(auditors, dtype=np.int64),
         minted=net.state.minted - net.float * len(net.validator_keys),
         total_burned=net.state.burned,
+        operator=net.operator(),
     )

@@ -91,6 +91,7 @@ def configs(draw: st.DrawFn) -> SimConfig:
         "jobs": draw(st.integers(0, 40)),
         "arrivals": draw(st.sampled_from(["fixed", "poisson"])),
         "clients": draw(st.integers(1, 3)),
+        "canaries": draw(st.sampled_from([0.0, 0.0, 0.1, 0.3])),
         "nodes": {
             "count": draw(st.integers(1, 6)),
             "bond": draw(st.sampled_from([10_000, 14_000, 25_000])),
@@ -131,13 +132,13 @@ def test_fast_path_matches_the_ledger_rules(config: SimConfig) -> None:
         fast.node_balance, fast.node_stake, fast.validator_balance, fast.validator_stake,
         fast.client_balance,
     ))
-    assert held + fast.total_burned == fast.minted
+    assert held + fast.total_burned + fast.operator == fast.minted
 
 
 def test_every_protocol_branch_is_reached_and_matches() -> None:
     """A hand-picked network where cheats are caught, griefers slashed, committees refused."""
     tree = {
-        "seed": 11, "epochs": 10, "jobs": 200,
+        "seed": 11, "epochs": 10, "jobs": 200, "canaries": 0.1,
         "nodes": {"count": 6, "bond": 14_000, "offline": 0.2, "rejoin": 0.5, "cost_spread": 0.3,
                   "strategy": [{"kind": "cheater", "share": 0.34, "rate": 0.7},
                                {"kind": "adaptive", "share": 0.17, "rate": 0.1, "step": 0.3},
