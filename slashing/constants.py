@@ -145,9 +145,9 @@ first double-sign; equivocation here tombstones at once too)."""
 
 # -- How a slash is shared out (the rest of each slash is burned) ------------------------------
 DEFAULT_ACCUSER_SHARE_BPS = 4_000
-"""Of a FRAUD slash, split among the validators that accused the job: pays for the re-execution.
-A coalition that accuses its own node wins this back, so a caught cheat costs it at least
-``S × (1 − share)``: 3 000 with the defaults, still above both conditions' least S."""
+"""Of a FRAUD slash, to the assigned auditors that accused the job (to every accuser when none
+did): pays for the re-execution. Not to other accusers, or a coalition accusing its own node
+first would win part of S back."""
 DEFAULT_COMMITTEE_SHARE_BPS = 2_000
 """Of any dispute slash, split equally among committee members who voted the outcome."""
 DEFAULT_WRONGED_NODE_SHARE_BPS = 4_000

@@ -83,9 +83,12 @@ slash they owe can reach them.
 
 Slash shares (basis points of what was actually taken; the rest is burned):
 
-* confirmed FRAUD: ``accuser_share_bps`` split among the accusers,
-  ``committee_share_bps`` among the members who voted FRAUD; the client's
-  fee is refunded and the accusers' bonds returned.
+* confirmed FRAUD: ``accuser_share_bps`` split among the accusers that the
+  ledger assigned to audit the job (among all accusers when none of them
+  was: its auditor covered the cheat), ``committee_share_bps`` among the
+  members who voted FRAUD; the client's fee is refunded and the accusers'
+  bonds returned. A colluder that accuses its own node first, to shield it,
+  wins nothing back.
 * false accusation (committee majority VALID): of each accuser's slash and
   bond, ``wronged_node_share_bps`` to the accused node — it was made to serve
   the job again and its fee was held up — and ``committee_share_bps`` among
@@ -867,10 +870,14 @@ def resolve_dispute(
     job = state.jobs[dispute.job_id]
     if outcome is Verdict.FRAUD:
         taken = punish(state, params, dispute.node, c.NODE, params.fraud_slash, job.recorded_round)
+        # The accuser's share pays for the audit: to the assigned auditors that accused, so a
+        # colluder that accuses its own node first wins none of it back; to every accuser
+        # only when no auditor did (a colluding auditor covered the cheat)
+        paid = [a for a in dispute.accusers if a in job.auditors] or list(dispute.accusers)
         distribute(
             state,
             taken,
-            [(dispute.accusers, params.accuser_share_bps), (majority, params.committee_share_bps)],
+            [(paid, params.accuser_share_bps), (majority, params.committee_share_bps)],
         )
         for accuser in dispute.accusers:
             increase_balance(state, accuser, dispute.bond)

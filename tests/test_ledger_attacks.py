@@ -108,6 +108,7 @@ def test_1_an_early_accusation_shields_nothing() -> None:
     world.next_round()
     auditor = world.auditor(com)
     assert auditor not in gang
+    shield_balance = world.balance(gang[0])
     world.accuse(com, gang[0])  # the shield goes up first
     world.accuse(com)  # the honest auditor's accusation is not refused: it joins
     dispute = world.open_dispute()
@@ -128,6 +129,7 @@ def test_1_an_early_accusation_shields_nothing() -> None:
     assert world.state.jobs[com.job_id].status is JobStatus.REFUNDED  # the cheat is not paid
     assert world.state.accounts[pk(NODE)].node.offences == 1
     assert worth(world.state, coalition) < before  # the attacker loses
+    assert world.balance(gang[0]) == shield_balance  # its bond back, none of the accuser share
     assert world.state.accounts[pk(auditor)].validator.offences == 0  # the honest keep theirs
     assert world.state.accounts[pk(auditor)].validator.amount == c.MIN_STAKE[c.VALIDATOR]
 
