@@ -85,8 +85,9 @@ SHUTDOWN_GRACE_S = 30.0
 GOSSIP_FLUSH_S = 2.0
 BOND_RETRY_S = 1.0
 MAX_PROMPT_TOKENS = 1024
-EXPIRY_ROUNDS = 4
-"""Rounds after the ledger's current one in which an HTTP job's request may still be recorded."""
+EXPIRY_ROUNDS = 1_000
+"""Rounds after the ledger's current one in which an HTTP job's request may still be recorded:
+room for a long generation or proof (a quarter of an hour of the devnet's one-second rounds)."""
 
 
 class NodeUnavailable(ProtocolError):

@@ -155,14 +155,15 @@ def test_a_commitment_batch_is_accepted_whole_or_refused_whole() -> None:
     staked.nodes = frozenset({NODE.public.raw})
     staked.validators = frozenset()
     staked.key = b"\x00" * 32
+    staked.status = {"chain_id": b"\x0c" * 32}
     metrics = Metrics()
     check = GossipValidator(wire.TOPIC_COMMITMENT_BATCHES, validate.commitment_batches(staked),
                             metrics)
 
-    def commitment(n: int, key: SigningKey = NODE) -> bytes:
+    def commitment(n: int, key: SigningKey = NODE, chain_id: bytes = b"\x0c" * 32) -> bytes:
         return Commitment(job_id=bytes([n]) * 32, model_id=MODEL_ID, input_hash=b"\x01" * 32,
                           output_hash=b"\x02" * 32, node=key.public.raw,
-                          chain_id=b"\x0c" * 32).signed(key).encode()
+                          chain_id=chain_id).signed(key).encode()
 
     good = codec.encode([commitment(n) for n in range(3)])
     assert check.libp2p_validator(None, _fake(good, NODE)) is True  # type: ignore[arg-type]
@@ -170,9 +171,10 @@ def test_a_commitment_batch_is_accepted_whole_or_refused_whole() -> None:
     for bad in (
         codec.encode([commitment(5), commitment(6, CLIENT)]),  # one unstaked signer
         codec.encode([commitment(7), b"\x00"]),  # one malformed
+        codec.encode([commitment(9), commitment(10, chain_id=b"\x0d" * 32)]),  # another network
         codec.encode([]),  # empty
         codec.encode([commitment(n) for n in range(wire.MAX_BATCH + 1)]),  # too many
         commitment(8),  # a single commitment is not a batch
     ):
         assert check.libp2p_validator(None, _fake(bad, NODE)) is False  # type: ignore[arg-type]
-    assert metrics.dropped_total() == 5
+    assert metrics.dropped_total() == 6

@@ -152,13 +152,16 @@ def test_a_replayed_proof_is_slashed_on_the_evidence(net: devnet.Devnet) -> None
     (status,) = ledger_calls(net, [("status", {})])
     x = Tensor.from_torch(zoo.example_input("mlp", SMALL_MLP_CONFIG, 999))
     request = JobRequest(model_id=honest.model_id, input=x, client=client_key.public.raw,
-                         nonce=time.time_ns(),
+                         node=node_key.public.raw, nonce=time.time_ns(),
                          fee=int(status["reward"]) + int(status["verification_fee"]),
+                         expiry_round=int(status["round"]) + 1_000,
+                         chain_id=status["chain_id"],
                          ).signed(client_key)
     output = ZkProof.decode(honest.aux).output_tensor()
     forged = Commitment(job_id=request.job_id, model_id=honest.model_id,
                         input_hash=tensor_hash(x), output_hash=tensor_hash(output),
-                        node=node_key.public.raw, mode="zk", aux=honest.aux).signed(node_key)
+                        node=node_key.public.raw, chain_id=request.chain_id, mode="zk",
+                        aux=honest.aux).signed(node_key)
     ledger_address = net.member("ledger").address
     peers = [ledger_address, *(m.address for m in net.by_role("validator"))]
 
@@ -337,7 +340,8 @@ def test_assay_infer_submits_a_signed_job_and_checks_the_commitment(
 
     node = net.member("node-0")
     keys = Path(net.directory) / "keys"
-    common = ["infer", "--node", node.address, "--keystore", str(keys / "node-1-client.json"),
+    common = ["infer", "--node", node.address, "--ledger", net.member("ledger").address,
+              "--keystore", str(keys / "node-1-client.json"),
               "--password-file", str(keys / "node-1-client.pass"), "--json"]
     assert main([*common, "--model", net.models["gpt2"], "--prompt", "Hi", "--max-tokens", "5",
                  "--seed", "4"]) == 0

@@ -132,6 +132,7 @@ def gossip_validators(metrics: Metrics) -> list[GossipValidator]:
     staked.nodes = frozenset({KEY.public.raw})
     staked.validators = frozenset({KEY.public.raw})
     staked.key = LEDGER.public.raw
+    staked.status = {}
     return [
         GossipValidator(topic, check(staked), metrics)
         for topic, check in (

@@ -32,10 +32,10 @@ NODE = SigningKey.derive("net-test/node")
 OTHER = SigningKey.derive("net-test/other")
 
 
-def commitment(key: SigningKey, n: int) -> Commitment:
+def commitment(key: SigningKey, n: int, chain_id: bytes = b"\x0c" * 32) -> Commitment:
     return Commitment(job_id=bytes([n]) * 32, model_id=b"\x02" * 32, input_hash=b"\x03" * 32,
                       output_hash=b"\x04" * 32, node=key.public.raw,
-                      chain_id=b"\x0c" * 32).signed(key)
+                      chain_id=chain_id).signed(key)
 
 
 def test_noise_is_the_only_security_transport() -> None:
@@ -48,8 +48,10 @@ def test_noise_is_the_only_security_transport() -> None:
 
 
 def test_gossip_validates_before_delivery_and_counts_drops(tmp_path: Path) -> None:
-    """A staked node's commitment arrives; forged, replayed and unstaked ones are dropped."""
+    """A staked node's commitment arrives; forged, replayed, unstaked ones and ones signed for
+    another network are dropped."""
     delivered: list[Commitment] = []
+    chains: list[bytes] = []
 
     async def main() -> None:
         ledger, address = ledger_service(tmp_path, [NODE.public.raw])
@@ -78,13 +80,16 @@ def test_gossip_validates_before_delivery_and_counts_drops(tmp_path: Path) -> No
                         await clients[0].call("bond", role="node", amount=20_000)
                         await trio.sleep(0.6)
                 await trio.sleep(1.5)  # one gossipsub heartbeat builds the mesh
-                good = commitment(NODE, 1)
+                chains.append(clients[0].chain_id)
+                good = commitment(NODE, 1, chains[0])
                 await publisher.publish(wire.TOPIC_COMMITMENTS, good.encode())
                 forged = Commitment(**{**good.__dict__, "output_hash": b"\x05" * 32})
                 await publisher.publish(wire.TOPIC_COMMITMENTS, forged.encode())
                 await publisher.publish(wire.TOPIC_COMMITMENTS, b"\xc1garbage")
-                unstaked = commitment(OTHER, 2)
+                unstaked = commitment(OTHER, 2, chains[0])
                 await publisher.publish(wire.TOPIC_COMMITMENTS, unstaked.encode())
+                elsewhere = commitment(NODE, 3, b"\x0d" * 32)
+                await publisher.publish(wire.TOPIC_COMMITMENTS, elsewhere.encode())
                 with trio.fail_after(10):
                     while not delivered:
                         await trio.sleep(0.05)
@@ -93,11 +98,12 @@ def test_gossip_validates_before_delivery_and_counts_drops(tmp_path: Path) -> No
                 nursery.cancel_scope.cancel()
         ledger.close()
         dropped = publisher.metrics.gossip_dropped
-        for reason in ("bad_signature", "malformed", "unknown_sender", "replayed"):
+        for reason in ("bad_signature", "malformed", "unknown_sender", "replayed",
+                       "other_network"):
             assert dropped.labels(wire.TOPIC_COMMITMENTS, reason)._value.get() >= 1, reason
 
     trio.run(main)
-    assert [c.content_id for c in delivered] == [commitment(NODE, 1).content_id]
+    assert [c.content_id for c in delivered] == [commitment(NODE, 1, chains[0]).content_id]
 
 
 def test_ledger_protocol_survives_hostile_requests(tmp_path: Path) -> None:
@@ -156,6 +162,7 @@ def staked_client(*nodes: SigningKey) -> LedgerClient:
     client.nodes = frozenset(k.public.raw for k in nodes)
     client.validators = frozenset()
     client.key = b"\x00" * 32
+    client.status = {}
     return client
 
 

@@ -54,6 +54,11 @@ CLIENT_FUNDS = 10**12
 STAKE = 100_000
 """A node's stake covers stake/(p·S) jobs in flight: 60 at the devnet's p = 0.5."""
 VALIDATOR_STAKE = 20_000
+ANSWER_ROUNDS = 10
+"""The devnet's audit and vote windows: its rounds last a second, and a validator on a laptop
+needs several to re-execute a generation; a silent one pays the liveness penalty."""
+UNBONDING_ROUNDS = 100
+"""Covers the liability horizon those windows make (77 rounds)."""
 MODELS = (("gpt2", "gpt2", "llm"), ("mlp", "mlp-int8", "exact"), ("embed", "bert", "tensor"))
 """``(name, zoo model, mode)``: a text model, an integer model judged bit for bit, and a float
 sentence embedder judged within the tolerances measured when the devnet is made."""
@@ -220,7 +225,9 @@ def create(
         "round_seconds": round_seconds, "metrics": True, "metrics_port": ledger_metrics,
     }))
     committee = min(3, validators - 1)
-    genesis = [f"[params]\nsample_ppm = {sample_ppm}\ncommittee_size = {committee}\n"]
+    genesis = [f"[params]\nsample_ppm = {sample_ppm}\ncommittee_size = {committee}\n"
+               f"audit_window = {ANSWER_ROUNDS}\nvote_window = {ANSWER_ROUNDS}\n"
+               f"unbonding_period = {UNBONDING_ROUNDS}\n"]
     genesis += [f'[[mint]]\naccount = "{a}"\namount = {n}\n' for a, n in mints]
     if zk:
         genesis.append(f'[[zk_model]]\nmodel_id = "{net.models[ZK_MODEL]}"\n')

@@ -20,8 +20,9 @@ from typing import Any
 from assay.arguments import CommandError, positive_int
 
 CONNECT_TIMEOUT_S = 20.0
-EXPIRY_ROUNDS = 8
-"""Rounds after the ledger's current one in which the job may still be recorded."""
+EXPIRY_ROUNDS = 1_000
+"""Rounds after the ledger's current one in which the job may still be recorded: room for a
+long generation or proof (a quarter of an hour of the devnet's one-second rounds)."""
 DEFAULT_FEE = 110
 """The demo ledger's R + verification fee; a ledger refuses fees above that."""
 

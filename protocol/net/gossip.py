@@ -45,6 +45,10 @@ class UnknownSender(ProtocolError):
     """The publisher is not a staked participant allowed to send on this topic."""
 
 
+class OtherNetwork(ProtocolError):
+    """The message is signed for another chain id than this network's ledger."""
+
+
 Validate = Callable[[bytes, bytes], Any]
 """(message bytes, publisher's Ed25519 key) → the decoded message, or raise ProtocolError."""
 
@@ -58,6 +62,7 @@ def drop_reason(exc: BaseException) -> str:
         (BadSignature, "bad_signature"),
         (ReplayedMessage, "replayed"),
         (UnknownSender, "unknown_sender"),
+        (OtherNetwork, "other_network"),
         (ProtocolError, "invalid"),
     ):
         if isinstance(exc, kind):

@@ -5,10 +5,11 @@ messages' own canonical bytes; a commitment batch is a list of such bytes; a
 beacon round is a small map. Each check
 decodes with the size bound first, validates the schema, verifies the
 signature, requires that the libp2p publisher is the message's signer (so a
-peer cannot relay a message under someone else's name into our counts), and
-asks the ledger's last status whether the signer is staked in the role it
-speaks for. Any failure raises a :class:`ProtocolError` whose type is the
-drop reason counted in the metrics.
+peer cannot relay a message under someone else's name into our counts), that
+the message names this network's chain id, and asks the ledger's last status
+whether the signer is staked in the role it speaks for. Any failure raises
+a :class:`ProtocolError` whose type is the drop reason counted in the
+metrics.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from typing import Any
 from protocol import codec
 from protocol.errors import MalformedMessage
 from protocol.hashing import sha256
-from protocol.messages import Attestation, Commitment, Evidence
+from protocol.messages import Attestation, Commitment, Evidence, SignedMessage
 from protocol.net import wire
-from protocol.net.gossip import UnknownSender, Validate
+from protocol.net.gossip import OtherNetwork, UnknownSender, Validate
 from protocol.net.ledger_client import LedgerClient
 
 
@@ -31,9 +32,18 @@ def _signed_by(signer: bytes, sender: bytes, staked: frozenset[bytes], role: str
         raise UnknownSender(f"publisher {signer.hex()[:16]}… is not a staked {role}")
 
 
+def _on_chain(message: SignedMessage, ledger: LedgerClient) -> None:
+    if ledger.chain_id and message.chain_id != ledger.chain_id:
+        raise OtherNetwork(
+            f"{message.KIND} is signed for chain {message.chain_id.hex()[:16]}…, this network is "
+            f"{ledger.chain_id.hex()[:16]}…"
+        )
+
+
 def commitments(ledger: LedgerClient) -> Validate:
     def check(data: bytes, sender: bytes) -> Commitment:
         commitment = Commitment.decode(data, wire.MAX_GOSSIP_BYTES).verify()
+        _on_chain(commitment, ledger)
         _signed_by(commitment.node, sender, ledger.nodes, "node")
         return commitment
 
@@ -58,6 +68,7 @@ def commitment_batches(ledger: LedgerClient) -> Validate:
 def attestations(ledger: LedgerClient) -> Validate:
     def check(data: bytes, sender: bytes) -> Attestation:
         attestation = Attestation.decode(data, wire.MAX_GOSSIP_BYTES).verify()
+        _on_chain(attestation, ledger)
         _signed_by(attestation.validator, sender, ledger.validators, "validator")
         return attestation
 
@@ -67,6 +78,7 @@ def attestations(ledger: LedgerClient) -> Validate:
 def evidence(ledger: LedgerClient) -> Validate:
     def check(data: bytes, sender: bytes) -> Evidence:
         accusation = Evidence.decode(data, wire.MAX_GOSSIP_BYTES).verify()
+        _on_chain(accusation, ledger)
         _signed_by(accusation.accuser, sender, ledger.validators, "validator")
         return accusation
 
