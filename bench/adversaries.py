@@ -13,8 +13,8 @@ which every r swept loses, at each p) and every point.
 
     python bench/adversaries.py [--quick] [--workers N]
 
-``--quick`` plays 20 rounds and one seed (about two minutes on two cores);
-the full run 40 rounds and three seeds. Prints a table and writes
+``--quick`` plays 20 rounds and one seed (under a minute on two cores);
+the full run 40 rounds and three seeds (about four minutes). Prints a table and writes
 bench/results/adversaries.json.
 """
 

@@ -84,7 +84,10 @@ HONEST_NODES = 3
 HONEST_JOBS = 2
 """Jobs a round to each honest node."""
 ATTACKER_JOBS = 10
-"""Jobs a round clients send the attacking node (the burst asks for ``BURST_JOBS``)."""
+"""Jobs a round clients send the attacking node at least (the burst asks for ``BURST_JOBS``)."""
+ATTACKER_SAMPLED = 0.5
+"""Of the attacking node's jobs, about this many a round are sampled whatever p: at p = 1 %
+it is sent 50 a round, so that a run samples enough of them to tell a profit from luck."""
 BURST_JOBS = 400
 NODE_STAKE = 2 * c.MIN_STAKE[c.NODE]
 VALIDATOR_STAKE = 2 * c.MIN_STAKE[c.VALIDATOR]
@@ -145,6 +148,8 @@ class World:
         self.attack = spec.attack
         self.attacking = attacking
         self.params = params = spec.params()
+        self.attacker_jobs = max(ATTACKER_JOBS,
+                                 -(-int(ATTACKER_SAMPLED * 1_000_000) // spec.sample_ppm))
         seed = f"netsim/attack/{spec.seed}"
         self.beacon = ChainBeacon(spec.seed)
         self.state = State()
@@ -263,7 +268,7 @@ class World:
 
     def serve_attacker(self) -> None:
         cheats = self.attacking and self.attack in ("shield", "burst", "silent")
-        asks = BURST_JOBS if self.attack == "burst" else ATTACKER_JOBS
+        asks = BURST_JOBS if self.attack == "burst" else self.attacker_jobs
         node = self.attacker
         for _ in range(asks):
             request = self.request(node)
@@ -400,7 +405,7 @@ class World:
 
     # -- the operator's canaries ----------------------------------------------------------------
     def plant_canaries(self) -> None:
-        jobs = HONEST_NODES * HONEST_JOBS + ATTACKER_JOBS
+        jobs = HONEST_NODES * HONEST_JOBS + self.attacker_jobs
         due = self.spec.seed + self.state.current_round
         count = sum(
             int.from_bytes(sha256(b"canary" + due.to_bytes(8, "big") + bytes([i]))[:4], "big")
