@@ -31,7 +31,7 @@ per-job column and every final balance and stake to be equal.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -49,7 +49,7 @@ from netsim.outcome import FRAUD, INCONCLUSIVE, NO_DISPUTE, REFUSED, VALID, Outc
 from netsim.population import Population
 from protocol.economics import in_flight_limit
 from protocol.messages import Verdict
-from protocol.sampling import draw_auditor, draw_dispute_committee, sampled
+from protocol.sampling import PPM, draw_auditor, draw_dispute_committee, sampled
 from slashing import LedgerParams
 from slashing import constants as c
 from slashing.rules import liability_horizon
@@ -171,9 +171,26 @@ class FastRun:
         self.unlocks: dict[int, set[int]] = defaultdict(set)
         """Round → nodes with locked earnings released in it."""
 
+    def within_limits(self, nodes: np.ndarray) -> np.ndarray:
+        """Which of a round's jobs (``nodes``, in arrival order) each node's in-flight limit
+        lets it take, as ``process_record_job`` would one by one; counts them in flight."""
+        kept = np.zeros(len(nodes), dtype=bool)
+        if not len(nodes):
+            return kept
+        p = self.params  # in_flight_limit's stake·10^6 // (p·S), over the array of stakes
+        limit = self.nodes.amount[nodes] * PPM // (p.sample_ppm * p.fraud_slash)
+        order = np.argsort(nodes, kind="stable")
+        ranked = nodes[order]
+        nth = np.arange(len(nodes)) - np.searchsorted(ranked, ranked, side="left")
+        kept[order] = nth < (limit - self.node_jobs[nodes])[order]
+        np.add.at(self.node_jobs, nodes[kept], 1)
+        return kept
+
     # -- the ledger's clock --------------------------------------------------------------------
-    def bonded_ids(self) -> list[tuple[int, bytes]]:
-        return [(int(i), self.ids[i]) for i in np.flatnonzero(self.validators.bonded(self.round))]
+    def bonded_ids(self, excluded: Collection[int]) -> list[bytes]:
+        """The ids of the validators bonded now, but for ``excluded``."""
+        bonded: list[int] = np.flatnonzero(self.validators.bonded(self.round)).tolist()
+        return [self.ids[i] for i in bonded if i not in excluded]
 
     def reveal(self, round_number: int) -> None:
         """What ``process_beacon_round`` does in round ``round_number``, in its order."""
@@ -213,10 +230,9 @@ class FastRun:
 
     def assign(self, g: int, beacon: bytes) -> None:
         drawn = self.auditors[g]
-        candidates = [(i, v) for i, v in self.bonded_ids() if i not in drawn]
         chosen = None
         if len(drawn) < c.MAX_AUDIT_DRAWS:
-            ids = [v for _, v in candidates]
+            ids = self.bonded_ids(drawn)
             chosen = draw_auditor(beacon, self.job_ids[g][0], len(drawn), ids)
         if chosen is None:
             self.audit_round.pop(g, None)  # nobody is left to ask: it settles unaudited
@@ -283,7 +299,7 @@ class FastRun:
     # -- disputes --------------------------------------------------------------------------
     def candidates(self, dispute: Dispute) -> list[bytes]:
         excluded = {dispute.accuser, *self.auditors.get(dispute.job, [])}
-        return [v for i, v in self.bonded_ids() if i not in excluded]
+        return self.bonded_ids(excluded)
 
     def draw_committee(self, dispute: Dispute, beacon: bytes) -> None:
         candidates = self.candidates(dispute)
@@ -476,23 +492,19 @@ def run_fast(population: Population, on_epoch: Callable[[int], None] | None = No
         active_log.append(int(active.sum()))
         draw = behaviour.draw_epoch(population, e, int(counts[e]), active, streak)
         start = run.count
-        limits = {}
-        kept = np.zeros(len(draw.node), dtype=bool)
-        for j, (k, x) in enumerate(zip(draw.node.tolist(), draw.cheated.tolist(), strict=True)):
+        kept = run.within_limits(draw.node)
+        taken = np.flatnonzero(kept)
+        for j, k, x in zip(taken.tolist(), draw.node[kept].tolist(), draw.cheated[kept].tolist(),
+                           strict=True):
             index = routed + j
-            if k not in limits:
-                limits[k] = in_flight_limit(int(run.nodes.amount[k]), params.sample_ppm,
-                                            params.fraud_slash)
-            if run.node_jobs[k] >= limits[k]:
-                continue  # the node's stake covers no more jobs in flight
-            run.node_jobs[k] += 1
-            kept[j] = True
-            g = run.count
-            run.count += 1
             run.job_ids.append(job_ids.ids(index, k, x))
-            run.node[g], run.cheated[g], run.epoch[g], run.routed[g] = k, x, e, index
-            run.grief[g], run.recorded_round[g] = draw.grief[j], e
-            run.settle_queue[e + params.challenge_window + 2].append(g)
+        recorded = slice(start, start + int(kept.sum()))
+        run.count = recorded.stop
+        run.node[recorded], run.cheated[recorded] = draw.node[kept], draw.cheated[kept]
+        run.epoch[recorded], run.recorded_round[recorded] = e, e
+        run.routed[recorded] = routed + taken
+        run.grief[recorded] = draw.grief[kept]
+        run.settle_queue[e + params.challenge_window + 2].extend(range(start, recorded.stop))
         routed += len(draw.node)
         regular = run.count
         run.record_canaries()

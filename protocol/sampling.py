@@ -87,10 +87,17 @@ def draw_auditor(
 
     The ledger draws number 0 from the value of the job's sample round, and a
     replacement for an auditor that missed its deadline (or could not decide)
-    from the round in which the deadline passed.
+    from the round in which the deadline passed. One hash per draw, read as a
+    256-bit integer, indexes the candidates in byte order (so the order they
+    are given in does not matter; the bias of the modulo is below n/2^256):
+    every sampled job is drawn for, so the draw costs the same however many
+    validators are bonded.
     """
-    drawn = draw_committee(beacon_value, _draw_key(_AUDIT_KEY_TAG, job_id, draw), candidates, 1)
-    return drawn[0] if drawn else None
+    ranked = sorted(set(candidates))
+    if not ranked:
+        return None
+    seed = sha256(_COMMITTEE_TAG + beacon_value + _draw_key(_AUDIT_KEY_TAG, job_id, draw))
+    return ranked[int.from_bytes(seed, "big") % len(ranked)]
 
 
 def draw_dispute_committee(

@@ -37,6 +37,7 @@ import math
 import multiprocessing
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,8 @@ from netsim.metrics import caught_within  # noqa: E402
 from netsim.output import jsonable  # noqa: E402
 from netsim.population import share_count  # noqa: E402
 from netsim.simulation import run_tables  # noqa: E402
+from slashing import LedgerParams  # noqa: E402
+from slashing.service import safe_params  # noqa: E402
 
 SEEDS = 10
 P = 0.1
@@ -235,6 +238,13 @@ def detection(workers: int) -> dict[str, Any]:
     return {"nodes": DETECTION_NODES, "jobs": DETECTION_JOBS, "seeds": SEEDS, "rows": out}
 
 
+def fitted_slash(p: float, slash: int) -> int:
+    """``slash``, or the nearest fraud slash every economic condition allows at ``p``."""
+    ppm = round(p * 1_000_000)
+    params = replace(LedgerParams.default(), sample_ppm=ppm, fraud_slash=slash)
+    return safe_params(params).fraud_slash
+
+
 def overhead(workers: int) -> dict[str, Any]:
     tree = {
         "seed": 3, "epochs": 10, "jobs": OVERHEAD_JOBS,
@@ -243,7 +253,8 @@ def overhead(workers: int) -> dict[str, Any]:
         "ledger": {"fraud_slash": 10_000},
     }
     ps = (0.01, 0.05, 0.1, 0.2, 1.0)
-    points = [Point(i, {"p": p}) for i, p in enumerate(ps)]
+    # S = 10 000 where the stake-at-risk condition allows it (p·S·D within the minimum stake)
+    points = [Point(i, {"p": p, "slash": fitted_slash(p, 10_000)}) for i, p in enumerate(ps)]
     rows = run_points(tree, points, SEEDS, workers)
     out = []
     for i, p in enumerate(ps):
