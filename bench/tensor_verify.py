@@ -156,13 +156,15 @@ def tampered(t: Tensor, index: int = 0) -> Tensor:
 
 def request(model_id: bytes, x: torch.Tensor, nonce: int) -> JobRequest:
     return JobRequest(model_id=model_id, input=Tensor.from_torch(x), client=CLIENT.public.raw,
-                      nonce=nonce, fee=10).signed(CLIENT)
+                      node=NODE.public.raw, nonce=nonce, fee=10, expiry_round=0,
+                      chain_id=bytes(32)).signed(CLIENT)  # judged here, never recorded
 
 
 def commitment(job: JobRequest, result: TensorJobResult) -> Commitment:
     return Commitment(job_id=job.job_id, model_id=job.model_id,
                       input_hash=tensor_hash(job.input), output_hash=tensor_hash(result.output),
-                      node=NODE.public.raw, mode="tensor", aux=result.aux()).signed(NODE)
+                      node=NODE.public.raw, chain_id=job.chain_id, mode="tensor",
+                      aux=result.aux()).signed(NODE)
 
 
 def honest_matrix(directory: Path, model: TensorModel, inputs: list[torch.Tensor],

@@ -69,6 +69,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> NodeService:
         return {"ok": True, "seq": 1}
 
     service.ledger.call = recorded  # type: ignore[method-assign]
+    service.ledger.status = {"chain_id": b"\x0c" * 32, "round": 0}  # as the ledger would say
     return service
 
 
@@ -163,7 +164,8 @@ def test_an_embedding_job_is_a_tensor_job_any_node_can_be_judged_on(service: Nod
     ids = torch.tensor([[101, 7592, 2088, 102]])
     model = next(iter(service.node.tensors.values()))
     model_id = next(iter(service.node.tensors))
-    request = JobRequest(model_id=model_id, input=Tensor.from_torch(ids),
-                         client=KEY.public.raw, nonce=1, fee=0).signed(KEY)
+    request = JobRequest(model_id=model_id, input=Tensor.from_torch(ids), client=KEY.public.raw,
+                         node=KEY.public.raw, nonce=1, fee=0, expiry_round=10,
+                         chain_id=b"\x0c" * 32).signed(KEY)
     commitment = service.node.handle(request).commitment
     assert check_tensor(request, commitment, model).verdict is Verdict.VALID

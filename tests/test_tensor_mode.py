@@ -42,6 +42,7 @@ KINDS = ("mlp", "cnn", "gpt2", "bert")
 NODE = SigningKey.derive("tensor/node")
 CLIENT = SigningKey.derive("tensor/client")
 VALIDATOR = SigningKey.derive("tensor/validator")
+CHAIN = b"\x0c" * 32
 
 
 MODEL_IDS: dict[int, bytes] = {}
@@ -77,7 +78,8 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> str:
 def request_for(model: TensorModel, kind: str, seed: int, nonce: int = 0) -> JobRequest:
     x = zoo.example_input(kind, zoo.build(kind, 3).config, 500 + seed)
     return JobRequest(model_id=model_id(model), input=Tensor.from_torch(x),
-                      client=CLIENT.public.raw, nonce=nonce, fee=10).signed(CLIENT)
+                      client=CLIENT.public.raw, node=NODE.public.raw, nonce=nonce, fee=10,
+                      expiry_round=10, chain_id=CHAIN).signed(CLIENT)
 
 
 def commit(request: JobRequest, result: TensorJobResult, mode: str = "tensor",
@@ -85,7 +87,7 @@ def commit(request: JobRequest, result: TensorJobResult, mode: str = "tensor",
     out = output if output is not None else result.output
     return Commitment(job_id=request.job_id, model_id=request.model_id,
                       input_hash=tensor_hash(request.input), output_hash=tensor_hash(out),
-                      node=NODE.public.raw, mode=mode,
+                      node=NODE.public.raw, chain_id=request.chain_id, mode=mode,
                       aux=result.aux() if aux is None else aux).signed(NODE)
 
 
