@@ -41,6 +41,12 @@ SCRYPT_N = 2**18
 SCRYPT_R = 8
 SCRYPT_P = 1
 DKLEN = 32
+MAX_SCRYPT_N = 2**20
+MAX_SCRYPT_R = 8
+MAX_SCRYPT_P = 16
+"""Bounds on the scrypt cost a keystore may ask for when opened (1 GiB and a few seconds at
+n = 2^20, r = 8): a keystore file is input, and one asking n = 2^30 would take 1 TiB. A
+trusted file beyond them is opened only when forced."""
 
 
 class KeystoreError(ValueError):
@@ -109,8 +115,24 @@ def _hex(obj: Any, *path: str) -> bytes:
         raise KeystoreError(f"keystore {'.'.join(path)} is not hex") from None
 
 
-def decrypt_secret(keystore: dict[str, Any], password: str) -> bytes:
-    """The secret bytes of a keystore; :class:`KeystoreError` for a wrong password or damage."""
+def check_kdf_cost(n: int, r: int, p: int) -> None:
+    """Refuse scrypt parameters beyond :data:`MAX_SCRYPT_N`, ``_R`` and ``_P``."""
+    if n < 2 or n & (n - 1):
+        raise KeystoreError(f"keystore scrypt n = {n} is not a power of two above 1")
+    if n > MAX_SCRYPT_N or not 1 <= r <= MAX_SCRYPT_R or not 1 <= p <= MAX_SCRYPT_P:
+        raise KeystoreError(
+            f"keystore scrypt parameters n = 2^{n.bit_length() - 1}, r = {r}, p = {p} exceed "
+            f"n <= 2^20, r <= 8, p <= 16 (opening it could take hours and gigabytes); "
+            "force it only for a file you trust"
+        )
+
+
+def decrypt_secret(keystore: dict[str, Any], password: str, force: bool = False) -> bytes:
+    """The secret bytes of a keystore; :class:`KeystoreError` for a wrong password or damage.
+
+    Scrypt parameters beyond the bounds (:func:`check_kdf_cost`) are refused
+    before any work is done, unless ``force``.
+    """
     if keystore.get("version") != KEYSTORE_VERSION:
         raise KeystoreError(f"keystore version {keystore.get('version')!r} is not 4")
     if _field(keystore, "crypto", "kdf", "function") != "scrypt":
@@ -122,8 +144,14 @@ def decrypt_secret(keystore: dict[str, Any], password: str) -> bytes:
         n, r, p = (int(params[k]) for k in ("n", "r", "p"))
         if int(params.get("dklen", DKLEN)) != DKLEN:
             raise ValueError("dklen")
-        dk = _derive(password, _hex(keystore, "crypto", "kdf", "params", "salt"), n, r, p)
     except (KeyError, TypeError, ValueError) as exc:
+        raise KeystoreError(f"keystore scrypt parameters are unusable: {exc}") from exc
+    if not force:
+        check_kdf_cost(n, r, p)
+    salt = _hex(keystore, "crypto", "kdf", "params", "salt")
+    try:
+        dk = _derive(password, salt, n, r, p)
+    except (TypeError, ValueError, MemoryError) as exc:
         raise KeystoreError(f"keystore scrypt parameters are unusable: {exc}") from exc
     ciphertext = _hex(keystore, "crypto", "cipher", "message")
     if sha256(dk[16:32] + ciphertext) != _hex(keystore, "crypto", "checksum", "message"):
@@ -131,9 +159,9 @@ def decrypt_secret(keystore: dict[str, Any], password: str) -> bytes:
     return _aes_ctr(dk[:16], _hex(keystore, "crypto", "cipher", "params", "iv"), ciphertext)
 
 
-def decrypt(keystore: dict[str, Any], password: str) -> SigningKey:
+def decrypt(keystore: dict[str, Any], password: str, force: bool = False) -> SigningKey:
     """Open a keystore holding an Ed25519 seed and check it against its ``pubkey``."""
-    seed = decrypt_secret(keystore, password)
+    seed = decrypt_secret(keystore, password, force)
     if len(seed) != SEED_BYTES:
         raise KeystoreError(f"keystore holds {len(seed)} bytes, not a {SEED_BYTES}-byte seed")
     key = SigningKey.from_seed(seed)

@@ -63,6 +63,30 @@ def test_round_trip_wrong_password_and_tampering() -> None:
         decrypt({**keystore, "version": 3}, "correct horse")
 
 
+def test_a_keystore_asking_for_a_huge_scrypt_cost_is_refused_before_any_work() -> None:
+    """An attacker's keystore file with n = 2^30 would take a terabyte to open."""
+    key = SigningKey.generate()
+    keystore = encrypt(key, "pw", n=FAST_N)
+
+    def with_params(**params: int) -> dict[str, object]:
+        changed = json.loads(json.dumps(keystore))
+        changed["crypto"]["kdf"]["params"].update(params)
+        return changed
+
+    for params, named in (({"n": 2**30}, r"n = 2\^30"), ({"r": 64}, "r = 64"),
+                          ({"p": 1000}, "p = 1000"), ({"n": 3}, "not a power of two")):
+        with pytest.raises(KeystoreError, match=named):
+            decrypt(with_params(**params), "pw")
+    # within the bounds, or forced, a keystore opens as before
+    assert decrypt(keystore, "pw").public == key.public
+    forced = encrypt(key, "pw", n=FAST_N)
+    forced["crypto"]["kdf"]["params"]["p"] = 17  # beyond the bound, cheap at n = 2^10
+    with pytest.raises(KeystoreError, match="p = 17"):
+        decrypt(forced, "pw")
+    with pytest.raises(KeystoreError, match="wrong password"):  # forced: scrypt runs
+        decrypt(forced, "pw", force=True)
+
+
 def test_password_normalisation_drops_control_characters() -> None:
     assert normalise_password("a\x00b\x7fc\x9fd") == b"abcd"
     assert normalise_password("\u212b") == normalise_password("A\u030a")  # NFKD

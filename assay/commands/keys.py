@@ -61,7 +61,8 @@ def cmd_keys_export(args: argparse.Namespace) -> int:
     from protocol.keystore import KeystoreError, decrypt, read_keystore
 
     try:
-        key = decrypt(read_keystore(Path(args.keystore)), _password(args, confirm=False))
+        key = decrypt(read_keystore(Path(args.keystore)), _password(args, confirm=False),
+                      force=args.force_kdf)
     except KeystoreError as exc:
         raise CommandError(str(exc)) from exc
     try:
@@ -121,6 +122,8 @@ def register(commands: Any) -> None:
     export.add_argument("keystore")
     export.add_argument("--out", required=True, help="seed file to create (mode 0600)")
     export.add_argument("--password-file", default=None, help=password_help)
+    export.add_argument("--force-kdf", action="store_true",
+                        help="open a keystore whose scrypt cost exceeds n = 2^20, r = 8, p = 16")
     export.set_defaults(func=cmd_keys_export)
     listing = actions.add_parser("list", help="list keystores in a directory")
     listing.add_argument("directory", nargs="?", default=".")
