@@ -146,11 +146,22 @@ def _print_demo(summary: object) -> None:
 # -- parser ------------------------------------------------------------------------------------
 
 
+def _version() -> str:
+    """The installed package's version (``make install`` installs it, editable)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("assay")
+    except PackageNotFoundError:
+        return "unknown (not installed; run make install)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="assay",
         description="Verifiable AI inference: nodes commit, validators sample, cheats are slashed.",
     )
+    parser.add_argument("--version", action="version", version=f"assay {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     demo = commands.add_parser("demo", help="run a local network that catches a cheating node")

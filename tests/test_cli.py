@@ -137,3 +137,10 @@ def test_bad_arguments_name_the_problem(
     code, _, err = run(args, capsys)
     assert code == 2
     assert message in err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.startswith("assay 0.")
