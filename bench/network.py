@@ -15,7 +15,10 @@ Two measurements, written to ``bench/results/network.json``:
   processes); the node runs it, journals it, records it on the ledger and
   queues the commitment for gossip before answering. ``baseline_latency_ms`` is the same model and
   inputs through :meth:`InferenceNode.handle` in this process; the difference
-  is what the network path adds.
+  is what the network path adds (since the node asks the ledger whether the
+  client can pay before it computes, that includes one more ledger round
+  trip). The bench's one client sends jobs back to back, faster than a node's
+  default per-caller rate limit allows, so its devnet's nodes run without one.
 
 ``--quick`` uses fewer messages and jobs (under two minutes on 2 cores).
 """
@@ -172,7 +175,8 @@ def latency_bench(jobs: int) -> dict[str, float]:
     from prover.registry import ModelRegistry
 
     with tempfile.TemporaryDirectory() as tmp:
-        net = devnet.create(Path(tmp) / "net", nodes=1, validators=2, sample_ppm=100_000)
+        net = devnet.create(Path(tmp) / "net", nodes=1, validators=2, sample_ppm=100_000,
+                            node_settings={"rate_limit": 1e9, "rate_burst": 10**9})
         try:
             devnet.up(net, timeout=150)
             node = net.member("node-0")

@@ -12,6 +12,11 @@ Passwords are never settings: keystores take a password *file*.
 An empty ``registry`` or ``zk_store`` means the default under ``$ASSAY_HOME``
 (``models`` and ``zk``, the directories ``assay models`` and ``assay zk
 setup`` fill).
+
+Default ports sit beside each service's own HTTP port (the node's API on
+8000, a validator's ``/health`` on 8010, the ledger's on 8020, metrics one
+above each), off the Prometheus exporter range 9100–9999, which is allocated
+in full (9400 is NVIDIA's dcgm-exporter, found on most GPU hosts).
 """
 
 from __future__ import annotations
@@ -59,9 +64,15 @@ class NodeConfig:
     fee: int = 110
     threads: int = 1
     max_new_tokens: int = 256
+    rate_limit: float = 20.0
+    """Jobs per second one caller may start (a libp2p peer or an HTTP address), on average."""
+    rate_burst: int = 50
+    """Jobs one caller may start at once before ``rate_limit`` applies."""
+    max_queued_jobs: int = 64
+    """Jobs waiting for the model beyond which new ones are refused as overload (429)."""
     metrics: bool = False
     metrics_host: str = "127.0.0.1"
-    metrics_port: int = 9400
+    metrics_port: int = 8001
     log_format: str = "text"
     cheat_rate: float = 0.0
 
@@ -80,9 +91,12 @@ class ValidatorConfig:
     ledger: str = ""
     stake: int = 20_000
     threads: int = 1
+    http_host: str = "127.0.0.1"
+    http_port: int = 8010
+    """``/health``."""
     metrics: bool = False
     metrics_host: str = "127.0.0.1"
-    metrics_port: int = 9401
+    metrics_port: int = 8011
     log_format: str = "text"
 
 
@@ -99,9 +113,17 @@ class LedgerConfig:
     listen: str = "/ip4/127.0.0.1/tcp/9100"
     bootstrap: list[str] = field(default_factory=list)
     round_seconds: float = 1.0
+    faucet: list[str] = field(default_factory=list)
+    """Public keys (hex) that may mint tokens on a devnet (``assay devnet fund``); none on a
+    network whose tokens matter."""
+    faucet_limit: int = 1_000_000
+    """Most tokens one faucet request mints."""
+    http_host: str = "127.0.0.1"
+    http_port: int = 8020
+    """``/health``."""
     metrics: bool = False
     metrics_host: str = "127.0.0.1"
-    metrics_port: int = 9402
+    metrics_port: int = 8021
     log_format: str = "text"
 
 

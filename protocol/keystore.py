@@ -222,6 +222,10 @@ class SigningJournal:
             "CREATE TABLE IF NOT EXISTS signed (kind TEXT NOT NULL, job_id BLOB NOT NULL, "
             "message BLOB NOT NULL, extra BLOB NOT NULL, PRIMARY KEY (kind, job_id))"
         )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS attempts (kind TEXT NOT NULL, job_id BLOB NOT NULL, "
+            "count INTEGER NOT NULL, PRIMARY KEY (kind, job_id))"
+        )
 
     def get(self, kind: str, job_id: bytes) -> tuple[bytes, bytes] | None:
         row = self._db.execute(
@@ -238,6 +242,22 @@ class SigningJournal:
         kept = self.get(kind, job_id)
         assert kept is not None
         return kept[0]
+
+    def count_attempt(self, kind: str, job_id: bytes) -> int:
+        """Count one more try at (kind, job), durably, and return how many there were.
+
+        Written before the try, so a job whose handling kills the process is
+        still counted, and a restarted service can give it up.
+        """
+        self._db.execute(
+            "INSERT INTO attempts (kind, job_id, count) VALUES (?, ?, 1) "
+            "ON CONFLICT (kind, job_id) DO UPDATE SET count = count + 1",
+            (kind, job_id),
+        )
+        (n,) = self._db.execute(
+            "SELECT count FROM attempts WHERE kind = ? AND job_id = ?", (kind, job_id)
+        ).fetchone()
+        return int(n)
 
     def count(self, kind: str) -> int:
         (n,) = self._db.execute("SELECT COUNT(*) FROM signed WHERE kind = ?", (kind,)).fetchone()

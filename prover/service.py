@@ -3,28 +3,55 @@
 :class:`NodeService` wraps an :class:`~prover.node.InferenceNode`. A job, from
 the job protocol or from HTTP, goes through :meth:`NodeService.execute`:
 
-1. if the signing journal already holds a commitment for the job id, that one
+1. it is refused before anything is computed when the node cannot take it:
+   shutting down, or not in good standing on the ledger (unbonded, jailed,
+   tombstoned: 503 with the reason), the caller past its rate
+   (``rate_limit``/``rate_burst`` per libp2p peer or HTTP address: 429), too
+   many jobs waiting (``max_queued_jobs``: 429), an input the node will not
+   run (a model it does not serve, ``max_new_tokens`` above the operator's
+   limit, a prompt or tensor out of bounds: 400), or a fee the ledger would
+   not take from the client (``can_pay``, counting the fees of the client's
+   jobs already running here): nobody gets tokens generated for free;
+2. if the signing journal already holds a commitment for the job id, that one
    is returned (a retried request never makes the node sign twice: two
    commitments to one job are equivocation);
-2. the model runs in a worker thread, one job at a time (exact mode computes
+3. the model runs in a worker thread, one job at a time (exact mode computes
    every job alone), so the event loop keeps serving;
-3. the commitment, request and output are journalled, the ledger records the
-   job (``record_job``), and the commitment is queued for gossip: a
-   :class:`~protocol.net.host.BatchPublisher` sends it on
-   ``/assay/1/commitment-batches`` with whatever else queued meanwhile, so
+4. the commitment, request and output are journalled, the ledger records the
+   job (``record_job``) *before* the output is released, and the commitment
+   is queued for gossip: a :class:`~protocol.net.host.BatchPublisher` sends it
+   on ``/assay/1/commitment-batches`` with whatever else queued meanwhile, so
    the client's answer never waits on gossip (validators that miss it find
    it in the ledger's log).
 
 HTTP jobs are signed by the node's *client key*, the account that pays the
-fees of its HTTP users (a gateway account): OpenAI clients do not sign. Text
-uses a byte-level tokenizer (UTF-8 bytes are token ids), which is the real
-vocabulary of the zoo's 256-token GPT-2 and Llama. Completions run as ``llm``
-mode jobs: the commitment binds the generated tokens and a sketch of the
-hidden states, and every response carries it in an ``assay`` field. With
-``stream: true`` the answer is server-sent events in the OpenAI chunk shape,
-one token's text per chunk, the last chunk carrying ``usage`` and ``assay``;
-the job is generated and committed first, so streaming saves the client no
-time to the first token (the runtime generates a job whole).
+fees of its HTTP users (a gateway account): OpenAI clients do not sign. So
+that a user need not trust the node for that, every response carries a
+receipt in its ``assay`` field: the signed request, the signed commitment and
+the output's canonical bytes, which :mod:`protocol.receipt` (``assay receipt
+verify``) checks against each other and against the ledger's record of the
+job. Text uses a byte-level tokenizer (:mod:`protocol.text`), which is the
+real vocabulary of the zoo's 256-token GPT-2 and Llama. Completions run as
+``llm`` mode jobs: the commitment binds the generated tokens and a sketch of
+the hidden states. With ``stream: true`` the answer is server-sent events in
+the OpenAI chunk shape, one token's text per chunk, the last chunk carrying
+``usage`` and ``assay``; the job is generated and committed first, so
+streaming saves the client no time to the first token (the runtime generates
+a job whole). Refusals use the OpenAI error shape: 400 for the request, 401
+without the API key (compared in constant time), 429 and 503 with
+``Retry-After``; anything unforeseen is a 500 in the same shape, counted.
+
+The node answers reports of unavailability itself: it polls the ledger for
+its jobs reported unavailable (``open_challenges``) and posts each one's
+output (``serve_data``) from its journal, so an honest node is never slashed
+because one validator could not reach it.
+
+``/health`` is 200 only while the node can serve: models loaded, the ledger
+reachable, the node bonded and neither jailed nor tombstoned (as the ledger
+says now, polled every second: :mod:`protocol.net.standing`), the gateway
+account able to pay a fee, and zk keys matching the ledger's; otherwise 503
+with every check and the reason. A slash is logged at WARNING with the
+ledger's evidence.
 
 A node that proves a zk model first asks the ledger for the model's
 registered verifying-key hash (``zk_model``): if it differs from the node's
@@ -40,14 +67,13 @@ the journal, return; the command then exits 0.
 from __future__ import annotations
 
 import base64
-import codecs
 import copy
 import itertools
 import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,14 +92,28 @@ from protocol.errors import ProtocolError
 from protocol.keys import SigningKey
 from protocol.keystore import SigningJournal
 from protocol.messages import Commitment, JobRequest
-from protocol.net import validate, wire
+from protocol.net import schema, validate, wire
 from protocol.net.host import BatchPublisher, PeerHost, PeerUnavailable
-from protocol.net.http import HttpError, metrics_app, read_json, serve_http
-from protocol.net.ledger_client import LedgerClient
+from protocol.net.http import (
+    HttpError,
+    api_key_matches,
+    health_response,
+    metrics_app,
+    read_json,
+    serve_http,
+    unavailable,
+    warn_if_exposed,
+)
+from protocol.net.ledger_client import LedgerClient, SignTransaction
 from protocol.net.metrics import Metrics
+from protocol.net.rate_limit import RateLimiter
+from protocol.net.standing import Standing
+from protocol.net.supervise import keep_running
 from protocol.sampling import PPM
+from protocol.text import decode_tokens, encode_text, stream_texts
 from prover.adversary import SubstituteModel
 from prover.embedder import EMBEDDER_KIND, TextEncoder, TextTooLong
+from prover.llm.job import LLMJobError, parse_job
 from prover.model_store import read_meta
 from prover.node import LLM_MODE, InferenceNode, JobRejected
 from prover.registry import RegistryEntry
@@ -83,32 +123,33 @@ log = logging.getLogger("assay.node")
 COMMITMENT = "commitment"
 SHUTDOWN_GRACE_S = 30.0
 GOSSIP_FLUSH_S = 2.0
-BOND_RETRY_S = 1.0
+ZK_CHECK_RETRY_S = 1.0
+REPORTS_POLL_S = 0.5
+"""How often the node asks the ledger for its jobs reported unavailable (the availability
+window is a couple of rounds)."""
+GATEWAY_POLL_S = 2.0
 MAX_PROMPT_TOKENS = 1024
 EXPIRY_ROUNDS = 1_000
 """Rounds after the ledger's current one in which an HTTP job's request may still be recorded:
 room for a long generation or proof (a quarter of an hour of the devnet's one-second rounds)."""
+RETRY_AFTER_S = 5.0
 
 
 class NodeUnavailable(ProtocolError):
-    """The node is shutting down or not ready; the client should go elsewhere."""
+    """The node is shutting down or not ready; the client should go elsewhere (503)."""
 
 
-def encode_text(text: str) -> list[int]:
-    """Byte-level tokenization: each UTF-8 byte is one token id (vocabulary 256)."""
-    return list(text.encode("utf-8"))
+class TooManyJobs(ProtocolError):
+    """The caller is past its rate, or too many jobs wait for the model (429)."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
-def decode_tokens(ids: Sequence[int]) -> str:
-    return bytes(ids).decode("utf-8", errors="replace")
-
-
-def stream_texts(ids: Sequence[int]) -> list[str]:
-    """One text piece per token, holding back bytes until they complete a UTF-8 character."""
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    pieces = [decoder.decode(bytes([token])) for token in ids]
-    pieces.append(decoder.decode(b"", final=True))
-    return [piece for piece in pieces if piece]
+class Unpaid(JobRejected):
+    """The ledger would not record the job (its client cannot pay, it expired, or the node has
+    as many jobs in flight as its stake covers): nothing was computed."""
 
 
 @dataclass(frozen=True)
@@ -201,6 +242,7 @@ class NodeService:
         host: PeerHost,
         journal: SigningJournal,
         metrics: Metrics,
+        sign_tx: SignTransaction,
     ) -> None:
         self.config = config
         self.node = node
@@ -215,10 +257,15 @@ class NodeService:
         self.host = host
         self.journal = journal
         self.metrics = metrics
-        self.ledger = LedgerClient(host, config.ledger)
+        self.ledger = LedgerClient(host, config.ledger, sign_tx)
+        self.standing = Standing(self.ledger, node.node_id, "node", log)
+        self.gateway_balance: int | None = None
+        """The gateway (client key) account's balance, as the ledger last said."""
         self.accepting = True
-        self.bonded = False
         self.in_flight = 0
+        self.held: dict[bytes, int] = {}
+        """Fees of jobs in flight here, by client: ``can_pay`` must cover them too."""
+        self.limiter = RateLimiter(config.rate_limit, config.rate_burst)
         self.zk_checked = not node.zk_provers
         """Whether the zk models' keys were compared with the ledger's registered ones."""
         self.zk_refused: dict[bytes, str] = {}
@@ -233,6 +280,10 @@ class NodeService:
         host.serve(wire.PROTOCOL_JOB, self.handle_job)
         host.serve(wire.PROTOCOL_JOB_DATA, self.handle_job_data)
 
+    @property
+    def bonded(self) -> bool:
+        return self.standing.bonded
+
     async def _ignore(self, message: Any, sender: bytes) -> None:
         """Nodes relay these topics (validated) so the mesh is dense; they act on none."""
 
@@ -244,25 +295,97 @@ class NodeService:
         data = codec.decode(kept[1])
         return JobRequest.decode(data["request"]), data["output"], Commitment.decode(kept[0])
 
-    async def execute(self, request: JobRequest) -> tuple[Tensor, Commitment]:
-        """Run, journal, record and gossip one job (see the module docstring)."""
+    def not_ready(self) -> list[str]:
+        """Why this node cannot take jobs now (empty: it can)."""
+        reasons = [] if self.ledger.reachable() else ["the ledger is unreachable"]
+        reasons += self.standing.problems()
+        return reasons
+
+    def _admit(self, request: JobRequest, caller: object) -> None:
+        """Refuse, before anything is computed, a job this node cannot or will not run."""
         if not self.accepting:
             raise NodeUnavailable("this node is shutting down; send the job to another node")
+        self._check_input(request)
+        reasons = self.not_ready()
+        if reasons:
+            raise NodeUnavailable(f"this node is not ready: {'; '.join(reasons)}")
+        if request.model_id in self.node.zk_provers and not self.zk_checked:
+            raise NodeUnavailable(
+                "this node has not yet checked its zk keys against the ledger's; retry"
+            )
+        wait = self.limiter.take(caller) if caller is not None else 0.0
+        if wait:
+            raise TooManyJobs(f"rate limit: at most {self.config.rate_limit:g} jobs/s "
+                              f"(bursts of {self.config.rate_burst}) per caller", wait)
+        if self.in_flight >= self.config.max_queued_jobs:
+            raise TooManyJobs(f"{self.in_flight} jobs are waiting for the model; retry later",
+                              RETRY_AFTER_S)
+
+    def _check_input(self, request: JobRequest) -> None:
+        """The operator's bounds, on every path: the request is for this node and network and
+        not expired, and the model, prompt and generation length and tensor shapes are ones
+        this node serves."""
+        if request.node != self.node.node_id:
+            raise JobRejected(f"the request is for node {request.node.hex()[:16]}…, not this "
+                              f"one ({self.node.node_id.hex()[:16]}…)")
         if request.chain_id != self.ledger.chain_id:
             raise JobRejected(
                 f"the request is signed for chain {request.chain_id.hex()[:16]}…; this node's "
                 f"ledger is chain {self.ledger.chain_id.hex()[:16]}…"
             )
-        if request.model_id in self.node.zk_provers:
-            if request.model_id in self.zk_refused:
-                raise JobRejected(self.zk_refused[request.model_id])
-            if not self.zk_checked:
-                raise NodeUnavailable(
-                    "this node has not yet checked its zk keys against the ledger's; retry"
-                )
+        if request.expiry_round < self.ledger.round:
+            raise JobRejected(f"the request expired after round {request.expiry_round}; the "
+                              f"ledger is at round {self.ledger.round}")
+        model = request.model_id
+        if not any(model in held for held in (self.node.models, self.node.llms,
+                                              self.node.zk_provers, self.node.tensors)):
+            raise JobRejected(f"this node does not serve model {model.hex()[:16]}…")
+        if model in self.zk_refused:
+            raise JobRejected(self.zk_refused[model])
+        if 0 in request.input.shape or not request.input.shape:
+            raise JobRejected(f"input shape {list(request.input.shape)} is empty: every "
+                              "dimension must be at least 1")
+        if model in self.node.llms:
+            try:
+                job = parse_job(request)
+            except LLMJobError as exc:
+                raise JobRejected(str(exc)) from exc
+            if job.max_new_tokens > self.config.max_new_tokens:
+                raise JobRejected(f"max_new_tokens {job.max_new_tokens} exceeds this node's "
+                                  f"limit {self.config.max_new_tokens}")
+            if request.input.numel > MAX_PROMPT_TOKENS:
+                raise JobRejected(f"the prompt has {request.input.numel} tokens; this node "
+                                  f"takes at most {MAX_PROMPT_TOKENS}")
+
+    async def _hold_fee(self, request: JobRequest) -> None:
+        """Ask the ledger whether it would record the job, counting the client's fees already
+        held here and this node's other jobs not yet recorded."""
+        held = self.held.get(request.client, 0)
+        payable, reason = await self.ledger.can_pay(request, held, self.in_flight - 1)
+        if not payable:
+            self.metrics.jobs_refused_unpaid.inc()
+            raise Unpaid(f"the ledger would not record the job: {reason}")
+        self.held[request.client] = held + request.fee
+
+    def _release_fee(self, request: JobRequest) -> None:
+        left = self.held.get(request.client, 0) - request.fee
+        if left > 0:
+            self.held[request.client] = left
+        else:
+            self.held.pop(request.client, None)
+
+    async def execute(self, request: JobRequest, caller: object = None
+                      ) -> tuple[Tensor, Commitment]:
+        """Check, run, journal, record and gossip one job (see the module docstring)."""
+        self._admit(request, caller)
         self.in_flight += 1
         started = time.perf_counter()
+        held = False
         try:
+            fresh = self.recorded(request.job_id) is None
+            if fresh:
+                await self._hold_fee(request)
+                held = True
             async with self._job_lock:
                 kept = self.recorded(request.job_id)
                 if kept is None:
@@ -280,7 +403,7 @@ class NodeService:
                                        commitment=commitment.encode())
             except wire.RemoteError as exc:
                 if fresh or "already recorded" not in str(exc):
-                    raise JobRejected(f"the ledger refused the job: {exc}") from exc
+                    raise NodeUnavailable(f"the ledger refused the job: {exc}") from exc
             await self.gossip.submit(commitment.encode())
             self.metrics.jobs_committed.labels(commitment.mode).inc()
             if commitment.mode == LLM_MODE:
@@ -292,28 +415,68 @@ class NodeService:
             raise
         finally:
             self.in_flight -= 1
+            if held:
+                self._release_fee(request)
 
     async def handle_job(self, data: bytes, sender: bytes) -> bytes:
         request = JobRequest.decode(data, wire.MAX_REQUEST_BYTES[wire.PROTOCOL_JOB]).verify()
         try:
-            output, commitment = await self.execute(request)
-        except (JobRejected, NodeUnavailable, PeerUnavailable) as exc:
+            output, commitment = await self.execute(request, sender)
+        except (JobRejected, NodeUnavailable, TooManyJobs, PeerUnavailable) as exc:
             return wire.error_response(str(exc))
         return wire.ok_response(output=output, commitment=commitment.encode())
 
     async def handle_job_data(self, data: bytes, sender: bytes) -> bytes:
-        """Job data for re-execution, to staked validators only."""
-        request = wire.decode_map(data, wire.MAX_REQUEST_BYTES[wire.PROTOCOL_JOB_DATA])
-        job_id = request.get("job_id")
-        if not isinstance(job_id, bytes) or len(job_id) != 32:
-            raise ProtocolError("job_id must be 32 bytes")
+        """A job's output, for re-execution, to staked validators only.
+
+        The request is not sent: validators take it from the ledger's record.
+        """
+        request = schema.check_map(
+            wire.decode_map(data, wire.MAX_REQUEST_BYTES[wire.PROTOCOL_JOB_DATA]), "job data",
+            {"job_id": schema.digest})
         if sender not in self.ledger.validators:
             return wire.error_response("job data is served to staked validators only")
+        kept = self.recorded(request["job_id"])
+        if kept is None:
+            return wire.error_response(f"no served job {request['job_id'].hex()[:16]}…")
+        return wire.ok_response(output=kept[1])
+
+    async def answer_reports(self) -> None:
+        """Post the output of every job of ours reported unavailable (see the module docstring)."""
+        given_up: set[bytes] = set()
+        while True:
+            await self.ledger.wait_reachable()
+            try:
+                reported = await self.ledger.open_challenges(self.node.node_id)
+            except ProtocolError as exc:
+                log.warning("asking the ledger for reports of unavailability failed: %s", exc)
+                reported = []
+            for job_id in reported:
+                if job_id not in given_up:
+                    await self._serve_reported(job_id, given_up)
+            await trio.sleep(REPORTS_POLL_S)
+
+    async def _serve_reported(self, job_id: bytes, given_up: set[bytes]) -> None:
         kept = self.recorded(job_id)
         if kept is None:
-            return wire.error_response(f"no served job {job_id.hex()[:16]}…")
-        job_request, output, _ = kept
-        return wire.ok_response(request=job_request.encode(), output=output)
+            given_up.add(job_id)
+            log.error("job %s is reported unavailable, but this node's journal does not hold "
+                      "it: the node will be slashed for it", job_id.hex()[:16])
+            return
+        try:
+            await self.ledger.call("serve_data", job_id=job_id, output=codec.encode(kept[1]))
+        except wire.RemoteError as exc:
+            given_up.add(job_id)
+            log.error("the ledger refused the output of reported job %s: %s", job_id.hex()[:16],
+                      exc)
+            return
+        except ProtocolError as exc:  # unreachable for now: the next poll tries again
+            log.warning("posting the output of reported job %s failed: %s", job_id.hex()[:16],
+                        exc)
+            return
+        self.metrics.served_data.inc()
+        log.warning("job %s was reported unavailable; posted its output on the ledger",
+                    job_id.hex()[:16])
 
     # -- HTTP ----------------------------------------------------------------------------------
     def _model(self, name: Any, mode: str | None) -> ServedModel:
@@ -337,6 +500,12 @@ class NodeService:
         ).signed(self.client_key)
 
     def _assay_field(self, commitment: Commitment) -> dict[str, Any]:
+        """The receipt every response carries: signed request, signed commitment, output bytes
+        (from the journal, where the job was kept before it was recorded); see
+        :mod:`protocol.receipt`."""
+        kept = self.recorded(commitment.job_id)
+        assert kept is not None, "a released output is always journalled first"
+        request, output, _ = kept
         return {
             "job_id": commitment.job_id.hex(),
             "commitment_id": commitment.content_id.hex(),
@@ -344,15 +513,24 @@ class NodeService:
             "signature": commitment.signature.hex(),
             "node": commitment.node.hex(),
             "mode": commitment.mode,
+            "request": base64.b64encode(request.encode()).decode(),
+            "output": base64.b64encode(codec.encode(output)).decode(),
         }
 
     async def _run_http(self, request: JobRequest) -> tuple[Tensor, Commitment]:
+        """Run an HTTP job (the caller's rate was taken when the request came in)."""
         try:
             return await self.execute(request)
         except NodeUnavailable as exc:
-            raise HttpError(503, "unavailable", str(exc)) from exc
-        except (JobRejected, PeerUnavailable) as exc:
-            raise HttpError(502, "job_failed", str(exc)) from exc
+            raise unavailable(str(exc)) from exc
+        except TooManyJobs as exc:
+            raise HttpError(429, "overloaded", str(exc),
+                            retry_after_s=exc.retry_after_s) from exc
+        except Unpaid as exc:
+            raise unavailable(f"{exc}; nothing was computed (the operator funds the gateway "
+                              "account, or bonds more stake)", 60.0) from exc
+        except PeerUnavailable as exc:
+            raise unavailable(f"the ledger is unreachable: {exc}") from exc
         except ProtocolError as exc:
             raise HttpError(400, "invalid_job", str(exc)) from exc
 
@@ -462,6 +640,9 @@ class NodeService:
             assert isinstance(raw, dict)
             tensor = Tensor(str(raw["dtype"]), tuple(int(d) for d in raw["shape"]),
                             base64.b64decode(raw["data"], validate=True))
+            if not tensor.shape or 0 in tensor.shape:
+                raise ValueError(f"shape {list(tensor.shape)} is empty: every dimension must be "
+                                 "at least 1")
         except (AssertionError, KeyError, TypeError, ValueError) as exc:
             raise HttpError(400, "malformed",
                             f"input must be {{dtype, shape, data (base64)}}: {exc}") from exc
@@ -549,16 +730,36 @@ class NodeService:
         return out
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        checks = {
+        problems = self.not_ready()
+        gateway_funded = (self.gateway_balance is not None
+                          and self.gateway_balance >= self.config.fee)
+        if not gateway_funded:
+            problems.append(
+                f"the gateway account {self.client_key.public.hex()[:16]}… cannot pay a fee of "
+                f"{self.config.fee}" + ("" if self.gateway_balance is None
+                                        else f" (balance {self.gateway_balance})")
+            )
+        if not self.models:
+            problems.append("no models loaded")
+        if not self.accepting:
+            problems.append("shutting down")
+        checks: dict[str, Any] = {
             "models_loaded": bool(self.models),
             "ledger_reachable": self.ledger.reachable(),
-            "bonded": self.bonded,
+            "bonded": self.bonded and not self.standing.problems(),
+            "gateway_funded": gateway_funded,
             "peers": len(self.host.connected()),
             "accepting_jobs": self.accepting,
         }
         if self.node.zk_provers:
             checks["zk_keys_match"] = self.zk_checked and not self.zk_refused
-        ready = all(v for v in checks.values())
+            if not checks["zk_keys_match"]:
+                problems.append("zk keys not (yet) matched with the ledger's")
+        if not checks["peers"]:
+            problems.append("no libp2p peers")
+        ready = not problems and all(v for v in checks.values())
+        if not ready:
+            checks["reason"] = "; ".join(problems) or "starting"
         self.metrics.ready.set(1 if ready else 0)
         return ready, checks
 
@@ -567,12 +768,19 @@ class NodeService:
             async def handle(request: Request) -> Response:
                 try:
                     self._authorise(request)
+                    if needs_body:
+                        self._limit(request)
                     body = await read_json(request) if needs_body else {}
                     result = await method(body)
                 except HttpError as exc:
                     self.metrics.http_rejected.labels(path, exc.reason).inc()
                     self.metrics.http_requests.labels(path, str(exc.status)).inc()
                     return exc.response()
+                except Exception as exc:  # a bug must cost this request, in the API's shape
+                    log.exception("%s failed", path)
+                    self.metrics.http_requests.labels(path, "500").inc()
+                    return HttpError(500, "internal", f"internal error: {type(exc).__name__}"
+                                     ).response()
                 self.metrics.http_requests.labels(path, "200").inc()
                 if isinstance(result, EventStream):
                     return StreamingResponse(result.lines(), media_type="text/event-stream",
@@ -585,9 +793,7 @@ class NodeService:
             return {"object": "list", "data": [m.card() for m in self.served]}
 
         async def health(request: Request) -> Response:
-            ready, checks = self.health()
-            return JSONResponse({"status": "ready" if ready else "not ready", **checks},
-                                status_code=200 if ready else 503)
+            return health_response(*self.health())
 
         return Starlette(routes=[
             Route("/health", health),
@@ -599,28 +805,21 @@ class NodeService:
         ])
 
     def _authorise(self, request: Request) -> None:
-        if not self.config.api_key:
-            return
-        if request.headers.get("authorization") != f"Bearer {self.config.api_key}":
+        if self.config.api_key and not api_key_matches(request.headers.get("authorization"),
+                                                       self.config.api_key):
             raise HttpError(401, "unauthorised", "a valid API key is required")
 
-    # -- lifetime ------------------------------------------------------------------------------
-    async def _bond(self) -> None:
-        me = self.node.node_id
-        while True:
-            await self.ledger.wait_reachable()
-            try:
-                account = await self.ledger.call("account", account=me)
-                stake = int(account.get("node_stake", 0)) if account.get("found") else 0
-                if stake < self.config.stake:
-                    await self.ledger.call("bond", role="node", amount=self.config.stake - stake)
-                    log.info("bonded %d as a node", self.config.stake - stake)
-                self.bonded = True
-                return
-            except ProtocolError as exc:
-                log.warning("bonding failed, retrying: %s", exc)
-                await trio.sleep(BOND_RETRY_S)
+    def _limit(self, request: Request) -> None:
+        """An HTTP caller's rate, by address, taken before its body is read."""
+        caller = ("http", request.client.host if request.client else "")
+        wait = self.limiter.take(caller)
+        if wait:
+            raise HttpError(429, "rate_limited",
+                            f"rate limit: at most {self.config.rate_limit:g} jobs/s "
+                            f"(bursts of {self.config.rate_burst}) per caller",
+                            retry_after_s=wait)
 
+    # -- lifetime ------------------------------------------------------------------------------
     async def check_zk_keys(self) -> None:
         """Compare each zk model's verifying-key hash with the one the ledger registered."""
         while not self.zk_checked:
@@ -644,17 +843,35 @@ class NodeService:
                 self.zk_checked = True
             except ProtocolError as exc:
                 log.warning("checking zk keys with the ledger failed, retrying: %s", exc)
-                await trio.sleep(BOND_RETRY_S)
+                await trio.sleep(ZK_CHECK_RETRY_S)
+
+    async def watch_gateway(self) -> None:
+        """Keep the gateway account's balance fresh (``/health`` says when it cannot pay)."""
+        while True:
+            try:
+                account = await self.ledger.account(self.client_key.public.raw)
+                self.gateway_balance = account.balance
+            except ProtocolError as exc:
+                log.debug("reading the gateway account failed: %s", exc)
+            await trio.sleep(GATEWAY_POLL_S)
 
     async def run(self, shutdown: trio.Event) -> None:
         """Serve until ``shutdown`` is set, then drain in-flight jobs and return."""
         http_done = trio.Event()
         stop_http = trio.Event()
+        warn_if_exposed(self.config.http_host, self.config.http_port, self.config.api_key, log)
+
+        def supervised(name: str, task: Callable[[], Awaitable[None]]) -> None:
+            nursery.start_soon(keep_running, name, task, self.metrics, log)
+
         async with self.host.running(), trio.open_nursery() as nursery:
-            nursery.start_soon(self.ledger.keep_fresh)
-            nursery.start_soon(self._bond)
-            nursery.start_soon(self.check_zk_keys)
-            nursery.start_soon(self.gossip.run)
+            supervised("ledger_status", self.ledger.keep_fresh)
+            supervised("standing", self.standing.watch)
+            supervised("bond", lambda: self.standing.bond(self.config.stake))
+            supervised("zk_keys", self.check_zk_keys)
+            supervised("gossip", self.gossip.run)
+            supervised("reports", self.answer_reports)
+            supervised("gateway", self.watch_gateway)
 
             async def http() -> None:
                 await serve_http(self.app(), self.config.http_host, self.config.http_port,

@@ -4,50 +4,74 @@ One process owns the event log (:class:`slashing.Ledger`) and the devnet
 beacon key. Its nursery runs the host and one ticker that reveals a beacon
 round every ``round_seconds``, appends it and gossips it on
 ``/assay/1/beacon/msgpack``. Everything else arrives on the ledger protocol as
-one framed request per stream:
+framed requests, each a map ``{"op", fields…}`` checked whole before use
+(:data:`OPS`: a missing, mistyped or unknown field is refused, naming it):
 
-``{"op": "record_job" | "attest" | "accuse", ...}``
-    transactions named by the signed protocol messages they carry (a request
-    and a commitment, an attestation, evidence), from anyone: the rules check
-    the signatures. The service builds the ledger event, so the roles never
-    see the event format.
-``{"op": "accuse_invalid_proof", "evidence", "request"}``
+``record_job`` (request, commitment), ``attest`` (attestation), ``accuse`` (evidence)
+    transactions named by the signed protocol messages they carry, from
+    anyone: the rules check the signatures. The service builds the ledger
+    event, so the roles never see the event format.
+``accuse_invalid_proof`` (evidence, request)
     ``INVALID_PROOF`` evidence on a zk job with the job's signed request; the
     rule re-checks the proof with the checker the composition root installed
     (``slashing.rules.install_proof_checker``) and slashes the node or the
     accuser on the spot.
-``{"op": "bond", "role", "amount"}``
-    bonds the *sender's* tokens: the Noise handshake authenticated the
-    sender's key, which is the account. ``Mint``, ``RegisterZkModel`` and the
-    genesis events never come from the network: the operator's zk models
+``bond``, ``unbond``, ``withdraw``, ``report_unavailable`` (tx)
+    the account's own transactions, signed by it with its next nonce
+    (:mod:`slashing.transactions`): the log proves who asked. An unsigned one
+    would be the operator's, and the network never sends those.
+``serve_data`` (job_id, output)
+    a reported job's output, from anyone: the rule checks it against the
+    committed output hash.
+``mint`` (account, amount)
+    the devnet faucet: only from the keys the operator listed (``faucet``),
+    at most ``faucet_limit`` a time. ``RegisterZkModel`` and the genesis
+    events never come from the network: the operator's zk models
     (:attr:`Genesis.zk_models`) are registered when the service starts, each
     once, and a start whose key for a model differs from the logged one fails.
-``{"op": "status" | "job" | "dispute" | "beacon" | "account", ...}``
+``status``, ``job``, ``dispute``, ``beacon``, ``account``, ``zk_model``
     read-only queries answered from the folded state (``status`` carries the
     chain id every message must name; a job's ``zk`` says whether it is a zk
     job, and ``auditor`` whom the ledger assigned to audit it).
-``{"op": "duties", "validator"}``
+``duties`` (validator)
     what the ledger awaits from a validator: the jobs it is assigned to audit
     (each with its signed commitment and the round that drew it) and the
     disputes whose current committee it sits on. Validators learn their work
     here, from the ledger, not from gossip: a colluder that opens a dispute
     and tells nobody still has it decided by the committee the ledger drew.
-``{"op": "jobs_since", "after": row}``
+``job_data`` (job_id)
+    a pending job's signed request and commitment as the log recorded them,
+    and its output if it was posted (:mod:`slashing.job_records`): validators
+    re-execute from these, not from what the node sends.
+``jobs_since`` (after)
     the commitments recorded after log row ``after``, read from the log, so a
     validator that missed their gossip (or was down) can catch up.
-``{"op": "zk_model", "model_id"}``
+``open_challenges`` (node)
+    a node's jobs reported unavailable and not yet served (the node answers
+    them with ``serve_data``).
+``can_pay`` (client, nonce, fee, node, expiry_round)
+    whether ``record_job`` would take this fee from this client for this
+    node's job now, so a node checks before it computes.
+``offences`` (account)
+    what the ledger holds against an account and the evidence that proved
+    it, so a slashed operator is told why.
+``zk_model`` (model_id)
     the hashes of a zk model's registered verifying key, settings and SRS, so
     a node can refuse to serve, and a validator to check with, a key other
     than the one the ledger judges proofs under.
 
 A refused transaction changes nothing (the rules are all-or-nothing) and is
 counted in ``assay_ledger_tx_total{outcome="refused"}``; a request that does
-not even decode is counted in ``assay_requests_dropped_total``.
+not even decode, or whose fields are wrong, is counted in
+``assay_requests_dropped_total``. ``/health`` (on ``http_port``) is 503 until
+the beacon ticks, and again if it stops.
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -55,11 +79,17 @@ from typing import Any
 import trio
 
 from protocol.beacon import DevnetBeacon
-from protocol.economics import max_slash_stake_at_risk, min_slash_fabrication, min_slash_posp
+from protocol.economics import (
+    in_flight_limit,
+    max_slash_stake_at_risk,
+     min_slash_fabrication,
+    min_slash_posp,
+)
 from protocol.errors import MalformedMessage, ProtocolError
 from protocol.hashing import sha256
 from protocol.keys import SigningKey
-from protocol.net import wire
+from protocol.messages import Verdict
+from protocol.net import schema, wire
 from protocol.net.host import PeerHost
 from protocol.net.metrics import Metrics
 from slashing import (
@@ -67,21 +97,28 @@ from slashing import (
     AccuseInvalidProof,
     Attest,
     BeaconRound,
-    Bond,
     Ledger,
     LedgerParams,
     Mint,
     RecordJob,
     RegisterBeacon,
     RegisterZkModel,
+    ServeData,
     SetParams,
 )
 from slashing import constants as c
-from slashing.events import Event
-from slashing.rules import open_dispute_of
-from slashing.state import JobStatus
+from slashing.events import AccountTx, Event, decode_event
+from slashing.job_records import JobRecords
+from slashing.rules import is_bonded, open_dispute_of
+from slashing.state import JobStatus, State
+from slashing.transactions import ACCOUNT_TRANSACTIONS
 
 log = logging.getLogger("assay.ledger")
+
+TICK_STALE_ROUNDS = 3
+"""The beacon counts as stopped (``/health`` 503) after this many round lengths without a round."""
+DEFAULT_FAUCET_LIMIT = 1_000_000
+
 
 @dataclass(frozen=True)
 class Genesis:
@@ -142,19 +179,22 @@ class LedgerService:
         genesis: Genesis,
         round_seconds: float,
         metrics: Metrics,
+        faucet: frozenset[bytes] = frozenset(),
+        faucet_limit: int = DEFAULT_FAUCET_LIMIT,
     ) -> None:
         self.host = host
         self.ledger = ledger
         self.beacon = beacon
         self.round_seconds = round_seconds
         self.metrics = metrics
+        self.faucet = faucet
+        self.faucet_limit = faucet_limit
         if ledger.length == 0:
             self._genesis(genesis)
         self._catch_up_beacon()
         self._register_zk_models(genesis.zk_models)
-        self.commitments: dict[bytes, bytes] = {}
-        """Signed commitments of the jobs not yet final, by job id, for ``duties``."""
-        self._remember_pending_commitments()
+        self.records = JobRecords(ledger)
+        self._last_tick = 0.0
         host.serve(wire.PROTOCOL_LEDGER, self.handle)
 
     @classmethod
@@ -168,10 +208,12 @@ class LedgerService:
         round_seconds: float,
         metrics: Metrics,
         bootstrap: tuple[str, ...] = (),
+        faucet: frozenset[bytes] = frozenset(),
+        faucet_limit: int = DEFAULT_FAUCET_LIMIT,
     ) -> LedgerService:
         host = PeerHost(key, listen, bootstrap, metrics)
         return cls(host, Ledger.open(database), DevnetBeacon(beacon_secret), genesis,
-                   round_seconds, metrics)
+                   round_seconds, metrics, faucet, faucet_limit)
 
     def _genesis(self, genesis: Genesis) -> None:
         self.ledger.append(RegisterBeacon(public_key=self.beacon.public_key, first_round=0))
@@ -196,21 +238,6 @@ class LedgerService:
                     " the operator's artifacts differ (a model is registered once)"
                 )
 
-    def _remember_pending_commitments(self) -> None:
-        """Read the commitments of the jobs still pending back from the log (after a restart)."""
-        jobs = self.ledger.state.jobs
-        for entry in self.ledger.events(0):
-            event = entry.event
-            if isinstance(event, RecordJob):
-                job = jobs.get(event.job_id)
-                if job is not None and job.status is JobStatus.PENDING:
-                    self.commitments[event.job_id] = event.commitment
-
-    def _forget_final_commitments(self) -> None:
-        jobs = self.ledger.state.jobs
-        for job_id in [j for j in self.commitments if jobs[j].status is not JobStatus.PENDING]:
-            del self.commitments[job_id]
-
     def _catch_up_beacon(self) -> None:
         """Re-derive the revealed chain after a restart and check it is the one logged."""
         state = self.ledger.state
@@ -228,8 +255,9 @@ class LedgerService:
             round=revealed.round, signature=revealed.signature, randomness=revealed.randomness
         )
         self.ledger.append(event)
+        self.records.prune(self.ledger.state)
         self.metrics.beacon_round.set(revealed.round)
-        self._forget_final_commitments()
+        self._last_tick = time.monotonic()
         return event
 
     async def _tick(self) -> None:
@@ -245,15 +273,29 @@ class LedgerService:
                 log.debug("publishing round %d failed: %s", event.round, exc)
             await trio.sleep(self.round_seconds)
 
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        ticking = time.monotonic() - self._last_tick < TICK_STALE_ROUNDS * self.round_seconds + 1
+        checks: dict[str, Any] = {"beacon_ticking": self._last_tick > 0 and ticking,
+                                  "listening": self.host.ready.is_set()}
+        ready = all(checks.values())
+        if not ready:
+            checks["reason"] = "the beacon has not ticked yet" if not self._last_tick else (
+                "the beacon stopped ticking" if not ticking else "the libp2p host is not up")
+        self.metrics.ready.set(1 if ready else 0)
+        return ready, {**checks, "round": self.ledger.state.current_round,
+                       "length": self.ledger.length}
+
     # -- requests ------------------------------------------------------------------------------
     async def handle(self, data: bytes, sender: bytes) -> bytes:
         request = wire.decode_map(data, wire.MAX_REQUEST_BYTES[wire.PROTOCOL_LEDGER])
         op = request.get("op")
-        if isinstance(op, str) and op in TRANSACTIONS:
-            return TRANSACTIONS[op](self, request, sender)
-        if isinstance(op, str) and op in QUERIES:
-            return QUERIES[op](self, request)
-        raise MalformedMessage(f"unknown ledger op {op!r}")
+        if not isinstance(op, str) or op not in OPS:
+            raise MalformedMessage(f"unknown ledger op {op!r:.40}; known: {sorted(OPS)}")
+        spec = OPS[op]
+        checked = schema.check_map(request, f"ledger {op}", {"op": schema.text, **spec.required},
+                                   spec.optional)
+        del checked["op"]
+        return spec.answer(self, checked, sender)
 
     def _append(self, event: Event) -> bytes:
         try:
@@ -261,34 +303,36 @@ class LedgerService:
         except ProtocolError as exc:
             self.metrics.ledger_tx.labels(event.TYPE, "refused").inc()
             return wire.error_response(str(exc))
+        self.records.note(entry)
         self.metrics.ledger_tx.labels(event.TYPE, "accepted").inc()
         return wire.ok_response(seq=entry.seq)
 
     def _record_job(self, request: dict[str, Any], sender: bytes) -> bytes:
-        event = RecordJob(request=_blob(request, "request"),
-                          commitment=_blob(request, "commitment"))
-        reply = self._append(event)
-        job = self.ledger.state.jobs.get(event.job_id)
-        if job is not None and job.commitment_id == event.sealed_commitment.content_id:
-            self.commitments[event.job_id] = event.commitment
-        return reply
+        return self._append(RecordJob(request=request["request"],
+                                      commitment=request["commitment"]))
 
     def _attest(self, request: dict[str, Any], sender: bytes) -> bytes:
-        return self._append(Attest(attestation=_blob(request, "attestation")))
+        return self._append(Attest(attestation=request["attestation"]))
 
     def _accuse(self, request: dict[str, Any], sender: bytes) -> bytes:
-        return self._append(Accuse(evidence=_blob(request, "evidence")))
+        return self._append(Accuse(evidence=request["evidence"]))
 
     def _accuse_invalid_proof(self, request: dict[str, Any], sender: bytes) -> bytes:
-        return self._append(AccuseInvalidProof(evidence=_blob(request, "evidence"),
-                                               request=_blob(request, "request")))
+        return self._append(AccuseInvalidProof(evidence=request["evidence"],
+                                               request=request["request"]))
 
-    def _bond(self, request: dict[str, Any], sender: bytes) -> bytes:
-        """Bond the sender's own tokens: Noise authenticated the sender as the account."""
-        role, amount = request.get("role"), request.get("amount")
-        if not isinstance(amount, int):
-            raise MalformedMessage("bond amount must be an integer")
-        return self._append(Bond(account=sender, role=str(role), amount=amount))
+    def _serve_data(self, request: dict[str, Any], sender: bytes) -> bytes:
+        return self._append(ServeData(job_id=request["job_id"], output=request["output"]))
+
+    def _mint(self, request: dict[str, Any], sender: bytes) -> bytes:
+        """The devnet faucet: the operator's listed keys may mint, a bounded amount at a time."""
+        if sender not in self.faucet:
+            raise MalformedMessage(f"{sender.hex()[:16]}… is not a faucet key of this ledger")
+        if not 1 <= request["amount"] <= self.faucet_limit:
+            raise MalformedMessage(f"a faucet mint is 1..{self.faucet_limit} tokens")
+        log.info("faucet: %s mints %d for %s", sender.hex()[:16], request["amount"],
+                 request["account"].hex()[:16])
+        return self._append(Mint(account=request["account"], amount=request["amount"]))
 
     def _status(self, request: dict[str, Any]) -> bytes:
         state = self.ledger.state
@@ -303,25 +347,44 @@ class LedgerService:
             round=state.current_round, beacon_key=_hex(state.beacon_key),
             chain_id=_hex(state.chain_id), audit_window=params.audit_window,
             sample_ppm=params.sample_ppm, committee_size=params.committee_size,
+            challenge_window=params.challenge_window,
+            availability_window=params.availability_window,
+            unbonding_period=params.unbonding_period,
             verification_fee=params.verification_fee, reward=params.reward,
+            min_node_stake=c.MIN_STAKE[c.NODE], min_validator_stake=c.MIN_STAKE[c.VALIDATOR],
             nodes=sorted(nodes), validators=sorted(validators), length=self.ledger.length,
         )
 
     def _job(self, request: dict[str, Any]) -> bytes:
-        job = self.ledger.state.jobs.get(_bytes(request, "job_id"))
+        state = self.ledger.state
+        job = state.jobs.get(request["job_id"])
         if job is None:
             return wire.ok_response(found=False)
-        dispute = open_dispute_of(self.ledger.state, job)
+        params = state.params
+        assert params is not None
+        dispute = open_dispute_of(state, job)
         return wire.ok_response(
             found=True, node=job.node, commitment_id=job.commitment_id,
             recorded_round=job.recorded_round, sample_round=job.sample_round,
             status=str(job.status), open_dispute=_hex(dispute.dispute_id if dispute else None),
             attested_by=[v for v, _ in job.attestations], zk=job.zk, sampled=job.sampled,
             auditor=_hex(job.auditor), assigned_round=job.assigned_round or 0,
+            window_end=job.window_end(params.challenge_window),
+            reported=job.unavailable_since is not None,
+            reported_round=job.unavailable_since or 0, served=job.served_round is not None,
         )
 
+    def _job_data(self, request: dict[str, Any]) -> bytes:
+        record = self.records.record(request["job_id"])
+        if record is None:
+            return wire.ok_response(found=False)
+        served = self.records.served(request["job_id"])
+        extra = {"output": served} if served is not None else {}
+        return wire.ok_response(found=True, request=record.request,
+                                commitment=record.commitment, **extra)
+
     def _dispute(self, request: dict[str, Any]) -> bytes:
-        dispute = self.ledger.state.disputes.get(_bytes(request, "dispute_id"))
+        dispute = self.ledger.state.disputes.get(request["dispute_id"])
         if dispute is None:
             return wire.ok_response(found=False)
         return wire.ok_response(
@@ -329,49 +392,77 @@ class LedgerService:
             opened_round=dispute.opened_round, drawn_round=dispute.drawn_round or 0,
             drawn=dispute.drawn_round is not None, accusers=list(dispute.accusers),
             open=dispute.is_open, outcome=str(dispute.outcome or ""),
+            voted=list(dispute.voters()),
         )
 
     def _duties(self, request: dict[str, Any]) -> bytes:
-        """The audits and committee votes the ledger awaits from ``validator``."""
-        me = _bytes(request, "validator")
+        """The audits and committee votes the ledger awaits from ``validator``, at most
+        ``DUTIES_PAGE`` of each (the rest come once these are answered)."""
+        me = request["validator"]
         state = self.ledger.state
-        audits = []
+        audits: list[dict[str, Any]] = []
         for job_id in sorted(state.open_audits):
             job = state.jobs[job_id]
-            if job.auditor == me and job_id in self.commitments:
-                audits.append({"job_id": job_id, "commitment": self.commitments[job_id],
+            record = self.records.record(job_id) if job.auditor == me else None
+            if record is not None:
+                audits.append({"job_id": job_id, "commitment": record.commitment,
                                "round": job.assigned_round or 0, "zk": job.zk})
-        votes = []
+                if len(audits) == DUTIES_PAGE:
+                    break
+        votes: list[dict[str, Any]] = []
         for dispute_id in sorted(state.open_disputes):
             dispute = state.disputes[dispute_id]
-            voted = me in dispute.voters()
-            if me in dispute.committee and not voted and dispute.job_id in self.commitments:
+            seated = me in dispute.committee and me not in dispute.voters()
+            record = self.records.record(dispute.job_id) if seated else None
+            if record is not None:
                 votes.append({"dispute_id": dispute_id, "job_id": dispute.job_id,
-                              "commitment": self.commitments[dispute.job_id],
+                              "commitment": record.commitment,
                               "round": dispute.drawn_round or 0})
+                if len(votes) == DUTIES_PAGE:
+                    break
         return wire.ok_response(audits=audits, votes=votes, round=state.current_round)
 
-    def _beacon(self, request: dict[str, Any]) -> bytes:
-        number = request.get("round")
+    def _open_challenges(self, request: dict[str, Any]) -> bytes:
         state = self.ledger.state
-        if not isinstance(number, int) or not state.first_round <= number <= state.current_round:
+        jobs = sorted(j for j in state.open_challenges if state.jobs[j].node == request["node"])
+        return wire.ok_response(jobs=jobs[:OPEN_CHALLENGES_PAGE])
+
+    def _beacon(self, request: dict[str, Any]) -> bytes:
+        number = request["round"]
+        state = self.ledger.state
+        if not state.first_round <= number <= state.current_round:
             return wire.ok_response(found=False)
         revealed = self.beacon.get(number)
         return wire.ok_response(found=True, round=number, signature=revealed.signature,
                                 randomness=revealed.randomness)
 
     def _account(self, request: dict[str, Any]) -> bytes:
-        account = self.ledger.state.accounts.get(_bytes(request, "account"))
+        state = self.ledger.state
+        account = state.accounts.get(request["account"])
         if account is None:
-            return wire.ok_response(found=False)
+            return wire.ok_response(found=False, round=state.current_round)
+        roles = {}
+        for role in c.ROLES:
+            stake = account.stake(role)
+            roles.update({f"{role}_stake": stake.amount, f"{role}_slashed_out": stake.slashed_out,
+                          f"{role}_jailed_until": stake.jailed_until or 0,
+                          f"{role}_offences": stake.offences})
         return wire.ok_response(
-            found=True, balance=account.balance, node_stake=account.node.amount,
-            node_slashed_out=account.node.slashed_out, validator_stake=account.validator.amount,
-            validator_slashed_out=account.validator.slashed_out,
+            found=True, round=state.current_round, balance=account.balance, nonce=account.nonce,
+            unbonding=[{"role": e.role, "amount": e.amount, "release_round": e.release_round}
+                       for e in account.unbonding],
+            **roles,
         )
 
+    def _can_pay(self, request: dict[str, Any]) -> bytes:
+        reason = payment_refusal(self.ledger.state, request)
+        return wire.ok_response(payable=reason is None, reason=reason or "")
+
+    def _offences(self, request: dict[str, Any]) -> bytes:
+        return wire.ok_response(offences=offences(self.ledger.state, request["account"]))
+
     def _zk_model(self, request: dict[str, Any]) -> bytes:
-        model = self.ledger.state.zk_models.get(_bytes(request, "model_id"))
+        model = self.ledger.state.zk_models.get(request["model_id"])
         if model is None:
             return wire.ok_response(found=False)
         return wire.ok_response(
@@ -384,36 +475,102 @@ class LedgerService:
         """Serve until cancelled; the log is flushed on every append, so stopping is safe."""
         async with self.host.running(), trio.open_nursery() as nursery:
             nursery.start_soon(self._tick)
-            self.metrics.ready.set(1)
             task_status.started()
 
     def close(self) -> None:
         self.ledger.close()
 
 
-def _bytes(request: dict[str, Any], name: str) -> bytes:
-    value = request.get(name)
-    if not isinstance(value, bytes) or len(value) != 32:
-        raise MalformedMessage(f"{name} must be 32 bytes")
-    return value
+def payment_refusal(state: State, request: Mapping[str, Any]) -> str | None:
+    """Why ``record_job`` would refuse a job with these terms now, or None if it would take it.
+
+    ``request`` is a ``can_pay`` query: the client, its nonce and fee, the node
+    and the request's expiry round, with ``held`` more of the client's balance
+    spoken for by its jobs running at the node and ``in_flight`` jobs the node
+    is running and has not recorded yet. The node asks before it computes: the
+    same checks as the rule, on the state as it is (the client may still spend
+    in between, so a node can lose at most one job's compute per client to a
+    race). The fee is escrowed only when the job is recorded.
+    """
+    params = state.params
+    assert params is not None
+    client, nonce, fee = request["client"], request["nonce"], request["fee"]
+    node, held = request["node"], request.get("held", 0)
+    if state.current_round > request["expiry_round"]:
+        return (f"the request expired after round {request['expiry_round']}; the ledger is at "
+                f"round {state.current_round}")
+    if not params.verification_fee <= fee <= params.verification_fee + params.reward:
+        return (f"fee {fee} is outside {params.verification_fee}.."
+                f"{params.verification_fee + params.reward} (verification fee plus at most R)")
+    if (client, nonce) in state.request_nonces:
+        return f"client {client.hex()[:16]}… already used nonce {nonce}"
+    if not is_bonded(state, node, c.NODE):
+        return f"node {node.hex()[:16]}… is not bonded as a node (or is jailed or slashed out)"
+    stake = state.accounts[node].node.amount
+    limit = in_flight_limit(stake, params.sample_ppm, params.fraud_slash)
+    in_flight = state.node_jobs.get(node, 0) + request.get("in_flight", 0)
+    if in_flight >= limit:
+        return (f"node {node.hex()[:16]}… has {in_flight} jobs in flight, the most its stake "
+                f"of {stake} covers (stake/(p*S) = {limit})")
+    account = state.accounts.get(client)
+    if account is None:
+        return f"client {client.hex()[:16]}… has no account on the ledger (no tokens)"
+    if account.balance < fee + held:
+        return (f"client {client.hex()[:16]}… has balance {account.balance}, less than fee {fee}"
+                + (f" plus {held} held for its jobs in flight" if held else ""))
+    return None
 
 
-def _blob(request: dict[str, Any], name: str) -> bytes:
-    value = request.get(name)
-    if not isinstance(value, bytes) or not value:
-        raise MalformedMessage(f"{name} must be the bytes of a signed message")
-    return value
+def offences(state: State, account: bytes) -> list[dict[str, Any]]:
+    """Every offence the state holds against ``account``: kind, role, job and evidence id
+    (the dispute's, where a committee decided it)."""
+    out: list[dict[str, Any]] = []
+    for dispute in state.disputes.values():
+        job = state.jobs[dispute.job_id]
+        if dispute.outcome is Verdict.FRAUD:
+            if dispute.node == account:
+                out.append({"kind": "fraud", "role": c.NODE, "job_id": dispute.job_id,
+                            "evidence": dispute.dispute_id})
+            wrong = {v for v, verdict in job.attestations if verdict is Verdict.VALID}
+            wrong |= {v.validator for v in dispute.votes if v.verdict is Verdict.VALID}
+            if account in wrong:
+                out.append({"kind": "wrong_valid", "role": c.VALIDATOR,
+                            "job_id": dispute.job_id, "evidence": dispute.dispute_id})
+        elif dispute.outcome is Verdict.VALID and account in dispute.accusers:
+            out.append({"kind": "false_accusation", "role": c.VALIDATOR,
+                        "job_id": dispute.job_id, "evidence": dispute.dispute_id})
+    for node, job_id in sorted(state.equivocations):
+        if node == account:
+            out.append({"kind": "equivocation", "role": c.NODE, "job_id": job_id,
+                        "evidence": b""})
+    for job in state.jobs.values():
+        if job.node == account and job.job_id in state.proof_frauds:
+            out.append({"kind": "invalid_proof", "role": c.NODE, "job_id": job.job_id,
+                        "evidence": b""})
+        if (job.node == account and job.availability_reporter is not None
+                and job.served_round is None and job.status is JobStatus.REFUNDED):
+            out.append({"kind": "unavailable", "role": c.NODE, "job_id": job.job_id,
+                        "evidence": b""})
+        if job.job_id in state.revealed_canaries and any(
+                v == account and verdict is Verdict.VALID for v, verdict in job.attestations):
+            out.append({"kind": "lazy_validator", "role": c.VALIDATOR, "job_id": job.job_id,
+                        "evidence": b""})
+    return out
 
 
 JOBS_SINCE_SCAN = 4096
 """Log rows one ``jobs_since`` query reads at most; the reply's cursor says where it stopped."""
 JOBS_SINCE_LIMIT = 512
+OPEN_CHALLENGES_PAGE = 256
+DUTIES_PAGE = 64
+"""Audits (and votes) one ``duties`` answer lists at most: each carries a signed commitment,
+which may hold a tensor output or a proof."""
 
 
 def _jobs_since(service: LedgerService, request: dict[str, Any]) -> bytes:
     """Commitments of the jobs recorded after row ``after``, oldest first, one page at a time."""
-    after, length = request.get("after", 0), service.ledger.length
-    if isinstance(after, bool) or not isinstance(after, int) or not 0 <= after <= length:
+    after, length = request["after"], service.ledger.length
+    if not 0 <= after <= length:
         raise MalformedMessage(f"after must be a log row in 0..{length}")
     jobs: list[bytes] = []
     cursor = after
@@ -426,20 +583,59 @@ def _jobs_since(service: LedgerService, request: dict[str, Any]) -> bytes:
     return wire.ok_response(jobs=jobs, cursor=cursor, length=length)
 
 
-TRANSACTIONS = {
-    "record_job": LedgerService._record_job,
-    "attest": LedgerService._attest,
-    "accuse": LedgerService._accuse,
-    "accuse_invalid_proof": LedgerService._accuse_invalid_proof,
-    "bond": LedgerService._bond,
-}
-QUERIES = {
-    "status": LedgerService._status,
-    "duties": LedgerService._duties,
-    "job": LedgerService._job,
-    "dispute": LedgerService._dispute,
-    "beacon": LedgerService._beacon,
-    "account": LedgerService._account,
-    "jobs_since": _jobs_since,
-    "zk_model": LedgerService._zk_model,
+@dataclass(frozen=True)
+class Op:
+    """One ledger op: its fields (each checked) and how it is answered."""
+
+    required: Mapping[str, schema.Check]
+    answer: Callable[[LedgerService, dict[str, Any], bytes], bytes]
+    optional: Mapping[str, schema.Check] | None = None
+
+
+def _query(method: Callable[[LedgerService, dict[str, Any]], bytes]
+           ) -> Callable[[LedgerService, dict[str, Any], bytes], bytes]:
+    return lambda service, request, sender: method(service, request)
+
+
+def _account_tx(kind: str) -> Callable[[LedgerService, dict[str, Any], bytes], bytes]:
+    """The op for one kind of account transaction: the signed event, appended as sent."""
+    expected = ACCOUNT_TRANSACTIONS[kind]
+
+    def send(service: LedgerService, request: dict[str, Any], sender: bytes) -> bytes:
+        event = decode_event(request["tx"])
+        if not isinstance(event, expected):
+            raise MalformedMessage(f"ledger {kind}: tx is a {event.TYPE}, not a {kind}")
+        assert isinstance(event, AccountTx)
+        if not event.is_signed:
+            raise MalformedMessage(f"ledger {kind}: tx must be signed by its {event.SIGNER}")
+        return service._append(event)
+
+    return send
+
+
+_ID = schema.digest
+OPS: Mapping[str, Op] = {
+    "record_job": Op({"request": schema.blob, "commitment": schema.blob},
+                     LedgerService._record_job),
+    "attest": Op({"attestation": schema.blob}, LedgerService._attest),
+    "accuse": Op({"evidence": schema.blob}, LedgerService._accuse),
+    "accuse_invalid_proof": Op({"evidence": schema.blob, "request": schema.blob},
+                               LedgerService._accuse_invalid_proof),
+    "serve_data": Op({"job_id": _ID, "output": schema.blob}, LedgerService._serve_data),
+    "mint": Op({"account": _ID, "amount": schema.uint}, LedgerService._mint),
+    **{kind: Op({"tx": schema.blob}, _account_tx(kind)) for kind in ACCOUNT_TRANSACTIONS},
+    "status": Op({}, _query(LedgerService._status)),
+    "job": Op({"job_id": _ID}, _query(LedgerService._job)),
+    "job_data": Op({"job_id": _ID}, _query(LedgerService._job_data)),
+    "dispute": Op({"dispute_id": _ID}, _query(LedgerService._dispute)),
+    "duties": Op({"validator": _ID}, _query(LedgerService._duties)),
+    "open_challenges": Op({"node": _ID}, _query(LedgerService._open_challenges)),
+    "beacon": Op({"round": schema.uint}, _query(LedgerService._beacon)),
+    "account": Op({"account": _ID}, _query(LedgerService._account)),
+    "can_pay": Op({"client": _ID, "nonce": schema.uint, "fee": schema.uint, "node": _ID,
+                   "expiry_round": schema.uint},
+                  _query(LedgerService._can_pay), {"held": schema.uint, "in_flight": schema.uint}),
+    "offences": Op({"account": _ID}, _query(LedgerService._offences)),
+    "jobs_since": Op({"after": schema.uint}, _query(_jobs_since)),
+    "zk_model": Op({"model_id": _ID}, _query(LedgerService._zk_model)),
 }

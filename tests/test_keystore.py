@@ -188,3 +188,14 @@ def test_config_show_redacts_secrets(
     assert "http_port = 8111" in out
     code, _, err = run(["config", "show"], capsys)
     assert code == 2 and "--config" in err
+
+
+def test_the_deploy_configs_load_and_keep_metrics_off_the_exporter_range() -> None:
+    from protocol.config import LedgerConfig, ValidatorConfig
+
+    root = Path(__file__).resolve().parents[1] / "deploy"
+    for cls, name in ((NodeConfig, "node.toml"), (ValidatorConfig, "validator.toml"),
+                      (LedgerConfig, "ledger.toml")):
+        config = load(cls, root / name, {}, {})
+        assert not 9100 <= config.metrics_port <= 9999, name
+        assert not 9100 <= cls().metrics_port <= 9999, name

@@ -3,12 +3,14 @@
 Jobs are recorded on a real ledger service while no validator runs and nothing
 is gossiped; the ledger assigns each sampled job its auditor, and a validator
 started afterwards must still find every job assigned to it (``duties``),
-fetch its data from the node, re-execute and attest.
+take its request from the ledger's record (``job_data``: an exact job needs
+nothing from the node), re-execute and attest.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import trio
@@ -22,11 +24,12 @@ from protocol.messages import Commitment, JobRequest, Verdict
 from protocol.net import validate, wire
 from protocol.net.gossip import GossipValidator
 from protocol.net.host import PeerHost
-from protocol.net.identity import peer_address, peer_id_of
+from protocol.net.identity import peer_id_of
 from protocol.net.ledger_client import LedgerClient
 from protocol.net.metrics import Metrics
 from prover import zoo
 from prover.node import InferenceNode
+from slashing.transactions import transaction_signer
 from tests.net_helpers import connected, free_port, ledger_service
 from verifier.service import ValidatorService
 from verifier.validator import Validator
@@ -42,34 +45,25 @@ def test_a_validator_started_after_the_jobs_audits_every_sampled_one(tmp_path: P
     torch.manual_seed(0)
     built = zoo.build("mlp", seed=0)
     node = InferenceNode(NODE, {MODEL_ID: built.module})
-    served: dict[bytes, tuple[JobRequest, Tensor]] = {}
     recorded: list[Commitment] = []
 
     async def main() -> None:
         # rounds long enough that the jobs are still open (challenge window: 4 rounds)
         ledger, address = ledger_service(tmp_path, [NODE.public.raw, CLIENT.public.raw,
                                                     VALIDATOR.public.raw], round_seconds=2.0)
-        node_port = free_port()
-        node_host = PeerHost(NODE, f"/ip4/127.0.0.1/tcp/{node_port}", [address])
-        node_ledger = LedgerClient(node_host, address)
-
-        async def job_data(data: bytes, sender: bytes) -> bytes:
-            job_id = wire.decode_map(data, 4096)["job_id"]
-            request, output = served[job_id]
-            return wire.ok_response(request=request.encode(), output=output)
-
-        node_host.serve(wire.PROTOCOL_JOB_DATA, job_data)
+        node_host = PeerHost(NODE, f"/ip4/127.0.0.1/tcp/{free_port()}", [address])
+        node_ledger = LedgerClient(node_host, address, transaction_signer(NODE))
         async with trio.open_nursery() as nursery:
             await nursery.start(ledger.run)
             async with node_host.running():
                 await connected(node_host, node_ledger.key)
-                await node_ledger.call("bond", role="node", amount=100_000)
+                await node_ledger.transact("bond", role="node", amount=100_000)
                 # the validator is bonded but not running while the jobs are recorded
                 bonder = PeerHost(VALIDATOR, f"/ip4/127.0.0.1/tcp/{free_port()}", [address])
                 async with bonder.running():
                     await connected(bonder, node_ledger.key)
-                    await LedgerClient(bonder, address).call("bond", role="validator",
-                                                             amount=20_000)
+                    await LedgerClient(bonder, address, transaction_signer(VALIDATOR)).transact(
+                        "bond", role="validator", amount=20_000)
                 status = await node_ledger.call("status")
                 for n in range(JOBS):
                     request = JobRequest(
@@ -78,7 +72,6 @@ def test_a_validator_started_after_the_jobs_audits_every_sampled_one(tmp_path: P
                         expiry_round=status["round"] + 100, chain_id=status["chain_id"],
                     ).signed(CLIENT)
                     result = node.handle(request)
-                    served[request.job_id] = (request, result.output)
                     await node_ledger.call("record_job", request=request.encode(),
                                            commitment=result.commitment.encode())
                     recorded.append(result.commitment)
@@ -88,12 +81,12 @@ def test_a_validator_started_after_the_jobs_audits_every_sampled_one(tmp_path: P
                         await trio.sleep(0.1)
 
                 metrics = Metrics()
-                host = PeerHost(VALIDATOR, f"/ip4/127.0.0.1/tcp/{free_port()}",
-                                [address, peer_address("127.0.0.1", node_port, NODE.public.raw)],
+                host = PeerHost(VALIDATOR, f"/ip4/127.0.0.1/tcp/{free_port()}", [address],
                                 metrics)
                 service = ValidatorService(
                     ValidatorConfig(ledger=address), Validator(VALIDATOR, {MODEL_ID: built.module}),
                     host, SigningJournal(tmp_path / "validator" / "journal.sqlite"), metrics,
+                    transaction_signer(VALIDATOR),
                 )
                 shutdown = trio.Event()
                 nursery.start_soon(service.run, shutdown)
@@ -145,8 +138,6 @@ def test_jobs_since_pages_through_the_log_and_refuses_bad_cursors(tmp_path: Path
 
 
 def _fake(data: bytes, publisher: SigningKey) -> object:
-    from types import SimpleNamespace
-
     return SimpleNamespace(data=data, from_id=peer_id_of(publisher.public.raw).to_bytes())
 
 
@@ -155,7 +146,7 @@ def test_a_commitment_batch_is_accepted_whole_or_refused_whole() -> None:
     staked.nodes = frozenset({NODE.public.raw})
     staked.validators = frozenset()
     staked.key = b"\x00" * 32
-    staked.status = {"chain_id": b"\x0c" * 32}
+    staked.status = SimpleNamespace(chain_id=b"\x0c" * 32)
     metrics = Metrics()
     check = GossipValidator(wire.TOPIC_COMMITMENT_BATCHES, validate.commitment_batches(staked),
                             metrics)

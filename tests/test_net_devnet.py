@@ -35,7 +35,6 @@ from protocol.codec import Tensor
 from protocol.keys import SigningKey
 from protocol.keystore import SigningJournal, load_key
 from protocol.messages import Commitment, JobRequest, Verdict
-from protocol.net import wire
 from protocol.net.host import PeerHost
 from protocol.net.ledger_client import LedgerClient
 from protocol.sampling import sampled
@@ -165,12 +164,8 @@ def test_a_replayed_proof_is_slashed_on_the_evidence(net: devnet.Devnet) -> None
     ledger_address = net.member("ledger").address
     peers = [ledger_address, *(m.address for m in net.by_role("validator"))]
 
-    async def job_data(data: bytes, sender: bytes) -> bytes:
-        return wire.ok_response(request=request.encode(), output=output)
-
     async def forge() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         host = PeerHost(node_key, "/ip4/127.0.0.1/tcp/0", peers)
-        host.serve(wire.PROTOCOL_JOB_DATA, job_data)
         async with host.running():
             ledger = LedgerClient(host, ledger_address)
             with trio.fail_after(20):
@@ -350,3 +345,28 @@ def test_assay_infer_submits_a_signed_job_and_checks_the_commitment(
     assert len(answer["tokens"]) == 5 and answer["seed"] == 4
     assert main([*common, "--model", "00" * 32, "--prompt", "Hi"]) == 2
     assert "refused the job" in capsys.readouterr().err
+
+
+def test_a_new_operator_funds_a_key_from_the_faucet_and_reads_its_stake(
+    net: devnet.Devnet, capsys: pytest.CaptureFixture[str], tmp_path: Path,
+) -> None:
+    from assay.cli import main
+    from protocol.keystore import encrypt, write_keystore
+
+    key = SigningKey.generate()
+    write_keystore(tmp_path / "new.json", encrypt(key, "pw", n=2**14))
+    (tmp_path / "new.pass").write_text("pw\n")
+    assert main(["devnet", "fund", str(tmp_path / "new.json"), "30000",
+                 "--dir", net.directory]) == 0
+    assert f"funded {key.public.hex()} with 30000" in capsys.readouterr().out
+    assert ledger_query(net, "account", account=key.public.raw)["balance"] == 30_000
+    assert main(["devnet", "fund", "00" * 32, "10", "--dir", net.directory]) == 0
+    assert main(["devnet", "fund", "not a key", "10", "--dir", net.directory]) == 2
+    capsys.readouterr()
+    assert main(["stake", "status", "--keystore", str(tmp_path / "new.json"), "--password-file",
+                 str(tmp_path / "new.pass"), "--ledger", net.member("ledger").address,
+                 "--role", "node"]) == 0
+    assert "balance 30000; node stake 0" in capsys.readouterr().out
+    node = net.member("node-0")
+    assert main(["stake", "status", "--config", str(Path(net.directory) / node.config)]) == 0
+    assert f"node stake {devnet.STAKE} (active" in capsys.readouterr().out

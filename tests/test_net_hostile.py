@@ -31,7 +31,8 @@ from prover.model_store import save_model
 from prover.node import InferenceNode, load_registered_llms, load_registered_models
 from prover.registry import ModelRegistry
 from prover.service import COMMITMENT, NodeService
-from tests.net_helpers import free_port, random_frames
+from slashing.transactions import transaction_signer
+from tests.net_helpers import UNLIMITED, free_port, random_frames
 from tests.strategies import KEYS
 
 KEY = SigningKey.derive("hostile/node")
@@ -46,13 +47,14 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> NodeService:
         built = zoo.build(kind, seed=1)
         save_model(tmp / name, built.module, built.kind, built.config)
         registry.add(tmp / name, mode=mode, name=name)
-    config = NodeConfig(ledger=peer_address("127.0.0.1", 1, LEDGER.public.raw))
+    config = NodeConfig(ledger=peer_address("127.0.0.1", 1, LEDGER.public.raw), **UNLIMITED)
     node = InferenceNode(KEY, load_registered_models(registry),
                          llms=load_registered_llms(registry))
     metrics = Metrics()
     host = PeerHost(KEY, f"/ip4/127.0.0.1/tcp/{free_port()}", (), metrics)
     journal = SigningJournal(tmp / "journal.sqlite")
-    return NodeService(config, node, KEY, registry.list(), host, journal, metrics)
+    return NodeService(config, node, KEY, registry.list(), host, journal, metrics,
+                       transaction_signer(KEY))
 
 
 def hostile_bodies(rng: random.Random, n: int) -> list[tuple[str, bytes]]:

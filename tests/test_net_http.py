@@ -1,12 +1,16 @@
 """The node's OpenAI-compatible API, streamed and not, read by the official ``openai`` client.
 
-The node runs in-process with the ledger stubbed (recording always succeeds),
-so this checks the HTTP shapes, not the network.
+The node runs in-process against a real ledger service on loopback (its jobs
+are paid for, recorded and gossiped as on a network), and every answer's
+``assay`` field is a receipt that :mod:`protocol.receipt` checks.
 """
 
 from __future__ import annotations
 
 import base64
+import json
+import logging
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,40 +24,17 @@ from protocol.keys import SigningKey
 from protocol.keystore import SigningJournal
 from protocol.messages import Commitment
 from protocol.net.host import PeerHost
+from protocol.net.http import api_key_matches, is_loopback, warn_if_exposed
 from protocol.net.identity import peer_address
 from protocol.net.metrics import Metrics
-from prover import zoo
-from prover.model_store import save_model
+from protocol.receipt import ReceiptError, check_receipt, read_receipt
+from protocol.text import stream_texts
 from prover.node import InferenceNode, load_registered_llms, load_registered_models
-from prover.registry import ModelRegistry
-from prover.service import NodeService, stream_texts
-from tests.net_helpers import free_port
+from prover.service import NodeService
+from slashing.transactions import transaction_signer
+from tests.net_helpers import UNLIMITED, free_port, network, zoo_registry
 
-KEY = SigningKey.derive("http/node")
 LEDGER = SigningKey.derive("http/ledger")
-
-
-@pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> NodeService:
-    tmp = tmp_path_factory.mktemp("http")
-    registry = ModelRegistry(tmp / "registry")
-    built = zoo.build("gpt2", seed=1)
-    save_model(tmp / "gpt2", built.module, built.kind, built.config)
-    registry.add(tmp / "gpt2", mode="llm", name="gpt2")
-    config = NodeConfig(ledger=peer_address("127.0.0.1", 1, LEDGER.public.raw))
-    node = InferenceNode(KEY, load_registered_models(registry),
-                         llms=load_registered_llms(registry))
-    metrics = Metrics()
-    host = PeerHost(KEY, f"/ip4/127.0.0.1/tcp/{free_port()}", (), metrics)
-    service = NodeService(config, node, KEY, registry.list(), host,
-                          SigningJournal(tmp / "journal.sqlite"), metrics)
-
-    async def recorded(op: str, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:
-        return {"ok": True, "seq": 1}
-
-    service.ledger.call = recorded  # type: ignore[method-assign]
-    service.ledger.status = {"chain_id": b"\x0c" * 32, "round": 0}  # as the ledger would say
-    return service
 
 
 def client(service: NodeService) -> openai.AsyncOpenAI:
@@ -69,43 +50,62 @@ def check_assay(assay: dict[str, Any], node: bytes) -> Commitment:
     return commitment
 
 
-def test_streamed_completions_match_the_unstreamed_ones(service: NodeService) -> None:
-    async def main() -> tuple[Any, list[Any]]:
-        api = client(service)
-        whole = await api.completions.create(model="gpt2", prompt="Hello", max_tokens=8,
-                                             seed=7, temperature=0)
-        stream = await api.completions.create(model="gpt2", prompt="Hello", max_tokens=8,
-                                              seed=7, temperature=0, stream=True)
-        return whole, [chunk async for chunk in stream]
+def test_completions_streamed_and_not_carry_receipts_that_check(tmp_path: Path) -> None:
+    """Both endpoints, streamed and whole, against a real ledger; each answer is a receipt."""
+    results: dict[str, Any] = {}
 
-    whole, chunks = trio.run(main)
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            async with network(tmp_path, nursery, validator_classes=(),
+                               node_settings=UNLIMITED) as net:
+                node = net.nodes[0]
+                api = client(node)
+                results["whole"] = await api.completions.create(
+                    model="gpt2", prompt="Hello", max_tokens=8, seed=7, temperature=0)
+                stream = await api.completions.create(
+                    model="gpt2", prompt="Hello", max_tokens=8, seed=7, temperature=0,
+                    stream=True)
+                results["chunks"] = [chunk async for chunk in stream]
+                messages: Any = [{"role": "user", "content": "hi"}]
+                results["chat"] = await api.chat.completions.create(
+                    model="gpt2", messages=messages, max_tokens=6, seed=3, temperature=0)
+                stream = await api.chat.completions.create(
+                    model="gpt2", messages=messages, max_tokens=6, seed=3, temperature=0,
+                    stream=True)
+                results["chat_chunks"] = [chunk async for chunk in stream]
+                results["node"] = node.node.node_id
+                job_id = bytes.fromhex((results["whole"].model_extra or {})["assay"]["job_id"])
+                results["recorded"] = (await net.client.job(job_id)).found
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    node = results["node"]
+    whole, chunks = results["whole"], results["chunks"]
+    assert results["recorded"]  # recorded before the output was released
     assert len(chunks) >= 2
     assert "".join(c.choices[0].text for c in chunks) == whole.choices[0].text
-    last = chunks[-1]
-    assert last.choices[0].finish_reason == "length"
-    assert all(c.choices[0].finish_reason is None for c in chunks[:-1])
-    assert last.usage is not None and last.usage.completion_tokens == 8
-    check_assay((last.model_extra or {})["assay"], KEY.public.raw)
-
-
-def test_streamed_chat_completions_carry_the_commitment_last(service: NodeService) -> None:
-    messages: Any = [{"role": "user", "content": "hi"}]
-
-    async def main() -> tuple[Any, list[Any]]:
-        api = client(service)
-        whole = await api.chat.completions.create(model="gpt2", messages=messages,
-                                                  max_tokens=6, seed=3, temperature=0)
-        stream = await api.chat.completions.create(model="gpt2", messages=messages,
-                                                   max_tokens=6, seed=3, temperature=0,
-                                                   stream=True)
-        return whole, [chunk async for chunk in stream]
-
-    whole, chunks = trio.run(main)
-    assert chunks[0].choices[0].delta.role == "assistant"
-    text = "".join(c.choices[0].delta.content or "" for c in chunks)
-    assert text == whole.choices[0].message.content
     assert chunks[-1].choices[0].finish_reason == "length"
-    check_assay((chunks[-1].model_extra or {})["assay"], KEY.public.raw)
+    assert all(c.choices[0].finish_reason is None for c in chunks[:-1])
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 8
+    check_assay((chunks[-1].model_extra or {})["assay"], node)
+    chat, chat_chunks = results["chat"], results["chat_chunks"]
+    assert chat_chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chat_chunks)
+    assert text == chat.choices[0].message.content
+    check_assay((chat_chunks[-1].model_extra or {})["assay"], node)
+
+    # every saved answer is a receipt that checks; one with its text changed does not
+    for saved in (whole.model_dump_json(), chat.model_dump_json(),
+                  "".join(f"data: {c.model_dump_json()}\n\n" for c in chunks) + "data: [DONE]\n"):
+        check_receipt(read_receipt(saved))
+    tampered = json.loads(whole.model_dump_json())
+    tampered["choices"][0]["text"] += "!"
+    try:
+        check_receipt(read_receipt(json.dumps(tampered)))
+    except ReceiptError as exc:
+        assert "text shown" in str(exc)
+    else:
+        raise AssertionError("a receipt with its text changed checked")
 
 
 def test_stream_texts_never_split_a_character() -> None:
@@ -114,8 +114,61 @@ def test_stream_texts_never_split_a_character() -> None:
     assert "".join(stream_texts([0xE2, 0x82])) == "\ufffd"  # a truncated character at the end
 
 
-def test_a_non_boolean_stream_is_refused(service: NodeService) -> None:
+def offline_node(tmp: Path, **settings: Any) -> NodeService:
+    """A node with no ledger: everything it refuses, it refuses before asking one."""
+    registry = zoo_registry(tmp)
+    key = SigningKey.derive("http/node")
+    node = InferenceNode(key, load_registered_models(registry),
+                         llms=load_registered_llms(registry))
+    host = PeerHost(key, f"/ip4/127.0.0.1/tcp/{free_port()}", (), Metrics())
+    config = NodeConfig(ledger=peer_address("127.0.0.1", 1, LEDGER.public.raw), **settings)
+    return NodeService(config, node, key, registry.list(), host,
+                       SigningJournal(tmp / "journal.sqlite"), host.metrics,
+                       transaction_signer(key))
+
+
+def test_refusals_have_the_openai_shape_and_the_right_status(tmp_path: Path) -> None:
+    service = offline_node(tmp_path, rate_limit=1.0, rate_burst=3, api_key="sekret")
+    auth = {"authorization": "Bearer sekret"}
     with TestClient(service.app(), backend="trio") as http:
-        response = http.post("/v1/completions",
-                             json={"model": "gpt2", "prompt": "x", "stream": "yes"})
-    assert response.status_code == 400
+        assert http.post("/v1/completions", json={}).status_code == 401
+        bad = http.post("/v1/completions", headers=auth,
+                        json={"model": "gpt2", "prompt": "x", "stream": "yes"})
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == "malformed"
+        empty = http.post("/v1/infer", headers=auth, json={"model": "mlp", "input": {
+            "dtype": "float32", "shape": [0, 2**40], "data": ""}})
+        assert empty.status_code == 400 and "at least 1" in empty.json()["error"]["message"]
+        huge = http.post("/v1/infer", headers=auth, json={"model": "mlp", "input": {
+            "dtype": "float32", "shape": [0, 2**70], "data": ""}})
+        assert huge.status_code == 400
+        # a well-formed job on a node that is not ready: 503 with the reason and Retry-After
+        unready = http.post("/v1/completions", headers=auth,
+                            json={"model": "gpt2", "prompt": "x", "max_tokens": 1})
+        assert unready.status_code == 429  # the burst of 3 is spent: rate limited first
+        assert int(unready.headers["retry-after"]) >= 1
+        assert unready.json()["error"]["type"] == "rate_limit_error"
+    service.limiter = type(service.limiter)(1e9, 10**9)
+    with TestClient(service.app(), backend="trio") as http:
+        unready = http.post("/v1/completions", headers=auth,
+                            json={"model": "gpt2", "prompt": "x", "max_tokens": 1})
+        assert unready.status_code == 503 and unready.headers["retry-after"]
+        assert "not ready" in unready.json()["error"]["message"]
+        health = http.get("/health")
+        assert health.status_code == 503 and "reason" in health.json()
+    service.journal.close()
+
+
+def test_api_keys_compare_in_constant_time_and_exposure_is_named(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert api_key_matches("Bearer k", "k")
+    assert not api_key_matches("Bearer K", "k") and not api_key_matches(None, "k")
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
+    assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.1")
+    log = logging.getLogger("assay.test")
+    with caplog.at_level(logging.WARNING, "assay.test"):
+        warn_if_exposed("127.0.0.1", 8000, "", log)
+        warn_if_exposed("0.0.0.0", 8000, "key", log)
+        assert not caplog.records
+        warn_if_exposed("0.0.0.0", 8000, "", log)
+    assert "beyond loopback, with no API key" in caplog.records[0].getMessage()

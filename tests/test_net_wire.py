@@ -25,6 +25,7 @@ from protocol.net.host import PeerHost, PeerUnavailable
 from protocol.net.identity import peer_address, peer_id_of
 from protocol.net.ledger_client import LedgerClient
 from protocol.net.metrics import Metrics
+from slashing.transactions import transaction_signer
 from tests.net_helpers import connected, free_port, hostile_maps, ledger_service, random_frames
 from tests.strategies import commitments
 
@@ -59,7 +60,8 @@ def test_gossip_validates_before_delivery_and_counts_drops(tmp_path: Path) -> No
         publisher = PeerHost(NODE, f"/ip4/127.0.0.1/tcp/{port}", [address])
         listener = PeerHost(OTHER, f"/ip4/127.0.0.1/tcp/{free_port()}",
                             [address, peer_address("127.0.0.1", port, NODE.public.raw)])
-        clients = [LedgerClient(h, address) for h in (publisher, listener)]
+        clients = [LedgerClient(h, address, transaction_signer(k))
+                   for h, k in ((publisher, NODE), (listener, OTHER))]
 
         async def keep(message: Commitment, sender: bytes) -> None:
             delivered.append(message)
@@ -77,7 +79,7 @@ def test_gossip_validates_before_delivery_and_counts_drops(tmp_path: Path) -> No
                 await connected(listener, NODE.public.raw)
                 with trio.fail_after(10):
                     while NODE.public.raw not in clients[1].nodes:
-                        await clients[0].call("bond", role="node", amount=20_000)
+                        await clients[0].transact("bond", role="node", amount=20_000)
                         await trio.sleep(0.6)
                 await trio.sleep(1.5)  # one gossipsub heartbeat builds the mesh
                 chains.append(clients[0].chain_id)
@@ -112,7 +114,7 @@ def test_ledger_protocol_survives_hostile_requests(tmp_path: Path) -> None:
     async def main() -> None:
         ledger, address = ledger_service(tmp_path, [NODE.public.raw], round_seconds=60)
         attacker = PeerHost(OTHER, f"/ip4/127.0.0.1/tcp/{free_port()}", [address])
-        client = LedgerClient(attacker, address)
+        client = LedgerClient(attacker, address, transaction_signer(OTHER))
         rng = random.Random(5)
         async with trio.open_nursery() as nursery:
             await nursery.start(ledger.run)
@@ -131,7 +133,7 @@ def test_ledger_protocol_survives_hostile_requests(tmp_path: Path) -> None:
                     await stream.close()
                 # a bond the attacker has no tokens for
                 with contextlib.suppress(wire.RemoteError):
-                    await client.call("bond", role="node", amount=10)
+                    await client.transact("bond", role="node", amount=10)
                 await trio.sleep(0.5)
                 assert ledger.ledger.length == before
                 status = await client.call("status")

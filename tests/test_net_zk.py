@@ -28,7 +28,6 @@ from protocol.hashing import sha256
 from protocol.keys import SigningKey
 from protocol.keystore import SigningJournal
 from protocol.messages import Commitment, JobRequest
-from protocol.net import wire
 from protocol.net.host import PeerHost
 from protocol.net.identity import peer_address
 from protocol.net.ledger_client import LedgerClient
@@ -46,6 +45,7 @@ from slashing import (
     rules,
 )
 from slashing.service import Genesis, LedgerService, safe_params
+from slashing.transactions import transaction_signer
 from tests.net_helpers import BEACON_SECRET, GENESIS_FUNDS, connected, free_port
 from tests.test_ledger_cli import run
 from verifier.service import ValidatorService
@@ -102,7 +102,7 @@ def test_a_forged_proof_sent_through_the_ledger_service_slashes_the_node(
     database = tmp_path / "ledger.sqlite"
     chain_id = genesis_chain_id(
         RegisterBeacon(DevnetBeacon(BEACON_SECRET).public_key, 0), SetParams(params))
-    request, output, commitment = forged_job(chain_id)
+    request, _, commitment = forged_job(chain_id)
     key_dir = tmp_path / "keys"
     key_dir.mkdir()
     (key_dir / "vk").write_bytes(VK)  # the validator compares its key's hashes with the ledger's
@@ -116,13 +116,7 @@ def test_a_forged_proof_sent_through_the_ledger_service_slashes_the_node(
                                genesis, 0.5, host.metrics)
         node_port = free_port()
         node_host = PeerHost(NODE, f"/ip4/127.0.0.1/tcp/{node_port}", [address])
-        node_ledger = LedgerClient(node_host, address)
-
-        async def job_data(data: bytes, sender: bytes) -> bytes:
-            assert wire.decode_map(data, 4096)["job_id"] == request.job_id
-            return wire.ok_response(request=request.encode(), output=output)
-
-        node_host.serve(wire.PROTOCOL_JOB_DATA, job_data)
+        node_ledger = LedgerClient(node_host, address, transaction_signer(NODE))
         async with trio.open_nursery() as nursery:
             await nursery.start(ledger.run)
             async with node_host.running():
@@ -130,12 +124,12 @@ def test_a_forged_proof_sent_through_the_ledger_service_slashes_the_node(
                 registered = await node_ledger.call("zk_model", model_id=MODEL_ID)
                 assert registered["found"] and registered["vk_sha256"] == sha256(VK)
                 assert registered["srs_sha256"] == sha256(SRS)
-                await node_ledger.call("bond", role="node", amount=20_000)
+                await node_ledger.transact("bond", role="node", amount=20_000)
                 bonder = PeerHost(VALIDATOR, f"/ip4/127.0.0.1/tcp/{free_port()}", [address])
                 async with bonder.running():
                     await connected(bonder, node_ledger.key)
-                    await LedgerClient(bonder, address).call("bond", role="validator",
-                                                             amount=20_000)
+                    await LedgerClient(bonder, address, transaction_signer(VALIDATOR)).transact(
+                        "bond", role="validator", amount=20_000)
                 await node_ledger.call("record_job", request=request.encode(),
                                        commitment=commitment.encode())
                 before = await node_ledger.call("account", account=NODE.public.raw)
@@ -149,6 +143,7 @@ def test_a_forged_proof_sent_through_the_ledger_service_slashes_the_node(
                     ValidatorConfig(ledger=address),
                     Validator(VALIDATOR, {}, zk_keys={MODEL_ID: zk_key}), validator_host,
                     SigningJournal(tmp_path / "validator" / "journal.sqlite"), metrics,
+                    transaction_signer(VALIDATOR),
                 )
                 shutdown = trio.Event()
                 nursery.start_soon(service.run, shutdown)
@@ -211,7 +206,8 @@ def test_a_node_refuses_a_zk_model_the_ledger_registered_with_another_key(
         node = InferenceNode(NODE, {}, zk_provers={MODEL_ID: prover})  # type: ignore[dict-item]
         node_host = PeerHost(NODE, f"/ip4/127.0.0.1/tcp/{free_port()}", [address], Metrics())
         service = NodeService(NodeConfig(ledger=address), node, NODE, [], node_host,
-                              SigningJournal(tmp_path / "journal.sqlite"), node_host.metrics)
+                              SigningJournal(tmp_path / "journal.sqlite"), node_host.metrics,
+                              transaction_signer(NODE))
         async with trio.open_nursery() as nursery:
             await nursery.start(ledger.run)
             async with node_host.running():

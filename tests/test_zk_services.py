@@ -71,6 +71,7 @@ from slashing import (
     genesis_chain_id,
 )
 from slashing.service import Genesis, LedgerService
+from slashing.transactions import transaction_signer
 from tests.net_helpers import BEACON_SECRET, GENESIS_FUNDS, free_port
 from tests.test_ledger_cli import run
 from verifier.service import ValidatorService
@@ -157,7 +158,7 @@ def test_every_zk_job_is_checked_at_a_rate_that_samples_none(tiny: TinyZk) -> No
         node_service = NodeService(
             NodeConfig(ledger=address, http_port=free_port(), fee=fee), node, CLIENT,
             [tiny.entry], node_host, SigningJournal(tiny.root / "node" / "journal.sqlite"),
-            node_host.metrics,
+            node_host.metrics, transaction_signer(NODE),
         )
         validator_host = PeerHost(VALIDATOR, f"/ip4/127.0.0.1/tcp/{free_port()}",
                                   [address, node_address], Metrics())
@@ -166,8 +167,9 @@ def test_every_zk_job_is_checked_at_a_rate_that_samples_none(tiny: TinyZk) -> No
                                                                    tiny.entry.params)},
         )
         validator_service = ValidatorService(
-            ValidatorConfig(ledger=address), validator, validator_host,
+            ValidatorConfig(ledger=address, http_port=free_port()), validator, validator_host,
             SigningJournal(tiny.root / "validator" / "journal.sqlite"), validator_host.metrics,
+            transaction_signer(VALIDATOR),
         )
         shutdown = trio.Event()
         async with trio.open_nursery() as nursery:
@@ -177,7 +179,8 @@ def test_every_zk_job_is_checked_at_a_rate_that_samples_none(tiny: TinyZk) -> No
             with trio.fail_after(30):
                 while not (node_service.bonded and node_service.zk_checked
                            and VALIDATOR.public.raw in validator_service.ledger.validators
-                           and validator_service.zk_checked.is_set()):
+                           and validator_service.zk_checked.is_set()
+                           and validator_service.health()[0] and not node_service.not_ready()):
                     await trio.sleep(0.1)
             assert validator.zk_keys and not validator_service.zk_refused
             assert validator_host.metrics.registry.get_sample_value("assay_ready") == 1
@@ -279,9 +282,10 @@ def test_a_validator_drops_a_zk_key_the_ledger_registered_differently(tmp_path: 
                                DevnetBeacon(BEACON_SECRET), genesis, 0.5, host.metrics)
         validator_host = PeerHost(VALIDATOR, f"/ip4/127.0.0.1/tcp/{free_port()}", [address],
                                   Metrics())
-        service = ValidatorService(ValidatorConfig(ledger=address), validator, validator_host,
+        service = ValidatorService(ValidatorConfig(ledger=address, http_port=free_port()),
+                                   validator, validator_host,
                                    SigningJournal(tmp_path / "journal.sqlite"),
-                                   validator_host.metrics)
+                                   validator_host.metrics, transaction_signer(VALIDATOR))
         shutdown = trio.Event()
         async with trio.open_nursery() as nursery:
             await nursery.start(ledger.run)
@@ -293,6 +297,8 @@ def test_a_validator_drops_a_zk_key_the_ledger_registered_differently(tmp_path: 
             assert set(service.zk_refused) == {other, unreadable}
             assert "the ledger registered verifying key" in service.zk_refused[other]
             assert "cannot be read" in service.zk_refused[unreadable]
+            ready, checks = service.health()
+            assert not ready and "the ledger registered verifying key" in checks["reason"]
             assert validator_host.metrics.registry.get_sample_value("assay_ready") == 0
             shutdown.set()
             await trio.sleep(0.2)

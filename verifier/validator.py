@@ -100,6 +100,11 @@ class Validator:
         self.stats.verdicts[check.verdict] += 1
         return check
 
+    def needs_output(self, request: JobRequest, commitment: Commitment) -> bool:
+        """Whether judging this job needs the output the node served: only ``llm`` jobs do
+        (``exact``, ``tensor`` and zk jobs are judged from the request and the commitment)."""
+        return self.mode_of(request, commitment) == LLM_MODE
+
     def audit(
         self,
         request: JobRequest,
@@ -142,6 +147,13 @@ class Validator:
         self.stats.votes += 1
         check = self._check(request, commitment, output)
         return self._attestation(commitment, check, beacon_round)
+
+    def inconclusive(self, commitment: Commitment, beacon_round: int, reason: str
+                     ) -> Attestation:
+        """An INCONCLUSIVE verdict without re-executing: this validator could not decide."""
+        self.stats.verdicts[Verdict.INCONCLUSIVE] += 1
+        return self._attestation(commitment, Check(Verdict.INCONCLUSIVE, reason, b"", 0.0),
+                                 beacon_round)
 
     def _attestation(self, commitment: Commitment, check: Check, beacon_round: int) -> Attestation:
         return Attestation(

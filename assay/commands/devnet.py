@@ -3,11 +3,14 @@
 ``up`` writes everything a network needs into one directory, then starts a
 ledger, the nodes and the validators, each ``python -m assay <role> run
 --config <file>`` in its own session (process group), logging to
-``logs/<name>.log``, and waits until every one is healthy: nodes by their HTTP
-``/health``, the ledger and validators by ``assay_ready`` and ``assay_peers``
-on their metrics endpoints (all bound to 127.0.0.1). ``devnet.json`` records
-the processes, ports and keys; ``down`` sends SIGTERM to each process group,
-then SIGKILL to any still running after a grace period.
+``logs/<name>.log``, and waits until every one answers ``/health`` with 200
+(all bound to 127.0.0.1). ``devnet.json`` records the processes, ports and
+keys; ``down`` sends SIGTERM to each process group, then SIGKILL to any still
+running after a grace period.
+
+The devnet has a faucet: its ledger lets the key ``keys/faucet.json`` mint,
+and ``assay devnet fund KEY AMOUNT`` sends it tokens, so a new operator can
+fund a key of their own, bond it and join (README, "Joining a devnet").
 
 Devnet keys use a low scrypt cost and passwords in files next to them: they
 are for throwaway local networks, never for stake that matters.
@@ -65,6 +68,8 @@ sentence embedder judged within the tolerances measured when the devnet is made.
 ZK_MODEL = "zk-mlp"
 """The devnet's zk model: :func:`prover.zk.small_mlp`, served in the zk mode."""
 ZK_STORE = "zk"
+FAUCET = "faucet"
+"""The devnet key its ledger lets mint (``assay devnet fund``)."""
 
 
 @dataclass
@@ -138,10 +143,12 @@ def create(
     round_seconds: float = 1.0,
     cheat_rate: float = 1.0,
     zk: bool = True,
+    node_settings: dict[str, Any] | None = None,
 ) -> Devnet:
     """Write keys, models, genesis and one config per process; start nothing.
 
-    ``zk`` adds :data:`ZK_MODEL`, set up with ``assay zk setup --devnet-srs``.
+    ``zk`` adds :data:`ZK_MODEL`, set up with ``assay zk setup --devnet-srs``;
+    ``node_settings`` are added to every node's config.
     """
     from protocol.net.identity import peer_address
     from prover import zoo
@@ -169,9 +176,10 @@ def create(
     if zk:
         net.models[ZK_MODEL] = _zk_model(directory, registry, seed=100 + len(MODELS))
 
-    ports = iter(free_ports(1 + nodes * 3 + validators * 2 + 2))
+    ports = iter(free_ports(3 + nodes * 3 + validators * 3))
     ledger_key = _key(directory, "ledger")
-    ledger_port, ledger_metrics = next(ports), next(ports)
+    faucet_key = _key(directory, FAUCET)
+    ledger_port, ledger_http, ledger_metrics = next(ports), next(ports), next(ports)
     ledger_address = peer_address("127.0.0.1", ledger_port, ledger_key.public.raw)
     (directory / "beacon.secret").write_text(format(int.from_bytes(os.urandom(31), "big") + 1,
                                                     "x") + "\n")
@@ -190,6 +198,7 @@ def create(
             "listen": f"/ip4/127.0.0.1/tcp/{listen}", "ledger": ledger_address,
             "stake": STAKE, "http_port": http, "metrics": True, "metrics_port": metrics,
             "cheat_rate": cheat_rate if i >= nodes - cheaters else 0.0,
+            **(node_settings or {}),
         }
         members.append(Member(name, "node", f"{name}.toml", key.public.hex(),
                               peer_address("127.0.0.1", listen, key.public.raw), http, metrics,
@@ -199,15 +208,15 @@ def create(
     for i in range(validators):
         name = f"validator-{i}"
         key = _key(directory, name)
-        listen, metrics = next(ports), next(ports)
+        listen, http, metrics = next(ports), next(ports), next(ports)
         settings = {
             "keystore": f"keys/{name}.json", "password_file": f"keys/{name}.pass",
             "data_dir": f"data/{name}", "registry": "registry", "zk_store": ZK_STORE,
             "listen": f"/ip4/127.0.0.1/tcp/{listen}", "ledger": ledger_address,
-            "stake": VALIDATOR_STAKE, "metrics": True, "metrics_port": metrics,
+            "stake": VALIDATOR_STAKE, "http_port": http, "metrics": True, "metrics_port": metrics,
         }
         members.append(Member(name, "validator", f"{name}.toml", key.public.hex(),
-                              peer_address("127.0.0.1", listen, key.public.raw), 0, metrics))
+                              peer_address("127.0.0.1", listen, key.public.raw), http, metrics))
         (directory / f"{name}.toml").write_text(to_toml("validator", settings))
         mints.append((key.public.hex(), VALIDATOR_FUNDS))
     everyone = [m.address for m in members]
@@ -216,13 +225,14 @@ def create(
         peers = [a for a in everyone if a != m.address]
         path.write_text(path.read_text() + f"bootstrap = {json.dumps(peers)}\n")
     ledger = Member("ledger", "ledger", "ledger.toml", ledger_key.public.hex(), ledger_address,
-                    0, ledger_metrics)
+                    ledger_http, ledger_metrics)
     (directory / "ledger.toml").write_text(to_toml("ledger", {
         "keystore": "keys/ledger.json", "password_file": "keys/ledger.pass",
         "database": "ledger.sqlite", "beacon_secret_file": "beacon.secret",
         "genesis": "genesis.toml", "zk_store": ZK_STORE,
-        "listen": f"/ip4/127.0.0.1/tcp/{ledger_port}",
-        "round_seconds": round_seconds, "metrics": True, "metrics_port": ledger_metrics,
+        "listen": f"/ip4/127.0.0.1/tcp/{ledger_port}", "round_seconds": round_seconds,
+        "faucet": [faucet_key.public.hex()], "http_port": ledger_http,
+        "metrics": True, "metrics_port": ledger_metrics,
     }))
     committee = min(3, validators - 1)
     genesis = [f"[params]\nsample_ppm = {sample_ppm}\ncommittee_size = {committee}\n"
@@ -283,19 +293,8 @@ def _get(url: str, timeout: float = 2.0) -> tuple[int, str]:
         return 0, ""
 
 
-def metric(text: str, name: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
-
-
 def is_healthy(member: Member) -> bool:
-    if member.role == "node":
-        return _get(f"http://127.0.0.1:{member.http_port}/health")[0] == 200
-    status, text = _get(f"http://127.0.0.1:{member.metrics_port}/metrics")
-    connected = member.role == "ledger" or metric(text, "assay_peers") > 0
-    return status == 200 and metric(text, "assay_ready") == 1 and connected
+    return _get(f"http://127.0.0.1:{member.http_port}/health")[0] == 200
 
 
 def is_running(member: Member) -> bool:
@@ -384,7 +383,7 @@ def cmd_devnet_up(args: argparse.Namespace) -> int:
         down(net)
         raise CommandError(str(exc)) from exc
     for m in net.members:
-        http = f"  http://127.0.0.1:{m.http_port}/v1" if m.http_port else ""
+        http = f"  http://127.0.0.1:{m.http_port}/v1" if m.role == "node" else ""
         print(f"{m.name:<12} pid {m.pid:<7} {m.address}{http}")
     print(f"devnet up in {net.directory}; stop it with: assay devnet down --dir {args.dir}")
     return 0
@@ -399,6 +398,49 @@ def cmd_devnet_down(args: argparse.Namespace) -> int:
         raise CommandError(f"no devnet in {args.dir}: {exc}") from exc
     down(net)
     print(f"devnet in {net.directory} stopped")
+    return 0
+
+
+def _account_key(text: str) -> bytes:
+    """A public key from 64 hex digits, or from a keystore file's ``pubkey`` (not decrypted)."""
+    from assay.arguments import CommandError
+
+    candidate = text
+    path = Path(text)
+    if path.is_file():
+        try:
+            candidate = str(json.loads(path.read_text(encoding="utf-8")).get("pubkey", ""))
+        except (OSError, ValueError, AttributeError) as exc:
+            raise CommandError(f"{text} is not a keystore: {exc}") from exc
+    try:
+        key = bytes.fromhex(candidate)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise CommandError(f"{text!r} is neither a public key of 64 hex digits nor a keystore")
+    return key
+
+
+def cmd_devnet_fund(args: argparse.Namespace) -> int:
+    """Mint tokens for a key with the devnet's faucet key."""
+    from assay.arguments import CommandError
+    from assay.commands._ledger_session import with_ledger
+    from protocol.keystore import KeystoreError, load_key
+
+    account = _account_key(args.key)
+    try:
+        net = Devnet.load(Path(args.dir))
+        keys = Path(net.directory) / "keys"
+        faucet = load_key(keys / f"{FAUCET}.json", str(keys / f"{FAUCET}.pass"))
+    except (OSError, ValueError, KeyError, KeystoreError) as exc:
+        raise CommandError(f"no devnet faucet in {args.dir}: {exc}") from exc
+
+    async def fund(client: Any) -> int:
+        await client.call("mint", account=account, amount=args.amount)
+        return int((await client.account(account)).balance)
+
+    balance = with_ledger(faucet, net.member("ledger").address, fund)
+    print(f"funded {account.hex()} with {args.amount}: balance {balance}")
     return 0
 
 
@@ -425,3 +467,8 @@ def register(commands: Any) -> None:
     stop_parser = actions.add_parser("down", help="stop a devnet started with up")
     stop_parser.add_argument("--dir", default="devnet")
     stop_parser.set_defaults(func=cmd_devnet_down)
+    fund_parser = actions.add_parser("fund", help="send tokens to a key from the devnet's faucet")
+    fund_parser.add_argument("key", help="public key (64 hex digits) or its keystore file")
+    fund_parser.add_argument("amount", type=positive_int)
+    fund_parser.add_argument("--dir", default="devnet")
+    fund_parser.set_defaults(func=cmd_devnet_fund)

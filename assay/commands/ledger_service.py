@@ -112,20 +112,24 @@ def cmd_ledger_run(args: argparse.Namespace) -> int:
     install_proof_checker(LazyProofChecker(zk_store))
     metrics = Metrics()
     tune_gc_for_ledger()
+    faucet = frozenset(_faucet_key(text) for text in config.faucet)
     try:
         service = LedgerService.open(key, Path(config.database), secret, genesis, config.listen,
-                                     config.round_seconds, metrics, tuple(config.bootstrap))
+                                     config.round_seconds, metrics, tuple(config.bootstrap),
+                                     faucet, config.faucet_limit)
     except ProtocolError as exc:
         raise CommandError(f"cannot open the ledger: {exc}") from exc
 
     async def run(shutdown: Any) -> None:
         import trio
 
-        from protocol.net.http import metrics_app, serve_http
+        from protocol.net.http import health_app, metrics_app, serve_http
 
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(service.run)
+                nursery.start_soon(serve_http, health_app(service.health), config.http_host,
+                                   config.http_port, shutdown)
                 if config.metrics:
                     nursery.start_soon(serve_http, metrics_app(metrics), config.metrics_host,
                                        config.metrics_port, shutdown)
@@ -135,6 +139,18 @@ def cmd_ledger_run(args: argparse.Namespace) -> int:
             service.close()
 
     return run_until_signalled(run)
+
+
+def _faucet_key(text: str) -> bytes:
+    from assay.arguments import CommandError
+
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) != 32:
+        raise CommandError(f"faucet key {text!r} is not a public key of 64 hex digits")
+    return key
 
 
 def _actions(parser: argparse.ArgumentParser) -> Any:

@@ -41,6 +41,7 @@ def cmd_node_run(args: argparse.Namespace) -> int:
     from prover.service import NodeService, build_cheat
     from prover.signer_protection import SIGNER_PROTECTION_FILE, SignerProtection
     from prover.zk import ZkError, ZkProver
+    from slashing.transactions import transaction_signer
 
     config: NodeConfig = settings(args, NodeConfig)
     configure_logging(config.log_format)
@@ -77,7 +78,8 @@ def cmd_node_run(args: argparse.Namespace) -> int:
     metrics = Metrics()
     host = PeerHost(key, config.listen, [*config.bootstrap, config.ledger], metrics)
     journal = SigningJournal(Path(config.data_dir) / "journal.sqlite")
-    service = NodeService(config, node, client_key, entries, host, journal, metrics)
+    service = NodeService(config, node, client_key, entries, host, journal, metrics,
+                          sign_tx=transaction_signer(key))
     return run_until_signalled(service.run)
 
 

@@ -41,6 +41,7 @@ def cmd_validator_run(args: argparse.Namespace) -> int:
     from prover.node import load_registered_llms, load_registered_models, load_registered_tensors
     from prover.registry import ModelRegistry, default_registry_root
     from prover.runtime import DeterministicRuntime
+    from slashing.transactions import transaction_signer
     from verifier.service import ValidatorService
     from verifier.validator import Validator
     from verifier.zk import ZkKey
@@ -64,7 +65,8 @@ def cmd_validator_run(args: argparse.Namespace) -> int:
     metrics = Metrics()
     host = PeerHost(key, config.listen, [*config.bootstrap, config.ledger], metrics)
     journal = SigningJournal(Path(config.data_dir) / "journal.sqlite")
-    service = ValidatorService(config, validator, host, journal, metrics)
+    service = ValidatorService(config, validator, host, journal, metrics,
+                               sign_tx=transaction_signer(key))
     return run_until_signalled(service.run)
 
 

@@ -4,12 +4,20 @@ Hypercorn runs inside the service's own trio nursery, so the HTTP API, the
 libp2p host and the job workers share one event loop and stop together.
 :func:`read_json` bounds a request body before parsing it; every refusal is an
 :class:`HttpError` with a status, a metric reason and a message in the OpenAI
-error shape (``{"error": {"message", "type", "code"}}``).
+error shape (``{"error": {"message", "type", "code"}}``). A service that is
+not ready answers 503 and one that is overloaded or rate-limits the caller
+429, both with ``Retry-After``; 502 is never ours to give (we are the
+server, not a gateway). Every service answers ``/health``: 200 when ready,
+503 with the failing checks and a ``reason`` an operator can act on.
 """
 
 from __future__ import annotations
 
+import hmac
+import ipaddress
 import json
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -27,22 +35,82 @@ MAX_BODY_BYTES = 1024 * 1024
 PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-class HttpError(Exception):
-    """A refused request: its status, a metric reason, and ``param``, the field it names."""
+ERROR_TYPES = {429: "rate_limit_error", 503: "server_error"}
+"""OpenAI's error ``type`` for the statuses we answer; other 4xx are invalid requests."""
 
-    def __init__(self, status: int, reason: str, message: str, param: str | None = None) -> None:
+
+class HttpError(Exception):
+    """A refused request: its status, a metric reason, ``param``, the field it names, and
+    ``retry_after_s`` (a 429 or 503 says when to try again)."""
+
+    def __init__(self, status: int, reason: str, message: str, param: str | None = None,
+                 retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.reason = reason
         self.message = message
         self.param = param
+        self.retry_after_s = retry_after_s
 
     def response(self) -> JSONResponse:
-        kind = "invalid_request_error" if self.status < 500 else "server_error"
+        kind = ERROR_TYPES.get(
+            self.status, "invalid_request_error" if self.status < 500 else "server_error")
+        headers = ({"retry-after": str(max(1, round(self.retry_after_s)))}
+                   if self.retry_after_s is not None else None)
         return JSONResponse(
             {"error": {"message": self.message, "type": kind, "param": self.param,
                        "code": self.reason}},
-            status_code=self.status,
+            status_code=self.status, headers=headers,
+        )
+
+
+def unavailable(message: str, retry_after_s: float = 5.0) -> HttpError:
+    """503: this service cannot take the request now; the message says why."""
+    return HttpError(503, "unavailable", message, retry_after_s=retry_after_s)
+
+
+def health_response(ready: bool, checks: dict[str, Any], retry_after_s: float = 5.0
+                    ) -> JSONResponse:
+    """``/health``: 200 ready, or 503 with every check and the reason it is not ready."""
+    headers = None if ready else {"retry-after": str(round(retry_after_s))}
+    return JSONResponse({"status": "ready" if ready else "not ready", **checks},
+                        status_code=200 if ready else 503, headers=headers)
+
+
+HealthCheck = Callable[[], tuple[bool, dict[str, Any]]]
+
+
+def health_app(check: HealthCheck) -> Starlette:
+    """A service's ``/health`` alone (validators and the ledger have no other HTTP API)."""
+
+    async def health(request: Request) -> Response:
+        return health_response(*check())
+
+    return Starlette(routes=[Route("/health", health)])
+
+
+def api_key_matches(authorization: str | None, api_key: str) -> bool:
+    """``Authorization: Bearer <api_key>``, compared in constant time."""
+    expected = f"Bearer {api_key}".encode()
+    return hmac.compare_digest((authorization or "").encode(), expected)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def warn_if_exposed(host: str, port: int, api_key: str, log: logging.Logger) -> None:
+    """Say so at start when anyone on the network can use the API for free."""
+    if not api_key and not is_loopback(host):
+        log.warning(
+            "the HTTP API listens on %s:%d, beyond loopback, with no API key: anyone who "
+            "reaches it runs jobs paid by this node's gateway account; set ASSAY_API_KEY",
+            host, port,
         )
 
 

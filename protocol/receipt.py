@@ -1,0 +1,187 @@
+"""Receipts: what an HTTP user keeps to check a node's answer without trusting the node.
+
+Every response of a node's HTTP API carries, in its ``assay`` field, the job's
+signed request (signed by the node's gateway account, which paid the fee),
+the node's signed commitment and the output's canonical bytes. A saved
+response — a JSON body, or the server-sent events of a streamed one — is a
+receipt. :func:`read_receipt` takes it apart and :func:`check_receipt` checks,
+offline:
+
+* both signatures, and that the commitment is to this request (job id, model,
+  input hash);
+* that the output hashes to the commitment's output hash;
+* that what the user was shown is that output: the text of a completion or
+  chat completion (byte-level tokens, :mod:`protocol.text`), or the tensor of
+  ``/v1/infer``.
+
+What is left is whether the job is on the ledger, where validators may audit
+it: :func:`check_recorded` compares the ledger's record of the job with the
+receipt (``assay receipt verify`` asks the ledger). A node that answered but
+did not record the job has signed a commitment it hid from the validators;
+anyone may then record it from the receipt (``record_job`` needs only the two
+signed messages), and it is sampled like any other.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from protocol import codec
+from protocol.codec import Tensor
+from protocol.errors import ProtocolError
+from protocol.hashing import sha256
+from protocol.messages import Commitment, JobRequest
+from protocol.net.ledger_replies import JobInfo
+from protocol.text import decode_tokens
+
+
+class ReceiptError(ProtocolError):
+    """The receipt does not hold, or cannot be read; the message says which check failed."""
+
+
+@dataclass(frozen=True)
+class Receipt:
+    request: JobRequest
+    commitment: Commitment
+    output: Tensor
+    shown: str | Tensor
+    """What the response showed the user: text, or the ``/v1/infer`` output tensor."""
+    claimed: dict[str, Any]
+    """The response's ``assay`` field as it came (hex ids the user may have copied from it)."""
+
+
+def _b64(assay: dict[str, Any], name: str) -> bytes:
+    value = assay.get(name)
+    if not isinstance(value, str):
+        raise ReceiptError(f"the receipt's assay.{name} is missing (a response from before "
+                           "receipts, or not a node's response)")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ReceiptError(f"the receipt's assay.{name} is not base64: {exc}") from exc
+
+
+def _chunks(text: str) -> list[dict[str, Any]]:
+    """The JSON chunks of a server-sent-events transcript (``data: {...}`` lines)."""
+    out = []
+    for line in text.splitlines():
+        if not line.startswith("data:"):
+            continue
+        data = line[len("data:"):].strip()
+        if data == "[DONE]":
+            continue
+        try:
+            chunk = json.loads(data)
+        except ValueError as exc:
+            raise ReceiptError(f"a streamed chunk is not JSON: {exc}") from exc
+        if not isinstance(chunk, dict):
+            raise ReceiptError("a streamed chunk is not a JSON object")
+        out.append(chunk)
+    return out
+
+
+def _choice_text(choice: Any, streamed: bool) -> str:
+    if not isinstance(choice, dict):
+        raise ReceiptError("a choice of the response is not an object")
+    if "text" in choice:
+        text = choice["text"]
+    else:
+        message = choice.get("delta" if streamed else "message") or {}
+        text = message.get("content") if isinstance(message, dict) else None
+        text = "" if text is None and streamed else text
+    if not isinstance(text, str):
+        raise ReceiptError("the response's choice holds no text")
+    return text
+
+
+def _shown(body: dict[str, Any], chunks: list[dict[str, Any]] | None) -> str | Tensor:
+    if chunks is not None:
+        return "".join(_choice_text(c["choices"][0], True) for c in chunks if c.get("choices"))
+    if "output" in body:
+        raw = body["output"]
+        try:
+            return Tensor(str(raw["dtype"]), tuple(int(d) for d in raw["shape"]),
+                          base64.b64decode(raw["data"], validate=True))
+        except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+            raise ReceiptError(f"the response's output is not {{dtype, shape, data}}: {exc}"
+                               ) from exc
+    choices = body.get("choices")
+    if not isinstance(choices, list) or len(choices) != 1:
+        raise ReceiptError("the response has neither an output nor exactly one choice")
+    return _choice_text(choices[0], False)
+
+
+def read_receipt(saved: str) -> Receipt:
+    """A receipt from a saved response: a JSON body, or a streamed response's events."""
+    chunks: list[dict[str, Any]] | None = None
+    try:
+        body = json.loads(saved)
+    except ValueError:
+        chunks = _chunks(saved)
+        if not chunks:
+            raise ReceiptError("the file is neither a JSON response nor a streamed one") from None
+        body = chunks[-1]
+    if not isinstance(body, dict) or not isinstance(body.get("assay"), dict):
+        raise ReceiptError("the response carries no assay field: it is not a receipt")
+    assay = body["assay"]
+    try:
+        request = JobRequest.decode(_b64(assay, "request"))
+        commitment = Commitment.decode(_b64(assay, "commitment"))
+        output = codec.decode(_b64(assay, "output"))
+    except ReceiptError:
+        raise
+    except ProtocolError as exc:
+        raise ReceiptError(f"the receipt does not decode: {exc}") from exc
+    if not isinstance(output, Tensor):
+        raise ReceiptError("the receipt's assay.output is not a tensor")
+    return Receipt(request, commitment, output, _shown(body, chunks), dict(assay))
+
+
+def check_receipt(receipt: Receipt) -> None:
+    """Every check that needs no ledger (see the module docstring); raises :class:`ReceiptError`."""
+    request, commitment, output = receipt.request, receipt.commitment, receipt.output
+    try:
+        request.verify()
+    except ProtocolError as exc:
+        raise ReceiptError(f"the request's signature does not verify: {exc}") from exc
+    try:
+        commitment.verify()
+    except ProtocolError as exc:
+        raise ReceiptError(f"the commitment's signature does not verify: {exc}") from exc
+    if commitment.job_id != request.job_id:
+        raise ReceiptError("the commitment is for another job than the request")
+    if commitment.model_id != request.model_id:
+        raise ReceiptError("the commitment names another model than the request")
+    if commitment.input_hash != sha256(codec.encode(request.input)):
+        raise ReceiptError("the commitment's input hash is not the request's input")
+    if sha256(codec.encode(output)) != commitment.output_hash:
+        raise ReceiptError("the output does not hash to the commitment's output hash")
+    if isinstance(receipt.shown, Tensor):
+        if receipt.shown != output:
+            raise ReceiptError("the output shown is not the committed output")
+    elif receipt.shown != decode_tokens([int(t) for t in output.to_numpy().reshape(-1)]):
+        raise ReceiptError("the text shown is not the committed tokens' text")
+    claimed = receipt.claimed
+    for name, value in (("job_id", commitment.job_id), ("commitment_id", commitment.content_id),
+                        ("node", commitment.node)):
+        if claimed.get(name) != value.hex():
+            raise ReceiptError(f"the receipt's assay.{name} is not the signed commitment's")
+
+
+def check_recorded(receipt: Receipt, job: JobInfo) -> None:
+    """The ledger recorded the receipt's job with its commitment; raises :class:`ReceiptError`."""
+    if not job.found:
+        raise ReceiptError(
+            f"job {receipt.commitment.job_id.hex()} is not recorded on the ledger: the node "
+            "answered without recording it, so no validator may audit it (record it with "
+            "--record)"
+        )
+    if job.commitment_id != receipt.commitment.content_id:
+        raise ReceiptError("the ledger recorded another commitment for this job: the node "
+                           "signed two (equivocation)")
+    if job.node != receipt.commitment.node:
+        raise ReceiptError("the ledger recorded the job for another node")

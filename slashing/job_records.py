@@ -1,0 +1,74 @@
+"""Where the log holds each pending job's request, commitment and served output.
+
+The ledger service answers ``job_data`` from its own log, so a validator
+re-executes from what the ledger recorded and never depends on the node for
+a job's request (the node may withhold it, or send something else): only an
+``llm`` audit needs the node's output, and a node that withholds that is
+reported and must post it on the log (``ServeData``), where this index finds
+it too.
+
+The index maps job ids to log rows, for pending jobs only: a settled job is
+never audited again. It is rebuilt at start by one pass over the log (a
+decode of every event: about the cost of replaying from genesis) and kept
+up to date as the service appends.
+"""
+
+from __future__ import annotations
+
+from slashing.events import RecordJob, ServeData
+from slashing.state import JobStatus, State
+from slashing.store import Ledger, LogEntry
+
+
+class JobRecords:
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self._recorded: dict[bytes, int] = {}
+        self._served: dict[bytes, int] = {}
+        for entry in ledger.events(0):
+            self.note(entry)
+        self.prune(ledger.state)
+
+    def note(self, entry: LogEntry) -> None:
+        """Index an event the ledger just appended (or the start-up pass read)."""
+        event = entry.event
+        if isinstance(event, RecordJob):
+            job_id = event.request_message.job_id
+            self._recorded.setdefault(job_id, entry.seq)  # the first record is the job's
+        elif isinstance(event, ServeData):
+            self._served[event.job_id] = entry.seq
+
+    def prune(self, state: State) -> None:
+        """Forget jobs that are no longer pending."""
+        for table in (self._recorded, self._served):
+            for job_id in [j for j in table if _final(state, j)]:
+                del table[job_id]
+
+    def _event(self, seq: int) -> object:
+        return next(self.ledger.events(seq - 1)).event
+
+    def record(self, job_id: bytes) -> RecordJob | None:
+        """The job's ``RecordJob`` event, while the job is pending."""
+        seq = self._recorded.get(job_id)
+        if seq is None:
+            return None
+        event = self._event(seq)
+        assert isinstance(event, RecordJob)
+        return event
+
+    def served(self, job_id: bytes) -> bytes | None:
+        """The output posted for the job (its canonical tensor bytes), if any."""
+        seq = self._served.get(job_id)
+        if seq is None:
+            return None
+        event = self._event(seq)
+        assert isinstance(event, ServeData)
+        return event.output
+
+    def __len__(self) -> int:
+        return len(self._recorded)
+
+
+def _final(state: State, job_id: bytes) -> bool:
+    job = state.jobs.get(job_id)
+    return job is None or job.status is not JobStatus.PENDING
