@@ -107,7 +107,7 @@ def test_requests_with_missing_mistyped_or_unknown_fields_are_refused_by_name(
         ({"op": "nope"}, "unknown ledger op 'nope'"),
         ({"op": 5}, "unknown ledger op 5"),
         ({"op": "bond", "tx": tx(NODE, "withdraw", 1)}, "is a withdraw, not a bond"),
-        ({"op": "bond", "tx": b"\x01\x02"}, ""),
+        ({"op": "bond", "tx": b"\x01\x02"}, "not valid msgpack"),
         ({"op": "serve_data", "job_id": bytes(32), "output": 3}, "field 'output'"),
     ):
         with pytest.raises(ProtocolError, match=re.escape(named)):
