@@ -424,7 +424,7 @@ def _account_key(text: str) -> bytes:
 def cmd_devnet_fund(args: argparse.Namespace) -> int:
     """Mint tokens for a key with the devnet's faucet key."""
     from assay.arguments import CommandError
-    from assay.commands._ledger_session import with_ledger
+    from assay.commands._ledger_call import with_ledger
     from protocol.keystore import KeystoreError, load_key
 
     account = _account_key(args.key)

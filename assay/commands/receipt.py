@@ -19,7 +19,7 @@ from typing import Any
 
 def cmd_receipt_verify(args: argparse.Namespace) -> int:
     from assay.arguments import CommandError
-    from assay.commands._ledger_session import with_ledger
+    from assay.commands._ledger_call import with_ledger
     from protocol.keys import SigningKey
     from protocol.receipt import ReceiptError, check_receipt, check_recorded, read_receipt
 

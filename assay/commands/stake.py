@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 
-def _session(args: argparse.Namespace) -> tuple[Any, str, str]:
+def _operator(args: argparse.Namespace) -> tuple[Any, str, str]:
     """(key, ledger address, role) from the flags, or the config file they override."""
     from assay.arguments import CommandError
     from protocol.config import ConfigError, read_toml, role_of
@@ -48,9 +48,9 @@ def _session(args: argparse.Namespace) -> tuple[Any, str, str]:
 
 
 def cmd_stake_status(args: argparse.Namespace) -> int:
-    from assay.commands._ledger_session import with_ledger
+    from assay.commands._ledger_call import with_ledger
 
-    key, ledger, role = _session(args)
+    key, ledger, role = _operator(args)
     account = with_ledger(key, ledger, lambda client: client.account(key.public.raw))
     standing = account.standing(role)
     print(f"account {key.public.hex()}")
@@ -70,9 +70,9 @@ def cmd_stake_status(args: argparse.Namespace) -> int:
 
 def cmd_stake_unbond(args: argparse.Namespace) -> int:
     from assay.arguments import CommandError
-    from assay.commands._ledger_session import with_ledger
+    from assay.commands._ledger_call import with_ledger
 
-    key, ledger, role = _session(args)
+    key, ledger, role = _operator(args)
 
     async def unbond(client: Any) -> tuple[int, int]:
         account = await client.account(key.public.raw)
@@ -90,9 +90,9 @@ def cmd_stake_unbond(args: argparse.Namespace) -> int:
 
 
 def cmd_stake_withdraw(args: argparse.Namespace) -> int:
-    from assay.commands._ledger_session import with_ledger
+    from assay.commands._ledger_call import with_ledger
 
-    key, ledger, _ = _session(args)
+    key, ledger, _ = _operator(args)
 
     async def withdraw(client: Any) -> tuple[int, int]:
         before = await client.account(key.public.raw)

@@ -1,4 +1,4 @@
-"""One short conversation with the ledger service, for commands that read or send a few things.
+"""One short exchange with the ledger service, for commands that read or send a few things.
 
 :func:`with_ledger` starts a libp2p host under ``key`` (the account that
 signs any transaction sent), waits until the ledger is connected, runs
