@@ -10,9 +10,12 @@ offline:
 * both signatures, and that the commitment is to this request (job id, model,
   input hash);
 * that the output hashes to the commitment's output hash;
+* that the request names the node that signed the commitment, on the same
+  network (chain id);
 * that what the user was shown is that output: the text of a completion or
-  chat completion (byte-level tokens, :mod:`protocol.text`), or the tensor of
-  ``/v1/infer``.
+  chat completion (byte-level tokens, :mod:`protocol.text`), the tensor of
+  ``/v1/infer``, or an embedding of ``/v1/embeddings``, whose every item is a
+  job and a receipt of its own (:func:`read_receipts`).
 
 What is left is whether the job is on the ledger, where validators may audit
 it: :func:`check_recorded` compares the ledger's record of the job with the
@@ -29,6 +32,8 @@ import binascii
 import json
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from protocol import codec
 from protocol.codec import Tensor
@@ -115,6 +120,45 @@ def _shown(body: dict[str, Any], chunks: list[dict[str, Any]] | None) -> str | T
     return _choice_text(choices[0], False)
 
 
+def _embedding(item: dict[str, Any]) -> Tensor:
+    """An ``/v1/embeddings`` item's vector as shown: floats, or base64 little-endian float32."""
+    shown = item.get("embedding")
+    try:
+        if isinstance(shown, str):
+            return Tensor.from_numpy(np.frombuffer(base64.b64decode(shown, validate=True),
+                                                   dtype="<f4"))
+        if isinstance(shown, list) and all(isinstance(v, (int, float)) and
+                                           not isinstance(v, bool) for v in shown):
+            return Tensor.from_numpy(np.asarray(shown, dtype=np.float32))
+    except (ValueError, binascii.Error, ProtocolError) as exc:
+        raise ReceiptError(f"the embedding shown is not float32 values: {exc}") from exc
+    raise ReceiptError("an embeddings item shows no embedding (floats or base64)")
+
+
+def read_receipts(saved: str) -> list[Receipt]:
+    """The receipts of a saved response: one per item of an ``/v1/embeddings`` answer (each
+    embedding is a job of its own), else the response's one (:func:`read_receipt`)."""
+    try:
+        body = json.loads(saved)
+    except ValueError:
+        return [read_receipt(saved)]
+    if not (isinstance(body, dict) and body.get("object") == "list"
+            and isinstance(body.get("data"), list)):
+        return [read_receipt(saved)]
+    if not body["data"]:
+        raise ReceiptError("the embeddings response holds no item")
+    out = []
+    for item in body["data"]:
+        if not isinstance(item, dict) or not isinstance(item.get("assay"), dict):
+            raise ReceiptError("an embeddings item carries no assay field: it is not a receipt")
+        request, commitment, output = _signed(item["assay"])
+        shown = _embedding(item)
+        if shown.numel == output.numel:  # shown flat: one vector of the [1, width] output
+            shown = Tensor(shown.dtype, output.shape, shown.data)
+        out.append(Receipt(request, commitment, output, shown, dict(item["assay"])))
+    return out
+
+
 def read_receipt(saved: str) -> Receipt:
     """A receipt from a saved response: a JSON body, or a streamed response's events."""
     chunks: list[dict[str, Any]] | None = None
@@ -127,7 +171,12 @@ def read_receipt(saved: str) -> Receipt:
         body = chunks[-1]
     if not isinstance(body, dict) or not isinstance(body.get("assay"), dict):
         raise ReceiptError("the response carries no assay field: it is not a receipt")
-    assay = body["assay"]
+    request, commitment, output = _signed(body["assay"])
+    return Receipt(request, commitment, output, _shown(body, chunks), dict(body["assay"]))
+
+
+def _signed(assay: dict[str, Any]) -> tuple[JobRequest, Commitment, Tensor]:
+    """The request, commitment and output an ``assay`` field carries."""
     try:
         request = JobRequest.decode(_b64(assay, "request"))
         commitment = Commitment.decode(_b64(assay, "commitment"))
@@ -138,7 +187,7 @@ def read_receipt(saved: str) -> Receipt:
         raise ReceiptError(f"the receipt does not decode: {exc}") from exc
     if not isinstance(output, Tensor):
         raise ReceiptError("the receipt's assay.output is not a tensor")
-    return Receipt(request, commitment, output, _shown(body, chunks), dict(assay))
+    return request, commitment, output
 
 
 def check_receipt(receipt: Receipt) -> None:
@@ -154,6 +203,10 @@ def check_receipt(receipt: Receipt) -> None:
         raise ReceiptError(f"the commitment's signature does not verify: {exc}") from exc
     if commitment.job_id != request.job_id:
         raise ReceiptError("the commitment is for another job than the request")
+    if commitment.node != request.node:
+        raise ReceiptError("the commitment is signed by another node than the request names")
+    if commitment.chain_id != request.chain_id:
+        raise ReceiptError("the commitment is signed for another network than the request")
     if commitment.model_id != request.model_id:
         raise ReceiptError("the commitment names another model than the request")
     if commitment.input_hash != sha256(codec.encode(request.input)):

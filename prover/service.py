@@ -9,9 +9,11 @@ the job protocol or from HTTP, goes through :meth:`NodeService.execute`:
    (``rate_limit``/``rate_burst`` per libp2p peer or HTTP address: 429), too
    many jobs waiting (``max_queued_jobs``: 429), an input the node will not
    run (a model it does not serve, ``max_new_tokens`` above the operator's
-   limit, a prompt or tensor out of bounds: 400), or a fee the ledger would
-   not take from the client (``can_pay``, counting the fees of the client's
-   jobs already running here): nobody gets tokens generated for free;
+   limit, a prompt or tensor out of bounds, a request for another node or
+   chain or already expired: 400), or a job the ledger would not record
+   (``can_pay``: the client's balance, counting the fees of its jobs already
+   running here, and this node's room under its in-flight limit): nobody gets
+   tokens generated for free;
 2. if the signing journal already holds a commitment for the job id, that one
    is returned (a retried request never makes the node sign twice: two
    commitments to one job are equivocation);
@@ -37,8 +39,10 @@ the hidden states. With ``stream: true`` the answer is server-sent events in
 the OpenAI chunk shape, one token's text per chunk, the last chunk carrying
 ``usage`` and ``assay``; the job is generated and committed first, so
 streaming saves the client no time to the first token (the runtime generates
-a job whole). Refusals use the OpenAI error shape: 400 for the request, 401
-without the API key (compared in constant time), 429 and 503 with
+a job whole). Refusals use the OpenAI error shape: 400 for the request (an
+unknown field, or an OpenAI field the node does not implement at a value
+that would change the answer, is refused naming it: :mod:`prover.openai_fields`),
+401 without the API key (compared in constant time), 429 and 503 with
 ``Retry-After``; anything unforeseen is a 500 in the same shape, counted.
 
 The node answers reports of unavailability itself: it polls the ledger for
@@ -116,6 +120,7 @@ from prover.embedder import EMBEDDER_KIND, TextEncoder, TextTooLong
 from prover.llm.job import LLMJobError, parse_job
 from prover.model_store import read_meta
 from prover.node import LLM_MODE, InferenceNode, JobRejected
+from prover.openai_fields import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, INFER, check_fields
 from prover.registry import RegistryEntry
 
 log = logging.getLogger("assay.node")
@@ -211,7 +216,6 @@ def cheating_substitutes(models: Mapping[bytes, nn.Module]) -> dict[bytes, nn.Mo
 
 MAX_EMBEDDING_INPUTS = 2048
 """Texts per embeddings request, as OpenAI's API allows."""
-EMBEDDING_FIELDS = frozenset({"model", "input", "encoding_format", "user", "dimensions"})
 
 
 @dataclass(frozen=True)
@@ -491,7 +495,7 @@ class NodeService:
 
     def _request(self, served: ServedModel, tensor: Tensor, params: dict[str, Any]) -> JobRequest:
         if not self.ledger.chain_id:
-            raise HttpError(503, "unavailable", "the node has not heard from its ledger yet")
+            raise unavailable("this node is not ready: it has not heard from its ledger yet")
         return JobRequest(
             model_id=served.entry.model_id, input=tensor, client=self.client_key.public.raw,
             node=self.node.node_id, nonce=next(self._nonces), fee=self.config.fee,
@@ -545,6 +549,8 @@ class NodeService:
                 raise HttpError(400, "malformed", f"{name} must be in {low}..{high}")
             return float(value)
 
+        if body.get("max_tokens") is None and body.get("max_completion_tokens") is not None:
+            body = {**body, "max_tokens": body["max_completion_tokens"]}  # chat's newer name
         max_tokens = int(number("max_tokens", 16, 1, self.config.max_new_tokens))
         seed = body.get("seed")
         if seed is None:
@@ -579,6 +585,7 @@ class NodeService:
                 "total_tokens": len(prompt) + len(generated)}
 
     async def completions(self, body: dict[str, Any]) -> dict[str, Any] | EventStream:
+        check_fields(body, COMPLETIONS)
         prompt = body.get("prompt")
         if isinstance(prompt, list) and len(prompt) == 1:
             prompt = prompt[0]
@@ -606,6 +613,7 @@ class NodeService:
         }
 
     async def chat_completions(self, body: dict[str, Any]) -> dict[str, Any] | EventStream:
+        check_fields(body, CHAT_COMPLETIONS)
         stream = _stream_flag(body)
         prompt = chat_prompt(body.get("messages"))
         served, ids, generated, commitment, params = await self._generate(body, prompt)
@@ -634,6 +642,7 @@ class NodeService:
 
     async def infer(self, body: dict[str, Any]) -> dict[str, Any]:
         """A tensor job: ``input`` is ``{dtype, shape, data}`` with ``data`` base64."""
+        check_fields(body, INFER)
         served = self._model(body.get("model"), None)
         raw = body.get("input")
         try:
@@ -661,10 +670,7 @@ class NodeService:
         list of such lists; each one is a job with its own commitment, in its
         item's ``assay`` field with the token ids it committed to.
         """
-        unknown = sorted(set(body) - EMBEDDING_FIELDS)
-        if unknown:
-            raise HttpError(400, "unsupported_field", f"unknown field {unknown[0]!r}",
-                            param=unknown[0])
+        check_fields(body, EMBEDDINGS)
         served = self._model(body.get("model"), None)
         if served.text is None:
             raise HttpError(400, "wrong_mode", f"model {served.name!r} does not embed text",

@@ -346,6 +346,7 @@ class LedgerService:
         return wire.ok_response(
             round=state.current_round, beacon_key=_hex(state.beacon_key),
             chain_id=_hex(state.chain_id), audit_window=params.audit_window,
+            vote_window=params.vote_window,
             sample_ppm=params.sample_ppm, committee_size=params.committee_size,
             challenge_window=params.challenge_window,
             availability_window=params.availability_window,

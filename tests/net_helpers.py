@@ -36,7 +36,12 @@ from protocol.net.ledger_client import LedgerClient
 from protocol.net.metrics import Metrics
 from prover import zoo
 from prover.model_store import save_model
-from prover.node import InferenceNode, load_registered_llms, load_registered_models
+from prover.node import (
+    InferenceNode,
+    load_registered_llms,
+    load_registered_models,
+    load_registered_tensors,
+)
 from prover.registry import ModelRegistry
 from prover.service import NodeService, build_cheat
 from slashing import Ledger
@@ -181,6 +186,8 @@ hostile_maps = st.dictionaries(
 CLIENT = SigningKey.derive("net/client")
 """The client (and HTTP gateway) account every :func:`network` funds."""
 FEE = 110
+NODE_STAKE = 200_000
+EXPIRY_ROUNDS = 1_000
 UNLIMITED = {"rate_limit": 1e9, "rate_burst": 10**9}
 """Node settings that take the per-caller rate limit out of a test's way."""
 
@@ -204,12 +211,13 @@ class Network:
         return self.nodes[0].ledger
 
 
-def zoo_registry(tmp: Path, models: Sequence[tuple[str, str]] = (("mlp", "exact"),
-                                                                 ("gpt2", "llm"))
-                  ) -> ModelRegistry:
+def zoo_registry(tmp: Path, models: Sequence[tuple[str, str, str]] = (
+        ("mlp", "mlp-int8", "exact"), ("gpt2", "gpt2", "llm"))) -> ModelRegistry:
+    """``(name, zoo model, mode)`` registered: by default an integer MLP judged bit for bit
+    and GPT-2."""
     registry = ModelRegistry(tmp / "registry")
-    for name, mode in models:
-        built = zoo.build(name, seed=1)
+    for name, kind, mode in models:
+        built = zoo.build(kind, seed=1)
         save_model(tmp / name, built.module, built.kind, built.config)
         registry.add(tmp / name, mode=mode, name=name)
     return registry
@@ -221,29 +229,35 @@ async def network(tmp: Path, nursery: trio.Nursery,
                   validator_classes: Sequence[type[ValidatorService]] = (ValidatorService,) * 2,
                   round_seconds: float = 0.5, node_settings: dict[str, Any] | None = None,
                   funded: Sequence[bytes] = (), cheaters: Sequence[int] = (),
+                  registry: ModelRegistry | None = None,
                   **params: int) -> AsyncIterator[Network]:
     """Ledger, nodes and validators on loopback, all bonded and ready when this yields.
 
     ``params`` override the ledger's genesis parameters (by default every job
-    is sampled, committees have one member, and the challenge window is 8
-    rounds so that fetch retries fit in it). The nodes numbered in ``cheaters``
-    run a changed model on every ``exact`` job (as a devnet cheater does).
+    is sampled, committees have one member, and the challenge and answer
+    windows are long enough for fetch retries and re-executions on a loaded
+    machine; the fraud slash is the largest the stake-at-risk bound allows,
+    1 000 at p = 1). Nodes bond ``NODE_STAKE``, room for 200 jobs in flight.
+    The nodes numbered in ``cheaters`` run a changed model on every job,
+    exact, tensor or llm (as a devnet cheater does). ``registry`` replaces
+    the zoo's MLP and GPT-2.
     """
     node_keys = [SigningKey.derive(f"net/node/{i}") for i in range(len(node_classes))]
     validator_keys = [SigningKey.derive(f"net/validator/{i}")
                       for i in range(len(validator_classes))]
     ledger_key = SigningKey.derive("net/ledger")
     merged = {**LedgerParams.default().__dict__, "committee_size": 1, "sample_ppm": 1_000_000,
-              "challenge_window": 8, "unbonding_period": 40, **params}
+              "challenge_window": 8, "audit_window": 8, "vote_window": 8,
+              "unbonding_period": 100, **params}
     accounts = [k.public.raw for k in (*node_keys, *validator_keys, CLIENT)] + list(funded)
-    genesis = Genesis(params=LedgerParams(**merged),
+    genesis = Genesis(params=safe_params(LedgerParams(**merged)),
                       mints=tuple((a, GENESIS_FUNDS) for a in accounts))
     port = free_port()
     address = peer_address("127.0.0.1", port, ledger_key.public.raw)
     host = PeerHost(ledger_key, f"/ip4/127.0.0.1/tcp/{port}", (), Metrics())
     ledger = LedgerService(host, Ledger.open(tmp / "ledger.sqlite"), DevnetBeacon(BEACON_SECRET),
                            genesis, round_seconds, host.metrics)
-    registry = zoo_registry(tmp)
+    registry = registry or zoo_registry(tmp)
     net = Network(tmp, ledger, address, registry)
     await nursery.start(ledger.run)
     node_addresses = []
@@ -251,22 +265,30 @@ async def network(tmp: Path, nursery: trio.Nursery,
         node_port = free_port()
         node_addresses.append(peer_address("127.0.0.1", node_port, key.public.raw))
         node_host = PeerHost(key, f"/ip4/127.0.0.1/tcp/{node_port}", [address], Metrics())
-        models = load_registered_models(registry)
-        cheat = build_cheat(models, 1.0, i) if i in cheaters else None
-        node = InferenceNode(key, models, cheat=cheat, llms=load_registered_llms(registry))
+        models, llms = load_registered_models(registry), load_registered_llms(registry)
+        tensors = load_registered_tensors(registry)
+        modules = {**models, **{m: llm.module for m, (llm, _) in llms.items()},
+                   **{m: t.module for m, t in tensors.items()}}
+        cheat = build_cheat(modules, 1.0, i) if i in cheaters else None
+        node = InferenceNode(key, models, cheat=cheat, llms=llms, tensors=tensors)
         config = NodeConfig(ledger=address, http_port=free_port(), fee=FEE,
-                            **(node_settings or {}))
+                            **{"stake": NODE_STAKE, **(node_settings or {})})
         service = node_class(config, node, CLIENT, registry.list(), node_host,
                              SigningJournal(tmp / f"node-{i}" / "journal.sqlite"),
                              node_host.metrics, transaction_signer(key))
         net.nodes.append(service)
         nursery.start_soon(service.run, net.shutdown)
+    validator_ports = [free_port() for _ in validator_keys]
+    validator_addresses = [peer_address("127.0.0.1", p, k.public.raw)
+                           for p, k in zip(validator_ports, validator_keys, strict=True)]
     for i, (key, validator_class) in enumerate(zip(validator_keys, validator_classes,
                                                    strict=True)):
-        validator_host = PeerHost(key, f"/ip4/127.0.0.1/tcp/{free_port()}",
-                                  [address, *node_addresses], Metrics())
+        others = [a for j, a in enumerate(validator_addresses) if j != i]
+        validator_host = PeerHost(key, f"/ip4/127.0.0.1/tcp/{validator_ports[i]}",
+                                  [address, *node_addresses, *others], Metrics())
         validator = Validator(key, load_registered_models(registry),
-                              llms=load_registered_llms(registry))
+                              llms=load_registered_llms(registry),
+                              tensors=load_registered_tensors(registry))
         vservice = validator_class(
             ValidatorConfig(ledger=address, http_port=free_port()), validator, validator_host,
             SigningJournal(tmp / f"validator-{i}" / "journal.sqlite"), validator_host.metrics,
@@ -288,18 +310,23 @@ async def network(tmp: Path, nursery: trio.Nursery,
         net.shutdown.set()
 
 
-def llm_request(model_id: bytes, nonce: int, tokens: int = 4, key: SigningKey = CLIENT,
-                fee: int = FEE) -> JobRequest:
-    """A signed GPT-2 job of ``tokens`` new tokens."""
+def llm_request(node: NodeService, model_id: bytes, nonce: int, tokens: int = 4,
+                key: SigningKey = CLIENT, fee: int = FEE) -> JobRequest:
+    """A signed GPT-2 job of ``tokens`` new tokens for ``node``, on its ledger's chain."""
     ids = torch.tensor([list(b"job %d" % nonce)], dtype=torch.int64)
     params = {"max_new_tokens": tokens, "dtype": "float32", "seed": nonce,
               "temperature_milli": 1000, "top_k": 0, "top_p_ppm": 1_000_000}
     return JobRequest(model_id=model_id, input=Tensor.from_torch(ids), client=key.public.raw,
-                      nonce=nonce, fee=fee, params=tuple(params.items())).signed(key)
+                      node=node.node.node_id, nonce=nonce, fee=fee,
+                      expiry_round=node.ledger.round + EXPIRY_ROUNDS,
+                      chain_id=node.ledger.chain_id, params=tuple(params.items())).signed(key)
 
 
-def exact_request(model_id: bytes, nonce: int, key: SigningKey = CLIENT) -> JobRequest:
-    """A signed job of the zoo MLP (``exact`` mode)."""
-    x = Tensor.from_torch(zoo.build("mlp", seed=1).example_input(nonce))
-    return JobRequest(model_id=model_id, input=x, client=key.public.raw, nonce=nonce,
-                      fee=FEE).signed(key)
+def exact_request(node: NodeService, model_id: bytes, nonce: int, key: SigningKey = CLIENT
+                  ) -> JobRequest:
+    """A signed job of the zoo's integer MLP (``exact`` mode) for ``node``, on its ledger's
+    chain."""
+    x = Tensor.from_torch(zoo.build("mlp-int8", seed=1).example_input(nonce))
+    return JobRequest(model_id=model_id, input=x, client=key.public.raw, node=node.node.node_id,
+                      nonce=nonce, fee=FEE, expiry_round=node.ledger.round + EXPIRY_ROUNDS,
+                      chain_id=node.ledger.chain_id).signed(key)

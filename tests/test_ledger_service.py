@@ -5,7 +5,9 @@ refused naming it, and nothing changes. The account transactions arrive
 signed by their account; the faucet mints only for its keys; ``job_data``
 serves the recorded request, commitment and posted output; a report of
 unavailability is answered with ``serve_data`` or slashed; stake unbonds and
-is withdrawn after its period; ``can_pay`` counts fees a node holds back;
+is withdrawn after its period; ``duties`` lists what the ledger assigned a
+validator; ``can_pay`` counts fees a node holds back and the node's jobs in
+flight, and refuses an expired request;
 ``offences`` names what a slash was for.
 """
 
@@ -30,10 +32,17 @@ from protocol.keys import SigningKey
 from protocol.messages import Commitment, JobRequest
 from protocol.net import schema, wire
 from protocol.net.host import PeerHost
-from protocol.net.ledger_replies import AccountInfo, JobData, JobInfo, Offence, Status
+from protocol.net.ledger_replies import (
+    AccountInfo,
+    JobData,
+    JobInfo,
+    Offence,
+    Status,
+    parse_duties,
+)
 from protocol.net.metrics import Metrics
 from slashing import Ledger, LedgerParams
-from slashing.service import OPS, Genesis, LedgerService
+from slashing.service import OPS, Genesis, LedgerService, safe_params
 from slashing.transactions import transaction_signer
 from tests.net_helpers import BEACON_SECRET, GENESIS_FUNDS, free_port, malformed_maps
 
@@ -47,11 +56,15 @@ GOOD_FIELDS: dict[Any, Any] = {schema.digest: bytes(32), schema.uint: 1, schema.
 """A well-typed value for each kind of field an op takes."""
 
 
+UNBONDING = 25
+"""Rounds of unbonding: the liability horizon of these windows."""
+
+
 def service(tmp: Path, **params: int) -> LedgerService:
     merged = {**LedgerParams.default().__dict__, "committee_size": 1, "sample_ppm": 1_000_000,
-              "challenge_window": 2, "availability_window": 2, "unbonding_period": 12,
+              "challenge_window": 2, "availability_window": 2, "unbonding_period": UNBONDING,
               **params}
-    genesis = Genesis(params=LedgerParams(**merged), mints=tuple(
+    genesis = Genesis(params=safe_params(LedgerParams(**merged)), mints=tuple(
         (k.public.raw, GENESIS_FUNDS) for k in (NODE, VALIDATOR, CLIENT)))
     host = PeerHost(SigningKey.derive("ledger-service/ledger"),
                     f"/ip4/127.0.0.1/tcp/{free_port()}", (), Metrics())
@@ -70,26 +83,33 @@ def ask(ledger: LedgerService, sender: SigningKey = CLIENT, **request: Any) -> d
     return dict(wire.check_response(reply))
 
 
-def tx(key: SigningKey, kind: str, nonce: int, **fields: Any) -> bytes:
-    return transaction_signer(key)(kind, nonce, fields)
+def tx(ledger: LedgerService, key: SigningKey, kind: str, nonce: int, **fields: Any) -> bytes:
+    """``kind`` signed by ``key`` with ``nonce``, for ``ledger``'s chain."""
+    chain_id = ledger.ledger.state.chain_id
+    assert chain_id is not None
+    return transaction_signer(key)(kind, nonce, {**fields, "chain_id": chain_id})
 
 
-def job(nonce: int, output: Tensor, node: SigningKey = NODE) -> tuple[JobRequest, Commitment]:
+def job(ledger: LedgerService, nonce: int, output: Tensor, node: SigningKey = NODE
+        ) -> tuple[JobRequest, Commitment]:
+    chain_id = ledger.ledger.state.chain_id
+    assert chain_id is not None
     x = Tensor.from_torch(torch.ones((1, 4)) * nonce)
-    request = JobRequest(model_id=MODEL, input=x, client=CLIENT.public.raw, nonce=nonce,
-                         fee=110).signed(CLIENT)
+    request = JobRequest(model_id=MODEL, input=x, client=CLIENT.public.raw,
+                         node=node.public.raw, nonce=nonce, fee=110, expiry_round=1_000,
+                         chain_id=chain_id).signed(CLIENT)
     commitment = Commitment(job_id=request.job_id, model_id=MODEL,
                             input_hash=sha256(codec.encode(x)),
                             output_hash=sha256(codec.encode(output)),
-                            node=node.public.raw).signed(node)
+                            node=node.public.raw, chain_id=chain_id).signed(node)
     return request, commitment
 
 
 def bonded(tmp: Path, **params: int) -> LedgerService:
     ledger = service(tmp, **params)
-    ask(ledger, NODE, op="bond", tx=tx(NODE, "bond", 1, role="node", amount=20_000))
+    ask(ledger, NODE, op="bond", tx=tx(ledger, NODE, "bond", 1, role="node", amount=20_000))
     ask(ledger, VALIDATOR, op="bond",
-        tx=tx(VALIDATOR, "bond", 1, role="validator", amount=20_000))
+        tx=tx(ledger, VALIDATOR, "bond", 1, role="validator", amount=20_000))
     return ledger
 
 
@@ -106,7 +126,7 @@ def test_requests_with_missing_mistyped_or_unknown_fields_are_refused_by_name(
         ({"op": "jobs_since", "after": "0"}, "field 'after'"),
         ({"op": "nope"}, "unknown ledger op 'nope'"),
         ({"op": 5}, "unknown ledger op 5"),
-        ({"op": "bond", "tx": tx(NODE, "withdraw", 1)}, "is a withdraw, not a bond"),
+        ({"op": "bond", "tx": tx(ledger, NODE, "withdraw", 1)}, "is a withdraw, not a bond"),
         ({"op": "bond", "tx": b"\x01\x02"}, "not valid msgpack"),
         ({"op": "serve_data", "job_id": bytes(32), "output": 3}, "field 'output'"),
     ):
@@ -140,16 +160,17 @@ def test_account_transactions_are_signed_and_stake_leaves_after_its_period(
     account = AccountInfo.parse(ask(ledger, op="account", account=VALIDATOR.public.raw))
     assert account.validator.stake == 20_000 and account.nonce == 1
     with pytest.raises(ProtocolError, match=r"nonce 1 .* already used"):
-        ask(ledger, op="bond", tx=tx(VALIDATOR, "bond", 1, role="validator", amount=1))
-    ask(ledger, op="unbond", tx=tx(VALIDATOR, "unbond", 2, role="validator", amount=20_000))
+        ask(ledger, op="bond", tx=tx(ledger, VALIDATOR, "bond", 1, role="validator", amount=1))
+    ask(ledger, op="unbond",
+        tx=tx(ledger, VALIDATOR, "unbond", 2, role="validator", amount=20_000))
     account = AccountInfo.parse(ask(ledger, op="account", account=VALIDATOR.public.raw))
     (entry,) = account.unbonding
-    assert entry.amount == 20_000 and entry.release_round == account.round + 12
+    assert entry.amount == 20_000 and entry.release_round == account.round + UNBONDING
     with pytest.raises(ProtocolError, match=f"next is released in round {entry.release_round}"):
-        ask(ledger, op="withdraw", tx=tx(VALIDATOR, "withdraw", 3))
+        ask(ledger, op="withdraw", tx=tx(ledger, VALIDATOR, "withdraw", 3))
     while ledger.ledger.state.current_round < entry.release_round:
         ledger.advance_round()
-    ask(ledger, op="withdraw", tx=tx(VALIDATOR, "withdraw", 3))
+    ask(ledger, op="withdraw", tx=tx(ledger, VALIDATOR, "withdraw", 3))
     after = AccountInfo.parse(ask(ledger, op="account", account=VALIDATOR.public.raw))
     assert after.balance == account.balance + 20_000 and not after.unbonding
 
@@ -157,18 +178,22 @@ def test_account_transactions_are_signed_and_stake_leaves_after_its_period(
 def test_job_data_reports_and_served_outputs(tmp_path: Path) -> None:
     ledger = bonded(tmp_path)
     output = Tensor("float32", (1, 2), bytes(8))
-    served_request, served = job(1, output)
-    withheld_request, withheld = job(2, output)
+    served_request, served = job(ledger, 1, output)
+    withheld_request, withheld = job(ledger, 2, output)
     for request, commitment in ((served_request, served), (withheld_request, withheld)):
         ask(ledger, NODE, op="record_job", request=request.encode(),
             commitment=commitment.encode())
     data = JobData.parse(ask(ledger, op="job_data", job_id=served.job_id))
     assert data.request == served_request.encode() and data.commitment == served.encode()
     assert data.output is None
-    ledger.advance_round()  # the sample round
+    ledger.advance_round()  # the sample round: the ledger draws the only validator for both
+    audits, votes = parse_duties(ask(ledger, op="duties", validator=VALIDATOR.public.raw))
+    assert sorted((d.job_id, d.commitment) for d in audits) == sorted(
+        (c.job_id, c.encode()) for c in (served, withheld)) and votes == []
+    assert parse_duties(ask(ledger, op="duties", validator=NODE.public.raw)) == ([], [])
     for commitment, nonce in ((served, 2), (withheld, 3)):
         ask(ledger, VALIDATOR, op="report_unavailable",
-            tx=tx(VALIDATOR, "report_unavailable", nonce, job_id=commitment.job_id))
+            tx=tx(ledger, VALIDATOR, "report_unavailable", nonce, job_id=commitment.job_id))
     reported = ask(ledger, op="open_challenges", node=NODE.public.raw)["jobs"]
     assert sorted(reported) == sorted([served.job_id, withheld.job_id])
     with pytest.raises(wire.RemoteError, match="hashes to"):
@@ -194,15 +219,26 @@ def test_can_pay_counts_the_fees_a_node_holds_back(tmp_path: Path) -> None:
         reply = ask(ledger, op="can_pay", **fields)
         return reply["payable"], reply["reason"]
 
-    client = CLIENT.public.raw
-    assert payable(client=client, nonce=1, fee=110) == (True, "")
-    assert "outside 10..110" in payable(client=client, nonce=1, fee=111)[1]
-    assert "no account" in payable(client=STRANGER.public.raw, nonce=1, fee=110)[1]
-    ok, reason = payable(client=client, nonce=1, fee=110, held=GENESIS_FUNDS)
+    client, node = CLIENT.public.raw, NODE.public.raw
+    terms = {"client": client, "nonce": 1, "fee": 110, "node": node, "expiry_round": 1_000}
+    assert payable(**terms) == (True, "")
+    assert "outside 10..110" in payable(**{**terms, "fee": 111})[1]
+    assert "no account" in payable(**{**terms, "client": STRANGER.public.raw})[1]
+    ok, reason = payable(**terms, held=GENESIS_FUNDS)
     assert not ok and f"plus {GENESIS_FUNDS} held" in reason
-    request, commitment = job(7, Tensor("float32", (1,), bytes(4)))
+    request, commitment = job(ledger, 7, Tensor("float32", (1,), bytes(4)))
     ask(ledger, NODE, op="record_job", request=request.encode(), commitment=commitment.encode())
-    assert "already used nonce 7" in payable(client=client, nonce=7, fee=110)[1]
+    assert "already used nonce 7" in payable(**{**terms, "nonce": 7})[1]
+    # the node's stake covers stake/(p*S) jobs in flight: 20 000/(1 * S); one is recorded
+    params = ledger.ledger.state.params
+    assert params is not None
+    limit = 20_000 // params.fraud_slash
+    assert payable(**terms, in_flight=limit - 2)[0]
+    assert "jobs in flight, the most its stake" in payable(**terms, in_flight=limit - 1)[1]
+    assert "not bonded as a node" in payable(**{**terms, "node": STRANGER.public.raw})[1]
+    while ledger.ledger.state.current_round <= 3:
+        ledger.advance_round()
+    assert "expired after round 3" in payable(**{**terms, "expiry_round": 3})[1]
 
 
 def malformed_requests(op: str, rng: random.Random, n: int) -> list[bytes]:

@@ -15,6 +15,10 @@ Each test is the attack first, as it was found on the services:
   validator keeps serving;
 * an accuser that never gossips its evidence: the committee learns of the
   dispute from the ledger and votes;
+* a cheating node that serves its output to its auditor and withholds it from
+  the committee (the rules take no report while a dispute is open): the
+  committee member takes the accuser's copy, checked against the commitment,
+  and the node is slashed;
 * a client with no tokens asks for 1,024 tokens: nothing is generated;
 * a tombstoned node: ``/health`` 503 naming the tombstone, jobs refused with
   503, the slash logged with its evidence;
@@ -53,6 +57,7 @@ from prover.service import COMMITMENT, NodeService
 from tests.net_helpers import (
     CLIENT,
     FEE,
+    NODE_STAKE,
     UNLIMITED,
     Network,
     dial,
@@ -124,13 +129,13 @@ def test_a_withholding_node_is_reported_slashed_and_its_client_refunded(tmp_path
         withholder, poster = net.nodes
         stakes = [(await net.client.account(n.node.node_id)).node.stake for n in net.nodes]
         client_before = (await net.client.account(CLIENT.public.raw)).balance
-        llm = [llm_request(net.model("gpt2"), n) for n in range(2)]
+        llm = [llm_request(withholder, net.model("gpt2"), n) for n in range(2)]
         for request in llm:
             await withholder.execute(request)
         # an exact job of the same node is audited from the ledger's record all the same
-        exact = exact_request(net.model("mlp"), 11)
+        exact = exact_request(withholder, net.model("mlp"), 11)
         await withholder.execute(exact)
-        posted = llm_request(net.model("gpt2"), 20)
+        posted = llm_request(poster, net.model("gpt2"), 20)
         await poster.execute(posted)
         jobs = await wait_final(net, [r.job_id for r in (*llm, exact, posted)])
         withheld, audited, served = jobs[:2], jobs[2], jobs[3]
@@ -201,7 +206,7 @@ def test_malformed_job_data_is_reported_and_slashed_while_every_validator_keeps_
     async def body(net: Network) -> None:
         *bad, honest = net.nodes
         stakes = [(await net.client.account(n.node.node_id)).node.stake for n in bad]
-        requests = [llm_request(net.model("gpt2"), 100 + i) for i in range(len(bad))]
+        requests = [llm_request(node, net.model("gpt2"), 100 + i) for i, node in enumerate(bad)]
         for node, request in zip(bad, requests, strict=True):
             await node.execute(request)
         jobs = await wait_final(net, [r.job_id for r in requests])
@@ -217,7 +222,7 @@ def test_malformed_job_data_is_reported_and_slashed_while_every_validator_keeps_
                    for f in v.metrics.fetch_failures.collect() for s in f.samples
                    if s.name.endswith("_total")}
         assert {"malformed", "oversized"} <= reasons
-        good = llm_request(net.model("gpt2"), 200)
+        good = llm_request(honest, net.model("gpt2"), 200)
         await honest.execute(good)
         with trio.fail_after(30):
             while not (await net.client.job(good.job_id)).attested_by:
@@ -241,7 +246,7 @@ class SilentValidator(ValidatorService):
 def test_an_accuser_that_never_gossips_still_gets_a_committee_that_votes(tmp_path: Path) -> None:
     async def body(net: Network) -> None:
         cheater = net.nodes[0]
-        request = exact_request(net.model("mlp"), 300)
+        request = exact_request(cheater, net.model("mlp"), 300)
         stake = (await net.client.account(cheater.node.node_id)).node.stake
         await cheater.execute(request)
         (job,) = await wait_final(net, [request.job_id])
@@ -260,6 +265,44 @@ def test_an_accuser_that_never_gossips_still_gets_a_committee_that_votes(tmp_pat
                 cheaters=(0,), node_settings=UNLIMITED)
 
 
+class CommitteeWithholdingNode(NodeService):
+    """Cheats, serves its output to the auditor the ledger assigned, and to nobody else: the
+    rules take no report while the job is disputed, so it hopes its committee cannot judge."""
+
+    async def handle_job_data(self, data: bytes, sender: bytes) -> bytes:
+        job = await self.ledger.job(wire.decode_map(data, 4096)["job_id"])
+        if sender != job.auditor:
+            return wire.error_response("no served job")
+        return await super().handle_job_data(data, sender)
+
+    async def answer_reports(self) -> None:
+        await trio.sleep_forever()
+
+
+def test_a_node_that_withholds_from_its_committee_is_judged_on_the_accusers_copy(
+    tmp_path: Path,
+) -> None:
+    async def body(net: Network) -> None:
+        cheater = net.nodes[0]
+        request = llm_request(cheater, net.model("gpt2"), 400)
+        stake = (await net.client.account(cheater.node.node_id)).node.stake
+        await cheater.execute(request)
+        (job,) = await wait_final(net, [request.job_id])
+        assert job.status == "refunded"
+        state = net.ledger.ledger.state
+        (dispute,) = [d for d in state.disputes.values() if d.job_id == request.job_id]
+        assert str(dispute.outcome) == "FRAUD", dispute
+        (accuser,) = [v for v in net.validators if v.me in dispute.accusers]
+        (member,) = [v for v in net.validators if v.me in dispute.committee]
+        assert accuser.journal.get("output", request.job_id) is not None
+        assert metric(member, "assay_validator_fetch_failures_total", {"reason": "invalid"}) >= 1
+        slash = state.params.fraud_slash  # type: ignore[union-attr]
+        assert (await net.client.account(cheater.node.node_id)).node.stake == stake - slash
+
+    run_network(tmp_path, body, node_classes=(CommitteeWithholdingNode,), cheaters=(0,),
+                node_settings=UNLIMITED)
+
+
 # -- pay before compute -------------------------------------------------------------------------
 
 
@@ -268,8 +311,8 @@ def test_an_unfunded_client_gets_no_tokens_generated(tmp_path: Path) -> None:
 
     async def body(net: Network) -> None:
         node = net.nodes[0]
-        free = llm_request(net.model("gpt2"), 1, tokens=1024, key=stranger)
-        greedy = llm_request(net.model("gpt2"), 2, tokens=1025)
+        free = llm_request(node, net.model("gpt2"), 1, tokens=1024, key=stranger)
+        greedy = llm_request(node, net.model("gpt2"), 2, tokens=1025)
         host = PeerHost(stranger, f"/ip4/127.0.0.1/tcp/{free_port()}")
         async with host.running():
             await dial(host, node_address(node))
@@ -300,7 +343,7 @@ def test_a_tombstoned_node_says_so_refuses_jobs_with_503_and_logs_the_evidence(
 
     async def body(net: Network) -> None:
         node = net.nodes[0]
-        request = llm_request(net.model("gpt2"), 1)
+        request = llm_request(node, net.model("gpt2"), 1)
         _, commitment = await node.execute(request)
         # the node's key signs a second commitment for the job: equivocation, tombstoned
         second = Commitment(**{**commitment.__dict__, "aux": commitment.aux + b"\x00",
@@ -350,10 +393,10 @@ def test_stake_unbonds_and_is_withdrawn_through_the_service(
         common = ("--keystore", path, "--password-file", password, "--ledger", net.address,
                   "--role", "node")
         code, out, _ = await cli("stake", "status", *common)
-        assert code == 0 and "node stake 20000 (active" in out
+        assert code == 0 and f"node stake {NODE_STAKE} (active" in out
         before = (await net.client.account(node.node.node_id)).balance
         code, out, _ = await cli("stake", "unbond", *common)
-        assert code == 0 and "unbonding 20000 as a node" in out
+        assert code == 0 and f"unbonding {NODE_STAKE} as a node" in out
         release = int(out.rsplit("from round ", 1)[1].split()[0])
         code, _, err = await cli("stake", "withdraw", *common)
         assert code == 2 and f"next is released in round {release}" in err
@@ -365,13 +408,14 @@ def test_stake_unbonds_and_is_withdrawn_through_the_service(
             while net.ledger.ledger.state.current_round < release:
                 await trio.sleep(0.2)
         code, out, _ = await cli("stake", "withdraw", *common)
-        assert code == 0 and "withdrew 20000" in out
-        assert (await net.client.account(node.node.node_id)).balance == before + 20_000
+        assert code == 0 and f"withdrew {NODE_STAKE}" in out
+        assert (await net.client.account(node.node.node_id)).balance == before + NODE_STAKE
         code, out, _ = await cli("stake", "status", *common)
         assert "node stake 0" in out and "unbonding" not in out
 
     run_network(tmp_path, body, validator_classes=(), round_seconds=0.2, challenge_window=1,
-                availability_window=1, unbonding_period=7, node_settings=UNLIMITED)
+                availability_window=1, audit_window=1, vote_window=1, unbonding_period=16,
+                node_settings=UNLIMITED)
 
 
 # -- receipts -------------------------------------------------------------------------------------
@@ -404,7 +448,7 @@ def test_a_saved_http_response_verifies_and_a_changed_one_does_not(
         code, out = await verify(tmp_path / "changed.json", "--ledger", net.address)
         assert code == 1 and "text shown is not the committed tokens' text" in out
         # a job the node answered but never recorded: caught, and recorded from the receipt
-        request = llm_request(net.model("gpt2"), 77)
+        request = llm_request(node, net.model("gpt2"), 77)
         result = await trio.to_thread.run_sync(node.node.handle, request)
         hidden = json.loads(answer.text)
         tokens = [int(t) for t in result.output.to_torch().reshape(-1).tolist()]

@@ -134,7 +134,7 @@ def gossip_validators(metrics: Metrics) -> list[GossipValidator]:
     staked.nodes = frozenset({KEY.public.raw})
     staked.validators = frozenset({KEY.public.raw})
     staked.key = LEDGER.public.raw
-    staked.status = {}
+    staked.status = None
     return [
         GossipValidator(topic, check(staked), metrics)
         for topic, check in (

@@ -158,6 +158,54 @@ def test_refusals_have_the_openai_shape_and_the_right_status(tmp_path: Path) -> 
     service.journal.close()
 
 
+REFUSED_FIELDS = [
+    ("/v1/completions", {"frobnicate": 1}, "frobnicate", "unknown field"),
+    ("/v1/completions", {"n": 2}, "n", "must be 1"),
+    ("/v1/completions", {"n": True}, "n", "must be 1"),
+    ("/v1/completions", {"echo": True}, "echo", "must be false"),
+    ("/v1/completions", {"stop": ["\n"]}, "stop", "must be null"),
+    ("/v1/completions", {"presence_penalty": 0.5}, "presence_penalty", "must be 0"),
+    ("/v1/chat/completions", {"tools": [{"type": "function"}]}, "tools", "must be null"),
+    ("/v1/chat/completions", {"response_format": {"type": "json_object"}}, "response_format",
+     "not supported"),
+    ("/v1/chat/completions", {"logprobs": True}, "logprobs", "not supported"),
+    ("/v1/chat/completions", {"prompt": "x"}, "prompt", "unknown field"),
+    ("/v1/infer", {"temperature": 1}, "temperature", "unknown field"),
+]
+NEUTRAL_FIELDS = {
+    "/v1/completions": {"n": 1, "echo": False, "stop": None, "presence_penalty": 0,
+                        "user": "u", "stream_options": {"include_usage": True}},
+    "/v1/chat/completions": {"tools": [], "tool_choice": "none", "logprobs": False,
+                             "response_format": {"type": "text"}, "max_completion_tokens": 1},
+}
+
+
+def test_unknown_and_unsupported_fields_are_400s_naming_the_field(tmp_path: Path) -> None:
+    """A field the node would ignore is refused, in OpenAI's shape, before anything runs; the
+    OpenAI fields it does not implement pass at the values that change nothing."""
+    service = offline_node(tmp_path, rate_limit=1e9, rate_burst=10**9)
+
+    def body(path: str) -> dict[str, Any]:
+        if "chat" in path:
+            return {"model": "gpt2", "messages": [{"role": "user", "content": "x"}]}
+        if "infer" in path:
+            return {"model": "mlp", "input": {}}
+        return {"model": "gpt2", "prompt": "x", "max_tokens": 1}
+
+    with TestClient(service.app(), backend="trio") as http:
+        for path, extra, param, words in REFUSED_FIELDS:
+            answer = http.post(path, json={**body(path), **extra})
+            assert answer.status_code == 400, (path, extra, answer.text)
+            error = answer.json()["error"]
+            assert error["param"] == param and error["type"] == "invalid_request_error"
+            assert error["code"] == "unsupported_field" and words in error["message"], error
+        for path, neutral in NEUTRAL_FIELDS.items():  # not ready: the fields were taken
+            answer = http.post(path, json={**body(path), **neutral})
+            assert answer.status_code == 503, (path, answer.text)
+    assert service.journal.count("commitment") == 0
+    service.journal.close()
+
+
 def test_api_keys_compare_in_constant_time_and_exposure_is_named(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

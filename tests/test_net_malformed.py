@@ -2,7 +2,9 @@
 
 On one running network (real ledger service, node service and validator
 services on loopback): each ledger op, the node's job and job-data
-protocols and its three HTTP job endpoints get 10,000 malformed requests
+protocols, the validator's job-data protocol (where an accuser serves a
+disputed job's output) and the node's three HTTP job endpoints get 10,000
+malformed requests
 each — well-formed msgpack (or JSON) with a field missing, an unknown field
 or a field of another type, random bytes, truncations and bit flips — and
 the validator's parsers get 10,000 malformed replies each: the node's job-data
@@ -36,14 +38,14 @@ from protocol.net.host import PeerHost
 from protocol.net.identity import peer_address
 from protocol.net.ledger_replies import (
     AccountInfo,
+    DisputeInfo,
     JobData,
     JobInfo,
     Offence,
     Status,
     parse_beacon,
     parse_challenges,
-    parse_jobs_page,
-    parse_open_disputes,
+    parse_duties,
     parse_payable,
 )
 from prover.service import COMMITMENT
@@ -106,8 +108,8 @@ GOOD_BODIES: dict[str, tuple[dict[str, Any], list[str]]] = {
 REPLY_PARSERS: dict[str, Callable[[dict[str, Any]], object]] = {
     "status": Status.parse, "job": JobInfo.parse, "job_data": JobData.parse,
     "account": AccountInfo.parse, "offences": Offence.parse_list,
-    "open_disputes": parse_open_disputes, "open_challenges": parse_challenges,
-    "can_pay": parse_payable, "beacon": parse_beacon, "jobs_since": parse_jobs_page,
+    "duties": parse_duties, "dispute": DisputeInfo.parse, "open_challenges": parse_challenges,
+    "can_pay": parse_payable, "beacon": parse_beacon,
 }
 
 
@@ -129,10 +131,11 @@ def test_every_handler_refuses_10000_malformed_inputs_and_every_service_serves_a
         assert net.ledger.ledger.length - before <= 10  # only beacon rounds meanwhile
 
         # the node's libp2p handlers
-        job = llm_request(net.model("gpt2"), 1)
+        job = llm_request(node, net.model("gpt2"), 1)
         good_job = codec.decode(job.encode())
         for handler, good in ((node.handle_job, good_job),
-                              (node.handle_job_data, {"job_id": job.job_id})):
+                              (node.handle_job_data, {"job_id": job.job_id}),
+                              (validator.handle_job_data, {"job_id": job.job_id})):
             refused = await answer_all(handler, malformed_maps(good, rng, N), EVIL.public.raw)
             assert refused >= N * 0.8
         assert node.journal.count(COMMITMENT) == 0
@@ -160,7 +163,7 @@ def test_every_handler_refuses_10000_malformed_inputs_and_every_service_serves_a
         hostile.serve(wire.PROTOCOL_JOB_DATA, answer)
         commitment = Commitment(job_id=job.job_id, model_id=job.model_id,
                                 input_hash=bytes(32), output_hash=bytes(32),
-                                node=EVIL.public.raw)
+                                node=EVIL.public.raw, chain_id=job.chain_id)
         async with hostile.running():
             await dial(validator.host, peer_address("127.0.0.1", port, EVIL.public.raw))
             for _ in range(N):
@@ -172,17 +175,22 @@ def test_every_handler_refuses_10000_malformed_inputs_and_every_service_serves_a
             "status": await net.client.call("status"),
             "account": await net.client.call("account", account=node.node.node_id),
             "beacon": await net.client.call("beacon", round=0),
-            "can_pay": await net.client.call("can_pay", client=EVIL.public.raw, nonce=1, fee=1),
+            "can_pay": await net.client.call("can_pay", client=EVIL.public.raw, nonce=1, fee=1,
+                                             node=node.node.node_id, expiry_round=1),
             "offences": {"ok": True, "offences": [{"kind": "fraud", "role": "node",
                                                    "job_id": bytes(32), "evidence": b""}]},
-            "open_disputes": {"ok": True, "more": False, "disputes": [{
-                "dispute_id": bytes(32), "job_id": bytes(32), "committee": [bytes(32)],
-                "opened_round": 3, "voted": []}]},
+            "duties": {"ok": True, "round": 5, "audits": [
+                {"job_id": bytes(32), "commitment": b"c", "round": 4, "zk": False}],
+                "votes": [{"dispute_id": bytes(32), "job_id": bytes(32), "commitment": b"c",
+                           "round": 5}]},
+            "dispute": {"ok": True, "found": True, "job_id": bytes(32), "committee": [],
+                        "accusers": [bytes(32)], "opened_round": 3, "drawn_round": 0,
+                        "drawn": False, "open": True, "outcome": "", "voted": []},
             "open_challenges": {"ok": True, "jobs": [bytes(32)]},
-            "jobs_since": await net.client.call("jobs_since", after=0),
             "job": {"ok": True, "found": True, "node": bytes(32), "commitment_id": bytes(32),
                     "recorded_round": 3, "sample_round": 4, "status": "pending",
-                    "open_dispute": b"", "attested_by": [], "zk": False, "window_end": 12,
+                    "open_dispute": b"", "attested_by": [], "zk": False, "sampled": True,
+                    "auditor": bytes(32), "assigned_round": 4, "window_end": 12,
                     "reported": False, "reported_round": 0, "served": False},
             "job_data": {"ok": True, "found": True, "request": b"r", "commitment": b"c"},
         }

@@ -16,7 +16,7 @@ from protocol.net.ledger_replies import (
     JobData,
     JobInfo,
     Status,
-    parse_open_disputes,
+    parse_duties,
 )
 from protocol.net.rate_limit import RateLimiter
 
@@ -48,7 +48,8 @@ def test_check_map_names_the_missing_mistyped_or_unknown_field() -> None:
 GOOD_JOB: dict[str, Any] = {
     "ok": True, "found": True, "node": bytes(32), "commitment_id": bytes(32),
     "recorded_round": 3, "sample_round": 4, "status": "pending", "open_dispute": b"",
-    "attested_by": [], "zk": False, "window_end": 12, "reported": False, "reported_round": 0,
+    "attested_by": [], "zk": False, "sampled": True, "auditor": bytes(32),
+    "assigned_round": 4, "window_end": 12, "reported": False, "reported_round": 0,
     "served": False,
 }
 
@@ -59,14 +60,17 @@ def test_ledger_replies_are_checked_field_by_field() -> None:
     assert JobInfo.parse({"found": False}) == JobInfo(found=False)
     for broken in ({k: v for k, v in GOOD_JOB.items() if k != "window_end"},
                    {**GOOD_JOB, "open_dispute": b"x"}, {**GOOD_JOB, "attested_by": [1]},
-                   {**GOOD_JOB, "zk": 1}, {"found": "yes"}, {}):
+                   {**GOOD_JOB, "zk": 1}, {**GOOD_JOB, "auditor": b"x"},
+                   {"found": "yes"}, {}):
         with pytest.raises(MalformedMessage, match="ledger job"):
             JobInfo.parse(broken)
     with pytest.raises(MalformedMessage, match="field 'request'"):
         JobData.parse({"found": True, "commitment": b"c"})
     assert JobData.parse({"found": True, "request": b"r", "commitment": b"c"}).output is None
     with pytest.raises(MalformedMessage, match="ledger status: field 'nodes'"):
-        Status.parse({"round": 1, "beacon_key": b"k", "sample_ppm": 1, "committee_size": 1,
+        Status.parse({"round": 1, "beacon_key": b"k", "chain_id": bytes(32), "audit_window": 1,
+                      "vote_window": 1,
+                      "sample_ppm": 1, "committee_size": 1,
                       "challenge_window": 1, "availability_window": 1, "unbonding_period": 1,
                       "verification_fee": 1, "reward": 1, "min_node_stake": 1,
                       "min_validator_stake": 1, "nodes": "everyone", "validators": [],
@@ -77,8 +81,13 @@ def test_ledger_replies_are_checked_field_by_field() -> None:
                               for f in ("stake", "jailed_until", "offences")},
                            "node_slashed_out": False, "validator_slashed_out": False,
                            "unbonding": [7]})
-    with pytest.raises(MalformedMessage, match="field 'more'"):
-        parse_open_disputes({"disputes": []})
+    with pytest.raises(MalformedMessage, match="ledger duties: field 'votes'"):
+        parse_duties({"audits": []})
+    audit = {"job_id": bytes(32), "commitment": b"c", "round": 5}
+    with pytest.raises(MalformedMessage, match=r"field 'votes'\[0\]: field 'dispute_id'"):
+        parse_duties({"audits": [audit], "votes": [audit]})
+    audits, votes = parse_duties({"audits": [audit], "votes": [{**audit, "dispute_id": b"d" * 32}]})
+    assert audits[0].round == 5 and votes[0].dispute_id == b"d" * 32
 
 
 def test_a_caller_past_its_rate_waits_and_callers_are_apart() -> None:

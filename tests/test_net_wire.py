@@ -164,7 +164,7 @@ def staked_client(*nodes: SigningKey) -> LedgerClient:
     client.nodes = frozenset(k.public.raw for k in nodes)
     client.validators = frozenset()
     client.key = b"\x00" * 32
-    client.status = {}
+    client.status = None
     return client
 
 

@@ -22,13 +22,16 @@ commitment are taken from the ledger's record (``job_data``), so ``exact``,
 ``tensor`` and zk jobs are re-executed whatever the node does. An ``llm``
 audit also needs the tokens the node served: the validator fetches them
 (``FETCH_ATTEMPTS`` tries with backoff, each reply schema-checked and its
-output hashed against the commitment, while a round of the challenge window
-is left), and a node that withholds them, or answers with anything else (an
-error, a missing or mistyped field, garbage, another output), is reported:
-a signed ``report_unavailable``. The node must then post the output on the
-ledger (``serve_data``) within the availability window, where the validator
-reads it and audits as usual; if it does not, the ledger slashes it S and
-refunds the client.
+output hashed against the commitment, while a round is left before the
+auditor's deadline and the job's window close), and a node that withholds
+them, or answers with anything else (an error, a missing or mistyped field,
+garbage, another output), is reported: a signed ``report_unavailable``,
+which holds the auditor's deadline until the output is served. The node
+must then post the output on the ledger (``serve_data``) within the
+availability window, where the validator reads it and audits as usual (with
+a fresh deadline); if it does not, the ledger slashes it S and refunds the
+client. A duty that cannot be done while it is still awaited is answered
+INCONCLUSIVE, which slashes nobody and spares the liveness penalty.
 
 A committee member needs the same tokens, and the rules take no report while
 a dispute is open. The output is self-authenticating (it must hash to the
@@ -98,7 +101,7 @@ from protocol.net.gossip import drop_reason
 from protocol.net.host import PeerHost
 from protocol.net.http import health_app, metrics_app, serve_http
 from protocol.net.ledger_client import LedgerClient, SignTransaction
-from protocol.net.ledger_replies import Duty
+from protocol.net.ledger_replies import Duty, JobInfo
 from protocol.net.metrics import Metrics
 from protocol.net.standing import Standing
 from protocol.net.supervise import keep_running
@@ -361,9 +364,11 @@ class ValidatorService:
             try:
                 output = await self._output(work)
             except OutputUnavailable as exc:
-                if work.kind == AUDIT:
-                    log.info("audit of job %s stops: %s", work.commitment.job_id.hex()[:16], exc)
+                if not (await self.ledger.job(work.commitment.job_id)).pending:
+                    log.info("%s of job %s stops: %s", work.kind,
+                             work.commitment.job_id.hex()[:16], exc)
                     return None
+                # still awaited: INCONCLUSIVE never slashes, and answering spares the penalty
                 return self._keep(work, ATTEST, self.validator.inconclusive(
                     work.commitment, work.beacon_round, str(exc)), b"")
         started = time.perf_counter()
@@ -423,8 +428,7 @@ class ValidatorService:
         if posted is not None:
             return _posted_output(posted, commitment)
         job = await self.ledger.job(job_id)
-        output = await self._fetch_with_retries(commitment, job.window_end if work.kind == AUDIT
-                                                else None)
+        output = await self._fetch_with_retries(commitment, self._answer_by(work, job))
         if output is not None:
             return output
         if work.kind == VOTE:
@@ -449,10 +453,20 @@ class ValidatorService:
         raise OutputUnavailable("neither the node nor an accuser served the job's output to "
                                 "this committee member, and it is not on the ledger")
 
-    async def _fetch_with_retries(self, commitment: Commitment, report_by: int | None
+    def _answer_by(self, work: Work, job: JobInfo) -> int:
+        """The last round this duty may be answered in: the auditor's deadline (and the job's
+        window, to report in), or the end of the committee's vote window."""
+        status = self.ledger.status
+        if status is None:
+            return work.beacon_round
+        if work.kind == AUDIT:
+            return min(job.window_end, work.beacon_round + status.audit_window)
+        return work.beacon_round + status.vote_window
+
+    async def _fetch_with_retries(self, commitment: Commitment, answer_by: int
                                   ) -> Tensor | None:
-        """The node's output, tried ``FETCH_ATTEMPTS`` times; an auditor stops in time to
-        report it before round ``report_by`` closes the job's window."""
+        """The node's output, tried ``FETCH_ATTEMPTS`` times while a round is left before
+        ``answer_by`` to report it or to ask the accusers."""
         backoff = Backoff(*FETCH_BACKOFF)
         for attempt in range(1, FETCH_ATTEMPTS + 1):
             try:
@@ -462,9 +476,8 @@ class ValidatorService:
                 log.info("fetching the output of job %s from node %s failed (try %d of %d): %s",
                          commitment.job_id.hex()[:16], commitment.node.hex()[:16], attempt,
                          FETCH_ATTEMPTS, exc)
-            if attempt == FETCH_ATTEMPTS or (report_by is not None
-                                             and self.ledger.round >= report_by - 1):
-                break  # keep a round of the challenge window to report in
+            if attempt == FETCH_ATTEMPTS or self.ledger.round >= answer_by - 1:
+                break  # keep a round to report in, or to ask the accusers
             await trio.sleep(backoff.next())
         return None
 

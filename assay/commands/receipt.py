@@ -1,7 +1,9 @@
 """``assay receipt verify FILE``: check a node's saved HTTP response against the ledger.
 
 The response (a JSON body, or the events of a streamed one) carries the
-signed request, the signed commitment and the output (:mod:`protocol.receipt`).
+signed request, the signed commitment and the output (:mod:`protocol.receipt`);
+an ``/v1/embeddings`` answer carries one such receipt per item, and each is
+checked.
 The command checks the signatures, that the output is the committed one and
 is what the response showed, and asks the ledger whether the job is recorded
 with that commitment. Exit status 0 when everything holds, 1 when a check
@@ -21,42 +23,49 @@ def cmd_receipt_verify(args: argparse.Namespace) -> int:
     from assay.arguments import CommandError
     from assay.commands._ledger_call import with_ledger
     from protocol.keys import SigningKey
-    from protocol.receipt import ReceiptError, check_receipt, check_recorded, read_receipt
+    from protocol.receipt import ReceiptError, check_receipt, check_recorded, read_receipts
 
     try:
         saved = Path(args.file).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise CommandError(f"cannot read {args.file}: {exc}") from exc
     try:
-        receipt = read_receipt(saved)
-        check_receipt(receipt)
+        receipts = read_receipts(saved)
+        for receipt in receipts:
+            check_receipt(receipt)
     except ReceiptError as exc:
         print(f"receipt FAILS: {exc}")
         return 1
-    commitment = receipt.commitment
-    print(f"signatures hold; the output is the one node {commitment.node.hex()[:16]}… "
-          f"committed to for job {commitment.job_id.hex()}")
+    for receipt in receipts:
+        commitment = receipt.commitment
+        print(f"signatures hold; the output is the one node {commitment.node.hex()[:16]}… "
+              f"committed to for job {commitment.job_id.hex()}")
     if args.offline:
         return 0
     if not args.ledger:
         raise CommandError("give --ledger ADDRESS to check the job is recorded, or --offline")
 
-    async def recorded(client: Any) -> Any:
-        job = await client.job(commitment.job_id)
-        if not job.found and args.record:
-            await client.call("record_job", request=receipt.request.encode(),
-                              commitment=commitment.encode())
-            print("the job was not recorded; recorded it from the receipt")
-            job = await client.job(commitment.job_id)
-        return job
+    async def recorded(client: Any) -> list[Any]:
+        jobs = []
+        for receipt in receipts:
+            job = await client.job(receipt.commitment.job_id)
+            if not job.found and args.record:
+                await client.call("record_job", request=receipt.request.encode(),
+                                  commitment=receipt.commitment.encode())
+                print("the job was not recorded; recorded it from the receipt")
+                job = await client.job(receipt.commitment.job_id)
+            jobs.append(job)
+        return jobs
 
-    job = with_ledger(SigningKey.generate(), args.ledger, recorded)
+    jobs = with_ledger(SigningKey.generate(), args.ledger, recorded)
     try:
-        check_recorded(receipt, job)
+        for receipt, job in zip(receipts, jobs, strict=True):
+            check_recorded(receipt, job)
     except ReceiptError as exc:
         print(f"receipt FAILS: {exc}")
         return 1
-    print(f"recorded on the ledger in round {job.recorded_round} (status {job.status})")
+    for job in jobs:
+        print(f"recorded on the ledger in round {job.recorded_round} (status {job.status})")
     return 0
 
 

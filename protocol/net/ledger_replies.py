@@ -51,6 +51,9 @@ class Status:
     """The network's id, which every signed message and account transaction names (empty
     before the genesis)."""
     audit_window: int
+    """Rounds an assigned auditor has to answer..."""
+    vote_window: int
+    """...and a committee to vote, before the silent pay the liveness penalty."""
     sample_ppm: int
     committee_size: int
     challenge_window: int
@@ -71,6 +74,7 @@ class Status:
             round=get(reply, "round", _round, w), beacon_key=get(reply, "beacon_key", blob, w),
             chain_id=get(reply, "chain_id", digest_or_empty, w),
             audit_window=get(reply, "audit_window", uint, w),
+            vote_window=get(reply, "vote_window", uint, w),
             sample_ppm=get(reply, "sample_ppm", uint, w),
             committee_size=get(reply, "committee_size", uint, w),
             challenge_window=get(reply, "challenge_window", uint, w),
@@ -317,13 +321,6 @@ def parse_beacon(reply: Mapping[str, Any]) -> tuple[bytes, bytes] | None:
     if not get(reply, "found", boolean, w):
         return None
     return get(reply, "signature", blob, w), get(reply, "randomness", sized(32), w)
-
-
-def parse_jobs_page(reply: Mapping[str, Any]) -> tuple[list[bytes], int, int]:
-    """(commitments, cursor, length) of one ``jobs_since`` page."""
-    w = "ledger jobs_since"
-    return (get(reply, "jobs", items(blob, MAX_LISTED), w), get(reply, "cursor", uint, w),
-            get(reply, "length", uint, w))
 
 
 def parse_challenges(reply: Mapping[str, Any]) -> list[bytes]:
