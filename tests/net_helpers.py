@@ -247,7 +247,7 @@ async def network(tmp: Path, nursery: trio.Nursery,
                       for i in range(len(validator_classes))]
     ledger_key = SigningKey.derive("net/ledger")
     merged = {**LedgerParams.default().__dict__, "committee_size": 1, "sample_ppm": 1_000_000,
-              "challenge_window": 8, "audit_window": 8, "vote_window": 8,
+              "challenge_window": 8, "audit_window": 12, "vote_window": 12,
               "unbonding_period": 100, **params}
     accounts = [k.public.raw for k in (*node_keys, *validator_keys, CLIENT)] + list(funded)
     genesis = Genesis(params=safe_params(LedgerParams(**merged)),

@@ -22,8 +22,8 @@ commitment are taken from the ledger's record (``job_data``), so ``exact``,
 ``tensor`` and zk jobs are re-executed whatever the node does. An ``llm``
 audit also needs the tokens the node served: the validator fetches them
 (``FETCH_ATTEMPTS`` tries with backoff, each reply schema-checked and its
-output hashed against the commitment, while a round is left before the
-auditor's deadline and the job's window close), and a node that withholds
+output hashed against the commitment, while ``ANSWER_MARGIN`` rounds are left
+before the auditor's deadline and the job's window close), and a node that withholds
 them, or answers with anything else (an error, a missing or mistyped field,
 garbage, another output), is reported: a signed ``report_unavailable``,
 which holds the auditor's deadline until the output is served. The node
@@ -130,6 +130,10 @@ INCONCLUSIVE: a job that kills the process must not do so forever."""
 FETCH_ATTEMPTS = 4
 FETCH_BACKOFF = (0.25, 2.0)
 FETCH_TIMEOUT_S = 5.0
+ANSWER_MARGIN = 2
+"""Rounds kept before a duty's deadline for what follows a failed fetch (the report, or the
+accusers' copy): the ledger's round is known to a status refresh late. Reporting early costs
+an honest node nothing but posting its output."""
 SERVED_POLL_S = 0.5
 READY_REFRESH_S = 1.0
 
@@ -465,8 +469,8 @@ class ValidatorService:
 
     async def _fetch_with_retries(self, commitment: Commitment, answer_by: int
                                   ) -> Tensor | None:
-        """The node's output, tried ``FETCH_ATTEMPTS`` times while a round is left before
-        ``answer_by`` to report it or to ask the accusers."""
+        """The node's output, tried ``FETCH_ATTEMPTS`` times while ``ANSWER_MARGIN`` rounds are
+        left before ``answer_by`` to report it or to ask the accusers."""
         backoff = Backoff(*FETCH_BACKOFF)
         for attempt in range(1, FETCH_ATTEMPTS + 1):
             try:
@@ -476,8 +480,8 @@ class ValidatorService:
                 log.info("fetching the output of job %s from node %s failed (try %d of %d): %s",
                          commitment.job_id.hex()[:16], commitment.node.hex()[:16], attempt,
                          FETCH_ATTEMPTS, exc)
-            if attempt == FETCH_ATTEMPTS or self.ledger.round >= answer_by - 1:
-                break  # keep a round to report in, or to ask the accusers
+            if attempt == FETCH_ATTEMPTS or self.ledger.round >= answer_by - ANSWER_MARGIN:
+                break  # keep time to report, or to ask the accusers
             await trio.sleep(backoff.next())
         return None
 

@@ -2,9 +2,12 @@
 
 Nodes and validators poll their own account (``STANDING_INTERVAL_S``) and
 answer ``/health`` from what the ledger last said, not from what they did at
-start: a node slashed out while running must stop saying "ready". A drop in
-stake or a new offence is logged at WARNING with the ledger's evidence for it
-(``offences``), so an operator learns of a slash from the node's own log.
+start: a node slashed out while running must stop saying "ready". A new
+offence is logged at WARNING with the ledger's evidence for it (``offences``),
+so an operator learns of a slash from the node's own log; so is a liveness
+penalty (stake taken and jailed with no offence: an audit or vote the ledger
+awaited did not come in time). A drop in stake that is neither (unbonding)
+is not a warning.
 
 Bonding retries with capped exponential backoff and says why it waits (most
 often an account with too few tokens, and how to fund one).
@@ -64,8 +67,13 @@ class Standing:
         if before is None:
             return
         old, new = before.standing(self.role), info.standing(self.role)
-        if new.stake < old.stake or new.offences > old.offences:
+        if new.offences > old.offences:
             await self._report_offences(old.stake, new.stake)
+        elif new.stake < old.stake and new.jailed_until > old.jailed_until:
+            self.log.warning(
+                "paid the liveness penalty as a %s: stake %d -> %d, jailed until round %d; the "
+                "ledger awaited an audit or a vote from this account that did not come in time",
+                self.role, old.stake, new.stake, new.jailed_until)
 
     async def _report_offences(self, old_stake: int, new_stake: int) -> None:
         try:
