@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import signal
+import sqlite3
 import threading
 import time
 import urllib.request
@@ -278,8 +279,14 @@ def test_sigkill_mid_job_gives_a_clear_error_and_the_node_rejoins(net: devnet.De
         devnet.wait_healthy(net, [victim], timeout=90)
     assert errors, "every job finished before its kill landed"
     assert isinstance(errors[0], openai.APIConnectionError), errors[0]
-    # the ledger's log still verifies, and the node comes back and serves again
-    with Ledger.open(Path(net.directory) / "ledger.sqlite") as ledger:
+    # the ledger's log still verifies (a consistent copy: the ledger appends a round a second,
+    # and a replay that outlasts one would race it), and the node comes back and serves again
+    copy = Path(net.directory) / "ledger-copy.sqlite"
+    live, snapshot = sqlite3.connect(Path(net.directory) / "ledger.sqlite"), sqlite3.connect(copy)
+    live.backup(snapshot)
+    live.close()
+    snapshot.close()
+    with Ledger.open(copy) as ledger:
         assert ledger.verify() > 0
     devnet.start(net, victim)
     devnet.wait_healthy(net, [victim], timeout=90)
