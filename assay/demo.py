@@ -418,7 +418,7 @@ class DemoNetwork:
     def request(self, index: int, node: InferenceNode, client: SigningKey,
                 rng: random.Random, nonce: int) -> JobRequest:
         model_id = self.model_ids[index % len(self.model_ids)]
-        params: tuple[tuple[str, int | str], ...] = ()
+        params: tuple[tuple[str, int | str | bytes], ...] = ()
         if self.config.llm:
             job = LLMJob(LLM_DEMO_NEW_TOKENS, "float32", SamplingParams(seed=rng.randrange(2**63)))
             params = tuple(job.to_params().items())

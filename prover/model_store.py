@@ -9,13 +9,18 @@ A model directory holds ``model.safetensors`` (the state dict) and one of:
   (``mlp-int8``/``cnn-int8``, :mod:`prover.integer`) have ``"dtype": "int8"``
   and a config with a ``quantization`` block;
 - ``config.json``, written by transformers' ``save_pretrained(...,
-  safe_serialization=True)`` for a GPT-2 or Llama causal LM, recognised by its
-  ``model_type``.
+  safe_serialization=True)`` for any causal LM that transformers'
+  ``AutoModelForCausalLM`` builds from its own code (Llama, Qwen2/3, Mistral,
+  Gemma 2/3, Phi-3, GPT-2, SmolLM, …), recognised by its ``model_type``, with
+  the weights in ``model.safetensors`` or in shards listed by
+  ``model.safetensors.index.json``; or by sentence-transformers for a BERT
+  embedder.
 
-Loading only parses JSON and safetensors: the architecture is one of ours,
-built from the config by :func:`prover.zoo.architecture`, so nothing in the
-directory is executed or unpickled (an ``auto_map`` in ``config.json`` is
-ignored).
+Loading only parses JSON and safetensors: zoo models are built from the
+config by :func:`prover.zoo.architecture`, checkpoints by transformers' own
+classes for their ``model_type`` with ``trust_remote_code`` off, so nothing
+in the directory is executed or unpickled (an ``auto_map`` in
+``config.json`` is never followed) and nothing is downloaded.
 
 The model id is::
 
@@ -26,7 +31,14 @@ The model id is::
         "weights": sha256(bytes of model.safetensors),
     }))
 
-with ``encode`` the canonical msgpack of :mod:`protocol.codec`. The config goes
+with ``encode`` the canonical msgpack of :mod:`protocol.codec`. A sharded
+checkpoint's ``weights`` is the SHA-256 of the canonical map of each shard's
+file name to its SHA-256. A directory with a ``tokenizer.json`` adds
+``"tokenizer": sha256(tokenizer.json)``: the tokenizer decides where a stop
+string ends a generation, so node and validator must hold the same one. A
+directory converted from a GGUF file (:mod:`prover.gguf`, marked by
+``assay-gguf.json``) has the id of the file itself: ``kind`` ``"gguf"``, an
+empty config and ``weights`` the SHA-256 of the ``.gguf`` file. The config goes
 in as a JSON string because canonical messages carry no floats and model
 configs have some (``layer_norm_epsilon``). The id is computed from the files
 as stored, so it survives any number of save/load round trips, and any change
@@ -65,6 +77,10 @@ META_FORMAT = 1
 RUN_DTYPE = "float32"
 INTEGER_DTYPE = "int8"
 TRANSFORMERS_BOOKKEEPING_KEYS = ("transformers_version", "_name_or_path")
+SHARD_INDEX_FILE = f"{WEIGHTS_FILE}.index.json"
+TOKENIZER_FILE = "tokenizer.json"
+GGUF_MARKER_FILE = "assay-gguf.json"
+GGUF_KIND = "gguf"
 
 
 class ModelDirectoryError(ValueError):
@@ -126,13 +142,24 @@ def _assay_meta(path: Path) -> ModelMeta:
     return ModelMeta(kind=kind, config=config, dtype=dtype, source=META_FILE)
 
 
+def is_causal_lm_kind(kind: str) -> bool:
+    """A zoo causal LM, or a ``model_type`` transformers' ``AutoModelForCausalLM`` builds."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return kind in zoo.CAUSAL_LM_KINDS or (
+        kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in zoo.EMBEDDER_KINDS
+    )
+
+
 def _transformers_meta(path: Path) -> ModelMeta:
     config = _read_json_object(path)
     kind = config.get("model_type")
-    supported = (*zoo.CAUSAL_LM_KINDS, *zoo.EMBEDDER_KINDS)
-    if kind not in supported:
+    if not isinstance(kind, str) or not (kind in zoo.EMBEDDER_KINDS or is_causal_lm_kind(kind)):
         raise ModelDirectoryError(
-            f"{path}: model_type {kind!r} is not supported; expected one of {list(supported)}"
+            f"{path}: model_type {kind!r} is not supported; expected a causal LM that "
+            f"transformers builds itself (such as {list(zoo.CAUSAL_LM_KINDS)}, qwen2, qwen3, "
+            f"mistral, gemma2, gemma3_text, phi3) or a sentence embedder "
+            f"({list(zoo.EMBEDDER_KINDS)})"
         )
     for key in TRANSFORMERS_BOOKKEEPING_KEYS:
         config.pop(key, None)
@@ -176,28 +203,82 @@ def read_meta(directory: Path) -> ModelMeta:
 def _weights_path(directory: Path) -> Path:
     path = directory / WEIGHTS_FILE
     if not path.is_file():
-        sharded = (directory / f"{WEIGHTS_FILE}.index.json").is_file()
-        hint = "; sharded checkpoints are not supported" if sharded else ""
-        raise ModelDirectoryError(f"{directory} has no {WEIGHTS_FILE}{hint}")
+        raise ModelDirectoryError(f"{directory} has no {WEIGHTS_FILE}")
     return path
 
 
-def _file_sha256(path: Path) -> bytes:
+def _shard_paths(directory: Path) -> list[Path]:
+    """The shard files a ``model.safetensors.index.json`` names, each checked to exist."""
+    index = _read_json_object(directory / SHARD_INDEX_FILE)
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ModelDirectoryError(f"{directory / SHARD_INDEX_FILE} has no weight_map")
+    shards = []
+    for name in sorted(set(weight_map.values())):
+        path = directory / str(name)
+        if Path(str(name)).name != name or not path.is_file():
+            raise ModelDirectoryError(
+                f"{directory / SHARD_INDEX_FILE} names shard {name!r}, which is not a file there"
+            )
+        shards.append(path)
+    return shards
+
+
+def file_sha256(path: Path) -> bytes:
     with path.open("rb") as f:
         return hashlib.file_digest(f, "sha256").digest()
+
+
+def weights_sha256(directory: Path) -> bytes:
+    """SHA-256 of ``model.safetensors``, or of the map of shard names to their SHA-256."""
+    directory = Path(directory)
+    if not (directory / WEIGHTS_FILE).is_file() and (directory / SHARD_INDEX_FILE).is_file():
+        return sha256(encode({p.name: file_sha256(p) for p in _shard_paths(directory)}))
+    return file_sha256(_weights_path(directory))
 
 
 def model_id(directory: Path) -> bytes:
     """The content-addressed id of the model stored in ``directory``."""
     directory = Path(directory)
     meta = read_meta(directory)
-    return compute_model_id(meta.kind, meta.config, _file_sha256(_weights_path(directory)))
+    weights = weights_sha256(directory)
+    if (directory / GGUF_MARKER_FILE).is_file():
+        return _gguf_id(directory, weights)
+    tokenizer = directory / TOKENIZER_FILE
+    if meta.source == TRANSFORMERS_CONFIG_FILE and tokenizer.is_file() and \
+            is_causal_lm_kind(meta.kind):
+        return sha256(encode({"config": canonical_config_json(meta.config), "kind": meta.kind,
+                              "tokenizer": file_sha256(tokenizer), "weights": weights}))
+    return compute_model_id(meta.kind, meta.config, weights)
+
+
+def gguf_model_id(gguf_sha256: bytes) -> bytes:
+    """The id of a model converted from a GGUF file whose SHA-256 is ``gguf_sha256``."""
+    return compute_model_id(GGUF_KIND, {}, gguf_sha256)
+
+
+def _gguf_id(directory: Path, weights: bytes) -> bytes:
+    """The GGUF file's id, once the converted weights are checked against the marker."""
+    marker = _read_json_object(directory / GGUF_MARKER_FILE)
+    try:
+        source = bytes.fromhex(str(marker["gguf_sha256"]))
+        converted = bytes.fromhex(str(marker["weights_sha256"]))
+    except (KeyError, ValueError) as exc:
+        raise ModelDirectoryError(f"{directory / GGUF_MARKER_FILE} is malformed: {exc}") from exc
+    if converted != weights:
+        raise ModelDirectoryError(
+            f"{directory / WEIGHTS_FILE} is not the conversion {directory / GGUF_MARKER_FILE} "
+            "records: convert the GGUF file again"
+        )
+    return gguf_model_id(source)
 
 
 def load_model(directory: Path) -> tuple[nn.Module, ModelMeta]:
     """Rebuild the architecture from the config and load the weights: eval mode, float32, CPU."""
     directory = Path(directory)
     meta = read_meta(directory)
+    if meta.source == TRANSFORMERS_CONFIG_FILE and is_causal_lm_kind(meta.kind):
+        return _load_causal_lm(directory, meta), meta
     weights = _weights_path(directory)
     try:
         module = zoo.architecture(meta.kind, meta.config)
@@ -220,6 +301,38 @@ def load_model(directory: Path) -> tuple[nn.Module, ModelMeta]:
     if kind_is_integer(meta.kind):
         return module.eval(), meta
     return module.to(torch.float32).eval(), meta
+
+
+def _load_causal_lm(directory: Path, meta: ModelMeta) -> nn.Module:
+    """A ``save_pretrained`` causal LM, built by transformers' own class for its model_type.
+
+    ``trust_remote_code`` is off and ``local_files_only`` on: an ``auto_map`` is never
+    followed, nothing is fetched, and only safetensors weights are read.
+    """
+    from transformers import AutoModelForCausalLM
+
+    if not (directory / WEIGHTS_FILE).is_file() and not (directory / SHARD_INDEX_FILE).is_file():
+        raise ModelDirectoryError(f"{directory} has no {WEIGHTS_FILE}")
+    weights_sha256(directory)  # every shard named is there
+    try:
+        module, info = AutoModelForCausalLM.from_pretrained(
+            directory, local_files_only=True, trust_remote_code=False, use_safetensors=True,
+            dtype=torch.float32, attn_implementation=zoo.ATTENTION_IMPLEMENTATION,
+            output_loading_info=True,
+        )
+    except Exception as exc:  # an untrusted checkpoint can fail anywhere in transformers
+        raise ModelDirectoryError(
+            f"{directory} does not load as a {meta.kind} causal LM: {exc}"
+        ) from exc
+    missing = sorted(info.get("missing_keys", ()))
+    mismatched = sorted(str(k) for k in info.get("mismatched_keys", ()))
+    if missing or mismatched:
+        raise ModelDirectoryError(
+            f"{directory} does not hold the weights of this {meta.kind} model: missing keys "
+            f"{missing}, mismatched shapes {mismatched}"
+        )
+    loaded: nn.Module = module.to(torch.float32).eval()
+    return loaded
 
 
 def kind_is_integer(kind: str) -> bool:

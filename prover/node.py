@@ -38,8 +38,8 @@ from protocol.keys import SigningKey
 from protocol.messages import Commitment, JobRequest
 from prover.adversary import CheatStrategy
 from prover.llm.commit import run_llm_job
-from prover.llm.generate import LLM
 from prover.llm.job import Calibration, calibration_from_params
+from prover.llm.model import LLM, load_llm
 from prover.model_store import load_model
 from prover.registry import ModelRegistry
 from prover.runtime import DeterministicRuntime
@@ -105,7 +105,10 @@ def load_registered_llms(registry: ModelRegistry) -> dict[bytes, tuple[LLM, Cali
     for entry in registry.list():
         if entry.mode == LLM_MODE:
             module = load_model(Path(entry.path))[0]
-            llms[entry.model_id] = (LLM(module), calibration_from_params(entry.params))
+            template = entry.params.get("chat_template")
+            llm = load_llm(Path(entry.path), module,
+                           chat_template=template if isinstance(template, str) else None)
+            llms[entry.model_id] = (llm, calibration_from_params(entry.params))
     return llms
 
 
@@ -173,7 +176,9 @@ class InferenceNode:
         if self.cheat is not None:
             module = self.cheat.choose_model(request, llm.module)
             if module is not llm.module:
-                llm = self._substitute_llms.setdefault(id(module), LLM(module))
+                if id(module) not in self._substitute_llms:
+                    self._substitute_llms[id(module)] = LLM(module, tokenizer=llm.tokenizer)
+                llm = self._substitute_llms[id(module)]
         started = time.perf_counter()
         try:
             result = run_llm_job(llm, request, calibration, attention=self.llm_attention,

@@ -6,7 +6,10 @@ One JSON file, ``registry.json``, in the registry root::
                                                  "added_at", "params"}}}
 
 ``add`` loads a directory before it is listed, so every entry names a model
-that loaded when it was added. ``params`` holds per-model settings that later
+that loaded when it was added. A ``.gguf`` file is converted first
+(:mod:`prover.gguf`) into ``converted/`` under the registry root, and the
+entry points at the conversion, with the file's path and SHA-256 in
+``params["gguf"]``. ``params`` holds per-model settings that later
 stages fill in (calibrated tolerances for the ``tensor`` and ``llm`` modes)
 and is carried through every rewrite. The file is replaced atomically (temp
 file, fsync, ``os.replace``), so a failed or interrupted call leaves it as it
@@ -19,6 +22,7 @@ import builtins
 import dataclasses
 import json
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Mapping
@@ -26,9 +30,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from prover import model_store, zoo
+from prover import gguf, model_store, zoo
 
 MODES = ("exact", "llm", "tensor", "zk")
+CONVERTED_DIR = "converted"
 REGISTRY_FILE = "registry.json"
 REGISTRY_VERSION = 1
 
@@ -84,16 +89,37 @@ class FloatModelNotExact(ModelRegistryError):
     """A float checkpoint offered to the exact mode: its bits differ between honest machines."""
 
 
-def default_mode(kind: str) -> str:
-    """``exact`` for an integer model, ``tensor`` for a float one."""
-    return "exact" if kind in zoo.INTEGER_KINDS else "tensor"
+def default_mode(kind: str, source: str = "") -> str:
+    """``exact`` for an integer model, ``llm`` for a transformers causal LM checkpoint,
+    ``tensor`` for any other float model."""
+    if kind in zoo.INTEGER_KINDS:
+        return "exact"
+    if source == model_store.TRANSFORMERS_CONFIG_FILE and model_store.is_causal_lm_kind(kind):
+        return "llm"
+    return "tensor"
+
+
+def _check_llm_loads(directory: Path, module: Any, params: Mapping[str, Any]) -> None:
+    """An llm model must run as the mode runs it, with a tokenizer and a chat template that
+    load (``params["chat_template"]``, when given, overrides the model's)."""
+    from prover.llm.model import UnsupportedArchitecture, load_llm
+    from prover.llm.tokenizer import TokenizerError
+
+    template = params.get("chat_template")
+    if template is not None and not isinstance(template, str):
+        raise ModelRegistryError("params chat_template must be the template's text")
+    try:
+        load_llm(directory, module, chat_template=template)
+    except (TokenizerError, UnsupportedArchitecture) as exc:
+        raise ModelRegistryError(f"cannot register {directory} in mode 'llm': {exc}") from exc
 
 
 def _check_mode_fits(mode: str, kind: str) -> None:
-    if mode == "llm" and kind not in zoo.CAUSAL_LM_KINDS:
+    if mode == "llm" and not model_store.is_causal_lm_kind(kind):
         raise ModelRegistryError(
             f"mode 'llm' generates text and needs a causal LM "
-            f"({list(zoo.CAUSAL_LM_KINDS)}); this model is a {kind}"
+            f"({list(zoo.CAUSAL_LM_KINDS)} or a transformers checkpoint of one); "
+            f"this model is a {kind}"
         )
     if mode == "exact" and kind not in zoo.INTEGER_KINDS:
         raise FloatModelNotExact(
@@ -107,6 +133,14 @@ def _check_mode_fits(mode: str, kind: str) -> None:
         raise ModelRegistryError(
             f"a {kind} model is an integer model, judged bit for bit: register it with --mode exact"
         )
+
+
+def _default_name(directory: Path, params: Mapping[str, Any]) -> str:
+    """The directory's name, or a GGUF file's name without ``.gguf``."""
+    source = params.get("gguf")
+    if isinstance(source, dict) and "file" in source:
+        return Path(str(source["file"])).stem
+    return directory.name
 
 
 def _id_hex(model_id: bytes | str) -> str:
@@ -171,14 +205,37 @@ class ModelRegistry:
         directory = Path(directory).resolve()
         if mode is not None and mode not in MODES:
             raise ModelRegistryError(f"unknown mode {mode!r}; expected one of {list(MODES)}")
+        params = dict(params or {})
+        converted: Path | None = None
         try:
-            _, meta = model_store.load_model(directory)
+            if gguf.is_gguf_file(directory):
+                source = directory
+                try:
+                    existed = gguf.conversion_exists(source, self.root / CONVERTED_DIR)
+                    directory = gguf.convert_gguf(source, self.root / CONVERTED_DIR)
+                except model_store.ModelDirectoryError as exc:
+                    raise ModelRegistryError(f"cannot register {source}: {exc}") from exc
+                converted = None if existed else directory
+                params["gguf"] = {"file": str(source),
+                                  "sha256": model_store.file_sha256(source).hex()}
+            return self._add(directory, mode, name, params)
+        except BaseException:
+            if converted is not None:
+                shutil.rmtree(converted, ignore_errors=True)  # nothing registered, nothing left
+            raise
+
+    def _add(self, directory: Path, mode: str | None, name: str | None,
+             params: dict[str, Any]) -> RegistryEntry:
+        try:
+            module, meta = model_store.load_model(directory)
             model_id = model_store.model_id(directory)
         except model_store.ModelDirectoryError as exc:
             raise ModelRegistryError(f"cannot register {directory}: {exc}") from exc
-        mode = mode if mode is not None else default_mode(meta.kind)
+        if mode is None:
+            mode = default_mode(meta.kind, meta.source)
         _check_mode_fits(mode, meta.kind)
-        params = dict(params or {})
+        if mode == "llm":
+            _check_llm_loads(directory, module, params)
         try:
             json.dumps(params, allow_nan=False)
         except (TypeError, ValueError) as exc:
@@ -195,7 +252,7 @@ class ModelRegistry:
             path=directory,
             mode=mode,
             kind=meta.kind,
-            name=name if name is not None else directory.name,
+            name=name if name is not None else _default_name(directory, params),
             added_at=int(time.time()),
             params=params,
         )

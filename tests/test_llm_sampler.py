@@ -14,8 +14,9 @@ from prover import zoo
 from prover.llm.generate import LLM, generate
 from prover.llm.job import LLMJob
 from prover.llm.sampler import (
-    Sampler,
+    NoiseStream,
     SamplingParams,
+    choose_scaled,
     choose_tokens,
     gumbel_noise,
     hash_words,
@@ -90,23 +91,24 @@ def test_top_k_and_top_p_keep_the_right_tokens() -> None:
     assert keep_p.tolist() == [[True, True, True, False]]
 
 
-def test_prepared_sampler_chooses_exactly_what_choose_tokens_does() -> None:
-    """The node's batched Sampler is an optimisation of the definition, not a new sampler."""
+def test_streamed_noise_chooses_exactly_what_choose_tokens_does() -> None:
+    """The node's per-job noise streams, read at each job's own step, are the definition."""
     params = [SamplingParams(seed=3, temperature_milli=0),
               SamplingParams(seed=4, temperature_milli=700, top_k=40),
               SamplingParams(seed=5, temperature_milli=1000, top_p_ppm=900_000),
               SamplingParams(seed=6, temperature_milli=1300)]
-    steps = [10, 20, 15, 20]
-    sampler = Sampler(params, steps, 256)
+    streams = [NoiseStream(p, 256) for p in params]
+    offsets = [0, 3, 17, 40]  # jobs that joined at different times, at different positions
     g = torch.Generator().manual_seed(0)
-    for step in range(20):
+    for step in range(40):
         logits = 3 * torch.randn(4, 256, generator=g, dtype=torch.float64)
-        noise = torch.stack([gumbel_noise(p.seed, 1, 256, start=step)[0] for p in params])
-        live = torch.tensor([step < n for n in steps])
-        reference = choose_tokens(logits, noise, params)
-        assert torch.equal(sampler.choose(logits, step)[live], reference[live]), step
-    plain = Sampler(params[3:], [20], 256)  # no filters: one add and an argmax
-    assert not plain.filtered
+        positions = [step + o for o in offsets]
+        noise = torch.stack([gumbel_noise(p.seed, 1, 256, start=i)[0]
+                             for p, i in zip(params, positions, strict=True)])
+        scaled = torch.stack([s.scaled(i) for s, i in zip(streams, positions, strict=True)])
+        assert torch.equal(choose_scaled(logits, scaled, params),
+                           choose_tokens(logits, noise, params)), step
+    assert torch.equal(streams[1].scaled(2), 0.7 * gumbel_noise(4, 1, 256, start=2)[0])
 
 
 def test_greedy_ignores_the_noise() -> None:

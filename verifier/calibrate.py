@@ -55,7 +55,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from prover.llm.generate import LLM, Generated, generate, prefill
+from prover.llm.engine import Generated
+from prover.llm.generate import generate, prefill
 from prover.llm.job import (
     DTYPES,
     GAP_SUM_TOKENS,
@@ -65,6 +66,7 @@ from prover.llm.job import (
     LLMJob,
     Tolerances,
 )
+from prover.llm.model import LLM
 from prover.llm.sampler import SamplingParams, choose_tokens, gumbel_noise, kept_mask
 from prover.llm.sketch import MAX_EXP, MIN_EXP, block_values
 from verifier.llm import EXCESS_TOL, sampling_gaps, top_p_excess
@@ -248,9 +250,9 @@ def measure(
     for (prompt, job), made in zip(jobs, generate_honestly(llm, jobs, setting), strict=True):
         view = prefill(llm, prompt, made.tokens, job.dtype, attention=setting.verifier_attention,
                        threads=setting.verifier_threads)
-        head: torch.nn.Module = llm.variant(job.dtype).get_output_embeddings()  # type: ignore[no-untyped-call]
+        model = llm.variant(job.dtype)
         with torch.inference_mode():
-            node_logits = head(made.hidden).double()
+            node_logits = llm.logits(model, made.hidden.to(llm.device)).cpu()
         noise = gumbel_noise(job.sampling.seed, made.tokens.numel(), llm.vocab_size)
         provisional = PROVISIONAL_TOL[job.dtype]
         gaps = sampling_gaps(view.logits, noise, made.tokens, job.sampling, provisional,

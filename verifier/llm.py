@@ -57,7 +57,7 @@ import torch
 from protocol.codec import Tensor, encode
 from protocol.hashing import sha256
 from protocol.messages import Commitment, JobRequest, Verdict
-from prover.llm.generate import LLM, GenerationError, prefill
+from prover.llm.generate import prefill
 from prover.llm.job import (
     MASS_LEVELS,
     Calibration,
@@ -66,8 +66,11 @@ from prover.llm.job import (
     Tolerances,
     parse_job,
 )
+from prover.llm.model import LLM, GenerationError
 from prover.llm.sampler import SamplingParams, gumbel_noise
 from prover.llm.sketch import BLOCK, SketchError, decode_sketch, deviations
+from prover.llm.text import stop_index
+from prover.llm.tokenizer import Tokenizer
 
 LLM_MODE = "llm"
 SUSPICIOUS = 0.8
@@ -209,18 +212,29 @@ def _output_tokens(output: Tensor, vocab: int) -> torch.Tensor | str:
     return tokens
 
 
-def _length_problem(tokens: torch.Tensor, job: LLMJob) -> str | None:
+def _length_problem(tokens: torch.Tensor, job: LLMJob, tokenizer: Tokenizer | None) -> str | None:
+    """Why the output's length is not the job's, or None.
+
+    A job runs to ``max_new_tokens`` unless a stop token or a stop string ends it; it
+    ends at the first one, so the output's last token is the only one that may end it.
+    """
     n = tokens.numel()
     if n > job.max_new_tokens:
         return f"output has {n} tokens; the job allows {job.max_new_tokens}"
-    if job.stop_token is not None:
-        stops = (tokens == job.stop_token).nonzero()
-        if stops.numel() and int(stops[0, 0]) != n - 1:
-            return f"output continues past the stop token at position {int(stops[0, 0])}"
-        if n < job.max_new_tokens and not stops.numel():
-            return f"output stops after {n} of {job.max_new_tokens} tokens without a stop token"
-    elif n < job.max_new_tokens:
-        return f"output is truncated: {n} of {job.max_new_tokens} tokens"
+    ids = [int(t) for t in tokens]
+    stops = [i for i, t in enumerate(ids[:-1]) if t in job.stop_tokens]
+    if stops:
+        return f"output continues past the stop token at position {stops[0]}"
+    ended = ids[-1] in job.stop_tokens
+    if job.stop_strings:
+        assert tokenizer is not None  # the caller checked
+        at = stop_index(tokenizer, ids, job.stop_strings)
+        if at is not None and at < n:
+            return f"output continues past a stop string completed at position {at - 1}"
+        ended = ended or at == n
+    if n < job.max_new_tokens and not ended:
+        return (f"output stops after {n} of {job.max_new_tokens} tokens without a stop token "
+                "or stop string")
     return None
 
 
@@ -261,7 +275,9 @@ def verify_generation(
     if isinstance(tokens, str):
         return _fraud(f"committed output is not a generation: {tokens}", 0)
     n = tokens.numel()
-    problem = _length_problem(tokens, job)
+    if job.stop_strings and llm.tokenizer is None:
+        return _inconclusive("the job has stop strings and the validator lacks the tokenizer")
+    problem = _length_problem(tokens, job, llm.tokenizer)
     if problem is not None:
         return _fraud(problem, n)
     try:

@@ -18,8 +18,8 @@ from torch import nn
 
 from protocol.codec import Tensor
 from protocol.messages import Commitment, JobRequest, Verdict
-from prover.llm.generate import LLM
 from prover.llm.job import DEFAULT_CALIBRATION, Calibration
+from prover.llm.model import LLM
 from prover.node import tensor_hash
 from prover.runtime import DeterministicRuntime
 from verifier.llm import verify_generation

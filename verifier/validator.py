@@ -25,8 +25,8 @@ from torch import nn
 from protocol.codec import Tensor
 from protocol.keys import SigningKey
 from protocol.messages import Attestation, Commitment, Evidence, JobRequest, Offence, Verdict
-from prover.llm.generate import LLM
 from prover.llm.job import Calibration
+from prover.llm.model import LLM
 from prover.node import EXACT_MODE
 from prover.runtime import DeterministicRuntime
 from prover.tensor import TENSOR_MODE, TensorModel

@@ -36,8 +36,8 @@ def find_entry(registry: Any, model: str) -> Any:
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from assay.arguments import CommandError
-    from prover.llm.generate import LLM
     from prover.llm.job import GAP_SUM_TOKENS, REGISTRY_KEY
+    from prover.llm.model import LLM
     from prover.model_store import load_model
     from prover.registry import ModelRegistry, default_registry_root
     from verifier.calibrate import calibrate

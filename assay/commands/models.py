@@ -1,7 +1,12 @@
 """``assay models``: the local model registry (add, remove, list, run, build a zoo model).
 
 ``add`` lists a model directory under a verification mode. With no ``--mode``
-an integer model is ``exact`` and a float one ``tensor``. A float checkpoint
+an integer model is ``exact``, a transformers causal LM (a ``save_pretrained``
+directory of any architecture ``AutoModelForCausalLM`` builds, with its
+``tokenizer.json`` and chat template) ``llm``, and any other float model
+``tensor``. A ``.gguf`` file is dequantised to a float32 directory under the
+registry (:mod:`prover.gguf`) and listed under the file's own hash;
+``--chat-template`` overrides an llm model's template, as vLLM's does. A float checkpoint
 offered to the exact mode is refused unless ``--quantize`` turns it into its
 integer twin (:mod:`prover.integer`): written beside the registry under
 ``quantized/``, registered instead of the float model, with the accuracy it
@@ -73,13 +78,25 @@ def cmd_models_add(args: argparse.Namespace) -> int:
         if args.mode != "tensor":
             raise CommandError("--dtype applies to the tensor mode: pass --mode tensor")
         params["dtype"] = args.dtype
+    if args.chat_template is not None:
+        from prover.llm.tokenizer import TokenizerError, read_chat_template
+
+        try:
+            params["chat_template"] = read_chat_template(args.chat_template)
+        except TokenizerError as exc:
+            raise CommandError(str(exc)) from exc
     mode = "exact" if args.quantize else args.mode
+    if args.chat_template is not None and mode not in (None, "llm"):
+        raise CommandError("--chat-template applies to the llm mode")
     entry = registry.add(directory, mode=mode, name=args.name, params=params)
     print(f"registered {entry.name} ({entry.kind}, mode {entry.mode}) as {entry.model_id.hex()}")
     if entry.mode == "tensor":
         print(f"measure its honest variation before validators can judge it: "
               f"assay calibrate {entry.name}")
-    if args.suggest and not args.quantize:
+    if entry.mode == "llm":
+        print(f"measure its honest variation before validators judge its bfloat16 jobs: "
+              f"assay calibrate {entry.name}")
+    elif args.suggest and not args.quantize:
         from assay.commands.zk import print_mode_suggestion
 
         print_mode_suggestion(entry.path, args.latency)
@@ -227,11 +244,20 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     models = commands.add_parser("models", help="the local model registry")
     model_commands = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     registry_help = "registry directory (default: $ASSAY_HOME/models, ASSAY_HOME=~/.assay)"
-    add = model_commands.add_parser("add", help="register a model directory (safetensors)")
-    add.add_argument("directory", help="directory with model.safetensors and its config")
+    add = model_commands.add_parser(
+        "add", help="register a model directory (safetensors) or a .gguf file")
+    add.add_argument(
+        "directory",
+        help="directory with model.safetensors (or its shards) and its config, or a .gguf file "
+             "(converted to float32 under the registry, its SHA-256 recorded)")
     add.add_argument(
         "--mode", default=None, choices=("exact", "llm", "tensor", "zk"),
-        help="verification mode (default: exact for integer models, tensor for float ones)",
+        help="verification mode (default: exact for integer models, llm for transformers causal "
+             "LMs and GGUF files, tensor for other float models)",
+    )
+    add.add_argument(
+        "--chat-template", default=None,
+        help="llm mode: a Jinja chat template (a file or the text) used instead of the model's",
     )
     add.add_argument(
         "--quantize", action="store_true",

@@ -8,8 +8,10 @@ import torch
 
 from protocol.codec import Tensor
 from protocol.messages import JobRequest
-from prover.llm.generate import LLM, Generated, generate
+from prover.llm.engine import Generated
+from prover.llm.generate import generate
 from prover.llm.job import Calibration, LLMJob, parse_job
+from prover.llm.model import LLM
 from prover.llm.sketch import make_sketch
 
 

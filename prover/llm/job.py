@@ -10,10 +10,14 @@ output (no floats travel in messages):
     temperature_milli  T × 1000; 0 is greedy            (default 1000)
     top_k              0 is off                          (default 0)
     top_p_ppm          p × 10⁶; 1000000 is off           (default 1000000)
-    stop_token         optional: generation ends after emitting it
+    stop_tokens        optional bytes: big-endian uint32 token ids, ascending
+                       (at most 16); generation ends after emitting one (EOS)
+    stop_strings       optional bytes: the canonical encoding of a list of 1..4
+                       strings; generation ends at the first token after which
+                       the decoded text contains one (needs the tokenizer)
 
 The output is the generated ids, int64 ``[1, n]``: ``n == max_new_tokens``
-unless the last token is ``stop_token``.
+unless the last token is a stop token or completes a stop string.
 
 :class:`Tolerances` are what a verifier compares against; they are measured
 on honest variation by ``assay calibrate`` and stored in the model's
@@ -30,14 +34,17 @@ from typing import Any
 
 import torch
 
+from protocol.codec import decode, encode
+from protocol.errors import ProtocolError
 from protocol.messages import JobRequest
+from prover.llm.model import DTYPES
 from prover.llm.sampler import PPM, SamplingParams
+from prover.llm.text import check_stop_strings
 
 MAX_NEW_TOKENS = 4096
-DTYPES: Mapping[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-KNOWN_PARAMS = frozenset(
-    {"max_new_tokens", "dtype", "seed", "temperature_milli", "top_k", "top_p_ppm", "stop_token"}
-)
+KNOWN_PARAMS = frozenset({"max_new_tokens", "dtype", "seed", "temperature_milli", "top_k",
+                          "top_p_ppm", "stop_tokens", "stop_strings"})
+MAX_STOP_TOKENS = 16
 REGISTRY_KEY = "llm"
 GAP_SUM_TOKENS = 64
 """The job length ``gap_sum_tau`` is stated for; longer jobs' limits grow in proportion."""
@@ -58,10 +65,11 @@ class LLMJob:
     max_new_tokens: int
     dtype: str
     sampling: SamplingParams
-    stop_token: int | None = None
+    stop_tokens: frozenset[int] = frozenset()
+    stop_strings: tuple[str, ...] = ()
 
-    def to_params(self) -> dict[str, int | str]:
-        params: dict[str, int | str] = {
+    def to_params(self) -> dict[str, int | str | bytes]:
+        params: dict[str, int | str | bytes] = {
             "max_new_tokens": self.max_new_tokens,
             "dtype": self.dtype,
             "seed": self.sampling.seed,
@@ -69,8 +77,10 @@ class LLMJob:
             "top_k": self.sampling.top_k,
             "top_p_ppm": self.sampling.top_p_ppm,
         }
-        if self.stop_token is not None:
-            params["stop_token"] = self.stop_token
+        if self.stop_tokens:
+            params["stop_tokens"] = b"".join(t.to_bytes(4, "big") for t in sorted(self.stop_tokens))
+        if self.stop_strings:
+            params["stop_strings"] = encode(list(self.stop_strings))
         return params
 
     @property
@@ -108,10 +118,35 @@ def parse_job(request: JobRequest) -> LLMJob:
         )
     except ValueError as exc:
         raise LLMJobError(str(exc)) from exc
-    stop = params.get("stop_token")
-    if stop is not None and (not isinstance(stop, int) or isinstance(stop, bool)):
-        raise LLMJobError(f"stop_token must be an integer, got {stop!r}")
-    return LLMJob(max_new_tokens=max_new, dtype=str(dtype), sampling=sampling, stop_token=stop)
+    return LLMJob(max_new_tokens=max_new, dtype=str(dtype), sampling=sampling,
+                  stop_tokens=_stop_tokens(params.get("stop_tokens")),
+                  stop_strings=_stop_strings(params.get("stop_strings")))
+
+
+def _stop_tokens(value: object) -> frozenset[int]:
+    if value is None:
+        return frozenset()
+    if not isinstance(value, bytes) or not value or len(value) % 4 or \
+            len(value) > 4 * MAX_STOP_TOKENS:
+        raise LLMJobError(f"stop_tokens must be 1..{MAX_STOP_TOKENS} big-endian uint32 ids")
+    ids = [int.from_bytes(value[i : i + 4], "big") for i in range(0, len(value), 4)]
+    if ids != sorted(set(ids)):
+        raise LLMJobError("stop_tokens must be ascending, without repeats")
+    return frozenset(ids)
+
+
+def _stop_strings(value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    try:
+        if not isinstance(value, bytes):
+            raise ValueError("it is not bytes")
+        decoded = decode(value)
+        if not isinstance(decoded, list) or not decoded:
+            raise ValueError("it is not a non-empty list")
+        return check_stop_strings(decoded)
+    except (ProtocolError, ValueError) as exc:
+        raise LLMJobError(f"stop_strings must encode a list of 1..4 strings: {exc}") from exc
 
 
 @dataclass(frozen=True)

@@ -181,46 +181,42 @@ def choose_tokens(
     return torch.argmax(scores, dim=-1)
 
 
-class Sampler:
-    """A batch's sampler, prepared once: ``T·g`` for every job and step, and the filters.
+class NoiseStream:
+    """One job's scaled noise ``T·g[i]``, generated ``CHUNK`` steps at a time as it is needed.
 
-    ``choose(logits, step)`` returns exactly :func:`choose_tokens`' tokens
-    (``T·g`` is the same product, added to the same logits), with one add and
-    one argmax per step when no job filters with top-k/top-p. Greedy jobs draw
-    no noise: ``0·g`` adds zero.
+    Row ``i`` is exactly ``T · gumbel_noise(seed, …)[i]``: what :func:`choose_tokens`
+    adds at generated position ``i``. Greedy jobs draw no noise (``0·g`` adds zero).
+    Generating ahead keeps a running job's memory at ``CHUNK × V`` values however long
+    it runs.
     """
 
-    def __init__(self, params: Sequence[SamplingParams], steps: Sequence[int], vocab: int
-                 ) -> None:
-        if len(params) != len(steps):
-            raise ValueError("a sampler needs one step count per job")
-        self.params = list(params)
-        width = max(steps, default=0)
-        self.temperature = torch.tensor([p.temperature for p in params], dtype=torch.float64)
-        rows = []
-        for p, n in zip(params, steps, strict=True):
-            if p.greedy or n == 0:
-                rows.append(torch.zeros((width, vocab), dtype=torch.float64))
-                continue
-            row = gumbel_noise(p.seed, n, vocab).mul_(p.temperature)
-            if n < width:
-                row = torch.cat([row, torch.zeros((width - n, vocab), dtype=torch.float64)])
-            rows.append(row)
-        if len(rows) == 1:
-            self.scaled_noise = rows[0][None]
-        else:
-            self.scaled_noise = (torch.stack(rows) if rows
-                                 else torch.zeros((0, width, vocab), dtype=torch.float64))
-        self._by_step = self.scaled_noise.unbind(1)  # [B, V] views, one per step
-        self._scores = torch.empty((len(rows), vocab), dtype=torch.float64)
-        self.filtered = any(p.top_k > 0 or p.top_p_ppm < PPM for p in params)
-        self.top_k = torch.tensor([p.top_k for p in params], dtype=torch.int64)
-        self.top_p = torch.tensor([p.top_p for p in params], dtype=torch.float64)
+    CHUNK = 16
 
-    def choose(self, logits: torch.Tensor, step: int) -> torch.Tensor:
-        """Token ids ``[B]`` at generated position ``step``, from float64 ``logits`` ``[B, V]``."""
-        scores = torch.add(logits, self._by_step[step], out=self._scores)
-        if self.filtered:
-            keep = kept_mask(logits, self.temperature, self.top_k, self.top_p)
-            scores = scores.masked_fill(~keep, float("-inf"))
-        return torch.argmax(scores, dim=-1)
+    def __init__(self, params: SamplingParams, vocab: int) -> None:
+        self.params = params
+        self.vocab = vocab
+        self._start = -1
+        self._rows = torch.zeros((0, vocab), dtype=torch.float64)
+
+    def scaled(self, step: int) -> torch.Tensor:
+        """``T·g`` at generated position ``step``, float64 ``[V]``."""
+        if self.params.greedy:
+            return torch.zeros(self.vocab, dtype=torch.float64)
+        if not self._start <= step < self._start + self._rows.shape[0]:
+            self._start = step - step % self.CHUNK
+            self._rows = gumbel_noise(self.params.seed, self.CHUNK, self.vocab,
+                                      start=self._start).mul_(self.params.temperature)
+        return self._rows[step - self._start]
+
+
+def choose_scaled(logits: torch.Tensor, scaled_noise: torch.Tensor,
+                  params: Sequence[SamplingParams]) -> torch.Tensor:
+    """:func:`choose_tokens` with the noise already multiplied by each job's temperature."""
+    scores = logits + scaled_noise
+    if any(p.top_k > 0 or p.top_p_ppm < PPM for p in params):
+        temperature = torch.tensor([p.temperature for p in params], dtype=torch.float64)
+        top_k = torch.tensor([p.top_k for p in params], dtype=torch.int64)
+        top_p = torch.tensor([p.top_p for p in params], dtype=torch.float64)
+        keep = kept_mask(logits, temperature, top_k, top_p)
+        scores = scores.masked_fill(~keep, float("-inf"))
+    return torch.argmax(scores, dim=-1)
