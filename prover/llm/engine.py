@@ -18,10 +18,21 @@ padding and kernels, never its sampler draws, and that variation is what
 
 Stop strings need the model's tokenizer (:mod:`prover.llm.text`): the job
 ends at the first token after which the decoded text contains one.
+
+An :class:`Engine` is what a server drives: a bounded queue of submitted jobs
+in front of one running batch per dtype, at most ``max_num_seqs`` sequences
+running in all and no job longer than ``max_model_len`` (prompt plus new
+tokens), as vLLM names these settings. Each :meth:`Engine.step` first admits
+waiting jobs in the order they came, as far as room allows (those of one
+dtype prefilled together), drops cancelled ones, then advances every batch by
+one token and returns what each job produced. ``submit`` and ``cancel`` may be
+called from any thread; ``step`` from one.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import deque
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
@@ -30,7 +41,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 
 from prover.llm.job import LLMJob
-from prover.llm.logprobs import TokenLogprobs, token_logprobs
+from prover.llm.logprobs import MAX_TOP_LOGPROBS, TokenLogprobs, token_logprobs
 from prover.llm.model import LLM, GenerationError, llm_torch
 from prover.llm.sampler import NoiseStream, choose_scaled
 from prover.llm.text import TextStream
@@ -289,3 +300,127 @@ def _right_align(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.
     """Two sliding-window caches cut to the same number of latest columns."""
     n = min(a.shape[-2], b.shape[-2])
     return a[..., a.shape[-2] - n:, :], b[..., b.shape[-2] - n:, :]
+
+
+class QueueFull(RuntimeError):
+    """The engine's waiting queue is full: the caller should retry later (HTTP 429)."""
+
+
+@dataclass(frozen=True)
+class _Waiting:
+    key: Hashable
+    prompt: torch.Tensor
+    job: LLMJob
+    top_logprobs: int | None
+
+
+class Engine:
+    """A bounded queue in front of continuously batched generation; see the module docstring."""
+
+    def __init__(self, llm: LLM, attention: str = "sdpa", threads: int = 1,
+                 max_num_seqs: int = 16, max_model_len: int | None = None,
+                 max_waiting: int = 64) -> None:
+        if max_num_seqs < 1 or max_waiting < 0:
+            raise ValueError("max_num_seqs must be at least 1 and max_waiting not negative")
+        if max_model_len is not None and not 1 <= max_model_len <= llm.max_positions:
+            raise ValueError(f"max_model_len must be 1..{llm.max_positions} (the model's "
+                             f"positions), got {max_model_len}")
+        self.llm = llm
+        self.attention = attention
+        self.threads = threads
+        self.max_num_seqs = max_num_seqs
+        self.max_model_len = max_model_len or llm.max_positions
+        self.max_waiting = max_waiting
+        self.batches: dict[str, DecodeBatch] = {}
+        self._waiting: deque[_Waiting] = deque()
+        self._cancelled: set[Hashable] = set()
+        self._known: set[Hashable] = set()
+        self._done: dict[Hashable, Generated] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def running(self) -> int:
+        return sum(len(b) for b in self.batches.values())
+
+    @property
+    def waiting(self) -> int:
+        with self._lock:
+            return len(self._waiting)
+
+    def submit(self, key: Hashable, prompt: torch.Tensor, job: LLMJob,
+               top_logprobs: int | None = None) -> None:
+        """Queue a job; :class:`QueueFull` when ``max_waiting`` jobs already wait, and
+        :class:`GenerationError` for one this engine can never run."""
+        self.llm.check_fits(prompt, job.max_new_tokens)
+        if prompt.numel() + job.max_new_tokens > self.max_model_len:
+            raise GenerationError(
+                f"prompt of {prompt.numel()} plus {job.max_new_tokens} new tokens exceeds "
+                f"max_model_len {self.max_model_len}"
+            )
+        if job.stop_strings and self.llm.tokenizer is None:
+            raise GenerationError("stop strings need the model's tokenizer")
+        if top_logprobs is not None and not 0 <= top_logprobs <= MAX_TOP_LOGPROBS:
+            raise GenerationError(f"top_logprobs must be 0..{MAX_TOP_LOGPROBS}")
+        with self._lock:
+            if key in self._known:
+                raise GenerationError(f"job key {key!r} is already in this engine")
+            if len(self._waiting) >= self.max_waiting:
+                raise QueueFull(f"{len(self._waiting)} jobs are waiting (max_waiting "
+                                f"{self.max_waiting}); retry later")
+            self._known.add(key)
+            self._waiting.append(_Waiting(key, prompt, job, top_logprobs))
+
+    def cancel(self, key: Hashable) -> None:
+        """Drop a waiting or running job at the next step; it leaves no result."""
+        with self._lock:
+            if key in self._known:
+                self._cancelled.add(key)
+
+    def step(self) -> list[StepToken]:
+        """Admit, drop cancelled jobs, and advance every running job by one token."""
+        self._admit()
+        produced: list[StepToken] = []
+        for dtype, batch in list(self.batches.items()):
+            for token in batch.step():
+                if token.finish_reason is not None:
+                    self._done[token.key] = batch.pop(token.key)
+                    self._forget(token.key)
+                produced.append(token)
+            if not len(batch):
+                del self.batches[dtype]
+        return produced
+
+    def pop(self, key: Hashable) -> Generated:
+        """A finished job's result, handed over once."""
+        return self._done.pop(key)
+
+    def _forget(self, key: Hashable) -> None:
+        with self._lock:
+            self._known.discard(key)
+            self._cancelled.discard(key)
+
+    def _admit(self) -> None:
+        with self._lock:
+            cancelled, self._cancelled = self._cancelled, set()
+            self._known -= cancelled
+            self._waiting = deque(w for w in self._waiting if w.key not in cancelled)
+            room = self.max_num_seqs - self.running + sum(
+                k in cancelled for b in self.batches.values() for k in b.keys)
+            admitted: list[_Waiting] = []
+            while self._waiting and len(admitted) < room:
+                admitted.append(self._waiting.popleft())
+        for batch in self.batches.values():
+            for key in [k for k in batch.keys if k in cancelled]:
+                batch.remove(key)
+        by_dtype: dict[str, list[_Waiting]] = {}
+        for w in admitted:
+            by_dtype.setdefault(w.job.dtype, []).append(w)
+        for dtype, group in by_dtype.items():
+            batch = self.batches.get(dtype)
+            if batch is None:
+                batch = self.batches[dtype] = DecodeBatch(self.llm, dtype, self.attention,
+                                                          self.threads)
+            for top in sorted({w.top_logprobs for w in group}, key=lambda t: -1 if t is None
+                              else t):
+                batch.join([(w.key, w.prompt, w.job) for w in group if w.top_logprobs == top],
+                           top_logprobs=top)
