@@ -104,8 +104,42 @@ def _tensor_hash(t: Tensor) -> bytes:
 
 
 def _count_at_least(sorted_asc: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
-    """Per row, how many values are ≥ each threshold: ``[n, V]`` sorted, ``[n, m]`` → ``[n, m]``."""
-    return sorted_asc.shape[-1] - torch.searchsorted(sorted_asc, thresholds, right=False)
+    """Per row, how many values are ≥ each threshold: ``[n, m]`` sorted, ``[n, j]`` → ``[n, j]``."""
+    return sorted_asc.shape[-1] - torch.searchsorted(sorted_asc.contiguous(),
+                                                     thresholds.contiguous(), right=False)
+
+
+HEAD_START = 64
+"""Tokens of the first partial selection; the head doubles until it holds every token that
+the top-k/top-p rules can count as kept by every honest node."""
+
+
+def _head(logits: torch.Tensor, probs: torch.Tensor | None, k: int, p: float, tol: float
+          ) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """The ``K2`` largest logits per row (descending, with their ids) and ``K``: a token
+    outside the top ``K`` is never certainly kept, and the top ``K2`` hold every token of
+    logit ≥ the ``K``-th largest − ``tol``.
+
+    Outside the top ``K``, a token ``v`` has at least ``K`` tokens of logit ≥ ``l_v − tol``
+    other than itself: more than ``k`` when ``K ≥ k``, and at least the top ``K``'s mass,
+    ``≥ p``, above it. So top-k and top-p need a partial selection of the head only, not a
+    sort of the whole vocabulary at every position (what made a 49k-token model's top-p
+    check cost as much as generating).
+    """
+    vocab = logits.shape[-1]
+    size = HEAD_START
+    while True:
+        size = min(size, vocab)
+        wide = min(2 * size, vocab)
+        values, ids = torch.topk(logits, wide, dim=-1, sorted=True)
+        if size == vocab:
+            return values, ids, size
+        enough = 0 < k <= size
+        if probs is not None and not enough:
+            enough = bool((probs.gather(-1, ids[:, :size]).sum(-1) >= p).all())
+        if enough and (wide == vocab or bool((values[:, -1] < values[:, size - 1] - tol).all())):
+            return values, ids, size
+        size *= 2
 
 
 def sampling_gaps(
@@ -132,25 +166,23 @@ def sampling_gaps(
         return (logits.max(dim=-1).values - chosen).clamp_min(0.0)
     temperature = params.temperature
     scores = logits + temperature * noise  # [n, V]
-    if params.top_k == 0 and params.top_p_ppm >= 1_000_000:
+    top_p = params.top_p_ppm < 1_000_000
+    if params.top_k == 0 and not top_p:
         return (scores.max(dim=-1).values - scores[rows, tokens]).clamp_min(0.0)
-    ascending = torch.sort(logits, dim=-1).values  # [n, V]
     k = params.top_k if 0 < params.top_k < vocab else vocab
-    # top-k: t possible if fewer than k tokens lie clearly above it; v certain if, even with
-    # every near-tie ranked above it, it stays within k.
-    t_possible = _count_at_least(ascending, (chosen + tol)[:, None]).squeeze(1) < k
-    certain = _count_at_least(ascending, logits - tol) <= k  # [n, V]
-    if params.top_p_ppm < 1_000_000:
-        probs = torch.softmax(ascending.flip(-1) / temperature, dim=-1)  # descending order
-        cumulative = torch.cumsum(probs, dim=-1)  # mass of the i+1 most likely tokens
+    p = params.top_p
+    probs = torch.softmax(logits / temperature, dim=-1) if top_p else None
+    clearly_above_t = logits >= (chosen + tol)[:, None]  # [n, V]
+    # top-k: t possible if fewer than k tokens lie clearly above it
+    t_possible = clearly_above_t.sum(dim=-1) < k
+    values, ids, size = _head(logits, probs, k if params.top_k else 0, p, tol)
+    ascending = values.flip(-1)  # [n, K2]: every token a head token's threshold can count
+    head = values[:, :size]  # [n, K]
+    # v certain if, even with every near-tie ranked above it, it stays within k
+    certain_head = _count_at_least(ascending, head - tol) <= k
+    if probs is not None:
         per_level = torch.as_tensor(mass_tol, dtype=torch.float64).expand(len(MASS_LEVELS))
         levels = torch.tensor(MASS_LEVELS[:-1], dtype=torch.float64)
-        p = params.top_p
-
-        def mass_at_least(thresholds: torch.Tensor) -> torch.Tensor:
-            count = _count_at_least(ascending, thresholds)  # [n, m]
-            index = (count - 1).clamp_min(0)
-            return torch.where(count > 0, cumulative.gather(-1, index), 0.0)
 
         def slack(mass: torch.Tensor) -> torch.Tensor:  # additive, on probability mass
             bound = per_level[torch.bucketize(mass, levels, right=False)] / temperature
@@ -159,12 +191,15 @@ def sampling_gaps(
         # A node that kept t ranks every token of logit ≥ l_t + tol above it, and a node
         # ranks above v only tokens of logit ≥ l_v − tol other than v; its mass of either set
         # is within the slack of ours (calibrated on exactly these sets).
-        above_t = mass_at_least((chosen + tol)[:, None]).squeeze(1)
+        above_t = (probs * clearly_above_t).sum(dim=-1)
         t_possible &= above_t - slack(above_t) < p
-        p_v = torch.softmax(logits / temperature, dim=-1)
-        above_v = mass_at_least(logits - tol) - p_v
-        certain &= above_v + slack(above_v) < p
-    certain |= logits >= (chosen + tol)[:, None]  # ranked clearly above t: kept if t was
+        cumulative = torch.cumsum(probs.gather(-1, ids), dim=-1)  # mass of the i+1 likeliest
+        count = _count_at_least(ascending, head - tol)
+        above_v = cumulative.gather(-1, (count - 1).clamp_min(0)) - probs.gather(-1, ids[:, :size])
+        certain_head &= above_v + slack(above_v) < p
+    certain = torch.zeros_like(clearly_above_t)
+    certain.scatter_(-1, ids[:, :size], certain_head)
+    certain |= clearly_above_t  # ranked clearly above t: kept if t was
     best = scores.masked_fill(~certain, float("-inf")).max(dim=-1).values
     gaps = (best - scores[rows, tokens]).clamp_min(0.0)
     return torch.where(t_possible, gaps, torch.full_like(gaps, math.inf))
@@ -178,17 +213,23 @@ def top_p_excess(
 
     ``tokens`` ``[n]`` (or ``[n, m]`` candidates per position) gives the same shape. Zero
     for an honest node's token up to the honest mass difference of that set; zero when
-    top-p is off or the job is greedy.
+    top-p is off or the job is greedy. One token per position is a masked sum over the
+    vocabulary; many candidates per position share one sort.
     """
     if params.greedy or params.top_p_ppm >= 1_000_000:
         return torch.zeros(tokens.shape, dtype=torch.float64)
     n = logits.shape[0]
     temperature = params.temperature
-    ascending = torch.sort(logits, dim=-1).values
-    cumulative = torch.cumsum(torch.softmax(ascending.flip(-1) / temperature, dim=-1), dim=-1)
-    chosen = logits.gather(-1, tokens.reshape(n, -1))
-    count = _count_at_least(ascending, chosen + tol)
-    above = torch.where(count > 0, cumulative.gather(-1, (count - 1).clamp_min(0)), 0.0)
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if tokens.dim() == 1:
+        chosen = logits.gather(-1, tokens[:, None])
+        above = (probs * (logits >= chosen + tol)).sum(dim=-1)
+    else:
+        order = torch.sort(logits, dim=-1)
+        cumulative = torch.cumsum(probs.gather(-1, order.indices).flip(-1), dim=-1)
+        chosen = logits.gather(-1, tokens.reshape(n, -1))
+        count = _count_at_least(order.values, chosen + tol)
+        above = torch.where(count > 0, cumulative.gather(-1, (count - 1).clamp_min(0)), 0.0)
     return (temperature * (above - params.top_p).clamp_min(0.0)).reshape(tokens.shape)
 
 
