@@ -344,6 +344,7 @@ def test_calibration_puts_honest_runs_inside_the_margin() -> None:
         assert tol.token_tau > 0 and tol.sketch_tau > 0 and tol.sketch_rms_tau > 0
         assert min(map(min, tol.mass_tau)) > 0 and tol.gap_sum_tau > 0 and tol.mass_sum_tau > 0
         seen = cal.record["measured"][dtype]
+        assert 0 < tol.honest_mean_score <= seen["max_score"] <= 1  # what audits accumulate
         assert seen["max_gap_sum"] <= cal.record["margin"] * tol.gap_sum_tau
         assert seen["max_mass_sum"] <= cal.record["margin"] * tol.mass_sum_tau
         for measured, tau in zip(seen["max_mass_dev"], tol.mass_tau, strict=True):

@@ -29,6 +29,10 @@ distribution (top-p 0.9 for jobs without top-p).
 - ``block_dev``: the largest |node − verifier| sketch block value;
 - ``block_rms``: the root-mean-square of those differences over the job.
 
+Each honest job's score under the final tolerances (capped at 1) is averaged
+into ``honest_mean_score``, what :mod:`verifier.llm_evidence` accumulates a
+node's audits against.
+
 Tolerances leave a margin: ``token_tau = max(gap, 2·logit_dev) / MARGIN``
 (never below ``TOKEN_TAU_FLOOR``); ``mass_tau = mass_dev / MARGIN`` per
 temperature and bin (never below ``MASS_TAU_FLOOR``; a bin no honest set
@@ -55,7 +59,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from prover.llm.engine import Generated
+from prover.llm.engine import Engine, Generated
 from prover.llm.generate import generate, prefill
 from prover.llm.job import (
     DTYPES,
@@ -102,6 +106,9 @@ class HonestSetting:
     attention: str = "sdpa"
     verifier_attention: str = "eager"
     verifier_threads: int = 1
+    continuous: bool = False
+    """Jobs join a running batch (at most ``batch`` sequences) one per step, mid-generation
+    of the others, and leave as they finish: continuous batching."""
 
 
 HONEST_SETTINGS: tuple[HonestSetting, ...] = (
@@ -112,6 +119,8 @@ HONEST_SETTINGS: tuple[HonestSetting, ...] = (
                   attention="eager", verifier_attention="sdpa", verifier_threads=2),
     HonestSetting("kv-cache b1 t1 eager / prefill sdpa t2", attention="eager",
                   verifier_attention="sdpa", verifier_threads=2),
+    HonestSetting("continuous b4 joins and leaves t1 sdpa / prefill eager", batch=4,
+                  continuous=True),
 )
 
 
@@ -174,6 +183,30 @@ class Deviation:
             worst = max(worst, float(excess.gather(-1, draws).sum(dim=0).max()))
         return worst * GAP_SUM_TOKENS / max(self.tokens, GAP_SUM_TOKENS)
 
+    def score(self, tolerances: Tolerances) -> float:
+        """This job's score as the validator computes it, capped at 1: the largest of its
+        deviations over their tolerances, on its committed tokens (no redraws), the
+        committed sketch's rounding included (at its worst for the largest value, its mean
+        for the root-mean-square)."""
+        step = 2.0**tolerances.sketch_exp
+        gap_sum = mass_sum = 0.0
+        if self.verifier_logits is not None and self.committed is not None and \
+                self.sampling is not None:
+            noise = gumbel_noise(self.sampling.seed, self.tokens, self.verifier_logits.shape[-1])
+            gap_sum = float(sampling_gaps(
+                self.verifier_logits, noise, self.committed, self.sampling, tolerances.token_tau,
+                tolerances.mass_levels(self.sampling.temperature)).sum())
+            mass_sum = float(top_p_excess(self.verifier_logits, self.committed, self.sampling,
+                                          EXCESS_TOL * tolerances.token_tau).sum())
+        ratios = (
+            self.gap / tolerances.token_tau,
+            gap_sum / tolerances.gap_sum_limit(self.tokens),
+            mass_sum / tolerances.mass_sum_limit(self.tokens),
+            (self.block_dev / step + 0.5) / tolerances.sketch_tau,
+            math.sqrt((self.block_rms / step) ** 2 + 1 / 12) / tolerances.sketch_rms_tau,
+        )
+        return min(1.0, max(ratios))
+
     def mass_dev(self, tol: float) -> list[list[float]]:
         """Per ``MASS_TEMPERATURES`` × ``MASS_LEVELS`` bin, ``T`` × the largest |node − verifier|
         mass of the sets the top-p check uses with logit slack ``tol`` (-1: no set)."""
@@ -233,13 +266,35 @@ def honest_jobs(
 def generate_honestly(
     llm: LLM, jobs: Sequence[tuple[torch.Tensor, LLMJob]], setting: HonestSetting
 ) -> list[Generated]:
-    """Generate ``jobs`` as a node using ``setting`` would, in batches of ``setting.batch``."""
+    """Generate ``jobs`` as a node using ``setting`` would, in batches of ``setting.batch``
+    (or joining a running batch one per step, when ``setting.continuous``)."""
+    if setting.continuous:
+        return generate_continuously(llm, jobs, setting)
     results: list[Generated] = []
     for start in range(0, len(jobs), setting.batch):
         chunk = jobs[start : start + setting.batch]
         results += generate(llm, [p for p, _ in chunk], [j for _, j in chunk],
                             attention=setting.attention, threads=setting.threads)
     return results
+
+
+def generate_continuously(
+    llm: LLM, jobs: Sequence[tuple[torch.Tensor, LLMJob]], setting: HonestSetting
+) -> list[Generated]:
+    """One job submitted per step to an :class:`~prover.llm.engine.Engine` of at most
+    ``setting.batch`` sequences: each joins a batch whose other jobs are mid-generation."""
+    engine = Engine(llm, attention=setting.attention, threads=setting.threads,
+                    max_num_seqs=setting.batch, max_waiting=len(jobs))
+    done: dict[int, Generated] = {}
+    submitted = 0
+    while len(done) < len(jobs):
+        if submitted < len(jobs):
+            engine.submit(submitted, *jobs[submitted])
+            submitted += 1
+        for token in engine.step():
+            if token.finish_reason is not None:
+                done[int(str(token.key))] = engine.pop(token.key)
+    return [done[i] for i in range(len(jobs))]
 
 
 def measure(
@@ -304,12 +359,15 @@ def tolerances_from(
         gap_sum_tau=math.inf,
         mass_sum_tau=math.inf,
     )
-    worst_sum = max(d.gap_sum(partial) for d in deviations)
-    worst_mass_sum = max(d.mass_sum(partial) for d in deviations)
+    sums = [(d.gap_sum(partial), d.mass_sum(partial)) for d in deviations]
+    worst_sum = max(g for g, _ in sums)
+    worst_mass_sum = max(m for _, m in sums)
     if not math.isfinite(worst_sum):
         raise ValueError(f"an honest {dtype} token is outside the calibrated top-k/top-p slack")
     tolerances = replace(partial, gap_sum_tau=max(worst_sum / MARGIN, TOKEN_TAU_FLOOR[dtype]),
                          mass_sum_tau=max(worst_mass_sum / MARGIN, MASS_TAU_FLOOR[dtype]))
+    scores = [d.score(tolerances) for d in deviations]
+    tolerances = replace(tolerances, honest_mean_score=sum(scores) / len(scores))
     measured: dict[str, object] = {
         "jobs": len(deviations),
         "positions": sum(d.tokens for d in deviations),
@@ -320,6 +378,8 @@ def tolerances_from(
         "max_mass_dev": worst_mass,
         "max_gap_sum": worst_sum,
         "max_mass_sum": worst_mass_sum,
+        "mean_score": tolerances.honest_mean_score,
+        "max_score": max(scores),
     }
     return tolerances, measured
 

@@ -173,6 +173,11 @@ class Tolerances:
     mass_tau: tuple[tuple[float, ...], ...]  # [MASS_TEMPERATURES][MASS_LEVELS]
     gap_sum_tau: float
     mass_sum_tau: float
+    honest_mean_score: float = 0.5
+    """The mean score (:attr:`verifier.llm.LLMCheck.score`, capped at 1) of calibration's
+    honest jobs under these tolerances; the evidence across a node's audits
+    (:mod:`verifier.llm_evidence`) is judged against it. 0.5, the most any honest job
+    scored in calibration, where it was not measured."""
 
     def __post_init__(self) -> None:
         if len(self.mass_tau) != len(MASS_TEMPERATURES) or any(
@@ -262,6 +267,7 @@ class Calibration:
                                             GAP_SUM_TOKENS * float(t["token_tau"]))),
                     # T·(1 − p) < 100 per token: never reached
                     mass_sum_tau=float(t.get("mass_sum_tau", 100.0 * GAP_SUM_TOKENS)),
+                    honest_mean_score=float(t.get("honest_mean_score", 0.5)),
                 )
                 for d, t in value["tolerances"].items()
             }
