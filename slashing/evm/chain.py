@@ -86,7 +86,12 @@ def decode_revert(data: bytes) -> ContractRevert:
     spec = _error_specs().get(data[:4])
     if spec is None:
         return ContractRevert("UnknownRevert", (data,), data)
-    return ContractRevert(spec.name, tuple(abi_decode(list(spec.types), data[4:])), data)
+    values = abi_decode(list(spec.types), data[4:])
+    shown = tuple(
+        Web3.to_checksum_address(v) if kind == "address" else v
+        for kind, v in zip(spec.types, values, strict=True)
+    )
+    return ContractRevert(spec.name, shown, data)
 
 
 def _revert_data(exc: Exception) -> bytes:
@@ -121,6 +126,13 @@ class Chain:
         address = receipt["contractAddress"]
         assert address is not None
         return self.contract(name, address)
+
+    def call(self, call: ContractFunction) -> Any:
+        """Read a view; a revert raises :class:`ContractRevert` naming its error."""
+        try:
+            return call.call()
+        except (ContractCustomError, ContractLogicError, ContractPanicError) as exc:
+            raise decode_revert(_revert_data(exc)) from None
 
     def transact(self, call: ContractFunction, sender: Sender) -> TxReceipt:
         """Send a contract call; a refusal raises :class:`ContractRevert` and changes nothing."""
