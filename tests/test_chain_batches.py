@@ -15,7 +15,7 @@ from protocol.sampling import sampled
 from slashing import constants as c
 from slashing.evm.chain import Chain, ContractRevert
 from slashing.evm.ledger import EvmLedger, deploy_devnet, leaf
-from slashing.evm.merkle import JobBatch
+from slashing.evm.merkle import JobBatch, JobLeaf
 from slashing.state import LedgerParams
 
 P = LedgerParams.default()
@@ -37,6 +37,7 @@ class World:
         number = self.ledger.current_round() + 1
         revealed = self.holder.reveal(number)
         self.ledger.submit_devnet_round(revealed, self.operator, self.previous)
+        self.ledger.advance(self.operator)
         self.previous = revealed.signature
         return number
 
@@ -56,13 +57,17 @@ def world(chain: Chain) -> World:
         ledger.mint(account, 3 * STAKE, operator)
     ledger.bond(c.NODE, STAKE, node)
     for v in (v1, v2):
+        ledger.register(sha256(v.encode()), v)
         ledger.bond(c.VALIDATOR, STAKE, v)
     return w
 
 
-def jobs(n: int, tag: bytes = b"") -> list[tuple[bytes, bytes]]:
-    return [(sha256(b"job" + i.to_bytes(4, "big")), sha256(b"commit" + tag + i.to_bytes(4, "big")))
-            for i in range(n)]
+def jobs(n: int, tag: bytes = b"") -> list[JobLeaf]:
+    def tagged(what: bytes, i: int) -> bytes:
+        return sha256(what + tag + i.to_bytes(4, "big"))
+
+    return [JobLeaf(sha256(b"job" + i.to_bytes(4, "big")), tagged(b"commit", i),
+                    tagged(b"output", i)) for i in range(n)]
 
 
 def refused(world: World, error: str, call: Any, *args: Any) -> ContractRevert:
@@ -91,13 +96,14 @@ def test_wrong_merkle_proof_refused(world: World) -> None:
     verify = world.ledger.contract.functions.verifyLeaf
     good = leaf(world.node, round_number, batch, 3)
     # A sibling flipped, a leaf moved to another index, a commitment swapped, a short path
-    bad_path = [*good[7]]
+    bad_path = [*good[9]]
     bad_path[1] = sha256(b"not a sibling")
     cases = [
-        (*good[:7], bad_path),
+        (*good[:9], bad_path),
         (*good[:4], 4, *good[5:]),
-        (*good[:6], sha256(b"other commitment"), good[7]),
-        (*good[:7], good[7][:-1]),
+        (*good[:6], sha256(b"other commitment"), *good[7:]),
+        (*good[:7], sha256(b"other output"), *good[8:]),
+        (*good[:9], good[9][:-1]),
     ]
     for case in cases:
         with pytest.raises(ContractRevert, match=r"^InvalidMerkleProof"):
@@ -146,14 +152,15 @@ def test_sampling_over_leaves_is_the_python_draw(world: World) -> None:
     world.next_round()
     value = world.holder.reveal(round_number + 1).randomness
     for index in range(batch.count):
-        job_id, commitment_id = batch.leaves[index]
-        expected = sampled(value, job_id, commitment_id, P.sample_ppm)
+        item = batch.leaves[index]
+        expected = sampled(value, item.job_id, item.commitment_id, P.sample_ppm)
         assert is_sampled(leaf(world.node, round_number, batch, index)).call() == expected
 
 
 def _equivocating_batch(world: World) -> tuple[int, JobBatch]:
-    job, commit = jobs(1)[0]
-    batch = JobBatch.of([(job, commit), *jobs(2, b"x")[1:], (job, sha256(b"second answer"))])
+    first = jobs(1)[0]
+    second = JobLeaf(first.job_id, sha256(b"second answer"), sha256(b"second output"))
+    batch = JobBatch.of([first, *jobs(2, b"x")[1:], second])
     round_number = world.ledger.current_round()
     world.ledger.post_batch(round_number, batch, world.node)
     return round_number, batch
@@ -190,5 +197,5 @@ def test_equivocation_evidence_refused(world: World) -> None:
     refused(world, "NotEquivocation", report, first, other, world.validators[0])
     refused(world, "NotEquivocation", report, first, first, world.validators[0])
     refused(world, "NotBonded", report, first, second, world.outsider)
-    forged = (*second[:6], sha256(b"never posted"), second[7])
+    forged = (*second[:6], sha256(b"never posted"), *second[7:])
     refused(world, "InvalidMerkleProof", report, first, forged, world.validators[0])

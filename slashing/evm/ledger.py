@@ -1,11 +1,12 @@
 """The ledger contracts on a chain: deployed from the same genesis as the Python ledger.
 
-:func:`deploy` puts a beacon (the devnet's chained BLS beacon, or drand
-quicknet) and :class:`AssayLedger` with :class:`slashing.state.LedgerParams`
-on a chain; :class:`EvmLedger` sends the ledger's transactions from an
-account and reads its state back in the Python rules' own records
-(:class:`slashing.state.Stake`, :class:`slashing.state.Unbonding`), so the two
-backends can be compared field for field.
+:func:`deploy_devnet` puts the devnet's chained BLS beacon and :class:`AssayLedger`
+with :class:`slashing.state.LedgerParams` on a chain (:func:`deploy_drand` the same
+with drand quicknet as the beacon); :class:`EvmLedger` sends the ledger's
+transactions from an account and reads its state back in the Python rules' own
+terms (:class:`slashing.state.Stake`, :class:`slashing.state.Unbonding`,
+:class:`slashing.state.JobStatus`, :class:`protocol.messages.Verdict`), so the
+two backends can be compared field for field.
 """
 
 from __future__ import annotations
@@ -18,14 +19,21 @@ from web3.contract import Contract
 from web3.types import TxReceipt
 
 from protocol.beacon import GENESIS_SEED, BeaconRound
+from protocol.messages import Verdict
 from slashing import constants as c
 from slashing.evm.chain import Chain, Sender
 from slashing.evm.merkle import JobBatch
 from slashing.evm.points import g1_uncompressed, g2_uncompressed
-from slashing.state import LedgerParams, Stake, Unbonding
+from slashing.state import JobStatus, LedgerParams, Stake, Unbonding
 
 ROLES = {c.NODE: 0, c.VALIDATOR: 1}
 ROLE_NAMES = {v: k for k, v in ROLES.items()}
+VERDICTS = {Verdict.VALID: 1, Verdict.FRAUD: 2, Verdict.INCONCLUSIVE: 3}
+VERDICT_OF = {v: k for k, v in VERDICTS.items()}
+STATUS_OF = {1: JobStatus.PENDING, 2: JobStatus.SETTLED, 3: JobStatus.REFUNDED}
+NONE = 2**64 - 1
+"""The contract's unset optional round."""
+ZERO_ADDRESS = "0x" + "00" * 20
 
 
 @dataclass(frozen=True)
@@ -34,9 +42,56 @@ class ChainAccount:
 
     balance: int
     known: bool
+    key: bytes
     node: Stake
     validator: Stake
     unbonding: tuple[Unbonding, ...]
+    locked: tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True)
+class ChainJob:
+    """A job as the contract holds it; accounts are chain addresses, unset values None."""
+
+    client: str
+    node: str
+    fee: int
+    recorded_round: int
+    status: JobStatus
+    sampled: bool
+    zk: bool
+    equivocated: bool
+    audit_pending: bool
+    verifier: str | None
+    closed_round: int | None
+    availability_reporter: str | None
+    unavailable_since: int | None
+    served_round: int | None
+    assigned_round: int | None
+    audit_deadline: int | None
+    commitment_id: bytes
+    output_hash: bytes
+    model_id: bytes
+    proof_hash: bytes
+    dispute: bytes | None
+    auditors: tuple[str, ...]
+    accusers: tuple[str, ...]
+    attestations: tuple[tuple[str, Verdict], ...]
+
+
+@dataclass(frozen=True)
+class ChainDispute:
+    job_id: bytes
+    node: str
+    opened_round: int
+    bond: int
+    draws: int
+    drawn_round: int | None
+    closed_round: int | None
+    outcome: Verdict | None
+    accusers: tuple[str, ...]
+    committee: tuple[str, ...]
+    votes: tuple[tuple[str, Verdict], ...]
 
 
 def params_tuple(params: LedgerParams) -> tuple[int, ...]:
@@ -48,6 +103,14 @@ def _stake(raw: Any) -> Stake:
     amount, jailed_until, offences, slashed_out = raw
     return Stake(amount=amount, slashed_out=slashed_out,
                  jailed_until=jailed_until or None, offences=offences)
+
+
+def _optional_round(value: int) -> int | None:
+    return None if value == NONE else value
+
+
+def _optional_address(value: str) -> str | None:
+    return None if int(value, 16) == 0 else value
 
 
 def deploy_devnet(chain: Chain, params: LedgerParams, beacon_public_key: bytes,
@@ -76,14 +139,22 @@ class EvmLedger:
         )
         return self.chain.transact(call, sender)
 
+    def advance(self, sender: Sender) -> TxReceipt:
+        """Process the next verified round: committees, draws, deadlines, settlements."""
+        return self.chain.transact(self.contract.functions.advance(), sender)
+
     def current_round(self) -> int:
-        count: int = self.beacon.functions.roundCount().call()
-        first: int = self.beacon.functions.firstRound().call()
+        """The latest round the ledger processed (-1 before the first)."""
+        count: int = self.contract.functions.roundCount().call()
+        first: int = self.contract.functions.firstRound().call()
         return first + count - 1
 
     # -- transactions --------------------------------------------------------------------------
     def mint(self, to: str, amount: int, operator: Sender) -> TxReceipt:
         return self.chain.transact(self.contract.functions.mint(to, amount), operator)
+
+    def register(self, key: bytes, sender: Sender) -> TxReceipt:
+        return self.chain.transact(self.contract.functions.register(key), sender)
 
     def bond(self, role: str, amount: int, sender: Sender) -> TxReceipt:
         return self.chain.transact(self.contract.functions.bond(ROLES[role], amount), sender)
@@ -98,17 +169,56 @@ class EvmLedger:
         call = self.contract.functions.postBatch(round_number, batch.root, batch.count)
         return self.chain.transact(call, sender)
 
+    def record_job(self, job_leaf: tuple[Any, ...], model_id: bytes, fee: int,
+                   client: Sender) -> TxReceipt:
+        call = self.contract.functions.recordJob(job_leaf, model_id, fee)
+        return self.chain.transact(call, client)
+
+    def attest(self, job_id: bytes, verdict: Verdict, beacon_round: int,
+               validator: Sender) -> TxReceipt:
+        call = self.contract.functions.attest(job_id, VERDICTS[verdict], beacon_round)
+        return self.chain.transact(call, validator)
+
+    def accuse(self, job_id: bytes, observed_hash: bytes, beacon_round: int, evidence_id: bytes,
+               validator: Sender) -> TxReceipt:
+        call = self.contract.functions.accuse(job_id, observed_hash, beacon_round, evidence_id)
+        return self.chain.transact(call, validator)
+
     def report_equivocation(self, first: tuple[Any, ...], second: tuple[Any, ...],
                             sender: Sender) -> TxReceipt:
         call = self.contract.functions.reportEquivocation(first, second)
         return self.chain.transact(call, sender)
 
+    def report_unavailable(self, job_id: bytes, validator: Sender) -> TxReceipt:
+        return self.chain.transact(self.contract.functions.reportUnavailable(job_id), validator)
+
+    def serve_data(self, job_id: bytes, output: bytes, sender: Sender) -> TxReceipt:
+        return self.chain.transact(self.contract.functions.serveData(job_id, output), sender)
+
+    def plant_canary(self, digest: bytes, operator: Sender) -> TxReceipt:
+        return self.chain.transact(self.contract.functions.plantCanary(digest), operator)
+
+    def reveal_canary(self, salt: bytes, job_id: bytes, operator: Sender) -> TxReceipt:
+        return self.chain.transact(self.contract.functions.revealCanary(salt, job_id), operator)
+
+    def register_zk_model(self, model_id: bytes, verifier: str, operator: Sender) -> TxReceipt:
+        call = self.contract.functions.registerZkModel(model_id, verifier)
+        return self.chain.transact(call, operator)
+
+    def accuse_invalid_proof(self, job_id: bytes, proof: bytes, instances: list[int],
+                             evidence_id: bytes, validator: Sender) -> TxReceipt:
+        call = self.contract.functions.accuseInvalidProof(job_id, proof, instances, evidence_id)
+        return self.chain.transact(call, validator)
+
     # -- reads ----------------------------------------------------------------------------------
     def account(self, address: str) -> ChainAccount:
-        balance, known, node, validator, unbonding = self.contract.functions.account(address).call()
+        balance, known, key, node, validator, unbonding, locked = (
+            self.contract.functions.account(address).call()
+        )
         return ChainAccount(
             balance=balance,
             known=known,
+            key=bytes(key),
             node=_stake(node),
             validator=_stake(validator),
             unbonding=tuple(
@@ -116,6 +226,39 @@ class EvmLedger:
                           release_round=release)
                 for role, amount, started, release in unbonding
             ),
+            locked=tuple((release, amount) for release, amount in locked),
+        )
+
+    def job(self, job_id: bytes) -> ChainJob | None:
+        raw = self.contract.functions.job(job_id).call()
+        (client, fee, node, recorded, status, sampled, zk, equivocated, audit_pending, verifier,
+         closed, reporter, unavailable, served, assigned, deadline, commitment_id, output_hash,
+         model_id, proof_hash, dispute, auditors, accusers, attestations) = raw
+        if status == 0:
+            return None
+        return ChainJob(
+            client=client, node=node, fee=fee, recorded_round=recorded, status=STATUS_OF[status],
+            sampled=sampled, zk=zk, equivocated=equivocated, audit_pending=audit_pending,
+            verifier=_optional_address(verifier), closed_round=_optional_round(closed),
+            availability_reporter=_optional_address(reporter),
+            unavailable_since=_optional_round(unavailable), served_round=_optional_round(served),
+            assigned_round=_optional_round(assigned), audit_deadline=_optional_round(deadline),
+            commitment_id=bytes(commitment_id), output_hash=bytes(output_hash),
+            model_id=bytes(model_id), proof_hash=bytes(proof_hash),
+            dispute=bytes(dispute) if any(dispute) else None,
+            auditors=tuple(auditors), accusers=tuple(accusers),
+            attestations=tuple((v, VERDICT_OF[verdict]) for v, verdict in attestations),
+        )
+
+    def dispute(self, dispute_id: bytes) -> ChainDispute:
+        (job_id, node, opened, bond, draws, drawn, closed, outcome, accusers, committee,
+         votes) = self.contract.functions.dispute(dispute_id).call()
+        return ChainDispute(
+            job_id=bytes(job_id), node=node, opened_round=opened, bond=bond, draws=draws,
+            drawn_round=_optional_round(drawn), closed_round=_optional_round(closed),
+            outcome=VERDICT_OF[outcome] if outcome else None, accusers=tuple(accusers),
+            committee=tuple(committee),
+            votes=tuple((v, VERDICT_OF[verdict]) for v, verdict in votes),
         )
 
     def totals(self) -> tuple[int, int]:
@@ -125,6 +268,6 @@ class EvmLedger:
 
 def leaf(node: str, round_number: int, batch: JobBatch, index: int) -> tuple[Any, ...]:
     """The contract's ``Leaf`` for leaf ``index`` of ``batch``, posted by ``node`` in a round."""
-    job_id, commitment_id = batch.leaves[index]
-    return (node, round_number, batch.root, batch.count, index, job_id, commitment_id,
-            batch.proof(index))
+    item = batch.leaves[index]
+    return (node, round_number, batch.root, batch.count, index, item.job_id, item.commitment_id,
+            item.output_hash, item.proof_hash, batch.proof(index))

@@ -1,6 +1,7 @@
 """The Merkle tree over a batch of job commitments, as ``contracts/JobTree.sol`` builds it.
 
-A leaf is ``keccak256(0x00 ‖ job id ‖ commitment id)``, an inner node
+A leaf is ``keccak256(0x00 ‖ job id ‖ commitment id ‖ output hash ‖ proof hash)`` (the
+proof hash is :func:`proof_hash` of a zk job's proof, zero otherwise), an inner node
 ``keccak256(0x01 ‖ left ‖ right)``; a batch of n leaves is padded with zero
 hashes to 2^⌈log2 n⌉, and a leaf's proof is its siblings from the bottom up,
 their sides given by the bits of its index. A node keeps the tree of each
@@ -9,16 +10,38 @@ batch it posts, and hands a leaf's proof to whoever audits or accuses it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from eth_abi.abi import encode as abi_encode
 from eth_utils.crypto import keccak
 
 MAX_LEAVES = 1 << 20
 """``JobTree.MAX_LEAVES``."""
 
 
-def leaf_hash(job_id: bytes, commitment_id: bytes) -> bytes:
-    return keccak(b"\x00" + job_id + commitment_id)
+NO_PROOF = bytes(32)
+
+
+@dataclass(frozen=True)
+class JobLeaf:
+    """What a node commits to for one job: the job, its signed commitment's content id, the
+    output's hash (what a served output must hash to) and the hash of its zk proof."""
+
+    job_id: bytes
+    commitment_id: bytes
+    output_hash: bytes
+    proof_hash: bytes = NO_PROOF
+
+    def hash(self) -> bytes:
+        return keccak(
+            b"\x00" + self.job_id + self.commitment_id + self.output_hash + self.proof_hash
+        )
+
+
+def proof_hash(proof: bytes, instances: Sequence[int]) -> bytes:
+    """``keccak256(abi.encode(proof, instances))``: what a zk job's leaf binds."""
+    return keccak(abi_encode(["bytes", "uint256[]"], [proof, list(instances)]))
 
 
 def _parent(left: bytes, right: bytes) -> bytes:
@@ -32,19 +55,21 @@ def depth(count: int) -> int:
 
 @dataclass(frozen=True)
 class JobBatch:
-    """The (job id, commitment id) leaves of one batch and every level of their tree."""
+    """The leaves of one batch and every level of their tree."""
 
-    leaves: tuple[tuple[bytes, bytes], ...]
+    leaves: tuple[JobLeaf, ...]
     levels: tuple[tuple[bytes, ...], ...]
 
     @classmethod
-    def of(cls, leaves: list[tuple[bytes, bytes]]) -> JobBatch:
+    def of(cls, leaves: Sequence[JobLeaf]) -> JobBatch:
         if not 1 <= len(leaves) <= MAX_LEAVES:
             raise ValueError(f"a batch holds 1..{MAX_LEAVES} leaves, got {len(leaves)}")
-        for job_id, commitment_id in leaves:
-            if len(job_id) != 32 or len(commitment_id) != 32:
-                raise ValueError("job ids and commitment ids are 32 bytes")
-        level = [leaf_hash(j, c) for j, c in leaves]
+        for item in leaves:
+            sizes = {len(item.job_id), len(item.commitment_id), len(item.output_hash),
+                     len(item.proof_hash)}
+            if sizes != {32}:
+                raise ValueError("a leaf's job id, commitment id and hashes are 32 bytes each")
+        level = [item.hash() for item in leaves]
         level += [bytes(32)] * ((1 << depth(len(leaves))) - len(level))
         levels = [tuple(level)]
         while len(level) > 1:
