@@ -1,6 +1,11 @@
 """Batched commitments on chain: one Merkle root per node per round, leaves proven against it,
-equivocation slashed from two leaves alone. Every bad input reverts with the custom error
-named for its rule, the Python side reports that name, and the state is unchanged."""
+jobs recorded from proven leaves, equivocation slashed from two leaves alone.
+
+The bad inputs of the settlement issue — a leaf with a wrong Merkle proof, a batch root
+posted twice for one round, evidence for an unsampled leaf, a forged beacon round, a
+transaction from an unbonded account — each revert with the custom error named for its
+rule; the Python side raises :class:`ContractRevert` carrying that name and its arguments,
+and the ledger's round, supply, burned total and every account are unchanged."""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import pytest
 
 from protocol.beacon import DevnetBeacon
 from protocol.hashing import sha256
+from protocol.messages import Verdict
 from protocol.sampling import sampled
 from slashing import constants as c
 from slashing.evm.chain import Chain, ContractRevert
@@ -43,7 +49,8 @@ class World:
 
     def snapshot(self) -> tuple[Any, ...]:
         everyone = [self.node, *self.validators, self.outsider]
-        return (self.ledger.totals(), [self.ledger.account(a) for a in everyone])
+        return (self.ledger.totals(), self.ledger.current_round(),
+                [self.ledger.account(a) for a in everyone])
 
 
 @pytest.fixture
@@ -199,3 +206,74 @@ def test_equivocation_evidence_refused(world: World) -> None:
     refused(world, "NotBonded", report, first, second, world.outsider)
     forged = (*second[:6], sha256(b"never posted"), *second[7:])
     refused(world, "InvalidMerkleProof", report, first, forged, world.validators[0])
+
+
+def _recorded(world: World, n: int) -> tuple[int, JobBatch]:
+    """n jobs posted by the node and recorded (paid for) by the outsider, then sampled."""
+    batch = JobBatch.of(jobs(n, b"recorded"))
+    round_number = world.ledger.current_round()
+    world.ledger.post_batch(round_number, batch, world.node)
+    for index in range(n):
+        world.ledger.record_job(leaf(world.node, round_number, batch, index), MODEL, FEE,
+                                world.outsider)
+    world.next_round()
+    return round_number, batch
+
+
+MODEL = sha256(b"model")
+FEE = P.verification_fee + P.reward
+
+
+def test_evidence_for_an_unsampled_leaf_refused(world: World) -> None:
+    """Only a job the beacon selected may be accused, reported unavailable or audited."""
+    round_number, batch = _recorded(world, 8)
+    value = world.holder.reveal(round_number + 1).randomness
+    unsampled = [item for item in batch.leaves
+                 if not sampled(value, item.job_id, item.commitment_id, P.sample_ppm)]
+    assert unsampled, "at p = 5% eight jobs are not all sampled"
+    job_id = unsampled[0].job_id
+    validator = world.validators[0]
+    error = refused(world, "NotSampled", world.ledger.accuse, job_id, sha256(b"other"),
+                    round_number + 1, sha256(b"evidence"), validator)
+    assert error.arguments == (job_id,)
+    assert str(error) == f"NotSampled(0x{job_id.hex()})"
+    refused(world, "NotSampled", world.ledger.report_unavailable, job_id, validator)
+    refused(world, "NotSampled", world.ledger.attest, job_id, Verdict.VALID, round_number + 1,
+            validator)
+
+
+def test_a_job_leaf_with_a_wrong_proof_is_not_recorded(world: World) -> None:
+    batch = JobBatch.of(jobs(4, b"wrong"))
+    round_number = world.ledger.current_round()
+    world.ledger.post_batch(round_number, batch, world.node)
+    good = leaf(world.node, round_number, batch, 2)
+    lied = (*good[:7], sha256(b"a cheaper output"), *good[8:])
+    refused(world, "InvalidMerkleProof", world.ledger.record_job, lied, MODEL, FEE,
+            world.outsider)
+    refused(world, "UnknownBatch", world.ledger.record_job,
+            leaf(world.validators[0], round_number, batch, 2), MODEL, FEE, world.outsider)
+
+
+def test_transactions_from_unbonded_accounts_refused(world: World) -> None:
+    """The outsider holds tokens and never bonded: it may pay for jobs, but not post
+    batches, accuse, report or report equivocation."""
+    round_number, batch = _recorded(world, 2)
+    job_id = batch.leaves[0].job_id
+    refused(world, "NotBonded", world.ledger.accuse, job_id, sha256(b"other"), round_number + 1,
+            sha256(b"evidence"), world.outsider)
+    refused(world, "NotBonded", world.ledger.report_unavailable, job_id, world.outsider)
+    refused(world, "NotBonded", world.ledger.post_batch, round_number + 1, JobBatch.of(jobs(1)),
+            world.outsider)
+
+
+def test_a_forged_beacon_round_does_not_move_the_ledger(world: World) -> None:
+    """A forged round is refused by the beacon contract, and the ledger cannot advance past
+    a round the beacon did not verify: its clock stays where it was."""
+    number = world.ledger.current_round() + 1
+    impostor = DevnetBeacon(0xBAD)
+    forged = [impostor.reveal(r) for r in range(number + 1)][-1]
+    with pytest.raises(ContractRevert, match=r"^ForgedBeaconRound"):
+        world.ledger.submit_devnet_round(forged, world.operator, world.previous)
+    error = refused(world, "RoundNotVerified", world.ledger.advance, world.operator)
+    assert error.arguments == (number,)
+    assert world.ledger.current_round() == number - 1
