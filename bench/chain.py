@@ -1,0 +1,254 @@
+"""Settlement on an EVM chain: gas per job, attestation, dispute and beacon round on anvil.
+
+Every figure is the ``gasUsed`` of real transactions to the contracts in
+``contracts/`` on a local anvil (Prague, EIP-2537), compiled by the pinned solc:
+
+* ``gas_per_job.N``: a node's ``postBatch`` of one Merkle root over N job
+  commitments, divided by N (N = 1, 64, 1 024); the goal is ≤ 100 at 1 024;
+* ``gas_per_recorded_job``: a client's ``recordJob`` (its leaf proven against
+  the root, the fee escrowed, the job queued for its sample draw), median;
+* ``gas_per_attestation``: the assigned auditor's VALID ``attest``, median;
+* ``gas_per_dispute``: one dispute end to end — the accusation, the beacon
+  round whose ``advance`` draws the committee, and every member's vote (the
+  last one resolves it: slash, shares, refund);
+* ``gas_per_beacon_round``: a devnet round verified by ``DevnetBeacon``
+  (hash-to-G2 and a pairing check on the precompiles) plus an ``advance`` with
+  nothing due; ``gas_per_drand_round``: a real quicknet round verified by
+  ``DrandBeacon``;
+* ``jobs_per_s``: jobs recorded per second, end to end through JSON-RPC — on
+  the chain (batches of 64 posted and recorded, rounds advanced) next to the
+  SQLite ledger (``Ledger.append`` of the same honest workload's events) in the
+  same run.
+
+``gas_per_zk_verification`` is reported as null: no EZKL verifier contract is
+built here yet (see README, "Settlement on an EVM chain").
+
+    python bench/chain.py [--quick]
+
+Prints a table and writes bench/results/chain.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from protocol.beacon import DevnetBeacon
+from protocol.hashing import sha256
+from protocol.messages import Verdict
+from slashing import Ledger
+from slashing import constants as c
+from slashing.events import RecordJob
+from slashing.evm.anvil import Anvil
+from slashing.evm.chain import Chain
+from slashing.evm.ledger import EvmLedger, deploy_devnet, leaf
+from slashing.evm.merkle import JobBatch, JobLeaf
+from slashing.evm.points import g1_uncompressed, g2_uncompressed
+from slashing.state import LedgerParams
+from slashing.workload import Workload, events
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "chain.json"
+QUICKNET = json.loads((ROOT / "tests" / "vectors" / "drand-quicknet.json").read_text())
+PARAMS = replace(
+    LedgerParams.default(), sample_ppm=500_000, committee_size=2, challenge_window=1,
+    audit_window=1, vote_window=1, availability_window=1, unbonding_period=16, jail_period=3,
+)
+"""The differential test's parameters: p = 1/2, so a few jobs reach audits and disputes."""
+FEE = PARAMS.verification_fee + PARAMS.reward
+MODEL = sha256(b"bench model")
+BATCH_SIZES = (1, 64, 1024)
+VALIDATORS = 5
+
+
+class Network:
+    """A ledger on anvil with one node, five validators and a client, and its beacon."""
+
+    def __init__(self, chain: Chain) -> None:
+        self.chain = chain
+        self.operator, self.node, self.client, *self.validators = chain.accounts[: 3 + VALIDATORS]
+        self.holder = DevnetBeacon(0xC4A1)
+        self.ledger: EvmLedger = deploy_devnet(chain, PARAMS, self.holder.public_key,
+                                               self.operator)
+        self.previous = b""
+        self.next_round()
+        for account in (self.node, self.client, *self.validators):
+            self.ledger.mint(account, 10**12, self.operator)
+        self.ledger.bond(c.NODE, 10**11, self.node)
+        for i, v in enumerate(self.validators):
+            self.ledger.register(sha256(b"validator %d" % i), v)
+            self.ledger.bond(c.VALIDATOR, 50_000, v)
+        self.jobs = 0
+
+    def next_round(self) -> tuple[int, int]:
+        """(gas to verify the round, gas to advance the ledger through it)."""
+        number = self.ledger.current_round() + 1
+        revealed = self.holder.reveal(number)
+        verified = self.ledger.submit_devnet_round(revealed, self.operator, self.previous)
+        advanced = self.ledger.advance(self.operator)
+        self.previous = revealed.signature
+        return verified["gasUsed"], advanced["gasUsed"]
+
+    def batch(self, n: int) -> JobBatch:
+        leaves = []
+        for _ in range(n):
+            self.jobs += 1
+            tag = self.jobs.to_bytes(8, "big")
+            leaves.append(JobLeaf(sha256(b"job" + tag), sha256(b"commitment" + tag),
+                                  sha256(b"output" + tag)))
+        return JobBatch.of(leaves)
+
+    def post(self, n: int) -> tuple[int, JobBatch, int]:
+        batch = self.batch(n)
+        round_number = self.ledger.current_round()
+        receipt = self.ledger.post_batch(round_number, batch, self.node)
+        return round_number, batch, receipt["gasUsed"]
+
+    def record(self, round_number: int, batch: JobBatch, index: int) -> int:
+        receipt = self.ledger.record_job(leaf(self.node, round_number, batch, index), MODEL, FEE,
+                                         self.client)
+        return int(receipt["gasUsed"])
+
+
+def gas_per_job(net: Network) -> dict[str, float]:
+    out = {}
+    for n in BATCH_SIZES:
+        _, _, gas = net.post(n)
+        out[str(n)] = round(gas / n, 1)
+        net.next_round()
+    return out
+
+
+def audits_and_dispute(net: Network, jobs: int) -> dict[str, Any]:
+    """Record jobs, attest the sampled ones as their auditors, and dispute one end to end."""
+    round_number, batch, _ = net.post(jobs)
+    recorded = [net.record(round_number, batch, i) for i in range(jobs)]
+    net.next_round()
+    attestations = []
+    disputed: bytes | None = None
+    for item in batch.leaves:
+        job = net.ledger.job(item.job_id)
+        assert job is not None
+        if job.audit_deadline is None:
+            continue
+        if disputed is None:
+            disputed = item.job_id
+            continue  # left for the dispute: its auditor accuses instead of attesting
+        receipt = net.ledger.attest(item.job_id, Verdict.VALID, job.assigned_round or 0,
+                                    job.auditors[-1])
+        attestations.append(receipt["gasUsed"])
+    assert disputed is not None, "no job of the batch was sampled at p = 1/2"
+    job = net.ledger.job(disputed)
+    assert job is not None
+    accuser = job.auditors[-1]
+    accused = net.ledger.accuse(disputed, sha256(b"what re-execution gave"),
+                                job.recorded_round + 1, sha256(b"evidence" + disputed), accuser)
+    _, draw = net.next_round()
+    dispute = net.ledger.dispute(sha256(b"evidence" + disputed))
+    votes = [net.ledger.attest(disputed, Verdict.FRAUD, dispute.drawn_round or 0, m)["gasUsed"]
+             for m in dispute.committee]
+    resolved = net.ledger.dispute(sha256(b"evidence" + disputed))
+    assert resolved.outcome is Verdict.FRAUD
+    return {
+        "gas_per_recorded_job": statistics.median(recorded),
+        "gas_per_attestation": statistics.median(attestations) if attestations else None,
+        "gas_per_dispute": accused["gasUsed"] + draw + sum(votes),
+        "gas_dispute_parts": {"accuse": accused["gasUsed"], "advance_with_draw": draw,
+                              "votes": votes},
+    }
+
+
+def beacon_rounds(net: Network, rounds: int) -> dict[str, Any]:
+    verified, advanced = zip(*(net.next_round() for _ in range(rounds)), strict=True)
+    key = g2_uncompressed(bytes.fromhex(QUICKNET["public_key"]))
+    vector = QUICKNET["rounds"][0]
+    drand = net.chain.deploy("DrandBeacon", key, QUICKNET["genesis_time"], QUICKNET["period"],
+                             vector["round"], sender=net.operator)
+    receipt = net.chain.transact(
+        drand.functions.submitRound(vector["round"],
+                                    g1_uncompressed(bytes.fromhex(vector["signature"]))),
+        net.operator)
+    return {
+        "gas_per_beacon_round": statistics.median(verified) + statistics.median(advanced),
+        "gas_devnet_round_verify": statistics.median(verified),
+        "gas_empty_advance": statistics.median(advanced),
+        "gas_per_drand_round": receipt["gasUsed"],
+    }
+
+
+def chain_jobs_per_s(net: Network, batches: int, size: int) -> float:
+    started = time.perf_counter()
+    for _ in range(batches):
+        round_number, batch, _ = net.post(size)
+        for index in range(size):
+            net.record(round_number, batch, index)
+        net.next_round()
+    return batches * size / (time.perf_counter() - started)
+
+
+def sqlite_jobs_per_s(jobs: int) -> float:
+    workload = Workload(jobs=jobs)
+    stream = list(events(workload))
+    recorded = sum(isinstance(e, RecordJob) for e in stream)
+    with tempfile.TemporaryDirectory() as tmp, Ledger.open(Path(tmp) / "ledger.db") as ledger:
+        started = time.perf_counter()
+        for event in stream:
+            ledger.append(event)
+        elapsed = time.perf_counter() - started
+    return recorded / elapsed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and jobs")
+    args = parser.parse_args()
+    load_before = os.getloadavg()
+    started = time.perf_counter()
+    with Anvil() as node:
+        net = Network(Chain(node.url))
+        report: dict[str, Any] = {"gas_per_job": gas_per_job(net)}
+        report.update(audits_and_dispute(net, 16 if args.quick else 64))
+        report.update(beacon_rounds(net, 5 if args.quick else 20))
+        report["gas_per_zk_verification"] = None
+        batches = 2 if args.quick else 8
+        chain_rate = chain_jobs_per_s(net, batches, 64)
+    sqlite_rate = sqlite_jobs_per_s(batches * 64)
+    report["jobs_per_s"] = {"chain": round(chain_rate, 1), "sqlite": round(sqlite_rate, 1)}
+    report = {
+        "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs",
+        "quick": args.quick,
+        "load_average_start": [round(v, 2) for v in load_before],
+        "load_average_end": [round(v, 2) for v in os.getloadavg()],
+        "seconds": round(time.perf_counter() - started, 1),
+        **report,
+    }
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    print_table(report)
+
+
+def print_table(report: dict[str, Any]) -> None:
+    rows = [(f"gas_per_job.{n}", v) for n, v in report["gas_per_job"].items()]
+    rows += [(k, report[k]) for k in ("gas_per_recorded_job", "gas_per_attestation",
+                                      "gas_per_dispute", "gas_per_beacon_round",
+                                      "gas_per_drand_round", "gas_per_zk_verification")]
+    rows += [(f"jobs_per_s.{k}", v) for k, v in report["jobs_per_s"].items()]
+    for name, value in rows:
+        print(f"{name:<28}{'not measured' if value is None else value:>14}")
+    print(f"load {report['load_average_start']} -> {report['load_average_end']}, "
+          f"{report['seconds']} s")
+
+
+if __name__ == "__main__":
+    main()
