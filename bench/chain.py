@@ -20,8 +20,11 @@ Every figure is the ``gasUsed`` of real transactions to the contracts in
   SQLite ledger (``Ledger.append`` of the same honest workload's events) in the
   same run.
 
-``gas_per_zk_verification`` is reported as null: no EZKL verifier contract is
-built here yet (see README, "Settlement on an EVM chain").
+* ``gas_per_zk_verification``: EZKL's generated Halo2 verifier for a small
+  registered zk model (compiled by the pinned solc) checking a real proof, as
+  a transaction; ``gas_per_invalid_proof_slash``: the ledger's
+  ``accuseInvalidProof`` that has the verifier reject a tampered proof and
+  slashes the node.
 
     python bench/chain.py [--quick]
 
@@ -73,19 +76,22 @@ VALIDATORS = 5
 
 
 class Network:
-    """A ledger on anvil with one node, five validators and a client, and its beacon."""
+    """A ledger on anvil with a node, a zk node, five validators and a client, and its beacon."""
 
     def __init__(self, chain: Chain) -> None:
         self.chain = chain
-        self.operator, self.node, self.client, *self.validators = chain.accounts[: 3 + VALIDATORS]
+        self.operator, self.node, self.zk_node, self.client, *self.validators = (
+            chain.accounts[: 4 + VALIDATORS]
+        )
         self.holder = DevnetBeacon(0xC4A1)
         self.ledger: EvmLedger = deploy_devnet(chain, PARAMS, self.holder.public_key,
                                                self.operator)
         self.previous = b""
         self.next_round()
-        for account in (self.node, self.client, *self.validators):
+        for account in (self.node, self.zk_node, self.client, *self.validators):
             self.ledger.mint(account, 10**12, self.operator)
         self.ledger.bond(c.NODE, 10**11, self.node)
+        self.ledger.bond(c.NODE, 10**11, self.zk_node)
         for i, v in enumerate(self.validators):
             self.ledger.register(sha256(b"validator %d" % i), v)
             self.ledger.bond(c.VALIDATOR, 50_000, v)
@@ -187,6 +193,55 @@ def beacon_rounds(net: Network, rounds: int) -> dict[str, Any]:
     }
 
 
+def zk_verification(net: Network) -> dict[str, Any]:
+    import warnings
+
+    import torch
+
+    from prover.zk import CircuitChoice, DevnetSrsWarning, ZkArtifactStore, ZkProver, small_mlp
+    from slashing.evm.merkle import proof_hash
+    from slashing.evm.zk_verifier import (
+        compile_verifier,
+        deploy_verifier,
+        proof_arguments,
+        render_verifier,
+    )
+
+    tiny = {"image_size": 4, "in_channels": 1, "n_hidden1": 8, "n_hidden2": 8, "n_classes": 10}
+    g = torch.Generator().manual_seed(3)
+    inputs = [torch.rand((1, 1, 4, 4), generator=g) for _ in range(4)]
+    model_id = sha256(b"bench zk model")
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore", DevnetSrsWarning)
+        artifacts = ZkArtifactStore(Path(tmp)).setup(
+            model_id, small_mlp(11, tiny), inputs, choice=CircuitChoice(max_logrows=12))
+        solidity = render_verifier(artifacts.path("vk.key"), artifacts.path("settings.json"),
+                                   artifacts.srs_path)
+        proof = ZkProver(artifacts).prove(inputs[0])
+    artifact = compile_verifier(solidity)
+    address = deploy_verifier(net.chain, artifact, net.operator)
+    verifier = net.chain.w3.eth.contract(address=address, abi=artifact.abi)
+    instances = proof_arguments(proof.instances)
+    verified = net.chain.transact(verifier.functions.verifyProof(proof.proof, instances),
+                                  net.operator)
+    net.ledger.register_zk_model(model_id, address, net.operator)
+    tampered = bytearray(proof.proof)
+    tampered[100] ^= 1
+    batch = JobBatch.of([JobLeaf(sha256(b"zk job"), sha256(b"zk commitment"),
+                                 sha256(b"zk output"), proof_hash(bytes(tampered), instances))])
+    round_number = net.ledger.current_round()
+    net.ledger.post_batch(round_number, batch, net.zk_node)
+    net.ledger.record_job(leaf(net.zk_node, round_number, batch, 0), model_id, FEE, net.client)
+    net.next_round()
+    slashed = net.ledger.accuse_invalid_proof(batch.leaves[0].job_id, bytes(tampered), instances,
+                                              sha256(b"zk evidence"), net.validators[0])
+    return {
+        "gas_per_zk_verification": verified["gasUsed"],
+        "gas_per_invalid_proof_slash": slashed["gasUsed"],
+        "zk_verifier_bytes": artifact.deployed_size,
+    }
+
+
 def chain_jobs_per_s(net: Network, batches: int, size: int) -> float:
     started = time.perf_counter()
     for _ in range(batches):
@@ -220,7 +275,7 @@ def main() -> None:
         report: dict[str, Any] = {"gas_per_job": gas_per_job(net)}
         report.update(audits_and_dispute(net, 16 if args.quick else 64))
         report.update(beacon_rounds(net, 5 if args.quick else 20))
-        report["gas_per_zk_verification"] = None
+        report.update(zk_verification(net))
         batches = 2 if args.quick else 8
         chain_rate = chain_jobs_per_s(net, batches, 64)
     sqlite_rate = sqlite_jobs_per_s(batches * 64)
@@ -242,7 +297,8 @@ def print_table(report: dict[str, Any]) -> None:
     rows = [(f"gas_per_job.{n}", v) for n, v in report["gas_per_job"].items()]
     rows += [(k, report[k]) for k in ("gas_per_recorded_job", "gas_per_attestation",
                                       "gas_per_dispute", "gas_per_beacon_round",
-                                      "gas_per_drand_round", "gas_per_zk_verification")]
+                                      "gas_per_drand_round", "gas_per_zk_verification",
+                                      "gas_per_invalid_proof_slash")]
     rows += [(f"jobs_per_s.{k}", v) for k, v in report["jobs_per_s"].items()]
     for name, value in rows:
         print(f"{name:<28}{'not measured' if value is None else value:>14}")

@@ -33,6 +33,9 @@ contract AssayLedger {
     uint256 internal constant MAX_AUDIT_DRAWS = 3;
     uint256 internal constant MAX_COMMITTEE_DRAWS = 3;
     uint64 internal constant NONE = type(uint64).max; // an optional round that is not set
+    /// The gas a zk verifier contract is given (EZKL's Halo2 verifier of a small model uses
+    /// about 0.65 M).
+    uint256 internal constant ZK_VERIFY_GAS = 5_000_000;
     uint8 internal constant NODE = 0;
     uint8 internal constant VALIDATOR = 1;
     uint8 internal constant VALID = 1;
@@ -240,6 +243,7 @@ contract AssayLedger {
     error NotAZkModel(bytes32 modelId);
     error ProofAlreadySlashed(bytes32 jobId);
     error WrongProof(bytes32 jobId);
+    error TooLittleGas(uint256 verifierGas);
 
     // -- Events --------------------------------------------------------------------------------
     event Slashed(address indexed account, uint8 role, uint64 taken, uint32 offences, bool tombstoned);
@@ -824,9 +828,12 @@ contract AssayLedger {
         if (currentRound() > _windowEnd(j)) revert ChallengeWindowClosed(jobId, _windowEnd(j));
         // Verify no dispute or availability challenge is open on the job
         if (_isOpenDispute(j) || _hasOpenChallenge(j)) revert OpenDispute(jobId);
-        // Re-check the proof: the verifier contract's verdict
+        // Verify the verifier gets its whole allowance: a caller that starved it of gas could
+        // otherwise turn a proof that holds into a revert, read as a proof that fails
+        if (gasleft() < ZK_VERIFY_GAS + ZK_VERIFY_GAS / 63 + 50_000) revert TooLittleGas(ZK_VERIFY_GAS);
+        // Re-check the proof: the verifier contract's verdict, a revert counting as a failure
         bool holds;
-        try zkVerifier[j.modelId].verifyProof(proof, instances) returns (bool ok) {
+        try zkVerifier[j.modelId].verifyProof{gas: ZK_VERIFY_GAS}(proof, instances) returns (bool ok) {
             holds = ok;
         } catch {
             holds = false;

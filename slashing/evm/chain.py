@@ -24,7 +24,7 @@ from web3.contract.contract import ContractConstructor, ContractFunction
 from web3.exceptions import ContractCustomError, ContractLogicError, ContractPanicError
 from web3.types import TxReceipt
 
-from slashing.evm.toolchain import compile_contracts
+from slashing.evm.toolchain import Artifact, compile_contracts
 from slashing.rules import LedgerRuleError
 
 Sender = str | LocalAccount
@@ -121,12 +121,15 @@ class Chain:
                                     abi=self.artifacts[name].abi)
 
     def deploy(self, name: str, *args: Any, sender: Sender) -> Contract:
-        artifact = self.artifacts[name]
+        return self.deploy_artifact(self.artifacts[name], *args, sender=sender)
+
+    def deploy_artifact(self, artifact: Artifact, *args: Any, sender: Sender) -> Contract:
+        """Deploy a compiled contract that is not among ``contracts/`` (a generated one)."""
         factory = self.w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
         receipt = self._send(factory.constructor(*args), sender)
         address = receipt["contractAddress"]
         assert address is not None
-        return self.contract(name, address)
+        return self.w3.eth.contract(address=address, abi=artifact.abi)
 
     def call(self, call: ContractFunction) -> Any:
         """Read a view; a revert raises :class:`ContractRevert` naming its error."""

@@ -99,15 +99,30 @@ def _solc_version() -> str:
     return str(package["version"])
 
 
+GENERATED_SETTINGS: dict[str, Any] = {
+    **COMPILER_SETTINGS, "viaIR": False, "optimizer": {"enabled": True, "runs": 1},
+}
+"""For generated verifiers (EZKL's Halo2 verifier is one block of inline assembly): the IR
+pipeline adds nothing to it but compile time."""
+
+
 @cache
 def compile_contracts() -> dict[str, Artifact]:
     """Every contract under ``contracts/``, by name, compiled once per source change."""
+    return _compile(_sources(), COMPILER_SETTINGS)
+
+
+def compile_source(filename: str, text: str) -> dict[str, Artifact]:
+    """One generated Solidity file (a zk model's verifier), compiled by the pinned solc."""
+    return _compile({filename: text}, GENERATED_SETTINGS)
+
+
+def _compile(sources: dict[str, str], settings: dict[str, Any]) -> dict[str, Artifact]:
     package = solc_package()
-    sources = _sources()
     request = {
         "language": "Solidity",
         "sources": {name: {"content": text} for name, text in sources.items()},
-        "settings": COMPILER_SETTINGS,
+        "settings": settings,
     }
     encoded = json.dumps(request, sort_keys=True).encode()
     key = sha256(_solc_version().encode() + b"\x00" + encoded).hex()[:24]
