@@ -474,9 +474,9 @@ def sequences(min_size: int, max_size: int) -> st.SearchStrategy[list[tuple[Any,
     )
 
 
-@settings(max_examples=3, deadline=None, derandomize=True,
+@settings(max_examples=2, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(actions=sequences(16, 24))
+@given(actions=sequences(10, 14))
 def test_contracts_equal_the_rules(pair: Pair, actions: list[tuple[Any, ...]]) -> None:
     run_sequence(pair, actions)
 
