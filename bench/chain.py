@@ -47,6 +47,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from web3 import Web3
+
 from protocol.beacon import DevnetBeacon
 from protocol.hashing import sha256
 from protocol.messages import Verdict
@@ -220,7 +222,8 @@ def zk_verification(net: Network) -> dict[str, Any]:
         proof = ZkProver(artifacts).prove(inputs[0])
     artifact = compile_verifier(solidity)
     address = deploy_verifier(net.chain, artifact, net.operator)
-    verifier = net.chain.w3.eth.contract(address=address, abi=artifact.abi)
+    verifier = net.chain.w3.eth.contract(address=Web3.to_checksum_address(address),
+                                         abi=artifact.abi)
     instances = proof_arguments(proof.instances)
     verified = net.chain.transact(verifier.functions.verifyProof(proof.proof, instances),
                                   net.operator)
