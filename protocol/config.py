@@ -102,7 +102,8 @@ class ValidatorConfig:
 
 @dataclass(frozen=True)
 class LedgerConfig:
-    """``assay ledger run``: the devnet's SQLite ledger and beacon behind libp2p."""
+    """``assay ledger run``: the devnet's ledger and beacon behind libp2p, settled in SQLite
+    or on an EVM chain."""
 
     keystore: str = "ledger-key.json"
     password_file: str = ""
@@ -125,6 +126,22 @@ class LedgerConfig:
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 8021
     log_format: str = "text"
+    ledger_backend: str = "sqlite"
+    """Where the ledger settles: ``sqlite`` (its event log alone) or ``evm`` (the log for
+    admission and queries, every accepted event settled on the contracts at ``rpc_url``)."""
+    rpc_url: str = ""
+    """With ``evm``: the chain's JSON-RPC endpoint."""
+    ledger_contract: str = ""
+    """With ``evm``: the ``AssayLedger`` contract's address."""
+    beacon_contract: str = ""
+    """With ``evm``: the ``DevnetBeacon`` contract the ledger contract reads rounds from."""
+    chain_keystore: str = ""
+    """With ``evm``: the operator's chain key, an Ethereum keystore (``assay chain key``)."""
+    chain_password_file: str = ""
+    """The chain keystore's password, in a file (it also encrypts the relayed accounts' keys)."""
+    chain_accounts: str = "chain-accounts"
+    """With ``evm``: where the service keeps the chain keys it relays accounts' transactions
+    with."""
 
 
 ROLES: Mapping[str, type[Any]] = {
@@ -234,7 +251,8 @@ def load(
 
 PATH_SETTINGS = frozenset(
     {"keystore", "password_file", "data_dir", "registry", "client_keystore",
-     "client_password_file", "database", "beacon_secret_file", "genesis", "zk_store"}
+     "client_password_file", "database", "beacon_secret_file", "genesis", "zk_store",
+     "chain_keystore", "chain_password_file", "chain_accounts"}
 )
 
 

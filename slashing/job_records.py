@@ -16,12 +16,13 @@ up to date as the service appends.
 from __future__ import annotations
 
 from slashing.events import RecordJob, ServeData
+from slashing.settlement import Settlement
 from slashing.state import JobStatus, State
-from slashing.store import Ledger, LogEntry
+from slashing.store import LogEntry
 
 
 class JobRecords:
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Settlement) -> None:
         self.ledger = ledger
         self._recorded: dict[bytes, int] = {}
         self._served: dict[bytes, int] = {}

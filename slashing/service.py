@@ -1,7 +1,8 @@
-"""The devnet's ledger service: the SQLite ledger and the beacon behind a libp2p endpoint.
+"""The devnet's ledger service: the ledger and the beacon behind a libp2p endpoint.
 
-One process owns the event log (:class:`slashing.Ledger`) and the devnet
-beacon key. Its nursery runs the host and one ticker that reveals a beacon
+One process owns the event log (:class:`slashing.Ledger`), settled there or on
+an EVM chain (:class:`slashing.settlement.Settlement`), and the devnet beacon
+key. Its nursery runs the host and one ticker that reveals a beacon
 round every ``round_seconds``, appends it and gossips it on
 ``/assay/1/beacon/msgpack``. Everything else arrives on the ledger protocol as
 framed requests, each a map ``{"op", fields…}`` checked whole before use
@@ -110,6 +111,7 @@ from slashing import constants as c
 from slashing.events import AccountTx, Event, decode_event
 from slashing.job_records import JobRecords
 from slashing.rules import is_bonded, open_dispute_of
+from slashing.settlement import Settlement
 from slashing.state import JobStatus, State
 from slashing.transactions import ACCOUNT_TRANSACTIONS
 
@@ -174,7 +176,7 @@ class LedgerService:
     def __init__(
         self,
         host: PeerHost,
-        ledger: Ledger,
+        ledger: Settlement,
         beacon: DevnetBeacon,
         genesis: Genesis,
         round_seconds: float,
@@ -210,10 +212,20 @@ class LedgerService:
         bootstrap: tuple[str, ...] = (),
         faucet: frozenset[bytes] = frozenset(),
         faucet_limit: int = DEFAULT_FAUCET_LIMIT,
+        settle: Callable[[Ledger, DevnetBeacon], Settlement] | None = None,
     ) -> LedgerService:
+        """``settle`` puts the opened log under another backend (the chain's); without it the
+        service settles in the SQLite log alone."""
         host = PeerHost(key, listen, bootstrap, metrics)
-        return cls(host, Ledger.open(database), DevnetBeacon(beacon_secret), genesis,
-                   round_seconds, metrics, faucet, faucet_limit)
+        beacon = DevnetBeacon(beacon_secret)
+        ledger = Ledger.open(database)
+        try:
+            settlement = settle(ledger, beacon) if settle is not None else ledger
+        except BaseException:
+            ledger.close()
+            raise
+        return cls(host, settlement, beacon, genesis, round_seconds, metrics, faucet,
+                   faucet_limit)
 
     def _genesis(self, genesis: Genesis) -> None:
         self.ledger.append(RegisterBeacon(public_key=self.beacon.public_key, first_round=0))

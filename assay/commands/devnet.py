@@ -26,6 +26,15 @@ Nodes prove every job of it and validators check every proof. Setup adds about
 8 s on two cores (5 s of key generation, 2 s to prove the example job), less
 than starting the processes takes, so it is on by default; ``--no-zk`` leaves
 it out.
+
+With ``--chain`` the ledger settles on an EVM chain (``ledger_backend = "evm"``,
+:mod:`slashing.evm.settlement`): ``up`` first starts anvil on a free loopback
+port as the member ``chain`` (stopped last by ``down``; its state lives in
+memory, so a devnet on chain does not outlive its anvil), gives the operator's
+chain key (``keys/chain-operator.json``, an Ethereum keystore) gas, deploys the
+devnet beacon and ledger contracts from it with the genesis parameters and
+adds their addresses to ``ledger.toml``. Without the zk model: zk verdicts on
+chain need the model's verifier contract, which the devnet does not deploy.
 """
 
 from __future__ import annotations
@@ -70,6 +79,10 @@ ZK_MODEL = "zk-mlp"
 ZK_STORE = "zk"
 FAUCET = "faucet"
 """The devnet key its ledger lets mint (``assay devnet fund``)."""
+CHAIN_OPERATOR = "chain-operator"
+"""The ledger operator's chain key with ``--chain``."""
+CHAIN_OPERATOR_GAS_WEI = 10**24
+"""What anvil credits the operator with to pay its gas and fund the relayed accounts."""
 
 
 @dataclass
@@ -144,11 +157,13 @@ def create(
     cheat_rate: float = 1.0,
     zk: bool = True,
     node_settings: dict[str, Any] | None = None,
+    chain: bool = False,
 ) -> Devnet:
     """Write keys, models, genesis and one config per process; start nothing.
 
     ``zk`` adds :data:`ZK_MODEL`, set up with ``assay zk setup --devnet-srs``;
-    ``node_settings`` are added to every node's config.
+    ``node_settings`` are added to every node's config; ``chain`` settles the ledger on an
+    anvil that ``up`` starts (without the zk model).
     """
     from protocol.net.identity import peer_address
     from prover import zoo
@@ -159,6 +174,9 @@ def create(
 
     if nodes < 1 or validators < 2 or not 0 <= cheaters <= nodes:
         raise ValueError("a devnet needs nodes >= 1, validators >= 2 and 0 <= cheaters <= nodes")
+    if chain and zk:
+        raise ValueError("a devnet on chain runs without the zk model (no verifier contract is "
+                         "deployed for it): use --no-zk with --chain")
     directory = Path(directory).resolve()
     if (directory / DEVNET_FILE).exists():
         raise ValueError(f"{directory} already holds a devnet; run devnet down and remove it")
@@ -226,13 +244,25 @@ def create(
         path.write_text(path.read_text() + f"bootstrap = {json.dumps(peers)}\n")
     ledger = Member("ledger", "ledger", "ledger.toml", ledger_key.public.hex(), ledger_address,
                     ledger_http, ledger_metrics)
+    chain_settings: dict[str, Any] = {}
+    chain_members: list[Member] = []
+    if chain:
+        operator, port = _chain_key(directory), free_ports(1)[0]
+        chain_settings = {
+            "ledger_backend": "evm", "rpc_url": f"http://127.0.0.1:{port}",
+            "chain_keystore": f"keys/{CHAIN_OPERATOR}.json",
+            "chain_password_file": f"keys/{CHAIN_OPERATOR}.pass",
+            "chain_accounts": "chain-accounts",
+        }
+        chain_members.append(Member("chain", "chain", "", operator, f"http://127.0.0.1:{port}",
+                                    port))
     (directory / "ledger.toml").write_text(to_toml("ledger", {
         "keystore": "keys/ledger.json", "password_file": "keys/ledger.pass",
         "database": "ledger.sqlite", "beacon_secret_file": "beacon.secret",
         "genesis": "genesis.toml", "zk_store": ZK_STORE,
         "listen": f"/ip4/127.0.0.1/tcp/{ledger_port}", "round_seconds": round_seconds,
         "faucet": [faucet_key.public.hex()], "http_port": ledger_http,
-        "metrics": True, "metrics_port": ledger_metrics,
+        "metrics": True, "metrics_port": ledger_metrics, **chain_settings,
     }))
     committee = min(3, validators - 1)
     genesis = [f"[params]\nsample_ppm = {sample_ppm}\ncommittee_size = {committee}\n"
@@ -242,9 +272,66 @@ def create(
     if zk:
         genesis.append(f'[[zk_model]]\nmodel_id = "{net.models[ZK_MODEL]}"\n')
     (directory / "genesis.toml").write_text("\n".join(genesis))
-    net.members = [ledger, *members]
+    net.members = [*chain_members, ledger, *members]
     net.save()
     return net
+
+
+def _chain_key(directory: Path) -> str:
+    """The ledger operator's chain key, an Ethereum keystore at the devnet's scrypt cost."""
+    from eth_account import Account
+
+    from slashing.evm.keys import write_keystore
+
+    password = os.urandom(16).hex()
+    (directory / "keys" / f"{CHAIN_OPERATOR}.pass").write_text(password + "\n")
+    os.chmod(directory / "keys" / f"{CHAIN_OPERATOR}.pass", 0o600)
+    account = Account.create()
+    write_keystore(directory / "keys" / f"{CHAIN_OPERATOR}.json", account, password,
+                   DEVNET_SCRYPT_N)
+    return str(account.address)
+
+
+def start_chain(net: Devnet, member: Member, timeout: float = 30) -> None:
+    """Start anvil for ``member`` in its own process group and, the first time, deploy the
+    contracts from the operator's chain key and add their addresses to ``ledger.toml``."""
+    from slashing.evm.anvil import Anvil, AnvilFailed, wait_answering
+
+    directory = Path(net.directory)
+    (directory / "logs").mkdir(exist_ok=True)
+    log = (directory / "logs" / f"{member.name}.log").open("ab")
+    anvil = Anvil(member.http_port)
+    process = subprocess.Popen(anvil.command(), stdout=log, stderr=subprocess.STDOUT,
+                               stdin=subprocess.DEVNULL, cwd=directory, start_new_session=True)
+    member.pid = process.pid
+    net.save()
+    try:
+        wait_answering(anvil.url, anvil.chain_id, process, timeout)
+    except AnvilFailed as exc:
+        raise RuntimeError(f"{exc}; see {directory}/logs/{member.name}.log") from exc
+    config = directory / "ledger.toml"
+    if "ledger_contract" not in config.read_text():
+        config.write_text(config.read_text() + _deploy(directory, anvil.url, member.pubkey))
+
+
+def _deploy(directory: Path, url: str, operator_address: str) -> str:
+    """Fund the operator on anvil and deploy; the ``ledger.toml`` lines naming the contracts."""
+    from web3 import Web3
+
+    from assay.commands.chain import deploy
+    from slashing.evm.keys import load_keystore, read_password
+
+    keys = directory / "keys"
+    operator = load_keystore(keys / f"{CHAIN_OPERATOR}.json",
+                             read_password(keys / f"{CHAIN_OPERATOR}.pass"))
+    assert operator.address == operator_address
+    w3 = Web3(Web3.HTTPProvider(url))
+    w3.provider.make_request("anvil_setBalance",  # type: ignore[arg-type]
+                             [operator.address, hex(CHAIN_OPERATOR_GAS_WEI)])
+    secret = int((directory / "beacon.secret").read_text().strip(), 16)
+    ledger = deploy(url, operator, directory / "genesis.toml", secret)
+    return (f'ledger_contract = "{ledger.contract.address}"\n'
+            f'beacon_contract = "{ledger.beacon.address}"\n')
 
 
 def _zk_model(directory: Path, registry: Any, seed: int) -> str:
@@ -355,7 +442,10 @@ def stop(member: Member, sig: int = signal.SIGTERM, grace: float = 15.0) -> int 
 
 
 def up(net: Devnet, timeout: float = 180) -> None:
-    ledger, others = net.members[0], net.members[1:]
+    for chain in net.by_role("chain"):
+        start_chain(net, chain)
+    ledger = net.member("ledger")
+    others = [m for m in net.members if m.role not in ("chain", "ledger")]
     start(net, ledger)
     wait_healthy(net, [ledger], timeout)
     for m in others:
@@ -374,7 +464,7 @@ def cmd_devnet_up(args: argparse.Namespace) -> int:
 
     try:
         net = create(Path(args.dir), args.nodes, args.validators, args.cheaters, args.p,
-                     args.round_seconds, zk=args.zk)
+                     args.round_seconds, zk=args.zk and not args.chain, chain=args.chain)
     except ValueError as exc:
         raise CommandError(str(exc)) from exc
     try:
@@ -384,6 +474,8 @@ def cmd_devnet_up(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from exc
     for m in net.members:
         http = f"  http://127.0.0.1:{m.http_port}/v1" if m.role == "node" else ""
+        if m.role == "chain":
+            http = "  (anvil; the ledger settles here)"
         print(f"{m.name:<12} pid {m.pid:<7} {m.address}{http}")
     print(f"devnet up in {net.directory}; stop it with: assay devnet down --dir {args.dir}")
     return 0
@@ -462,6 +554,11 @@ def register(commands: Any) -> None:
         "--zk", action=argparse.BooleanOptionalAction, default=True,
         help="also serve a small zk model, set up here with a devnet SRS (testing only; "
         "about 8 s); --no-zk leaves it out",
+    )
+    start_parser.add_argument(
+        "--chain", action="store_true",
+        help="settle the ledger on an EVM chain: start anvil on a free loopback port, deploy "
+        "the contracts and run the ledger with ledger_backend = evm (implies --no-zk)",
     )
     start_parser.set_defaults(func=cmd_devnet_up)
     stop_parser = actions.add_parser("down", help="stop a devnet started with up")

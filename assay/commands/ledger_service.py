@@ -25,6 +25,7 @@ from protocol.config import LedgerConfig
 
 if TYPE_CHECKING:
     from slashing import RegisterZkModel
+    from slashing.service import Genesis
 
 
 ZK_MODEL_KEYS = frozenset({"model_id"})
@@ -113,11 +114,12 @@ def cmd_ledger_run(args: argparse.Namespace) -> int:
     metrics = Metrics()
     tune_gc_for_ledger()
     faucet = frozenset(_faucet_key(text) for text in config.faucet)
+    settle = _settlement(config, genesis, secret)
     try:
         service = LedgerService.open(key, Path(config.database), secret, genesis, config.listen,
                                      config.round_seconds, metrics, tuple(config.bootstrap),
-                                     faucet, config.faucet_limit)
-    except ProtocolError as exc:
+                                     faucet, config.faucet_limit, settle)
+    except (ProtocolError, ValueError) as exc:
         raise CommandError(f"cannot open the ledger: {exc}") from exc
 
     async def run(shutdown: Any) -> None:
@@ -139,6 +141,45 @@ def cmd_ledger_run(args: argparse.Namespace) -> int:
             service.close()
 
     return run_until_signalled(run)
+
+
+def _settlement(config: LedgerConfig, genesis: Genesis, secret: int) -> Any:
+    """With ``ledger_backend = "evm"``: the chain settlement to put the log under, its settings
+    checked against the chain and the genesis before the log is opened; None for ``sqlite``.
+    Every refusal names the setting that is wrong."""
+    from assay.arguments import CommandError
+    from slashing.settlement import BACKENDS
+
+    if config.ledger_backend not in BACKENDS:
+        raise CommandError(f"ledger_backend {config.ledger_backend!r} is not one of "
+                           f"{', '.join(BACKENDS)}")
+    if config.ledger_backend == "sqlite":
+        return None
+    for name in ("rpc_url", "ledger_contract", "beacon_contract", "chain_keystore",
+                 "chain_password_file"):
+        if not getattr(config, name):
+            raise CommandError(f'{name} is required when ledger_backend = "evm"')
+    from protocol.beacon import DevnetBeacon
+    from slashing.evm.keys import ChainKeyError, load_keystore, read_password
+    from slashing.evm.settlement import (
+        ChainConfigError,
+        ChainSettings,
+        ChainSettlement,
+        connect,
+        operator_scrypt_n,
+    )
+
+    try:
+        password = read_password(Path(config.chain_password_file))
+        keystore = Path(config.chain_keystore)
+        operator = load_keystore(keystore, password)
+        settings = ChainSettings(config.rpc_url, config.ledger_contract, config.beacon_contract,
+                                 operator, password, operator_scrypt_n(keystore),
+                                 Path(config.chain_accounts))
+        chain = connect(settings, genesis.params, DevnetBeacon(secret).public_key)
+    except (ChainKeyError, ChainConfigError) as exc:
+        raise CommandError(f"cannot settle on chain: {exc}") from exc
+    return lambda log, beacon: ChainSettlement(log, chain, settings, beacon)
 
 
 def _faucet_key(text: str) -> bytes:
@@ -168,7 +209,8 @@ def register(commands: Any) -> None:
     if actions is None:
         actions = ledger.add_subparsers(dest="ledger_command", required=True, metavar="ACTION")
     run = actions.add_parser(
-        "run", help="serve the SQLite ledger and the devnet beacon over libp2p",
+        "run", help="serve the ledger (SQLite, or settled on an EVM chain) and the devnet "
+        "beacon over libp2p",
         description="Settings: flag > ASSAY_<SETTING> > [ledger] table of --config > default.",
     )
     add_settings_flags(run, LedgerConfig)

@@ -32,6 +32,24 @@ def free_port() -> int:
         return port
 
 
+def wait_answering(url: str, chain_id: int, process: subprocess.Popen[bytes],
+                   timeout: float = START_TIMEOUT_S) -> None:
+    """Wait until the anvil ``process`` answers on ``url`` with ``chain_id``."""
+    w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": 2}))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            detail = process.stderr.read().decode(errors="replace")[-2000:] if process.stderr \
+                else ""
+            raise AnvilFailed(f"anvil exited with {process.returncode}: {detail}")
+        try:
+            if w3.eth.chain_id == chain_id:
+                return
+        except Exception:  # not listening yet
+            time.sleep(0.05)
+    raise AnvilFailed(f"anvil did not answer on {url} within {timeout:.0f} s")
+
+
 class Anvil:
     """One anvil process; a context manager that starts it and always stops it."""
 
@@ -44,31 +62,24 @@ class Anvil:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self) -> Anvil:
-        command = [
+    def command(self) -> list[str]:
+        """The anvil command line: loopback only, Prague, funded test accounts, no chatter."""
+        return [
             str(anvil_binary()), "--host", "127.0.0.1", "--port", str(self.port),
             "--hardfork", EVM_VERSION, "--chain-id", str(self.chain_id),
             "--accounts", str(FUNDED_ACCOUNTS), "--silent", "--disable-code-size-limit",
         ]
+
+    def start(self) -> Anvil:
         self.process = subprocess.Popen(
-            command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
-        w3 = Web3(Web3.HTTPProvider(self.url, request_kwargs={"timeout": 2}))
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                assert self.process.stderr is not None
-                raise AnvilFailed(
-                    f"anvil exited with {self.process.returncode}: "
-                    f"{self.process.stderr.read().decode(errors='replace')[-2000:]}"
-                )
-            try:
-                if w3.eth.chain_id == self.chain_id:
-                    return self
-            except Exception:  # not listening yet
-                time.sleep(0.05)
-        self.stop()
-        raise AnvilFailed(f"anvil did not answer on {self.url} within {START_TIMEOUT_S:.0f} s")
+        try:
+            wait_answering(self.url, self.chain_id, self.process)
+        except AnvilFailed:
+            self.stop()
+            raise
+        return self
 
     def stop(self) -> None:
         process, self.process = self.process, None

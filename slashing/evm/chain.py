@@ -142,6 +142,16 @@ class Chain:
         """Send a contract call; a refusal raises :class:`ContractRevert` and changes nothing."""
         return self._send(call, sender)
 
+    def transfer(self, to: str, value: int, sender: LocalAccount) -> TxReceipt:
+        """Send ``value`` wei of the chain's own currency (gas money) to ``to``."""
+        tx: dict[str, Any] = {
+            "to": Web3.to_checksum_address(to), "value": value, "gas": 21_000,
+            "nonce": self.w3.eth.get_transaction_count(sender.address, "pending"),
+            "chainId": self._chain_id(), "gasPrice": self.w3.eth.gas_price,
+        }
+        tx_hash = self.w3.eth.send_raw_transaction(sender.sign_transaction(tx).raw_transaction)
+        return self.w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60, poll_latency=0.005)
+
     def _address(self, sender: Sender) -> ChecksumAddress:
         return Web3.to_checksum_address(sender if isinstance(sender, str) else sender.address)
 
