@@ -12,6 +12,7 @@ the ledger's database is created.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -240,3 +241,31 @@ def test_bad_chain_settings_are_refused_by_name_and_change_nothing(
     assert main(["ledger", "run", "--config", str(config)]) != 0
     assert f"holds {stranger.address}, not the ledger contract's operator" in \
         capsys.readouterr().err
+
+
+def test_chain_keys_are_standard_keystores_and_never_printed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str],
+) -> None:
+    (tmp_path / "pass").write_text("operator password\n")
+    common = ["--password-file", str(tmp_path / "pass"), "--scrypt-n", "1024"]
+    assert main(["chain", "key", "new", "--out", str(tmp_path / "new.json"), *common]) == 0
+    made = load_keystore(tmp_path / "new.json", "operator password")
+    printed = capsys.readouterr().out
+    assert made.address in printed and made.key.hex().removeprefix("0x") not in printed
+    imported: LocalAccount = Account.create()
+    secret = imported.key.hex().removeprefix("0x")
+    (tmp_path / "key.hex").write_text(secret + "\n")
+    assert main(["chain", "key", "import", "--out", str(tmp_path / "imported.json"),
+                 "--private-key-file", str(tmp_path / "key.hex"), *common]) == 0
+    assert Account.decrypt(json.loads((tmp_path / "imported.json").read_text()),
+                           "operator password") == imported.key
+    assert secret not in capsys.readouterr().out
+    (tmp_path / "bad.hex").write_text(secret[:-2] + "zz\n")
+    assert main(["chain", "key", "import", "--out", str(tmp_path / "bad.json"),
+                 "--private-key-file", str(tmp_path / "bad.hex"), *common]) != 0
+    error = capsys.readouterr().err
+    assert "not 64 hex digits" in error and secret[:16] not in error
+    assert not (tmp_path / "bad.json").exists()
+    assert main(["chain", "key", "new", "--out", str(tmp_path / "new.json"), *common]) != 0
+    assert "never overwritten" in capsys.readouterr().err
+    assert load_keystore(tmp_path / "new.json", "operator password").address == made.address

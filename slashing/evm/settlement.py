@@ -26,7 +26,10 @@ jobs when the round closes, after the other transactions of that round; and
 anyone holding an account's chain key can send transactions the log never
 saw. A refusal is logged at WARNING with the contract's named error
 (``BatchAlreadyPosted(node, round)``, ``NotBonded(…)``) and counted; the worker
-goes on with the next event. Zk models and ``INVALID_PROOF`` and equivocation
+goes on with the next event. A round's jobs wait in memory until the round
+closes, so a service stopped mid-round does not settle that round's jobs on
+chain; at start, rounds the log has and the chain lacks are verified and
+processed first. Zk models and ``INVALID_PROOF`` and equivocation
 evidence are not carried: the chain judges those from leaves and a verifier
 contract that this relay does not post (it logs that it skipped them).
 """
