@@ -20,6 +20,17 @@ Every figure is the ``gasUsed`` of real transactions to the contracts in
   SQLite ledger (``Ledger.append`` of the same honest workload's events) in the
   same run.
 
+* ``devnet_jobs_per_s.sqlite`` and ``devnet_jobs_per_s.chain``: the whole
+  devnet (``assay devnet up``, ledger, two nodes and two validators as separate
+  processes) answering exact-mode MLP jobs sent back to back over libp2p by
+  each node's client at once, jobs answered per second (a node records each
+  job on the ledger service before it answers) with the ledger on SQLite and
+  with ``--chain`` (settled on anvil), in the same run;
+  ``devnet_jobs_per_s.chain_settled``: the chain devnet's jobs found on chain
+  per second, from the first send until the last of them is on chain (the
+  ledger service posts a round's jobs when the round closes);
+  ``devnet_jobs_on_chain``: how many of the jobs sent reached the chain.
+
 * ``gas_per_zk_verification``: EZKL's generated Halo2 verifier for a small
   registered zk model (compiled by the pinned solc) checking a real proof, as
   a transaction; ``gas_per_invalid_proof_slash``: the ledger's
@@ -267,6 +278,96 @@ def sqlite_jobs_per_s(jobs: int) -> float:
     return recorded / elapsed
 
 
+def devnet_jobs_per_s(chain: bool, jobs_per_node: int) -> dict[str, Any]:
+    """The devnet's jobs per second with its ledger on SQLite or (``chain``) on anvil."""
+    import trio
+
+    from assay.commands import devnet
+    from protocol.codec import Tensor
+    from protocol.keys import SigningKey
+    from protocol.keystore import load_key
+    from protocol.messages import JobRequest
+    from protocol.net import wire
+    from protocol.net.host import PeerHost
+    from prover import zoo
+
+    with tempfile.TemporaryDirectory() as tmp:
+        net = devnet.create(Path(tmp) / "net", nodes=2, validators=2, sample_ppm=100_000,
+                            zk=False, chain=chain,
+                            node_settings={"rate_limit": 1e9, "rate_burst": 10**9})
+        try:
+            devnet.up(net, timeout=180)
+            directory = Path(net.directory)
+            nodes, ledger = net.by_role("node"), net.member("ledger")
+            model_id = bytes.fromhex(net.models["mlp"])
+            example = zoo.build("mlp-int8", seed=0).example_input
+            sent: list[bytes] = []
+            answered = 0
+
+            async def run() -> float:
+                nonlocal answered
+                host = PeerHost(SigningKey.generate(), "/ip4/127.0.0.1/tcp/0",
+                                [m.address for m in (*nodes, ledger)])
+                async with host.running():
+                    with trio.fail_after(30):
+                        while not all(bytes.fromhex(m.pubkey) in host.connected()
+                                      for m in (*nodes, ledger)):
+                            await trio.sleep(0.05)
+                    status = await host.request(bytes.fromhex(ledger.pubkey),
+                                                wire.PROTOCOL_LEDGER,
+                                                wire.encode_map({"op": "status"}), 10)
+
+                    async def drive(node: Any) -> None:
+                        nonlocal answered
+                        client = load_key(directory / "keys" / f"{node.name}-client.json",
+                                          str(directory / "keys" / f"{node.name}-client.pass"))
+                        for i in range(jobs_per_node):
+                            request = JobRequest(
+                                model_id=model_id, input=Tensor.from_torch(example(i)),
+                                client=client.public.raw, node=bytes.fromhex(node.pubkey),
+                                nonce=i, fee=110, expiry_round=status["round"] + 10**6,
+                                chain_id=status["chain_id"]).signed(client)
+                            await host.request(bytes.fromhex(node.pubkey), wire.PROTOCOL_JOB,
+                                               request.encode(), 30)
+                            sent.append(request.job_id)
+                            answered += 1
+
+                    started = time.perf_counter()
+                    async with trio.open_nursery() as nursery:
+                        for node in nodes:
+                            nursery.start_soon(drive, node)
+                    return started
+
+            started = trio.run(run)
+            elapsed = time.perf_counter() - started
+            result: dict[str, Any] = {"jobs_per_s": answered / elapsed, "jobs": answered}
+            if chain:
+                result.update(_settled_on_chain(directory, sent, started))
+        finally:
+            devnet.down(net)
+    return result
+
+
+def _settled_on_chain(directory: Path, job_ids: list[bytes], started: float,
+                      timeout: float = 300) -> dict[str, Any]:
+    """How many of ``job_ids`` the chain holds, waiting for them, and at what rate."""
+    from protocol.config import LedgerConfig, load
+
+    config = load(LedgerConfig, directory / "ledger.toml")
+    chain = Chain(config.rpc_url)
+    ledger = EvmLedger(chain, chain.contract("AssayLedger", config.ledger_contract),
+                       chain.contract("DevnetBeacon", config.beacon_contract))
+    waiting = list(job_ids)
+    deadline = time.monotonic() + timeout
+    while waiting and time.monotonic() < deadline:
+        waiting = [j for j in waiting if ledger.job(j) is None]
+        if waiting:
+            time.sleep(0.5)
+    elapsed = time.perf_counter() - started
+    on_chain = len(job_ids) - len(waiting)
+    return {"settled_per_s": on_chain / elapsed, "on_chain": on_chain}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds and jobs")
@@ -283,6 +384,15 @@ def main() -> None:
         chain_rate = chain_jobs_per_s(net, batches, 64)
     sqlite_rate = sqlite_jobs_per_s(batches * 64)
     report["jobs_per_s"] = {"chain": round(chain_rate, 1), "sqlite": round(sqlite_rate, 1)}
+    jobs_per_node = 20 if args.quick else 150
+    on_sqlite = devnet_jobs_per_s(False, jobs_per_node)
+    on_chain = devnet_jobs_per_s(True, jobs_per_node)
+    report["devnet_jobs_per_s"] = {
+        "sqlite": round(on_sqlite["jobs_per_s"], 1), "chain": round(on_chain["jobs_per_s"], 1),
+        "chain_settled": round(on_chain["settled_per_s"], 1),
+    }
+    report["devnet_jobs_sent"] = {"sqlite": on_sqlite["jobs"], "chain": on_chain["jobs"]}
+    report["devnet_jobs_on_chain"] = on_chain["on_chain"]
     report = {
         "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs",
         "quick": args.quick,
@@ -303,8 +413,10 @@ def print_table(report: dict[str, Any]) -> None:
                                       "gas_per_drand_round", "gas_per_zk_verification",
                                       "gas_per_invalid_proof_slash")]
     rows += [(f"jobs_per_s.{k}", v) for k, v in report["jobs_per_s"].items()]
+    rows += [(f"devnet_jobs_per_s.{k}", v) for k, v in report["devnet_jobs_per_s"].items()]
+    rows += [("devnet_jobs_on_chain", report["devnet_jobs_on_chain"])]
     for name, value in rows:
-        print(f"{name:<28}{'not measured' if value is None else value:>14}")
+        print(f"{name:<34}{'not measured' if value is None else value:>14}")
     print(f"load {report['load_average_start']} -> {report['load_average_end']}, "
           f"{report['seconds']} s")
 
