@@ -106,7 +106,7 @@ class Network:
         self.ledger.bond(c.NODE, 10**11, self.node)
         self.ledger.bond(c.NODE, 10**11, self.zk_node)
         for i, v in enumerate(self.validators):
-            self.ledger.register(sha256(b"validator %d" % i), v)
+            self.ledger.register(sha256(b"validator %d" % i), v, self.operator)
             self.ledger.bond(c.VALIDATOR, 50_000, v)
         self.jobs = 0
 

@@ -9,8 +9,8 @@ import {JobTree} from "./JobTree.sol";
 /// @notice The Python rules are the specification; each function here names the
 /// `process_*` rule it follows and makes its checks in the same order, with a custom error
 /// named for each refusal. An account is its chain address: the transaction's sender
-/// authenticates it, so no signature is checked on chain. Each account registers the
-/// 32-byte protocol key it signs messages with (`register`); the draws rank validators by
+/// authenticates it, so no signature is checked on chain. The operator registers each
+/// account's 32-byte protocol key it signs messages with (`register`); the draws rank validators by
 /// it, exactly as `protocol.sampling` ranks them, so both ledgers draw the same auditors
 /// and committees.
 ///
@@ -384,15 +384,20 @@ contract AssayLedger {
         minted += amount;
     }
 
-    /// The protocol key (Ed25519 public key) the sender signs its messages with, once: the
-    /// draws rank validators by it, as the Python ledger ranks them by their account key.
-    function register(bytes32 key) external {
-        Account storage a = _accounts[msg.sender];
+    /// The protocol key (Ed25519 public key) `account` signs its messages with, once, set by
+    /// the operator: the draws rank validators by it, as the Python ledger ranks them by their
+    /// account key. The chain cannot check an Ed25519 signature cheaply, so a key an account
+    /// named for itself would prove nothing: anyone could claim another party's key and be
+    /// drawn in its place. The operator, who already mints, binds each address to the key it
+    /// saw the account sign with.
+    function register(address account, bytes32 key) external {
+        _onlyOperator();
+        Account storage a = _accounts[account];
         if (a.key != bytes32(0) || key == bytes32(0) || accountOfKey[key] != address(0)) {
-            revert KeyAlreadyRegistered(msg.sender, key);
+            revert KeyAlreadyRegistered(account, key);
         }
         a.key = key;
-        accountOfKey[key] = msg.sender;
+        accountOfKey[key] = account;
     }
 
     /// `process_bond`: move `amount` of the sender's balance into its stake for `role`.

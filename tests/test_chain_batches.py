@@ -64,7 +64,7 @@ def world(chain: Chain) -> World:
         ledger.mint(account, 3 * STAKE, operator)
     ledger.bond(c.NODE, STAKE, node)
     for v in (v1, v2):
-        ledger.register(sha256(v.encode()), v)
+        ledger.register(sha256(v.encode()), v, operator)
         ledger.bond(c.VALIDATOR, STAKE, v)
     return w
 
@@ -277,3 +277,25 @@ def test_a_forged_beacon_round_does_not_move_the_ledger(world: World) -> None:
     error = refused(world, "RoundNotVerified", world.ledger.advance, world.operator)
     assert error.arguments == (number,)
     assert world.ledger.current_round() == number - 1
+
+
+def test_nobody_but_the_operator_binds_a_protocol_key(world: World) -> None:
+    """The attack: an outsider claims a validator's protocol key for its own address (or a
+    fresh key for another's address) to be drawn as that validator in audits and committees,
+    or to lock the validator out of its own key. Only the operator binds keys; each attempt
+    reverts by name and nothing changes."""
+    victim_key = world.ledger.account(world.validators[0]).key
+    assert victim_key.strip(b"\x00")
+    fresh = sha256(b"a key nobody registered")
+    refused(world, "NotOperator", world.ledger.register, victim_key, world.outsider,
+            world.outsider)
+    refused(world, "NotOperator", world.ledger.register, fresh, world.outsider, world.outsider)
+    refused(world, "NotOperator", world.ledger.register, fresh, world.validators[1],
+            world.outsider)
+    # The operator cannot rebind a key either: one key, one account, once
+    refused(world, "KeyAlreadyRegistered", world.ledger.register, victim_key, world.outsider,
+            world.operator)
+    refused(world, "KeyAlreadyRegistered", world.ledger.register, fresh, world.validators[0],
+            world.operator)
+    world.ledger.register(fresh, world.outsider, world.operator)
+    assert world.ledger.account(world.outsider).key == fresh

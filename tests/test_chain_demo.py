@@ -119,7 +119,7 @@ def demo(chain: Chain) -> Demo:
         ledger.bond(c.NODE, STAKE, address)
     for i, v in enumerate(validators):
         ledger.mint(v, 3 * STAKE, operator)
-        ledger.register(sha256(b"demo validator %d" % i), v)
+        ledger.register(sha256(b"demo validator %d" % i), v, operator)
         ledger.bond(c.VALIDATOR, STAKE, v)
     return d
 

@@ -157,7 +157,7 @@ def pair() -> Iterator[Pair]:
         ledger = deploy_devnet(chain, PARAMS, BEACON.public_key, operator)
         keys = [SigningKey.derive(f"differential-{i}") for i in range(PARTIES)]
         for key, address in zip(keys, addresses, strict=True):
-            ledger.register(key.public.raw, address)
+            ledger.register(key.public.raw, address, operator)
         state = _genesis()
         ledger.submit_devnet_round(BEACON.reveal(0), operator, b"")
         ledger.advance(operator)

@@ -15,6 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from web3 import Web3
 from web3.contract import Contract
 from web3.types import TxReceipt
 
@@ -153,8 +154,10 @@ class EvmLedger:
     def mint(self, to: str, amount: int, operator: Sender) -> TxReceipt:
         return self.chain.transact(self.contract.functions.mint(to, amount), operator)
 
-    def register(self, key: bytes, sender: Sender) -> TxReceipt:
-        return self.chain.transact(self.contract.functions.register(key), sender)
+    def register(self, key: bytes, account: str, operator: Sender) -> TxReceipt:
+        """Bind `account` to the protocol key it signs with; only the operator may."""
+        call = self.contract.functions.register(Web3.to_checksum_address(account), key)
+        return self.chain.transact(call, operator)
 
     def bond(self, role: str, amount: int, sender: Sender) -> TxReceipt:
         return self.chain.transact(self.contract.functions.bond(ROLES[role], amount), sender)

@@ -198,7 +198,7 @@ class ChainAccounts:
         if chain.w3.eth.get_balance(key.address) < GAS_FUNDING_WEI // 10:
             chain.transfer(key.address, GAS_FUNDING_WEI, self.settings.operator)
         if not self.ledger.account(key.address).key.strip(b"\x00"):
-            self.ledger.register(account, key)
+            self.ledger.register(account, key.address, self.settings.operator)
         self._keys[account] = key
         return key
 
