@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from prover.llm.job import MASS_LEVELS
-from prover.llm.sampler import SamplingParams, gumbel_noise
+from prover.llm.sampler import SamplingParams, SeededNoise, gumbel_noise
+from verifier import llm
 from verifier.llm import sampling_gaps, top_p_excess
 
 
@@ -57,9 +58,13 @@ def full_sort_gaps(logits: torch.Tensor, noise: torch.Tensor, tokens: torch.Tens
     return torch.where(t_possible, gaps, torch.full_like(gaps, math.inf))
 
 
-@pytest.mark.parametrize("vocab", [50, 1500])
-@pytest.mark.parametrize("spread", [0.3, 3.0])
-def test_head_selection_decides_as_the_full_sort_does(vocab: int, spread: float) -> None:
+@pytest.mark.parametrize(("vocab", "spread", "start"), [
+    (50, 0.3, llm.HEAD_START), (50, 3.0, llm.HEAD_START), (1500, 0.3, llm.HEAD_START),
+    (1500, 3.0, llm.HEAD_START), (300, 0.3, 4)])
+def test_head_selection_decides_as_the_full_sort_does(vocab: int, spread: float, start: int,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Also with a first head so short that rows are selected again, level after level."""
+    monkeypatch.setattr(llm, "HEAD_START", start)
     g = torch.Generator().manual_seed(vocab + int(10 * spread))
     n = 12
     logits = spread * torch.randn(n, vocab, generator=g, dtype=torch.float64)
@@ -79,5 +84,20 @@ def test_head_selection_decides_as_the_full_sort_does(vocab: int, spread: float)
                 ours = sampling_gaps(logits, noise, tokens, params, tol, mass_tol)
                 reference = full_sort_gaps(logits, noise, tokens, params, tol, mass_tol)
                 assert torch.allclose(ours, reference, atol=1e-12, equal_nan=False), (t, k, p)
+                # the verifier's noise, made only where the check looks, decides the same
+                seeded = SeededNoise(params.seed, vocab)
+                assert torch.equal(sampling_gaps(logits, seeded, tokens, params, tol, mass_tol),
+                                   ours)
                 assert torch.allclose(top_p_excess(logits, tokens, params, tol),
                                       every.gather(-1, tokens[:, None])[:, 0], atol=1e-12)
+
+
+def test_seeded_noise_is_the_full_noise_at_every_entry() -> None:
+    """Entries hashed one by one are bit-for-bit the rows the node generates."""
+    vocab, n = 3000, 7
+    full = gumbel_noise(42, n, vocab)
+    seeded = SeededNoise(42, vocab)
+    ids = torch.randint(0, vocab, (n, 50), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(seeded.at(ids), full.gather(-1, ids))
+    assert torch.equal(seeded.rows(torch.tensor([5, 0, 3])), full[[5, 0, 3]])
+    assert torch.equal(gumbel_noise(42, 2, vocab, start=5), full[5:])

@@ -67,7 +67,7 @@ from prover.llm.job import (
     parse_job,
 )
 from prover.llm.model import LLM, GenerationError
-from prover.llm.sampler import SamplingParams, gumbel_noise
+from prover.llm.sampler import SamplingParams, SeededNoise
 from prover.llm.sketch import BLOCK, SketchError, decode_sketch, deviations
 from prover.llm.text import stop_index
 from prover.llm.tokenizer import Tokenizer
@@ -93,6 +93,9 @@ class LLMCheck:
     seconds: float = 0.0
     gap_sum_score: float = 0.0
     mass_sum_score: float = 0.0
+    judged: bool = False
+    """The validator ran its prefill and scored the job: the scores are evidence about the
+    node (:mod:`verifier.llm_evidence`), unlike those of a job it could not judge."""
 
     @property
     def score(self) -> float:
@@ -110,13 +113,32 @@ def _count_at_least(sorted_asc: torch.Tensor, thresholds: torch.Tensor) -> torch
 
 
 HEAD_START = 64
-"""Tokens of the first partial selection; the head doubles until it holds every token that
-the top-k/top-p rules can count as kept by every honest node."""
+"""Tokens of the first partial selection. Rows it does not settle (a flat distribution at a
+high temperature, whose nucleus is long) are selected again, on their own, with a head twice
+as long, until every row holds every token that the top-k/top-p rules can count as kept by
+every honest node: one flat row never widens every row's head."""
+
+Noise = torch.Tensor | SeededNoise
+"""A job's sampler noise: the whole ``[n, V]`` matrix, or its seed (entries made as needed)."""
 
 
-def _head(logits: torch.Tensor, probs: torch.Tensor | None, k: int, p: float, tol: float
-          ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """The ``K2`` largest logits per row (descending, with their ids) and ``K``: a token
+def _noise_at(noise: Noise, ids: torch.Tensor) -> torch.Tensor:
+    return noise.gather(-1, ids) if isinstance(noise, torch.Tensor) else noise.at(ids)
+
+
+def _noise_rows(noise: Noise, positions: torch.Tensor) -> torch.Tensor:
+    return noise[positions] if isinstance(noise, torch.Tensor) else noise.rows(positions)
+
+
+def _noise_of(noise: Noise, rows: torch.Tensor) -> Noise:
+    return noise[rows] if isinstance(noise, torch.Tensor) else noise.select(rows)
+
+
+def _head(logits: torch.Tensor, log_norm: torch.Tensor | None, temperature: float, k: int,
+          p: float, tol: float, size: int
+          ) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
+    """The ``K2 = 2K`` largest logits per row (descending, with their ids) for ``K = size``
+    (at most the vocabulary), ``K``, and which rows they settle: for a settled row a token
     outside the top ``K`` is never certainly kept, and the top ``K2`` hold every token of
     logit ≥ the ``K``-th largest − ``tol``.
 
@@ -124,26 +146,53 @@ def _head(logits: torch.Tensor, probs: torch.Tensor | None, k: int, p: float, to
     other than itself: more than ``k`` when ``K ≥ k``, and at least the top ``K``'s mass,
     ``≥ p``, above it. So top-k and top-p need a partial selection of the head only, not a
     sort of the whole vocabulary at every position (what made a 49k-token model's top-p
-    check cost as much as generating).
+    check cost as much as generating). ``log_norm`` is ``logsumexp(logits / T)`` per row
+    (top-p jobs), from which the head's probabilities follow without a full softmax.
     """
     vocab = logits.shape[-1]
-    size = HEAD_START
-    while True:
-        size = min(size, vocab)
-        wide = min(2 * size, vocab)
-        values, ids = torch.topk(logits, wide, dim=-1, sorted=True)
-        if size == vocab:
-            return values, ids, size
-        enough = 0 < k <= size
-        if probs is not None and not enough:
-            enough = bool((probs.gather(-1, ids[:, :size]).sum(-1) >= p).all())
-        if enough and (wide == vocab or bool((values[:, -1] < values[:, size - 1] - tol).all())):
-            return values, ids, size
-        size *= 2
+    size = min(size, vocab)
+    wide = min(2 * size, vocab)
+    values, ids = torch.topk(logits, wide, dim=-1, sorted=True)
+    if size == vocab:
+        return values, ids, size, torch.ones(logits.shape[0], dtype=torch.bool)
+    enough = torch.full((logits.shape[0],), 0 < k <= size)
+    if log_norm is not None:
+        mass = torch.exp(values[:, :size] / temperature - log_norm[:, None]).sum(-1)
+        enough |= mass >= p
+    settled = enough & ((values[:, -1] < values[:, size - 1] - tol) | (wide == vocab))
+    return values, ids, size, settled
+
+
+def _at_least(logits: torch.Tensor, log_norm: torch.Tensor | None, temperature: float,
+              thresholds: torch.Tensor, values: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, how many tokens have logit ≥ its threshold, and their probability mass at
+    ``temperature`` (zero without ``log_norm``).
+
+    ``values`` is a descending head of each row (``topk``); a row whose threshold lies above
+    its head's last value is counted from the head, the rest from the whole row: a masked
+    sum, never a sort.
+    """
+    if values is None:
+        values = torch.topk(logits, min(4 * HEAD_START, logits.shape[-1]), dim=-1).values
+    above = values >= thresholds[:, None]
+    count = above.sum(-1)
+    mass = torch.zeros(logits.shape[0], dtype=torch.float64)
+    if log_norm is not None:
+        mass = (torch.exp(values / temperature - log_norm[:, None]) * above).sum(-1)
+    outside = (values[:, -1] >= thresholds).nonzero()[:, 0]
+    if outside.numel():
+        whole = logits[outside]
+        above_whole = whole >= thresholds[outside, None]
+        count[outside] = above_whole.sum(-1)
+        if log_norm is not None:
+            probs = torch.exp(whole / temperature - log_norm[outside, None])
+            mass[outside] = (probs * above_whole).sum(-1)
+    return count, mass
 
 
 def sampling_gaps(
-    logits: torch.Tensor, noise: torch.Tensor, tokens: torch.Tensor, params: SamplingParams,
+    logits: torch.Tensor, noise: Noise, tokens: torch.Tensor, params: SamplingParams,
     tol: float, mass_tol: float | Sequence[float],
 ) -> torch.Tensor:
     """Each committed token's gap ``[n]`` (logit units; ∞ when no honest node could keep it).
@@ -158,29 +207,49 @@ def sampling_gaps(
     Both filters keep a prefix of the tokens ranked by logit, so a node that
     kept ``t`` kept every token clearly above it (logit ≥ ``l_t + tol``)
     whatever the probability slack: those always count against ``t``.
+
+    With top-k or top-p only the head of each row is selected and only its
+    noise is needed (``noise`` may be a :class:`~prover.llm.sampler.SeededNoise`);
+    a row whose committed token lies below its head is judged on the whole row.
     """
-    n, vocab = logits.shape
+    n = logits.shape[0]
     rows = torch.arange(n)
     chosen = logits[rows, tokens]  # [n]
     if params.greedy:
         return (logits.max(dim=-1).values - chosen).clamp_min(0.0)
     temperature = params.temperature
-    scores = logits + temperature * noise  # [n, V]
+    chosen_score = chosen + temperature * _noise_at(noise, tokens[:, None])[:, 0]
     top_p = params.top_p_ppm < 1_000_000
     if params.top_k == 0 and not top_p:
-        return (scores.max(dim=-1).values - scores[rows, tokens]).clamp_min(0.0)
+        full = logits + temperature * _noise_rows(noise, rows)
+        return (full.max(dim=-1).values - chosen_score).clamp_min(0.0)
+    log_norm = torch.logsumexp(logits / temperature, dim=-1) if top_p else None
+    return _truncated_gaps(logits, log_norm, noise, chosen, chosen_score, params, tol, mass_tol,
+                           HEAD_START)
+
+
+def _truncated_gaps(
+    logits: torch.Tensor, log_norm: torch.Tensor | None, noise: Noise, chosen: torch.Tensor,
+    chosen_score: torch.Tensor, params: SamplingParams, tol: float,
+    mass_tol: float | Sequence[float], size: int,
+) -> torch.Tensor:
+    """:func:`sampling_gaps` under top-k/top-p with a head of ``size`` tokens; the rows it
+    does not settle are judged again, on their own, with a head twice as long."""
+    vocab = logits.shape[-1]
+    temperature = params.temperature
     k = params.top_k if 0 < params.top_k < vocab else vocab
     p = params.top_p
-    probs = torch.softmax(logits / temperature, dim=-1) if top_p else None
-    clearly_above_t = logits >= (chosen + tol)[:, None]  # [n, V]
-    # top-k: t possible if fewer than k tokens lie clearly above it
-    t_possible = clearly_above_t.sum(dim=-1) < k
-    values, ids, size = _head(logits, probs, k if params.top_k else 0, p, tol)
+    values, ids, size, settled = _head(logits, log_norm, temperature,
+                                       k if params.top_k else 0, p, tol, size)
     ascending = values.flip(-1)  # [n, K2]: every token a head token's threshold can count
     head = values[:, :size]  # [n, K]
+    threshold_t = chosen + tol  # tokens of logit ≥ this are ranked above t by every node
+    # top-k: t possible if fewer than k tokens lie clearly above it
+    count_t, above_t = _at_least(logits, log_norm, temperature, threshold_t, values)
+    t_possible = count_t < k
     # v certain if, even with every near-tie ranked above it, it stays within k
     certain_head = _count_at_least(ascending, head - tol) <= k
-    if probs is not None:
+    if log_norm is not None:
         per_level = torch.as_tensor(mass_tol, dtype=torch.float64).expand(len(MASS_LEVELS))
         levels = torch.tensor(MASS_LEVELS[:-1], dtype=torch.float64)
 
@@ -191,18 +260,35 @@ def sampling_gaps(
         # A node that kept t ranks every token of logit ≥ l_t + tol above it, and a node
         # ranks above v only tokens of logit ≥ l_v − tol other than v; its mass of either set
         # is within the slack of ours (calibrated on exactly these sets).
-        above_t = (probs * clearly_above_t).sum(dim=-1)
         t_possible &= above_t - slack(above_t) < p
-        cumulative = torch.cumsum(probs.gather(-1, ids), dim=-1)  # mass of the i+1 likeliest
+        head_probs = torch.exp(values / temperature - log_norm[:, None])
+        cumulative = torch.cumsum(head_probs, dim=-1)  # mass of the i+1 likeliest
         count = _count_at_least(ascending, head - tol)
-        above_v = cumulative.gather(-1, (count - 1).clamp_min(0)) - probs.gather(-1, ids[:, :size])
+        above_v = cumulative.gather(-1, (count - 1).clamp_min(0)) - head_probs[:, :size]
         certain_head &= above_v + slack(above_v) < p
-    certain = torch.zeros_like(clearly_above_t)
-    certain.scatter_(-1, ids[:, :size], certain_head)
-    certain |= clearly_above_t  # ranked clearly above t: kept if t was
-    best = scores.masked_fill(~certain, float("-inf")).max(dim=-1).values
-    gaps = (best - scores[rows, tokens]).clamp_min(0.0)
-    return torch.where(t_possible, gaps, torch.full_like(gaps, math.inf))
+    # kept by every honest node: certain in the head, or ranked clearly above t
+    certain = torch.zeros_like(values, dtype=torch.bool)
+    certain[:, :size] = certain_head
+    certain |= values >= threshold_t[:, None]
+    head_scores = values + temperature * _noise_at(noise, ids)
+    best = head_scores.masked_fill(~certain, float("-inf")).max(dim=-1).values
+    below = (values[:, -1] >= threshold_t).nonzero()[:, 0]  # t below the head: whole rows
+    if below.numel():
+        whole = logits[below]
+        certain_whole = torch.zeros_like(whole, dtype=torch.bool)
+        certain_whole.scatter_(-1, ids[below, :size], certain_head[below])
+        certain_whole |= whole >= threshold_t[below, None]
+        scores = whole + temperature * _noise_rows(noise, below)
+        best[below] = scores.masked_fill(~certain_whole, float("-inf")).max(dim=-1).values
+    gaps = (best - chosen_score).clamp_min(0.0)
+    gaps = torch.where(t_possible, gaps, torch.full_like(gaps, math.inf))
+    rest = (~settled).nonzero()[:, 0]
+    if rest.numel():
+        gaps[rest] = _truncated_gaps(
+            logits[rest], log_norm[rest] if log_norm is not None else None,
+            _noise_of(noise, rest), chosen[rest], chosen_score[rest], params, tol, mass_tol,
+            2 * size)
+    return gaps
 
 
 def top_p_excess(
@@ -213,18 +299,19 @@ def top_p_excess(
 
     ``tokens`` ``[n]`` (or ``[n, m]`` candidates per position) gives the same shape. Zero
     for an honest node's token up to the honest mass difference of that set; zero when
-    top-p is off or the job is greedy. One token per position is a masked sum over the
-    vocabulary; many candidates per position share one sort.
+    top-p is off or the job is greedy. One token per position is counted from the head of
+    the vocabulary (:func:`_at_least`); many candidates per position share one sort.
     """
     if params.greedy or params.top_p_ppm >= 1_000_000:
         return torch.zeros(tokens.shape, dtype=torch.float64)
     n = logits.shape[0]
     temperature = params.temperature
-    probs = torch.softmax(logits / temperature, dim=-1)
     if tokens.dim() == 1:
-        chosen = logits.gather(-1, tokens[:, None])
-        above = (probs * (logits >= chosen + tol)).sum(dim=-1)
+        chosen = logits.gather(-1, tokens[:, None])[:, 0]
+        log_norm = torch.logsumexp(logits / temperature, dim=-1)
+        _, above = _at_least(logits, log_norm, temperature, chosen + tol)
     else:
+        probs = torch.softmax(logits / temperature, dim=-1)
         order = torch.sort(logits, dim=-1)
         cumulative = torch.cumsum(probs.gather(-1, order.indices).flip(-1), dim=-1)
         chosen = logits.gather(-1, tokens.reshape(n, -1))
@@ -338,7 +425,7 @@ def verify_generation(
         view = prefill(llm, prompt, tokens, job.dtype, attention=attention, threads=threads)
     except (GenerationError, LLMJobError, ValueError, RuntimeError) as exc:
         return _inconclusive(f"prefill failed: {exc}", time.perf_counter() - started)
-    noise = gumbel_noise(job.sampling.seed, n, llm.vocab_size)
+    noise = SeededNoise(job.sampling.seed, llm.vocab_size)
     gaps = sampling_gaps(view.logits, noise, tokens, job.sampling, tolerances.token_tau,
                          tolerances.mass_levels(job.sampling.temperature))
     sketch_dev = deviations(sketch, view.hidden, job.sampling.seed)  # [blocks, K] quanta
@@ -372,10 +459,11 @@ def verify_generation(
     if hits:
         which = min(hits, key=lambda w: hits[w])  # the check that needs the fewest tokens
         return LLMCheck(Verdict.FRAUD, f"{which} check failed ({detail})", scores[0], scores[1],
-                        hits[which], seconds, gap_sum_score, mass_sum_score)
+                        hits[which], seconds, gap_sum_score, mass_sum_score, True)
     if max(token_score, sketch_score, gap_sum_score, mass_sum_score) > SUSPICIOUS:
-        return LLMCheck(Verdict.INCONCLUSIVE, f"close to the tolerance ({detail})", *scores)
-    return LLMCheck(Verdict.VALID, f"tokens and sketch match ({detail})", *scores)
+        return LLMCheck(Verdict.INCONCLUSIVE, f"close to the tolerance ({detail})", *scores,
+                        True)
+    return LLMCheck(Verdict.VALID, f"tokens and sketch match ({detail})", *scores, True)
 
 
 def _first_sum_over(sums: torch.Tensor, limit: Callable[[int], float]) -> int:

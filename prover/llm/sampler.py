@@ -96,6 +96,29 @@ def _mix64(z: np.ndarray) -> np.ndarray:
     return z
 
 
+def _finish(words: np.ndarray, seed: int) -> np.ndarray:
+    """``mix(mix(counter ⊕ k0) + k1·φ)`` in place, given ``counter ⊕ k0`` (the words' start)."""
+    _, k1 = noise_key(seed)
+    offset = np.uint64((int(k1) * int(_GOLDEN)) & int(_M64))
+    with np.errstate(over="ignore"):
+        _mix64(words)
+        words += offset
+        return _mix64(words)
+
+
+def _gumbel(words: np.ndarray) -> np.ndarray:
+    """Standard Gumbel ``−log(−log u)`` from hash words, ``u`` their top 53 bits centred."""
+    words >>= np.uint64(11)
+    u = words.astype(np.float64)
+    u += 0.5
+    u *= _TWO_POW_MINUS_53
+    np.log(u, out=u)
+    np.negative(u, out=u)
+    np.log(u, out=u)
+    np.negative(u, out=u)
+    return u
+
+
 def hash_words(seed: int, positions: np.ndarray, vocab: int) -> np.ndarray:
     """Keyed 64-bit words ``[len(positions), vocab]``: word (i, v) hashes counter ``i·2³² + v``.
 
@@ -107,16 +130,12 @@ def hash_words(seed: int, positions: np.ndarray, vocab: int) -> np.ndarray:
     pos = np.asarray(positions, dtype=np.uint64)
     if pos.size and int(pos.max()) >= MAX_POSITIONS:
         raise ValueError(f"positions must be below {MAX_POSITIONS}")
-    k0, k1 = noise_key(seed)
-    offset = np.uint64((int(k1) * int(_GOLDEN)) & int(_M64))
+    k0, _ = noise_key(seed)
     words = np.empty((pos.size, vocab), dtype=np.uint64)
     # counter ⊕ k0 = ((i·2³²) ⊕ k0) ⊕ v, as v < 2³² fills the counter's low half
     np.bitwise_xor(((pos << np.uint64(32)) ^ k0)[:, None], np.arange(vocab, dtype=np.uint64),
                    out=words)
-    with np.errstate(over="ignore"):
-        _mix64(words)
-        words += offset
-        return _mix64(words)
+    return _finish(words, seed)
 
 
 def uniforms(seed: int, positions: np.ndarray, vocab: int) -> np.ndarray:
@@ -131,12 +150,50 @@ def uniforms(seed: int, positions: np.ndarray, vocab: int) -> np.ndarray:
 
 def gumbel_noise(seed: int, n_positions: int, vocab: int, start: int = 0) -> torch.Tensor:
     """Standard Gumbel noise ``−log(−log u)`` ``[n_positions, vocab]`` (float64)."""
-    g = uniforms(seed, np.arange(start, start + n_positions, dtype=np.uint64), vocab)
-    np.log(g, out=g)
-    np.negative(g, out=g)
-    np.log(g, out=g)
-    np.negative(g, out=g)
-    return torch.from_numpy(g)
+    return torch.from_numpy(
+        _gumbel(hash_words(seed, np.arange(start, start + n_positions, dtype=np.uint64), vocab)))
+
+
+def gumbel_at(seed: int, positions: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """``gumbel_noise(seed, …)[positions[i], ids[i, j]]`` ``[n, m]`` without the rest of the rows:
+    the same words, so the same values, computed only where a check looks."""
+    pos = positions.numpy().astype(np.uint64)
+    token = ids.numpy().astype(np.uint64)
+    if pos.size and int(pos.max()) >= MAX_POSITIONS:
+        raise ValueError(f"positions must be below {MAX_POSITIONS}")
+    if token.size and (int(ids.min()) < 0 or int(token.max()) >= MAX_VOCAB):
+        raise ValueError(f"token ids must be in 0..{MAX_VOCAB - 1}")
+    k0, _ = noise_key(seed)
+    words = ((pos << np.uint64(32)) ^ k0)[:, None] ^ token
+    return torch.from_numpy(_gumbel(_finish(words, seed)))
+
+
+@dataclass(frozen=True)
+class SeededNoise:
+    """A job's noise ``g`` ``[n, V]`` as a function of (seed, position, token), evaluated only
+    at the entries asked for: a verifier that needs the noise of a few tokens per position
+    never hashes the whole vocabulary. ``positions`` are the rows' positions in the job
+    (``0..n-1`` when None)."""
+
+    seed: int
+    vocab: int
+    positions: torch.Tensor | None = None
+
+    def _positions(self, rows: torch.Tensor) -> torch.Tensor:
+        return rows if self.positions is None else self.positions[rows]
+
+    def at(self, ids: torch.Tensor) -> torch.Tensor:
+        """``g[i, ids[i, j]]`` for ``ids`` ``[n, m]``."""
+        return gumbel_at(self.seed, self._positions(torch.arange(ids.shape[0])), ids)
+
+    def rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Whole rows ``g[rows]`` ``[r, V]``."""
+        positions = self._positions(rows).numpy().astype(np.uint64)
+        return torch.from_numpy(_gumbel(hash_words(self.seed, positions, self.vocab)))
+
+    def select(self, rows: torch.Tensor) -> SeededNoise:
+        """The noise of ``rows`` only, as its own ``[r, V]`` matrix."""
+        return SeededNoise(self.seed, self.vocab, self._positions(rows))
 
 
 def kept_mask(
