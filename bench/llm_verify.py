@@ -29,7 +29,6 @@ import argparse
 import copy
 import importlib.util
 import json
-import math
 import platform
 import statistics
 import subprocess
@@ -72,9 +71,12 @@ from verifier.calibrate import (  # noqa: E402
 from verifier.llm import LLMCheck, verify_generation  # noqa: E402
 from verifier.llm_evidence import (  # noqa: E402
     ALPHA,
+    AUDITS_PER_YEAR,
+    LOG_THRESHOLD,
     NodeEvidence,
     accumulate,
     audits_to_flag,
+    false_positive_bound,
     honest_mean_bound,
 )
 
@@ -589,10 +591,12 @@ def run_evidence(cal: Calibration, honest: dict[str, list[LLMCheck]],
         out[dtype] = {
             "mu0": mu0,
             "alpha": ALPHA,
+            "false_positive_per_node_year": false_positive_bound(AUDITS_PER_YEAR),
+            "audits_per_node_year": AUDITS_PER_YEAR,
             "honest": {"jobs": evidence.audits, "flagged": evidence.flagged,
                        "mean_score": statistics.mean(honest_scores) if honest_scores else None,
                        "peak_log_wealth": evidence.peak_log_wealth,
-                       "log_threshold": math.log(1 / ALPHA)},
+                       "log_threshold": LOG_THRESHOLD},
             "attacks": per_attack,
         }
     return out
@@ -740,7 +744,7 @@ def main() -> int:
                                              max_new, toploc,
                                              QUICK_REAL_ATTACKS if quick_real else None)
         cost = run_cost(name, m, cal, lengths, repeats=1 if args.quick else 2,
-                        kinds=("t1", "top_p") if quick_real else tuple(COST_KINDS))
+                        kinds=tuple(COST_KINDS))
         models_out[name] = {
             "calibration": {**cal.to_json(), "seconds": round(calibration_seconds, 1),
                             "seed": CALIBRATION_SEED},

@@ -9,19 +9,31 @@ jobs score a fraction of it (``bench/llm_verify.py``, ``evidence``). One job
 cannot tell them apart with a false-positive rate anyone would slash on; the
 mean over a node's audits can.
 
-The validator keeps, per node and dtype, a test martingale by betting
+The validator keeps, per node, model and dtype, a test by betting
 (Waudby-Smith and Ramdas, "Estimating means of bounded random variables by
 betting", JRSS-B 2024; Shafer and Vovk's game-theoretic testing): each audited
 job's score ``X`` (:attr:`verifier.llm.LLMCheck.score`, capped at 1) multiplies
 the node's *wealth* by ``1 + λ (X − μ₀)``, with ``μ₀`` the honest mean bound and
 ``λ = BET / μ₀``. If an honest node's scores have mean at most ``μ₀`` given the
-past, its wealth is a non-negative supermartingale starting at 1, so by
-Ville's inequality (1939) the chance that it *ever* reaches ``1 / ALPHA`` is at
-most ``ALPHA``: a false accusation has probability ≤ 10⁻⁶ per node and dtype
-over the node's whole life — so also per node-year — however many jobs are
-audited. A node whose scores average ``μ > μ₀`` gains about
-``log(1 + λ (μ − μ₀))`` per audit and is flagged after roughly
-``log(1 / ALPHA)`` divided by that.
+past, a wealth started at any audit is a non-negative supermartingale starting
+at 1, so by Ville's inequality (1939) the chance that it *ever* reaches
+``1 / ALPHA`` is at most ``ALPHA``.
+
+A node must not bank honesty: a wealth that only multiplied would sink far
+below 1 over a long honest run, and a node turning to cheat later would need
+as many audits again to climb back. So the wealth never falls below 1
+(``log_wealth`` is clamped at 0, the CUSUM-style e-detector of Shin, Ramdas
+and Rinaldo, "E-detectors: a nonparametric framework for sequential change
+detection", NEJSDS 2024). Its value after any audit is the largest of the
+wealths started at each earlier audit, so an honest node is flagged within
+its first ``N`` audits with probability at most ``N · ALPHA`` (a union over the
+starts): with ``ALPHA`` = 10⁻¹⁰ and a node audited every 5 minutes all year
+(105 120 audits), at most 1.1 · 10⁻⁵ per node-year
+(:func:`false_positive_bound`). A node whose scores average ``μ > μ₀`` from
+some audit on gains about ``log(1 + λ (μ − μ₀))`` per audit and is flagged
+within roughly ``log(1 / ALPHA)`` divided by that (:func:`audits_to_flag`),
+whatever it did before. A node that mixes honest jobs into its cheating
+lowers its mean, and is caught once the mix's mean exceeds ``μ₀``.
 
 ``μ₀`` is the calibrated honest mean (:attr:`prover.llm.job.Tolerances.honest_mean_score`)
 over ``MARGIN``, never above ``MAX_MU0``. The guarantee is only as good as
@@ -31,11 +43,16 @@ per-job threshold allows honest deviations twice the worst calibration saw;
 this test allows an honest *mean* 1/``MARGIN`` = 1.33 times calibration's.
 That is a smaller allowance, and it is what makes the test useful: a job's
 score is dominated by the sketch's root-mean-square over the job, whose
-honest values sit close to their mean (calibration's mean score is about 0.8
-of its largest), and a cheat that adds deviations of the honest size raises
-the mean by about √2. Whether an honest GPU's bfloat16 kernels stay within
-1.33 times the CPU's mean is a measurement this project has not made yet
-(issue item 7): until it is, accusations from this test should wait for it.
+honest values sit close to their mean, and a cheat that adds deviations of
+the honest size raises the mean by about √2. Whether an honest GPU's bfloat16
+kernels stay within 1.33 times the CPU's mean is a measurement this project
+has not made yet.
+
+:class:`verifier.validator.Validator` keeps this evidence for every node it
+audits: only jobs it actually re-executed count (a job it could not judge, or
+whose output the node withheld, adds nothing, so withholding cannot drain the
+evidence), and while a node's wealth is at or above ``1 / ALPHA`` every audited
+job of that node scoring above ``μ₀`` is FRAUD.
 """
 
 from __future__ import annotations
@@ -45,13 +62,16 @@ from dataclasses import dataclass
 
 from prover.llm.job import Tolerances
 
-ALPHA = 1e-6
-"""The probability that an honest node is ever flagged, per node and dtype (Ville)."""
+ALPHA = 1e-10
+"""The probability that an honest node's wealth started at one audit ever reaches 1/ALPHA."""
+AUDITS_PER_YEAR = 365 * 24 * 12
+"""A node audited every 5 minutes all year: the example of the per-node-year bound."""
 BET = 0.5
 """The fraction of the largest safe bet (``λ ≤ 1 / μ₀`` keeps wealth non-negative)."""
 MARGIN = 0.75
 MAX_MU0 = 0.8
 """At most ``verifier.llm.SUSPICIOUS``: a mean score above it is suspicious on its own."""
+LOG_THRESHOLD = math.log(1 / ALPHA)
 
 
 def honest_mean_bound(tolerances: Tolerances) -> float:
@@ -69,25 +89,36 @@ class NodeEvidence:
 
     @property
     def flagged(self) -> bool:
-        """Wealth reached ``1 / ALPHA`` at some audit (it never needs to come back down)."""
-        return self.peak_log_wealth >= math.log(1 / ALPHA)
+        """Wealth reached ``1 / ALPHA`` at some audit."""
+        return self.peak_log_wealth >= LOG_THRESHOLD
+
+    @property
+    def standing(self) -> bool:
+        """Wealth is at or above ``1 / ALPHA`` now: the node's audits stand accused."""
+        return self.log_wealth >= LOG_THRESHOLD
 
 
 def accumulate(evidence: NodeEvidence, score: float, mu0: float) -> NodeEvidence:
-    """The evidence after one more audited job of ``score`` (capped at 1)."""
+    """The evidence after one more audited job of ``score`` (capped at 1); the wealth never
+    falls below 1."""
     if not 0 < mu0 < 1:
         raise ValueError(f"the honest mean bound must be in (0, 1), got {mu0}")
     if math.isnan(score):
         raise ValueError("a job's score is a number")
     x = min(max(score, 0.0), 1.0)
     bet = BET / mu0
-    log_wealth = evidence.log_wealth + math.log1p(bet * (x - mu0))
+    log_wealth = max(0.0, evidence.log_wealth + math.log1p(bet * (x - mu0)))
     return NodeEvidence(audits=evidence.audits + 1, log_wealth=log_wealth,
                         peak_log_wealth=max(evidence.peak_log_wealth, log_wealth))
 
 
 def audits_to_flag(mean_score: float, mu0: float) -> float:
     """Roughly how many audits a node whose scores average ``mean_score`` needs to be flagged
-    (∞ at or below ``μ₀``): ``log(1/ALPHA) / log(1 + λ (μ − μ₀))``."""
+    (∞ at or below ``μ₀``), from any audit on: ``log(1/ALPHA) / log(1 + λ (μ − μ₀))``."""
     gain = math.log1p(BET / mu0 * (min(mean_score, 1.0) - mu0))
-    return math.log(1 / ALPHA) / gain if gain > 0 else math.inf
+    return LOG_THRESHOLD / gain if gain > 0 else math.inf
+
+
+def false_positive_bound(audits: int) -> float:
+    """The most probability that an honest node is flagged within ``audits`` audits."""
+    return min(1.0, audits * ALPHA)

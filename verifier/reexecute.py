@@ -1,12 +1,12 @@
-"""Re-execution and verdicts for the ``exact`` mode, and the dispatch to ``llm``.
+"""Re-execution and verdicts for the ``exact`` mode.
 
 A validator holds the job request (recorded on the ledger with the
 commitment), re-runs it with the prover's own deterministic runtime and
 compares output hashes. The verdict is three-valued: VALID when the bits
 match, FRAUD when the node's signed commitment cannot be right, INCONCLUSIVE
 when this validator could not decide (model not held, the run failed) —
-which never slashes anyone. Commitments in the ``llm`` mode go to
-:func:`verifier.llm.verify_generation` through :func:`check_llm`.
+which never slashes anyone. Commitments in the ``llm`` mode are judged by
+:func:`verifier.llm.verify_generation` (:class:`verifier.validator.Validator`).
 """
 
 from __future__ import annotations
@@ -18,11 +18,8 @@ from torch import nn
 
 from protocol.codec import Tensor
 from protocol.messages import Commitment, JobRequest, Verdict
-from prover.llm.job import DEFAULT_CALIBRATION, Calibration
-from prover.llm.model import LLM
 from prover.node import tensor_hash
 from prover.runtime import DeterministicRuntime
-from verifier.llm import verify_generation
 
 
 @dataclass(frozen=True)
@@ -60,16 +57,3 @@ def check_exact(
     if observed == commitment.output_hash:
         return Check(Verdict.VALID, "output hash matches re-execution", observed, seconds)
     return Check(Verdict.FRAUD, "output hash differs from re-execution", observed, seconds)
-
-
-def check_llm(
-    request: JobRequest,
-    commitment: Commitment,
-    output: Tensor | None,
-    llm: tuple[LLM, Calibration] | None,
-    threads: int = 1,
-) -> Check:
-    """Judge an ``llm`` commitment with one prefill; see :mod:`verifier.llm`."""
-    model, calibration = llm if llm is not None else (None, DEFAULT_CALIBRATION)
-    result = verify_generation(request, commitment, output, model, calibration, threads=threads)
-    return Check(result.verdict, result.reason, b"", result.seconds)

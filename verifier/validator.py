@@ -8,7 +8,11 @@ commitments are judged with one prefill (:mod:`verifier.llm`) and need the
 output the node served. ``tensor`` commitments carry their output and are
 judged within calibrated tolerances (:mod:`verifier.tensor`). The mode a job
 is judged in is the one this validator's registry gives its model, never the
-``mode`` the node wrote. ``zk`` commitments are checked by their proof
+``mode`` the node wrote. For ``llm`` jobs it also keeps evidence across each
+node's audits (:mod:`verifier.llm_evidence`): a node whose audited jobs
+deviate persistently, each under one job's threshold, stands accused once the
+evidence reaches its bound, and from then on each of its audited jobs that
+scores above the honest mean bound is FRAUD. ``zk`` commitments are checked by their proof
 (:mod:`verifier.zk`), every one of them, and a failing proof is
 ``INVALID_PROOF`` evidence that needs no committee. As a member
 of a dispute committee it re-executes the same way and signs its vote as an
@@ -25,13 +29,14 @@ from torch import nn
 from protocol.codec import Tensor
 from protocol.keys import SigningKey
 from protocol.messages import Attestation, Commitment, Evidence, JobRequest, Offence, Verdict
-from prover.llm.job import Calibration
+from prover.llm.job import DEFAULT_CALIBRATION, Calibration, parse_job
 from prover.llm.model import LLM
 from prover.node import EXACT_MODE
 from prover.runtime import DeterministicRuntime
 from prover.tensor import TENSOR_MODE, TensorModel
-from verifier.llm import LLM_MODE
-from verifier.reexecute import Check, check_exact, check_llm
+from verifier.llm import LLM_MODE, LLMCheck, verify_generation
+from verifier.llm_evidence import LOG_THRESHOLD, NodeEvidence, accumulate, honest_mean_bound
+from verifier.reexecute import Check, check_exact
 from verifier.tensor import check_tensor
 from verifier.zk import ZK_MODE, ZkKey, check_zk
 
@@ -62,6 +67,8 @@ class Validator:
         self.llms = dict(llms or {})
         self.zk_keys = dict(zk_keys or {})
         self.stats = ValidatorStats()
+        self.evidence: dict[tuple[bytes, bytes, str], NodeEvidence] = {}
+        """Per (node, model, dtype): the evidence of this validator's ``llm`` audits."""
 
     @property
     def validator_id(self) -> bytes:
@@ -81,8 +88,11 @@ class Validator:
         return commitment.mode
 
     def _check(
-        self, request: JobRequest, commitment: Commitment, output: Tensor | None
+        self, request: JobRequest, commitment: Commitment, output: Tensor | None,
+        audit: bool = False,
     ) -> Check:
+        """Judge one job; an audit (not a vote) adds an ``llm`` job's score to the node's
+        evidence."""
         mode = self.mode_of(request, commitment)
         if mode == ZK_MODE:
             check = check_zk(request, commitment, self.zk_keys.get(request.model_id))
@@ -91,13 +101,36 @@ class Validator:
                                   self.runtime.threads)
             check = Check(judged.verdict, judged.reason, b"", judged.seconds)
         elif mode == LLM_MODE:
-            llm = self.llms.get(request.model_id)
-            check = check_llm(request, commitment, output, llm, self.runtime.threads)
+            check = self._check_llm(request, commitment, output, audit)
         else:
             model = self.models.get(request.model_id)
             check = check_exact(request, commitment, model, self.runtime)
         self.stats.seconds += check.seconds
         self.stats.verdicts[check.verdict] += 1
+        return check
+
+    def _check_llm(self, request: JobRequest, commitment: Commitment, output: Tensor | None,
+                   audit: bool) -> Check:
+        """One job's check, then the node's evidence: only jobs this validator scored count."""
+        llm, calibration = self.llms.get(request.model_id, (None, DEFAULT_CALIBRATION))
+        judged: LLMCheck = verify_generation(request, commitment, output, llm, calibration,
+                                             threads=self.runtime.threads)
+        check = Check(judged.verdict, judged.reason, b"", judged.seconds)
+        if not judged.judged or judged.verdict is Verdict.FRAUD:
+            return check
+        dtype = parse_job(request).dtype  # a judged job's parameters parsed
+        mu0 = honest_mean_bound(calibration.for_dtype(dtype))
+        key = (commitment.node, request.model_id, dtype)
+        evidence = self.evidence.get(key, NodeEvidence())
+        if audit:
+            evidence = accumulate(evidence, judged.score, mu0)
+            self.evidence[key] = evidence
+        if evidence.standing and judged.score > mu0:
+            return Check(Verdict.FRAUD, (
+                f"evidence across {evidence.audits} audits of this node's {dtype} jobs: "
+                f"log-wealth {evidence.log_wealth:.1f} ≥ {LOG_THRESHOLD:.1f} against an honest "
+                f"mean score ≤ {mu0:.3f}, and this job scores {judged.score:.3f} "
+                f"({judged.reason})"), b"", judged.seconds)
         return check
 
     def needs_output(self, request: JobRequest, commitment: Commitment) -> bool:
@@ -117,7 +150,7 @@ class Validator:
         ``output`` is the output the node served (needed for ``llm`` jobs).
         """
         self.stats.audited += 1
-        check = self._check(request, commitment, output)
+        check = self._check(request, commitment, output, audit=True)
         if check.verdict is Verdict.FRAUD:
             self.stats.mismatches += 1
             return Evidence(
