@@ -2,9 +2,11 @@
 
 The attack: a node serves GPT-2 with its weights rounded to 9 bits, in bfloat16. Its jobs
 score under the per-job line — each alone VALID or INCONCLUSIVE — but above what honest
-variation gives, on every job. The validator, accumulating its audits, must accuse it within
-the bounded number of audits the bet predicts; an honest node audited as often, across batch
-and kernel variation, must never stand accused; withholding outputs must not wash a
+variation gives, on every job. The validator, accumulating its audits, must flag it within
+the bounded number of audits the bet predicts, and from then on never vouch VALID for its
+deviating jobs; it must not accuse on the record (a committee judges one job alone and would
+slash the accuser); an honest node audited as often, across batch and kernel variation, must
+never be flagged; withholding outputs must not wash a
 cheater's evidence away, and a committee vote must not count as an audit.
 """
 
@@ -25,7 +27,7 @@ from prover.llm.commit import package
 from prover.llm.generate import LLM, generate
 from prover.llm.job import DEFAULT_CALIBRATION, Calibration, LLMJob
 from prover.llm.sampler import SamplingParams
-from tests.test_llm_verify import commit, quantized
+from tests.test_llm_verify import NODE, commit, quantized
 from verifier.calibrate import HonestSetting, measure
 from verifier.llm_evidence import audits_to_flag, honest_mean_bound
 from verifier.validator import Validator
@@ -85,7 +87,7 @@ def node_evidence(validator: Validator) -> tuple[int, float, bool, bool]:
     return evidence.audits, evidence.log_wealth, evidence.flagged, evidence.standing
 
 
-def test_a_persistent_deviation_under_the_per_job_line_is_accused_within_the_bound() -> None:
+def test_a_persistent_deviation_under_the_per_job_line_is_flagged_within_the_bound() -> None:
     cal = calibration()
     mu0 = honest_mean_bound(cal.for_dtype(DTYPE))
     validator = Validator(VALIDATOR, {}, llms={MODEL_ID: (gpt2(), cal)})
@@ -98,15 +100,18 @@ def test_a_persistent_deviation_under_the_per_job_line_is_accused_within_the_bou
             break
     audits, _, flagged, standing = node_evidence(validator)
     assert flagged and standing
+    assert validator.flagged() == [(NODE.public.raw, MODEL_ID, DTYPE)]
     before = findings[:-1]
-    # the jobs before the accusation: almost none FRAUD on its own
+    # the jobs before the flag: almost none FRAUD on its own
     assert sum(isinstance(f, Evidence) for f in before) <= len(before) // 10
     scores_mean = 0.75  # 9-bit weights score about 0.7 of the per-job line on this model
     assert audits <= 2 * audits_to_flag(scores_mean, mu0), (audits, mu0)
-    # standing accused: the next deviating job is FRAUD evidence that names the evidence
+    # flagged: the next deviating jobs are INCONCLUSIVE naming the evidence, not accused on it
     more = audit(validator, cheat, jobs(2000, 4), 99)
-    accused = [f for f in more if isinstance(f, Evidence)]
-    assert accused and "evidence across" in accused[0].detail
+    named = [f for f in more if isinstance(f, Attestation) and "evidence across" in f.reason]
+    assert named and all(f.verdict is Verdict.INCONCLUSIVE for f in named)
+    assert not any(isinstance(f, Evidence) and "evidence across" in f.detail for f in more)
+    assert not any(isinstance(f, Attestation) and f.verdict is Verdict.VALID for f in more)
     # withholding the output adds nothing: the evidence stays where it is
     prompt, job = jobs(3000, 1)[0]
     made = generate(cheat, [prompt], [job])[0]
@@ -129,5 +134,5 @@ def test_an_honest_node_audited_as_often_is_never_accused() -> None:
         findings += audit(validator, gpt2(), pool[start:start + 8], start, attention)
     assert all(isinstance(f, Attestation) and f.verdict is Verdict.VALID for f in findings)
     audits, log_wealth, flagged, standing = node_evidence(validator)
-    assert audits == len(pool) and not flagged and not standing
+    assert audits == len(pool) and not flagged and not standing and not validator.flagged()
     assert log_wealth < 1.0  # nowhere near log(1/ALPHA) = 23

@@ -378,9 +378,17 @@ class ValidatorService:
         started = time.perf_counter()
         async with self._cpu:
             if work.kind == AUDIT:
+                flagged = set(self.validator.flagged())
                 finding: Attestation | Evidence = await trio.to_thread.run_sync(
                     self.validator.audit, request, work.commitment, work.beacon_round, output
                 )
+                now = self.validator.flagged()
+                self.metrics.flagged.set(len(now))
+                for node, model_id, dtype in set(now) - flagged:
+                    log.warning("node %s flagged: its %s jobs of model %s deviate persistently "
+                                "across this validator's audits (%s)", node.hex()[:16], dtype,
+                                model_id.hex()[:16], finding.detail if isinstance(
+                                    finding, Evidence) else finding.reason)
             else:
                 finding = await trio.to_thread.run_sync(
                     self.validator.vote, request, work.commitment, work.beacon_round, output

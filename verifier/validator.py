@@ -10,11 +10,13 @@ judged within calibrated tolerances (:mod:`verifier.tensor`). The mode a job
 is judged in is the one this validator's registry gives its model, never the
 ``mode`` the node wrote. For ``llm`` jobs it also keeps evidence across each
 node's audits (:mod:`verifier.llm_evidence`): a node whose audited jobs
-deviate persistently, each under one job's threshold, stands accused once the
-evidence reaches its bound, and from then on each of its audited jobs that
-scores above the honest mean bound is FRAUD. ``zk`` commitments are checked by their proof
-(:mod:`verifier.zk`), every one of them, and a failing proof is
-``INVALID_PROOF`` evidence that needs no committee. As a member
+deviate persistently, each under one job's threshold, is flagged once the
+evidence reaches its bound (:meth:`Validator.flagged`). A flagged node's jobs
+that score above the honest mean are INCONCLUSIVE, never FRAUD: a dispute
+committee re-executes one job alone, so an accusation resting on the audit
+record would be voted VALID and cost this validator its slash. ``zk``
+commitments are checked by their proof (:mod:`verifier.zk`), every one of
+them, and a failing proof is ``INVALID_PROOF`` evidence that needs no committee. As a member
 of a dispute committee it re-executes the same way and signs its vote as an
 attestation, whatever the verdict.
 """
@@ -126,12 +128,17 @@ class Validator:
             evidence = accumulate(evidence, judged.score, mu0)
             self.evidence[key] = evidence
         if evidence.standing and judged.score > mu0:
-            return Check(Verdict.FRAUD, (
-                f"evidence across {evidence.audits} audits of this node's {dtype} jobs: "
+            return Check(Verdict.INCONCLUSIVE, (
+                f"node flagged by evidence across {evidence.audits} audits of its {dtype} jobs: "
                 f"log-wealth {evidence.log_wealth:.1f} ≥ {LOG_THRESHOLD:.1f} against an honest "
                 f"mean score ≤ {mu0:.3f}, and this job scores {judged.score:.3f} "
-                f"({judged.reason})"), b"", judged.seconds)
+                f"({judged.reason}); not accused: a committee judges this one job alone"),
+                b"", judged.seconds)
         return check
+
+    def flagged(self) -> list[tuple[bytes, bytes, str]]:
+        """The (node, model, dtype) whose ``llm`` audits stand flagged by the evidence now."""
+        return [key for key, evidence in self.evidence.items() if evidence.standing]
 
     def needs_output(self, request: JobRequest, commitment: Commitment) -> bool:
         """Whether judging this job needs the output the node served: only ``llm`` jobs do

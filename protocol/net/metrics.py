@@ -74,6 +74,11 @@ class Metrics:
             ["kind"], registry=r,
         )
         self.votes = Counter("assay_validator_votes", "Dispute votes cast", registry=r)
+        self.flagged = Gauge(
+            "assay_validator_flagged_nodes",
+            "Nodes (per model and dtype) whose llm audits stand flagged by the evidence",
+            registry=r,
+        )
         self.reports = Counter(
             "assay_validator_reports",
             "Sampled jobs reported unavailable (the node did not serve a usable output)",
