@@ -70,6 +70,11 @@ class NodeConfig:
     """Jobs one caller may start at once before ``rate_limit`` applies."""
     max_queued_jobs: int = 64
     """Jobs waiting for the model beyond which new ones are refused as overload (429)."""
+    max_num_seqs: int = 16
+    """Sequences an llm model's running batch holds at once (vLLM's ``--max-num-seqs``)."""
+    max_model_len: int = 0
+    """Prompt plus new tokens of one llm job; 0 is the model's own context (vLLM's
+    ``--max-model-len``)."""
     metrics: bool = False
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 8001

@@ -13,7 +13,8 @@ offline:
 * that the request names the node that signed the commitment, on the same
   network (chain id);
 * that what the user was shown is that output: the text of a completion or
-  chat completion (byte-level tokens, :mod:`protocol.text`), the tensor of
+  chat completion (byte-level tokens, :mod:`protocol.text`, or the model's own
+  tokenizer given as ``decode``; cut before a stop string), the tensor of
   ``/v1/infer``, or an embedding of ``/v1/embeddings``, whose every item is a
   job and a receipt of its own (:func:`read_receipts`).
 
@@ -30,6 +31,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,8 +192,31 @@ def _signed(assay: dict[str, Any]) -> tuple[JobRequest, Commitment, Tensor]:
     return request, commitment, output
 
 
-def check_receipt(receipt: Receipt) -> None:
-    """Every check that needs no ledger (see the module docstring); raises :class:`ReceiptError`."""
+def committed_text(request: JobRequest, output: Tensor,
+                   decode: Callable[[Sequence[int]], str] = decode_tokens) -> str:
+    """The text of a generation's committed tokens, cut before the first of the request's
+    stop strings (the token that completed it is committed; its text is not shown)."""
+    text = decode([int(t) for t in output.to_numpy().reshape(-1)])
+    stops = dict(request.params).get("stop_strings")
+    if isinstance(stops, bytes):
+        try:
+            strings = codec.decode(stops)
+        except ProtocolError as exc:
+            raise ReceiptError(f"the request's stop_strings do not decode: {exc}") from exc
+        if not isinstance(strings, list) or not all(isinstance(x, str) and x for x in strings):
+            raise ReceiptError("the request's stop_strings are not a list of strings")
+        hits = [i for i in (text.find(x) for x in strings) if i >= 0]
+        if hits:
+            text = text[:min(hits)]
+    return text
+
+
+def check_receipt(receipt: Receipt, decode: Callable[[Sequence[int]], str] = decode_tokens
+                  ) -> None:
+    """Every check that needs no ledger (see the module docstring); raises :class:`ReceiptError`.
+
+    ``decode`` turns token ids into text: byte-level by default (the zoo's vocabulary); for
+    a model with its own tokenizer, its ``decode``."""
     request, commitment, output = receipt.request, receipt.commitment, receipt.output
     try:
         request.verify()
@@ -216,7 +241,7 @@ def check_receipt(receipt: Receipt) -> None:
     if isinstance(receipt.shown, Tensor):
         if receipt.shown != output:
             raise ReceiptError("the output shown is not the committed output")
-    elif receipt.shown != decode_tokens([int(t) for t in output.to_numpy().reshape(-1)]):
+    elif receipt.shown != committed_text(request, output, decode):
         raise ReceiptError("the text shown is not the committed tokens' text")
     claimed = receipt.claimed
     for name, value in (("job_id", commitment.job_id), ("commitment_id", commitment.content_id),

@@ -37,8 +37,9 @@ from protocol.hashing import sha256
 from protocol.keys import SigningKey
 from protocol.messages import Commitment, JobRequest
 from prover.adversary import CheatStrategy
-from prover.llm.commit import run_llm_job
-from prover.llm.job import Calibration, calibration_from_params
+from prover.llm.commit import package, run_llm_job
+from prover.llm.engine import Generated
+from prover.llm.job import Calibration, calibration_from_params, parse_job
 from prover.llm.model import LLM, load_llm
 from prover.model_store import load_model
 from prover.registry import ModelRegistry
@@ -186,6 +187,15 @@ class InferenceNode:
         except (ValueError, RuntimeError) as exc:
             raise JobRejected(f"model could not run this job: {exc}") from exc
         seconds = time.perf_counter() - started
+        return self._commit(request, result.output, LLM_MODE, seconds, result.aux)
+
+    def commit_generated(self, request: JobRequest, generated: Generated, seconds: float
+                         ) -> JobResult:
+        """Sign the commitment to an ``llm`` job generated in a running batch
+        (:mod:`prover.running_batch`) rather than by :meth:`handle`."""
+        job = parse_job(request)
+        _, calibration = self.llms[request.model_id]
+        result = package(generated, job, calibration)
         return self._commit(request, result.output, LLM_MODE, seconds, result.aux)
 
     def _handle_tensor(self, request: JobRequest) -> JobResult:

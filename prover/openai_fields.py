@@ -4,7 +4,7 @@ OpenAI's API answers a field it does not know with a 400 in its error shape,
 naming the field in ``param``; so does the node, rather than run a job that
 silently ignores what the caller asked for. A field OpenAI defines but the
 node does not implement is taken only at the value that changes nothing
-(``n`` 1, ``echo`` false, no ``stop``, penalties 0, no tools, …); any other
+(``best_of`` 1, ``echo`` false, penalties 0, no tools, …); any other
 value is a 400 naming it too. The fields are those of OpenAI's API reference
 for ``/v1/completions``, ``/v1/chat/completions`` and ``/v1/embeddings``.
 """
@@ -35,13 +35,9 @@ def _text_format(value: object) -> bool:
 
 
 _NEUTRAL: Mapping[str, tuple[Neutral, str]] = {
-    "n": (_one_of(None, 1), "1"),
     "best_of": (_one_of(None, 1), "1"),
     "echo": (_one_of(None, False), "false"),
-    "logprobs": (_one_of(None, False), "null or false"),
-    "top_logprobs": (_one_of(None, 0), "null or 0"),
     "suffix": (_one_of(None, ""), "null"),
-    "stop": (_one_of(None, "", []), "null"),
     "presence_penalty": (_one_of(None, 0, 0.0), "0"),
     "frequency_penalty": (_one_of(None, 0, 0.0), "0"),
     "logit_bias": (_one_of(None, {}), "null"),
@@ -57,14 +53,16 @@ _NEUTRAL: Mapping[str, tuple[Neutral, str]] = {
 
 _SAMPLING = frozenset({"model", "max_tokens", "temperature", "top_p", "top_k", "seed", "stream",
                        "user"})
-COMPLETIONS = (_SAMPLING | {"prompt"}, frozenset({
-    "n", "best_of", "echo", "logprobs", "suffix", "stop", "presence_penalty",
-    "frequency_penalty", "logit_bias", "stream_options",
+_GENERATION = _SAMPLING | {"n", "stop", "logprobs"}
+COMPLETIONS = (_GENERATION | {"prompt"}, frozenset({
+    "best_of", "echo", "suffix", "presence_penalty", "frequency_penalty", "logit_bias",
+    "stream_options",
 }))
-CHAT_COMPLETIONS = (_SAMPLING | {"messages", "max_completion_tokens"}, frozenset({
-    "n", "stop", "presence_penalty", "frequency_penalty", "logprobs", "top_logprobs",
-    "logit_bias", "stream_options", "tools", "tool_choice", "parallel_tool_calls",
-    "response_format", "store", "metadata", "service_tier",
+CHAT_COMPLETIONS = (_GENERATION | {"messages", "max_completion_tokens", "top_logprobs"},
+                    frozenset({
+    "presence_penalty", "frequency_penalty", "logit_bias", "stream_options", "tools",
+    "tool_choice", "parallel_tool_calls", "response_format", "store", "metadata",
+    "service_tier",
 }))
 EMBEDDINGS = (frozenset({"model", "input", "encoding_format", "user", "dimensions"}),
               frozenset[str]())

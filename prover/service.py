@@ -17,10 +17,14 @@ the job protocol or from HTTP, goes through :meth:`NodeService.execute`:
 2. if the signing journal already holds a commitment for the job id, that one
    is returned (a retried request never makes the node sign twice: two
    commitments to one job are equivocation);
-3. the model runs in a worker thread, one job at a time (exact mode computes
-   every job alone), so the event loop keeps serving;
+3. an ``llm`` job joins its model's running batch (:mod:`prover.running_batch`),
+   which jobs join and leave at every decoding step, each token handed to the
+   job's caller as it comes; any other job runs in a worker thread, one at a
+   time (exact mode computes every job alone); either way the event loop keeps
+   serving;
 4. the commitment, request and output are journalled, the ledger records the
-   job (``record_job``) *before* the output is released, and the commitment
+   job (``record_job``) *before* the output is released (a stream's tokens go
+   out as they come, after the fee check; its commitment only now), and the commitment
    is queued for gossip: a :class:`~protocol.net.host.BatchPublisher` sends it
    on ``/assay/1/commitment-batches`` with whatever else queued meanwhile, so
    the client's answer never waits on gossip (validators that miss it find
@@ -32,14 +36,16 @@ that a user need not trust the node for that, every response carries a
 receipt in its ``assay`` field: the signed request, the signed commitment and
 the output's canonical bytes, which :mod:`protocol.receipt` (``assay receipt
 verify``) checks against each other and against the ledger's record of the
-job. Text uses a byte-level tokenizer (:mod:`protocol.text`), which is the
-real vocabulary of the zoo's 256-token GPT-2 and Llama. Completions run as
-``llm`` mode jobs: the commitment binds the generated tokens and a sketch of
-the hidden states. With ``stream: true`` the answer is server-sent events in
-the OpenAI chunk shape, one token's text per chunk, the last chunk carrying
-``usage`` and ``assay``; the job is generated and committed first, so
-streaming saves the client no time to the first token (the runtime generates
-a job whole). Refusals use the OpenAI error shape: 400 for the request (an
+job. Completions and chat (:mod:`prover.completion_api`) use the model's own
+tokenizer and chat template; each choice is an ``llm`` mode job whose
+commitment binds the generated tokens and a sketch of the hidden states.
+A request's jobs are admitted all or none, then run in the service's nursery
+apart from the HTTP request, so a client that stops reading or goes away
+never holds the batch or the queue (one that goes away has its jobs dropped,
+uncommitted). With ``stream: true`` the answer is server-sent events in the
+OpenAI chunk shape, each token's text as soon as the step that chose it ends,
+a choice's last chunk carrying its ``assay`` receipt and the last of all
+``usage``. Refusals use the OpenAI error shape: 400 for the request (an
 unknown field, or an OpenAI field the node does not implement at a value
 that would change the answer, is refused naming it: :mod:`prover.openai_fields`),
 401 without the API key (compared in constant time), 429 and 503 with
@@ -71,10 +77,12 @@ the journal, return; the command then exits 0.
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import itertools
 import json
 import logging
+import math
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -114,14 +122,18 @@ from protocol.net.rate_limit import RateLimiter
 from protocol.net.standing import Standing
 from protocol.net.supervise import keep_running
 from protocol.sampling import PPM
-from protocol.text import decode_tokens, encode_text, stream_texts
 from prover.adversary import SubstituteModel
+from prover.completion_api import Choice, Generation, parse_generation, usage
 from prover.embedder import EMBEDDER_KIND, TextEncoder, TextTooLong
+from prover.llm.commit import prompt_of
+from prover.llm.engine import QueueFull, StepToken
 from prover.llm.job import LLMJobError, parse_job
+from prover.llm.model import GenerationError
 from prover.model_store import read_meta
-from prover.node import LLM_MODE, InferenceNode, JobRejected
+from prover.node import LLM_MODE, InferenceNode, JobRejected, JobResult
 from prover.openai_fields import CHAT_COMPLETIONS, COMPLETIONS, EMBEDDINGS, INFER, check_fields
 from prover.registry import RegistryEntry
+from prover.running_batch import RunningBatches
 
 log = logging.getLogger("assay.node")
 
@@ -157,41 +169,57 @@ class Unpaid(JobRejected):
     as many jobs in flight as its stake covers): nothing was computed."""
 
 
+OnToken = Callable[[StepToken], None]
+Event = tuple[int, "StepToken | tuple[Tensor, Commitment] | HttpError"]
+"""What an HTTP job tells its answer: a token, its output and commitment, or its failure."""
+
+
 @dataclass(frozen=True)
 class EventStream:
-    """Chunks sent as server-sent events in the OpenAI shape, then ``data: [DONE]``.
+    """Chunks sent as server-sent events in the OpenAI shape as they come, then
+    ``data: [DONE]``; ``close`` runs however the stream ends (the client may go away)."""
 
-    The job is generated and committed before the first event, so every
-    chunk comes from a committed output and the last carries the commitment.
-    """
-
-    chunks: list[dict[str, Any]]
+    chunks: AsyncIterator[dict[str, Any]]
+    close: Callable[[], None]
 
     async def lines(self) -> AsyncIterator[bytes]:
-        for chunk in self.chunks:
-            yield f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n".encode()
+        try:
+            async for chunk in self.chunks:
+                yield f"data: {json.dumps(chunk, separators=(',', ':'))}\n\n".encode()
+        except HttpError as exc:  # a job failed after the answer began: say so in the stream
+            error = {"message": exc.message, "type": "server_error" if exc.status >= 500
+                     else "invalid_request_error", "param": exc.param, "code": exc.reason}
+            yield f"data: {json.dumps({'error': error})}\n\n".encode()
         yield b"data: [DONE]\n\n"
 
 
-def _stream_flag(body: dict[str, Any]) -> bool:
-    stream = body.get("stream", False)
-    if stream is None:
-        return False
-    if not isinstance(stream, bool):
-        raise HttpError(400, "malformed", "stream must be true or false")
-    return stream
+class EventResponse(StreamingResponse):
+    """A streamed answer whose jobs are dropped however the response ends."""
+
+    def __init__(self, stream: EventStream) -> None:
+        super().__init__(stream.lines(), media_type="text/event-stream",
+                         headers={"cache-control": "no-cache"})
+        self.stream = stream
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.stream.close()
 
 
-def chat_prompt(messages: Any) -> str:
-    """A plain chat template: one ``role: content`` line per message, then ``assistant:``."""
-    if not isinstance(messages, list) or not messages:
-        raise HttpError(400, "malformed", "messages must be a non-empty list")
-    lines = []
-    for message in messages:
-        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
-            raise HttpError(400, "malformed", "each message needs a string content")
-        lines.append(f"{message.get('role', 'user')}: {message['content']}")
-    return "\n".join([*lines, "assistant:"])
+def _http_error(exc: ProtocolError) -> HttpError:
+    """A job's refusal or failure as the HTTP answer it gets."""
+    if isinstance(exc, NodeUnavailable):
+        return unavailable(str(exc))
+    if isinstance(exc, TooManyJobs):
+        return HttpError(429, "overloaded", str(exc), retry_after_s=exc.retry_after_s)
+    if isinstance(exc, Unpaid):
+        return unavailable(f"{exc}; nothing was computed (the operator funds the gateway "
+                           "account, or bonds more stake)", 60.0)
+    if isinstance(exc, PeerUnavailable):
+        return unavailable(f"the ledger is unreachable: {exc}")
+    return HttpError(400, "invalid_job", str(exc))
 
 
 def cheating_substitutes(models: Mapping[bytes, nn.Module]) -> dict[bytes, nn.Module]:
@@ -275,6 +303,15 @@ class NodeService:
         self.zk_refused: dict[bytes, str] = {}
         """zk models this node will not serve (the ledger registered another key), and why."""
         self._job_lock = trio.Lock()
+        self.batches = RunningBatches(
+            {model_id: llm for model_id, (llm, _) in node.llms.items()}, metrics,
+            attention=node.llm_attention, threads=node.runtime.threads,
+            max_num_seqs=config.max_num_seqs, max_model_len=config.max_model_len,
+            max_waiting=config.max_queued_jobs)
+        self._generating: set[bytes] = set()
+        """Job ids in a running batch now (a job is generated once, however often asked)."""
+        self._jobs: trio.Nursery | None = None
+        """Where HTTP jobs run, apart from their clients' requests, while the node serves."""
         self._nonces = itertools.count(time.time_ns())
         self.gossip = BatchPublisher(host, wire.TOPIC_COMMITMENT_BATCHES)
         host.subscribe(wire.TOPIC_COMMITMENTS, validate.commitments(self.ledger), self._ignore)
@@ -378,30 +415,39 @@ class NodeService:
         else:
             self.held.pop(request.client, None)
 
-    async def execute(self, request: JobRequest, caller: object = None
+    async def execute(self, request: JobRequest, caller: object = None,
+                      top_logprobs: int | None = None, on_token: OnToken | None = None
                       ) -> tuple[Tensor, Commitment]:
         """Check, run, journal, record and gossip one job (see the module docstring)."""
+        held = await self._take(request, caller)
+        try:
+            return await self._run_taken(request, top_logprobs, on_token)
+        finally:
+            self._let_go(request, held)
+
+    async def _take(self, request: JobRequest, caller: object) -> bool:
+        """Admit a job and hold its fee; whether a fee is held (a journalled job holds none)."""
         self._admit(request, caller)
         self.in_flight += 1
-        started = time.perf_counter()
-        held = False
         try:
-            fresh = self.recorded(request.job_id) is None
-            if fresh:
+            if self.recorded(request.job_id) is None:
                 await self._hold_fee(request)
-                held = True
-            async with self._job_lock:
-                kept = self.recorded(request.job_id)
-                if kept is None:
-                    result = await trio.to_thread.run_sync(self.node.handle, request)
-                    extra = codec.encode({"request": request.encode(), "output": result.output})
-                    self.journal.record(COMMITMENT, request.job_id, result.commitment.encode(),
-                                        extra)
-                    output, commitment = result.output, result.commitment
-                    fresh = True
-                else:
-                    _, output, commitment = kept
-                    fresh = False
+                return True
+            return False
+        except BaseException:
+            self.in_flight -= 1
+            raise
+
+    def _let_go(self, request: JobRequest, held: bool) -> None:
+        self.in_flight -= 1
+        if held:
+            self._release_fee(request)
+
+    async def _run_taken(self, request: JobRequest, top_logprobs: int | None,
+                         on_token: OnToken | None) -> tuple[Tensor, Commitment]:
+        started = time.perf_counter()
+        try:
+            output, commitment, fresh = await self._compute(request, top_logprobs, on_token)
             try:
                 await self.ledger.call("record_job", request=request.encode(),
                                        commitment=commitment.encode())
@@ -417,10 +463,65 @@ class NodeService:
         except ProtocolError as exc:
             self.metrics.jobs_failed.labels(type(exc).__name__).inc()
             raise
+
+    async def _compute(self, request: JobRequest, top_logprobs: int | None,
+                       on_token: OnToken | None) -> tuple[Tensor, Commitment, bool]:
+        """The job's output and commitment, and whether they were computed now (not kept)."""
+        kept = self.recorded(request.job_id)
+        if kept is not None:
+            return kept[1], kept[2], False
+        if self.node.cheat is None and self.batches.serves(request.model_id):
+            output, commitment = await self._generate_batched(request, top_logprobs, on_token)
+            return output, commitment, True
+        async with self._job_lock:
+            kept = self.recorded(request.job_id)
+            if kept is not None:
+                return kept[1], kept[2], False
+            result = await trio.to_thread.run_sync(self.node.handle, request)
+            self._journal(request, result)
+            return result.output, result.commitment, True
+
+    def _journal(self, request: JobRequest, result: JobResult) -> None:
+        extra = codec.encode({"request": request.encode(), "output": result.output})
+        self.journal.record(COMMITMENT, request.job_id, result.commitment.encode(), extra)
+
+    async def _generate_batched(self, request: JobRequest, top_logprobs: int | None,
+                                on_token: OnToken | None) -> tuple[Tensor, Commitment]:
+        """Generate in the model's running batch, each token handed to ``on_token`` as it
+        comes; then sign and journal the commitment."""
+        job_id = request.job_id
+        if job_id in self._generating:
+            raise TooManyJobs("this job is being generated now; retry for its commitment",
+                              RETRY_AFTER_S)
+        job = parse_job(request)
+        started = time.perf_counter()
+        self._generating.add(job_id)
+        try:
+            try:
+                tokens = self.batches.submit(request.model_id, job_id, prompt_of(request), job,
+                                             top_logprobs)
+            except QueueFull as exc:
+                raise TooManyJobs(str(exc), RETRY_AFTER_S) from exc
+            except GenerationError as exc:
+                raise JobRejected(str(exc)) from exc
+            generated = None
+            try:
+                async for produced in tokens:
+                    if on_token is not None:
+                        on_token(produced.token)
+                    generated = produced.result or generated
+            finally:
+                if generated is None:
+                    self.batches.cancel(job_id)
+            if generated is None:
+                raise JobRejected("the job was cancelled before it finished (its client went "
+                                  "away); nothing was committed")
+            result = self.node.commit_generated(request, generated, time.perf_counter() - started)
+            self._journal(request, result)
+            return result.output, result.commitment
         finally:
-            self.in_flight -= 1
-            if held:
-                self._release_fee(request)
+            self._generating.discard(job_id)
+
 
     async def handle_job(self, data: bytes, sender: bytes) -> bytes:
         request = JobRequest.decode(data, wire.MAX_REQUEST_BYTES[wire.PROTOCOL_JOB]).verify()
@@ -525,120 +626,189 @@ class NodeService:
         """Run an HTTP job (the caller's rate was taken when the request came in)."""
         try:
             return await self.execute(request)
-        except NodeUnavailable as exc:
-            raise unavailable(str(exc)) from exc
-        except TooManyJobs as exc:
-            raise HttpError(429, "overloaded", str(exc),
-                            retry_after_s=exc.retry_after_s) from exc
-        except Unpaid as exc:
-            raise unavailable(f"{exc}; nothing was computed (the operator funds the gateway "
-                              "account, or bonds more stake)", 60.0) from exc
-        except PeerUnavailable as exc:
-            raise unavailable(f"the ledger is unreachable: {exc}") from exc
         except ProtocolError as exc:
-            raise HttpError(400, "invalid_job", str(exc)) from exc
-
-    def _generation_params(self, body: dict[str, Any]) -> dict[str, Any]:
-        def number(name: str, default: float, low: float, high: float) -> float:
-            value = body.get(name, default)
-            if value is None:
-                value = default
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise HttpError(400, "malformed", f"{name} must be a number")
-            if not low <= value <= high:
-                raise HttpError(400, "malformed", f"{name} must be in {low}..{high}")
-            return float(value)
-
-        if body.get("max_tokens") is None and body.get("max_completion_tokens") is not None:
-            body = {**body, "max_tokens": body["max_completion_tokens"]}  # chat's newer name
-        max_tokens = int(number("max_tokens", 16, 1, self.config.max_new_tokens))
-        seed = body.get("seed")
-        if seed is None:
-            seed = secrets.randbelow(2**63)
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
-            raise HttpError(400, "malformed", "seed must be an unsigned 64-bit integer")
-        return {
-            "max_new_tokens": max_tokens,
-            "dtype": "float32",
-            "seed": seed,
-            "temperature_milli": round(number("temperature", 1.0, 0.0, 2.0) * 1000),
-            "top_k": int(number("top_k", 0, 0, 256)),
-            "top_p_ppm": round(number("top_p", 1.0, 0.0, 1.0) * PPM) or PPM,
-        }
-
-    async def _generate(
-        self, body: dict[str, Any], prompt: str
-    ) -> tuple[ServedModel, list[int], list[int], Commitment, dict[str, Any]]:
-        served = self._model(body.get("model"), LLM_MODE)
-        ids = encode_text(prompt)
-        if not 1 <= len(ids) <= MAX_PROMPT_TOKENS:
-            raise HttpError(400, "malformed", f"prompt must be 1..{MAX_PROMPT_TOKENS} bytes")
-        params = self._generation_params(body)
-        tensor = Tensor.from_torch(torch.tensor([ids], dtype=torch.int64))
-        output, commitment = await self._run_http(self._request(served, tensor, params))
-        generated = [int(t) for t in output.to_torch().reshape(-1).tolist()]
-        return served, ids, generated, commitment, params
-
-    @staticmethod
-    def _usage(prompt: list[int], generated: list[int]) -> dict[str, int]:
-        return {"prompt_tokens": len(prompt), "completion_tokens": len(generated),
-                "total_tokens": len(prompt) + len(generated)}
+            raise _http_error(exc) from exc
 
     async def completions(self, body: dict[str, Any]) -> dict[str, Any] | EventStream:
         check_fields(body, COMPLETIONS)
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1:
-            prompt = prompt[0]
-        if not isinstance(prompt, str):
-            raise HttpError(400, "malformed", "prompt must be a string")
-        stream = _stream_flag(body)
-        served, ids, generated, commitment, params = await self._generate(body, prompt)
-        head = {"id": f"cmpl-{commitment.job_id.hex()[:24]}", "object": "text_completion",
-                "created": int(time.time()), "model": served.name}
-        usage = self._usage(ids, generated)
-        assay = {**self._assay_field(commitment), "seed": params["seed"]}
-        if stream:
-            chunks = [{**head, "choices": [{"index": 0, "text": text, "logprobs": None,
-                                            "finish_reason": None}]}
-                      for text in stream_texts(generated)]
-            chunks.append({**head, "choices": [{"index": 0, "text": "", "logprobs": None,
-                                                "finish_reason": "length"}],
-                           "usage": usage, "assay": assay})
-            return EventStream(chunks)
-        return {
-            **head,
-            "choices": [{"index": 0, "text": decode_tokens(generated), "logprobs": None,
-                         "finish_reason": "length"}],
-            "usage": usage, "assay": assay,
-        }
+        return await self._generation(body, chat=False)
 
     async def chat_completions(self, body: dict[str, Any]) -> dict[str, Any] | EventStream:
         check_fields(body, CHAT_COMPLETIONS)
-        stream = _stream_flag(body)
-        prompt = chat_prompt(body.get("messages"))
-        served, ids, generated, commitment, params = await self._generate(body, prompt)
-        job = commitment.job_id.hex()[:24]
-        usage = self._usage(ids, generated)
-        assay = {**self._assay_field(commitment), "seed": params["seed"]}
-        if stream:
-            head = {"id": f"chatcmpl-{job}", "object": "chat.completion.chunk",
-                    "created": int(time.time()), "model": served.name}
+        return await self._generation(body, chat=True)
 
-            def chunk(delta: dict[str, str], finish: str | None) -> dict[str, Any]:
-                return {**head, "choices": [{"index": 0, "delta": delta, "logprobs": None,
-                                             "finish_reason": finish}]}
+    async def _generation(self, body: dict[str, Any], chat: bool) -> dict[str, Any] | EventStream:
+        """Parse, admit every choice's job (all or none), start them in the running batch,
+        and answer whole or as a stream (see the module docstring)."""
+        served = self._model(body.get("model"), LLM_MODE)
+        llm, _ = self.node.llms[served.entry.model_id]
+        if llm.tokenizer is None:
+            raise HttpError(400, "wrong_mode", f"model {served.name!r} has no tokenizer",
+                            param="model")
+        model_len = (self.batches.max_model_len(served.entry.model_id)
+                     if self.batches.serves(served.entry.model_id) else llm.max_positions)
+        generation = parse_generation(
+            body, chat, llm.tokenizer, llm.chat_template, llm.eos_token_ids,
+            self.config.max_new_tokens, model_len, MAX_PROMPT_TOKENS,
+            self.config.max_num_seqs, secrets.randbelow(2**63))
+        requests = [
+            self._request(served, Tensor.from_torch(torch.tensor(
+                [generation.prompt_of(i)], dtype=torch.int64)), job.to_params())
+            for i, job in enumerate(generation.jobs)
+        ]
+        if self._jobs is None:
+            raise unavailable("this node is not serving yet")
+        held: list[tuple[JobRequest, bool]] = []
+        try:
+            for request in requests:
+                held.append((request, await self._take(request, None)))
+        except ProtocolError as exc:
+            for request, fee in held:
+                self._let_go(request, fee)
+            raise _http_error(exc) from exc
+        choices = [Choice(i, llm.tokenizer, job.stop_strings)
+                   for i, job in enumerate(generation.jobs)]
+        send, events = trio.open_memory_channel[Event](math.inf)
+        async with send:
+            for (request, fee), choice in zip(held, choices, strict=True):
+                self._jobs.start_soon(self._http_job, request, fee, choice,
+                                      generation.top_logprobs, send.clone())
+        head = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{requests[0].job_id.hex()[:24]}",
+                "object": "chat.completion.chunk" if chat else "text_completion",
+                "created": int(time.time()), "model": served.name}
+        keys = [r.job_id for r in requests]
+        if generation.stream:
+            return EventStream(self._chunks(head, generation, choices, events),
+                               lambda: self._abandon(keys, events))
+        try:
+            async for _ in self._settled(choices, events):
+                pass
+        finally:
+            self._abandon(keys, events)
+        return self._whole(head, generation, choices)
 
-            chunks = [chunk({"role": "assistant", "content": ""}, None)]
-            chunks += [chunk({"content": text}, None) for text in stream_texts(generated)]
-            chunks.append({**chunk({}, "length"), "usage": usage, "assay": assay})
-            return EventStream(chunks)
-        return {
-            "id": f"chatcmpl-{job}", "object": "chat.completion",
-            "created": int(time.time()), "model": served.name,
-            "choices": [{"index": 0, "finish_reason": "length", "logprobs": None,
-                         "message": {"role": "assistant", "content": decode_tokens(generated)}}],
-            "usage": usage, "assay": assay,
-        }
+    def _abandon(self, keys: list[bytes], events: trio.MemoryReceiveChannel[Event]) -> None:
+        """The answer is done or its client went away: jobs still generating are dropped."""
+        events.close()
+        for key in keys:
+            self.batches.cancel(key)
+
+    async def _http_job(self, request: JobRequest, held: bool, choice: Choice,
+                        top_logprobs: int | None,
+                        events: trio.MemorySendChannel[Event]) -> None:
+        """One admitted HTTP job, run in the service's nursery so a client that stops reading
+        never holds a place in the batch or the queue once its job is done."""
+        def tell(event: Event) -> None:
+            # a client that went away closed its channel; its job was cancelled
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                events.send_nowait(event)
+
+        def on_token(token: StepToken) -> None:
+            now = time.perf_counter()
+            if choice.last_token_at is None:
+                self.metrics.time_to_first_token.observe(now - choice.started)
+            else:
+                self.metrics.time_per_output_token.observe(now - choice.last_token_at)
+            choice.last_token_at = now
+            tell((choice.index, token))
+
+        async with events:
+            try:
+                output, commitment = await self._run_taken(request, top_logprobs, on_token)
+                tell((choice.index, (output, commitment)))
+            except ProtocolError as exc:
+                tell((choice.index, _http_error(exc)))
+            except Exception:  # a bug costs this job, never the service
+                log.exception("an HTTP job failed")
+                tell((choice.index, HttpError(500, "internal", "internal error")))
+            finally:
+                self._let_go(request, held)
+
+    async def _settled(self, choices: list[Choice], events: trio.MemoryReceiveChannel[Event]
+                       ) -> AsyncIterator[tuple[Choice, str, bool]]:
+        """Each event as ``(choice, new text, finished)``; a job's failure fails the answer."""
+        left = len(choices)
+        async for index, event in events:
+            choice = choices[index]
+            if isinstance(event, HttpError):
+                raise event
+            if isinstance(event, StepToken):
+                yield choice, choice.add(event), False
+                continue
+            output, commitment = event
+            tokens = [int(t) for t in output.to_torch().reshape(-1).tolist()]
+            llm, _ = self.node.llms[commitment.model_id]
+            rest = choice.settle(tokens, llm.eos_token_ids)
+            choice.assay = {**self._assay_field(commitment), "seed": self._seed(commitment),
+                            "tokens": tokens}
+            yield choice, rest, True
+            left -= 1
+            if not left:
+                return
+
+    def _seed(self, commitment: Commitment) -> int:
+        kept = self.recorded(commitment.job_id)
+        assert kept is not None
+        return int(dict(kept[0].params)["seed"])
+
+    def _whole(self, head: dict[str, Any], generation: Generation, choices: list[Choice]
+               ) -> dict[str, Any]:
+        out: list[dict[str, Any]] = []
+        for choice in choices:
+            body: dict[str, Any] = {"index": choice.index, "finish_reason": choice.finish_reason}
+            if generation.chat:
+                body["message"] = {"role": "assistant", "content": choice.text}
+                body["logprobs"] = choice.chat_logprobs()
+            else:
+                body["text"] = choice.text
+                body["logprobs"] = choice.completion_logprobs()
+            body["assay"] = {**(choice.assay or {}),
+                             "prompt_tokens": generation.prompt_of(choice.index)}
+            out.append(body)
+        answer = {**head, "object": "chat.completion" if generation.chat else "text_completion",
+                  "choices": out, "usage": usage(choices, generation)}
+        if len(out) == 1:
+            answer["assay"] = out[0]["assay"]
+        return answer
+
+    async def _chunks(self, head: dict[str, Any], generation: Generation, choices: list[Choice],
+                      events: trio.MemoryReceiveChannel[Event]) -> AsyncIterator[dict[str, Any]]:
+        """The stream: text as each token releases it; a choice's last chunk carries its
+        finish reason and receipt; the last chunk of all, ``usage``."""
+        def chunk(choice: Choice, text: str, finish: str | None, logprobs: Any
+                  ) -> dict[str, Any]:
+            if generation.chat:
+                part: dict[str, Any] = {"delta": {"content": text} if text or finish is None
+                                        else {}}
+            else:
+                part = {"text": text}
+            return {**head, "choices": [{"index": choice.index, **part, "logprobs": logprobs,
+                                         "finish_reason": finish}]}
+
+        if generation.chat:
+            for choice in choices:
+                yield {**head, "choices": [{"index": choice.index, "logprobs": None,
+                                            "delta": {"role": "assistant", "content": ""},
+                                            "finish_reason": None}]}
+        left = len(choices)
+        async for choice, text, finished in self._settled(choices, events):
+            logprobs = None
+            if not finished and choice.logprobs:
+                last = len(choice.logprobs) - 1
+                logprobs = (choice.chat_logprobs(last) if generation.chat else
+                            Choice(0, choice.tokenizer, (), logprobs=choice.logprobs[last:])
+                            .completion_logprobs(len(choice.text) - len(text)))
+            if not finished:
+                if text or logprobs is not None:
+                    yield chunk(choice, text, None, logprobs)
+                continue
+            left -= 1
+            last_chunk = chunk(choice, text, choice.finish_reason, None)
+            last_chunk["assay"] = {**(choice.assay or {}),
+                                   "prompt_tokens": generation.prompt_of(choice.index)}
+            if not left:
+                last_chunk["usage"] = usage(choices, generation)
+            yield last_chunk
 
     async def infer(self, body: dict[str, Any]) -> dict[str, Any]:
         """A tensor job: ``input`` is ``{dtype, shape, data}`` with ``data`` base64."""
@@ -789,8 +959,7 @@ class NodeService:
                                      ).response()
                 self.metrics.http_requests.labels(path, "200").inc()
                 if isinstance(result, EventStream):
-                    return StreamingResponse(result.lines(), media_type="text/event-stream",
-                                             headers={"cache-control": "no-cache"})
+                    return EventResponse(result)
                 return JSONResponse(result)
 
             return Route(path, handle, methods=["POST" if needs_body else "GET"])
@@ -878,6 +1047,8 @@ class NodeService:
             supervised("gossip", self.gossip.run)
             supervised("reports", self.answer_reports)
             supervised("gateway", self.watch_gateway)
+            supervised("running_batches", self.batches.run)
+            self._jobs = nursery
 
             async def http() -> None:
                 await serve_http(self.app(), self.config.http_host, self.config.http_port,

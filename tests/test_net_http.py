@@ -160,20 +160,20 @@ def test_refusals_have_the_openai_shape_and_the_right_status(tmp_path: Path) -> 
 
 REFUSED_FIELDS = [
     ("/v1/completions", {"frobnicate": 1}, "frobnicate", "unknown field"),
-    ("/v1/completions", {"n": 2}, "n", "must be 1"),
-    ("/v1/completions", {"n": True}, "n", "must be 1"),
+    ("/v1/completions", {"best_of": 2}, "best_of", "must be 1"),
+    ("/v1/completions", {"best_of": True}, "best_of", "must be 1"),
     ("/v1/completions", {"echo": True}, "echo", "must be false"),
-    ("/v1/completions", {"stop": ["\n"]}, "stop", "must be null"),
+    ("/v1/completions", {"suffix": "x"}, "suffix", "must be null"),
     ("/v1/completions", {"presence_penalty": 0.5}, "presence_penalty", "must be 0"),
     ("/v1/chat/completions", {"tools": [{"type": "function"}]}, "tools", "must be null"),
     ("/v1/chat/completions", {"response_format": {"type": "json_object"}}, "response_format",
      "not supported"),
-    ("/v1/chat/completions", {"logprobs": True}, "logprobs", "not supported"),
+    ("/v1/chat/completions", {"logit_bias": {"1": 5}}, "logit_bias", "not supported"),
     ("/v1/chat/completions", {"prompt": "x"}, "prompt", "unknown field"),
     ("/v1/infer", {"temperature": 1}, "temperature", "unknown field"),
 ]
 NEUTRAL_FIELDS = {
-    "/v1/completions": {"n": 1, "echo": False, "stop": None, "presence_penalty": 0,
+    "/v1/completions": {"best_of": 1, "echo": False, "suffix": None, "presence_penalty": 0,
                         "user": "u", "stream_options": {"include_usage": True}},
     "/v1/chat/completions": {"tools": [], "tool_choice": "none", "logprobs": False,
                              "response_format": {"type": "text"}, "max_completion_tokens": 1},

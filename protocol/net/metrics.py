@@ -1,5 +1,9 @@
 """Prometheus metrics for every Assay service, all named ``assay_*``.
 
+The node's serving metrics follow vLLM's names with an ``assay:`` prefix
+(``vllm:time_to_first_token_seconds`` becomes ``assay:time_to_first_token_seconds``),
+so a dashboard built for vLLM reads them with the prefix changed.
+
 One :class:`Metrics` per process, on its own registry (never the global one,
 so tests can run several services in one process). Every message a peer or
 an HTTP client sends that is refused is counted with the reason, which is how
@@ -10,6 +14,9 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+TOKEN_LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0,
+                         2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+"""vLLM's buckets for time to first token, which also serve time per output token."""
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -59,6 +66,22 @@ class Metrics:
         self.job_latency = Histogram(
             "assay_job_latency_seconds", "Job latency: run, commit, record on the ledger",
             buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.time_to_first_token = Histogram(
+            "assay:time_to_first_token_seconds",
+            "Time from an HTTP generation request's admission to its first token",
+            buckets=TOKEN_LATENCY_BUCKETS, registry=r,
+        )
+        self.time_per_output_token = Histogram(
+            "assay:time_per_output_token_seconds",
+            "Time between consecutive tokens of one generation", buckets=TOKEN_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.requests_running = Gauge(
+            "assay:num_requests_running", "Sequences in the node's running batches", registry=r
+        )
+        self.requests_waiting = Gauge(
+            "assay:num_requests_waiting", "Sequences queued for the running batches", registry=r
         )
         self.sampled = Counter("assay_validator_sampled", "Jobs sampled for this validator",
                                registry=r)

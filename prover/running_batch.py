@@ -1,0 +1,125 @@
+"""The node's running batches: one :class:`~prover.llm.engine.Engine` per ``llm`` model,
+stepped in a worker thread while the event loop keeps serving.
+
+A job is submitted with its key (the job id) and gets a channel on which
+every token arrives as soon as the step that chose it ends, the last one
+with the job's :class:`~prover.llm.engine.Generated` result. The channel is
+unbounded, but holds at most ``max_new_tokens`` entries per job, so a client
+that never reads costs the node that much memory and never stalls the
+batch. A job whose client went away is cancelled: it leaves the batch at the
+next step and leaves no result.
+
+:meth:`RunningBatches.run` is the loop: while any engine has work it runs
+one step of each (joins, one token for every running job, leaves) in a
+worker thread, then hands the tokens out and updates the gauges
+(``assay:num_requests_running``/``waiting``, as vLLM names them).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import trio
+
+from protocol.net.metrics import Metrics
+from prover.llm.engine import Engine, Generated, StepToken
+from prover.llm.job import LLMJob
+from prover.llm.model import LLM
+
+
+@dataclass(frozen=True)
+class Produced:
+    """One token of a job, and the job's result when it was its last."""
+
+    token: StepToken
+    result: Generated | None
+
+
+Channel = trio.MemoryReceiveChannel[Produced]
+
+
+class RunningBatches:
+    """See the module docstring."""
+
+    def __init__(self, llms: Mapping[bytes, LLM], metrics: Metrics, attention: str = "sdpa",
+                 threads: int = 1, max_num_seqs: int = 16, max_model_len: int = 0,
+                 max_waiting: int = 64) -> None:
+        self.engines = {
+            model_id: Engine(llm, attention=attention, threads=threads,
+                             max_num_seqs=max_num_seqs,
+                             max_model_len=min(max_model_len, llm.max_positions)
+                             if max_model_len else None,
+                             max_waiting=max_waiting)
+            for model_id, llm in llms.items()
+        }
+        self.metrics = metrics
+        self.steps = 0
+        """Decoding steps run so far (all engines together): a clock clients can compare."""
+        self._channels: dict[bytes, trio.MemorySendChannel[Produced]] = {}
+        self._model_of: dict[bytes, bytes] = {}
+        self._wake = trio.Event()
+
+    def serves(self, model_id: bytes) -> bool:
+        return model_id in self.engines
+
+    def max_model_len(self, model_id: bytes) -> int:
+        return self.engines[model_id].max_model_len
+
+    def submit(self, model_id: bytes, key: bytes, prompt: torch.Tensor, job: LLMJob,
+               top_logprobs: int | None = None) -> Channel:
+        """Queue a job; its tokens arrive on the channel returned. Raises the engine's
+        ``QueueFull`` (retry later) or ``GenerationError`` (a job it cannot run)."""
+        self.engines[model_id].submit(key, prompt, job, top_logprobs)
+        send, receive = trio.open_memory_channel[Produced](math.inf)
+        self._channels[key] = send
+        self._model_of[key] = model_id
+        self._wake.set()
+        self.metrics.requests_waiting.set(sum(e.waiting for e in self.engines.values()))
+        return receive
+
+    def cancel(self, key: bytes) -> None:
+        """Drop a job (its client went away): it leaves the batch at the next step."""
+        model_id = self._model_of.pop(key, None)
+        channel = self._channels.pop(key, None)
+        if model_id is not None:
+            self.engines[model_id].cancel(key)
+        if channel is not None:
+            channel.close()
+
+    async def run(self) -> None:
+        """Step while there is work; sleep until a job is submitted when there is none."""
+        while True:
+            if not any(e.running or e.waiting for e in self.engines.values()):
+                await self._wake.wait()
+                self._wake = trio.Event()
+                continue
+            produced = await trio.to_thread.run_sync(self._step)
+            self.steps += 1
+            for item in produced:
+                key = item.token.key
+                assert isinstance(key, bytes)
+                channel = self._channels.get(key)
+                if channel is not None:
+                    channel.send_nowait(item)
+                if item.result is not None:
+                    self._model_of.pop(key, None)
+                    if channel is not None:
+                        self._channels.pop(key).close()
+            self._gauges()
+
+    def _step(self) -> list[Produced]:
+        out = []
+        for engine in self.engines.values():
+            if not (engine.running or engine.waiting):
+                continue
+            for token in engine.step():
+                result = engine.pop(token.key) if token.finish_reason is not None else None
+                out.append(Produced(token, result))
+        return out
+
+    def _gauges(self) -> None:
+        self.metrics.requests_running.set(sum(e.running for e in self.engines.values()))
+        self.metrics.requests_waiting.set(sum(e.waiting for e in self.engines.values()))
