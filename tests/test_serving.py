@@ -25,7 +25,7 @@ import openai
 import pytest
 import trio
 
-from protocol.messages import Commitment
+from protocol.messages import Commitment, Verdict
 from protocol.receipt import check_receipt, read_receipt
 from prover.node import load_registered_llms
 from prover.packaged_models import SMOLLM2_MISSING, smollm2_directory
@@ -33,6 +33,7 @@ from prover.registry import ModelRegistry
 from prover.service import NodeService
 from tests import checkpoints
 from tests.net_helpers import UNLIMITED, network
+from verifier.service import ValidatorService
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "small"
@@ -318,3 +319,65 @@ def test_hostile_clients_cannot_stop_the_service_or_starve_others(tmp_path: Path
     registry = small_registry(tmp_path)
     assert load_registered_llms(registry)
     serve(tmp_path, registry, settings, client)
+
+
+def test_jobs_that_joined_and_left_a_running_batch_are_attested_valid(tmp_path: Path) -> None:
+    """Streams of different lengths started at different steps share the running batch; a
+    validator re-executes each job alone and attests every one VALID: batching with joins and
+    leaves stays within the honest tolerances."""
+    registry = small_registry(tmp_path)
+    verdicts: dict[str, list[Verdict]] = {}
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            async with network(tmp_path, nursery, validator_classes=(ValidatorService,),
+                               registry=registry, node_settings=UNLIMITED) as net:
+                node = net.nodes[0]
+                url = f"http://127.0.0.1:{node.config.http_port}/v1/completions"
+                job_ids: list[str] = []
+                engine = node.batches.engines[net.model(MODEL)]
+                async with httpx.AsyncClient(timeout=120) as http:
+                    async def one(i: int, joined: trio.Event | None = None) -> None:
+                        body = {"model": MODEL, "prompt": f"request {i}", "stream": True,
+                                "max_tokens": 150 if joined is not None else 8 + 6 * i, "seed": i,
+                                "temperature": 0.7 if i % 2 else 0}
+                        async with http.stream("POST", url, json=body) as answer:
+                            assert answer.status_code == 200
+                            async for line in answer.aiter_lines():
+                                if joined is not None and not joined.is_set():
+                                    joined.set()  # the long job runs: the others join it
+                                if '"assay"' in line:
+                                    job_ids.append(json.loads(line[6:])["assay"]["job_id"])
+
+                    async def watch() -> None:
+                        while True:
+                            peak[0] = max(peak[0], engine.running)
+                            await trio.sleep(0.001)
+
+                    peak = [0]
+                    with trio.fail_after(60):
+                        async with trio.open_nursery() as watching:
+                            watching.start_soon(watch)
+                            async with trio.open_nursery() as clients:
+                                first = trio.Event()
+                                clients.start_soon(one, 0, first)
+                                await first.wait()
+                                for i in range(1, 6):
+                                    clients.start_soon(one, i)
+                            watching.cancel_scope.cancel()
+                    verdicts["peak"] = peak  # type: ignore[assignment]
+                state = net.ledger.ledger.state  # type: ignore[union-attr]
+                with trio.fail_after(90):
+                    while not all(state.jobs[bytes.fromhex(j)].attestations
+                                  if bytes.fromhex(j) in state.jobs else False
+                                  for j in job_ids):
+                        await trio.sleep(0.2)
+                        state = net.ledger.ledger.state  # type: ignore[union-attr]
+                for j in job_ids:
+                    verdicts[j] = [v for _, v in state.jobs[bytes.fromhex(j)].attestations]
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert verdicts.pop("peak")[0] >= 2  # type: ignore[index]
+    assert len(verdicts) == 6
+    assert all(v == [Verdict.VALID] for v in verdicts.values()), verdicts
