@@ -12,11 +12,14 @@ next step and leaves no result.
 :meth:`RunningBatches.run` is the loop: while any engine has work it runs
 one step of each (joins, one token for every running job, leaves) in a
 worker thread, then hands the tokens out and updates the gauges
-(``assay:num_requests_running``/``waiting``, as vLLM names them).
+(``assay:num_requests_running``/``waiting``, as vLLM names them). A step
+that raises drops the jobs it held (their callers see them end unfinished,
+nothing committed) and the loop goes on with fresh engines.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -28,6 +31,8 @@ from protocol.net.metrics import Metrics
 from prover.llm.engine import Engine, Generated, StepToken
 from prover.llm.job import LLMJob
 from prover.llm.model import LLM
+
+log = logging.getLogger("assay.node")
 
 
 @dataclass(frozen=True)
@@ -47,14 +52,13 @@ class RunningBatches:
     def __init__(self, llms: Mapping[bytes, LLM], metrics: Metrics, attention: str = "sdpa",
                  threads: int = 1, max_num_seqs: int = 16, max_model_len: int = 0,
                  max_waiting: int = 64) -> None:
-        self.engines = {
-            model_id: Engine(llm, attention=attention, threads=threads,
-                             max_num_seqs=max_num_seqs,
-                             max_model_len=min(max_model_len, llm.max_positions)
-                             if max_model_len else None,
-                             max_waiting=max_waiting)
-            for model_id, llm in llms.items()
-        }
+        def engine(llm: LLM) -> Engine:
+            return Engine(llm, attention=attention, threads=threads, max_num_seqs=max_num_seqs,
+                          max_model_len=min(max_model_len, llm.max_positions)
+                          if max_model_len else None, max_waiting=max_waiting)
+
+        self._fresh = engine
+        self.engines = {model_id: engine(llm) for model_id, llm in llms.items()}
         self.metrics = metrics
         self.steps = 0
         """Decoding steps run so far (all engines together): a clock clients can compare."""
@@ -96,7 +100,12 @@ class RunningBatches:
                 await self._wake.wait()
                 self._wake = trio.Event()
                 continue
-            produced = await trio.to_thread.run_sync(self._step)
+            try:
+                produced = await trio.to_thread.run_sync(self._step)
+            except Exception:  # a bug in a step fails the jobs it held, never the node
+                log.exception("a decoding step failed; its jobs are dropped")
+                self._reset()
+                continue
             self.steps += 1
             for item in produced:
                 key = item.token.key
@@ -109,6 +118,15 @@ class RunningBatches:
                     if channel is not None:
                         self._channels.pop(key).close()
             self._gauges()
+
+    def _reset(self) -> None:
+        """Fresh engines; every job's channel closed (its caller sees it end unfinished)."""
+        self.engines = {m: self._fresh(e.llm) for m, e in self.engines.items()}
+        for channel in self._channels.values():
+            channel.close()
+        self._channels.clear()
+        self._model_of.clear()
+        self._gauges()
 
     def _step(self) -> list[Produced]:
         out = []

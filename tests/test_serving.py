@@ -381,3 +381,37 @@ def test_jobs_that_joined_and_left_a_running_batch_are_attested_valid(tmp_path: 
     assert verdicts.pop("peak")[0] >= 2  # type: ignore[index]
     assert len(verdicts) == 6
     assert all(v == [Verdict.VALID] for v in verdicts.values()), verdicts
+
+
+def test_a_failing_step_drops_its_jobs_and_the_loop_goes_on(tmp_path: Path) -> None:
+    """A step that raises (here: a batch whose model was taken away) ends the jobs it held
+    unfinished, nothing committed; the next job is served by fresh engines."""
+    import torch
+
+    from protocol.net.metrics import Metrics
+    from prover.llm.job import LLMJob
+    from prover.llm.sampler import SamplingParams
+    from prover.running_batch import RunningBatches
+
+    registry = small_registry(tmp_path)
+    ((model_id, (llm, _)),) = load_registered_llms(registry).items()
+    batches = RunningBatches({model_id: llm}, Metrics())
+    job = LLMJob(max_new_tokens=100, dtype="float32", sampling=SamplingParams(seed=1))
+    prompt = torch.tensor([5, 6, 7])
+    seen: dict[str, Any] = {}
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(batches.run)
+            broken = batches.submit(model_id, b"a", prompt, job)
+            first = await broken.receive()
+            batches.engines[model_id].batches["float32"].model = None  # the next forward fails
+            seen["broken"] = [first] + [p async for p in broken]
+            fine = batches.submit(model_id, b"b", prompt, job)
+            seen["fine"] = [p async for p in fine]
+            nursery.cancel_scope.cancel()
+
+    trio.run(main)
+    assert all(p.result is None for p in seen["broken"])  # ended unfinished
+    assert seen["fine"][-1].result is not None
+    assert len(seen["fine"]) == seen["fine"][-1].result.tokens.numel()
