@@ -2,7 +2,8 @@
 
 Tests, the chain benchmark and ``assay devnet up --chain`` start one and stop
 it; it listens on 127.0.0.1 only, runs the Prague hard fork (EIP-2537's
-BLS12-381 precompiles) and mines each transaction as it arrives.
+BLS12-381 precompiles) and mines each transaction as it arrives. It enforces EIP-170's
+limit on deployed code (24 576 bytes), as a real chain does.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class Anvil:
         return [
             str(anvil_binary()), "--host", "127.0.0.1", "--port", str(self.port),
             "--hardfork", EVM_VERSION, "--chain-id", str(self.chain_id),
-            "--accounts", str(FUNDED_ACCOUNTS), "--silent", "--disable-code-size-limit",
+            "--accounts", str(FUNDED_ACCOUNTS), "--silent",
         ]
 
     def start(self) -> Anvil:

@@ -1,8 +1,8 @@
 """The ledger contracts on a chain: deployed from the same genesis as the Python ledger.
 
 :func:`deploy_devnet` puts the devnet's chained BLS beacon and :class:`AssayLedger`
-with :class:`slashing.state.LedgerParams` on a chain (:func:`deploy_drand` the same
-with drand quicknet as the beacon); :class:`EvmLedger` sends the ledger's
+(with ``LedgerRounds``, the part of its rules it runs by delegatecall) with
+:class:`slashing.state.LedgerParams` on a chain; :class:`EvmLedger` sends the ledger's
 transactions from an account and reads its state back in the Python rules' own
 terms (:class:`slashing.state.Stake`, :class:`slashing.state.Unbonding`,
 :class:`slashing.state.JobStatus`, :class:`protocol.messages.Verdict`), so the
@@ -116,10 +116,17 @@ def _optional_address(value: str) -> str | None:
 
 def deploy_devnet(chain: Chain, params: LedgerParams, beacon_public_key: bytes,
                   sender: Sender) -> EvmLedger:
-    """The devnet beacon (its G1 key) and the ledger, deployed by ``sender``, the operator."""
+    """The devnet beacon (its G1 key) and the ledger, deployed by ``sender``, the operator.
+
+    The ledger is two contracts, each under EIP-170's limit on deployed code:
+    ``LedgerRounds`` (the beacon-round processing, audits and disputes), deployed first,
+    and ``AssayLedger``, which runs it on its own storage by delegatecall.
+    """
     beacon = chain.deploy("DevnetBeacon", g1_uncompressed(beacon_public_key), GENESIS_SEED,
                           sender=sender)
-    ledger = chain.deploy("AssayLedger", beacon.address, params_tuple(params), sender=sender)
+    rounds = chain.deploy("LedgerRounds", beacon.address, sender=sender)
+    ledger = chain.deploy("AssayLedger", beacon.address, params_tuple(params), rounds.address,
+                          sender=sender)
     return EvmLedger(chain, ledger, beacon)
 
 
