@@ -37,6 +37,10 @@ Every figure is the ``gasUsed`` of real transactions to the contracts in
   ``accuseInvalidProof`` that has the verifier reject a tampered proof and
   slashes the node.
 
+* ``contract_bytes.NAME``: the deployed code of each contract the devnet
+  deploys, read back with ``eth_getCode`` (EIP-170 allows 24 576 bytes; anvil
+  enforces it).
+
     python bench/chain.py [--quick]
 
 Prints a table and writes bench/results/chain.json.
@@ -256,6 +260,15 @@ def zk_verification(net: Network) -> dict[str, Any]:
     }
 
 
+def contract_bytes(net: Network) -> dict[str, int]:
+    """The deployed code of each contract the devnet deploys (``eth_getCode``), in bytes:
+    EIP-170 allows at most 24 576."""
+    rounds = net.chain.call(net.ledger.contract.functions.rounds())
+    deployed = {"AssayLedger": net.ledger.contract.address, "LedgerRounds": rounds,
+                "DevnetBeacon": net.ledger.beacon.address}
+    return {name: len(net.chain.w3.eth.get_code(address)) for name, address in deployed.items()}
+
+
 def chain_jobs_per_s(net: Network, batches: int, size: int) -> float:
     started = time.perf_counter()
     for _ in range(batches):
@@ -376,7 +389,8 @@ def main() -> None:
     started = time.perf_counter()
     with Anvil() as node:
         net = Network(Chain(node.url))
-        report: dict[str, Any] = {"gas_per_job": gas_per_job(net)}
+        report: dict[str, Any] = {"contract_bytes": contract_bytes(net),
+                                  "gas_per_job": gas_per_job(net)}
         report.update(audits_and_dispute(net, 16 if args.quick else 64))
         report.update(beacon_rounds(net, 5 if args.quick else 20))
         report.update(zk_verification(net))
@@ -407,7 +421,8 @@ def main() -> None:
 
 
 def print_table(report: dict[str, Any]) -> None:
-    rows = [(f"gas_per_job.{n}", v) for n, v in report["gas_per_job"].items()]
+    rows = [(f"contract_bytes.{n}", v) for n, v in report["contract_bytes"].items()]
+    rows += [(f"gas_per_job.{n}", v) for n, v in report["gas_per_job"].items()]
     rows += [(k, report[k]) for k in ("gas_per_recorded_job", "gas_per_attestation",
                                       "gas_per_dispute", "gas_per_beacon_round",
                                       "gas_per_drand_round", "gas_per_zk_verification",
