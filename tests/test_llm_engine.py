@@ -8,23 +8,17 @@ import functools
 import pytest
 import torch
 
-from protocol.codec import Tensor
-from protocol.keys import SigningKey
-from protocol.messages import Commitment, JobRequest, Verdict
+from protocol.messages import Verdict
 from prover.llm.commit import package
 from prover.llm.engine import DecodeBatch, Engine, Generated, QueueFull, StepToken
 from prover.llm.generate import generate
 from prover.llm.job import DEFAULT_CALIBRATION, LLMJob
 from prover.llm.model import LLM, GenerationError
 from prover.llm.sampler import SamplingParams
-from prover.node import tensor_hash
 from tests import checkpoints
+from tests.test_llm_verify import commit
 from verifier.llm import verify_generation
 
-NODE = SigningKey.derive("test/llm-engine/node")
-CHAIN = b"\x0c" * 32
-"""A stand-in chain id: these jobs are judged here, never recorded on a ledger."""
-CLIENT = SigningKey.derive("test/llm-engine/client")
 EOS = checkpoints.SMALL["eos_token_id"]
 
 
@@ -52,15 +46,7 @@ def prompt(seed: int, length: int) -> torch.Tensor:
 
 def verdict(llm: LLM, p: torch.Tensor, job: LLMJob, made: Generated) -> Verdict:
     aux = package(made, job, DEFAULT_CALIBRATION).aux
-    request = JobRequest(model_id=bytes(32), input=Tensor.from_torch(p[None, :]),
-                         client=CLIENT.public.raw, node=NODE.public.raw, nonce=1, fee=1,
-                         expiry_round=10, chain_id=CHAIN,
-                         params=tuple(job.to_params().items())).signed(CLIENT)
-    output = Tensor.from_torch(made.tokens[None, :].contiguous())
-    commitment = Commitment(job_id=request.job_id, model_id=bytes(32),
-                            input_hash=tensor_hash(request.input), output_hash=tensor_hash(output),
-                            node=NODE.public.raw, chain_id=CHAIN, mode="llm",
-                            aux=aux).signed(NODE)
+    request, commitment, output = commit(p, job, made.tokens, aux)
     check = verify_generation(request, commitment, output, llm, DEFAULT_CALIBRATION)
     assert check.verdict is Verdict.VALID, check.reason
     return check.verdict

@@ -24,6 +24,7 @@ from prover.llm.text import TextStream, stop_index
 from prover.llm.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
 from prover.node import tensor_hash
 from tests import checkpoints
+from tests.test_llm_verify import commit
 from verifier.llm import verify_generation
 
 NODE = SigningKey.derive("test/llm-text/node")
@@ -165,14 +166,6 @@ def test_stopping_early_or_late_is_fraud_and_stopping_right_is_valid() -> None:
     blind = LLM(llm.module)
     made = dataclasses.replace(free, tokens=honest.tokens, hidden=free.hidden[:n])
     aux = package(made, job, DEFAULT_CALIBRATION).aux
-    request = JobRequest(model_id=bytes(32), input=Tensor.from_torch(p[None, :]),
-                         client=CLIENT.public.raw, node=NODE.public.raw, nonce=1, fee=1,
-                         expiry_round=10, chain_id=CHAIN,
-                         params=tuple(job.to_params().items())).signed(CLIENT)
-    output = Tensor.from_torch(honest.tokens[None, :].contiguous())
-    commitment = Commitment(job_id=request.job_id, model_id=bytes(32),
-                            input_hash=tensor_hash(request.input), output_hash=tensor_hash(output),
-                            node=NODE.public.raw, chain_id=CHAIN, mode="llm",
-                            aux=aux).signed(NODE)
+    request, commitment, output = commit(p, job, honest.tokens, aux)
     assert verify_generation(request, commitment, output, blind,
                              DEFAULT_CALIBRATION).verdict is Verdict.INCONCLUSIVE
