@@ -22,8 +22,16 @@ from prover.llm.generate import LLM, Generated, generate, prefill
 from prover.llm.job import DEFAULT_CALIBRATION, Calibration, LLMJob, parse_job
 from prover.llm.sampler import SamplingParams
 from prover.llm.sketch import decode_sketch, deviations, make_sketch
+from prover.llm.tokenizer import ByteTokenizer
 from prover.node import InferenceNode, tensor_hash
-from verifier.calibrate import HonestSetting, calibrate, measure
+from verifier.calibrate import (
+    CALIBRATION_PROMPTS,
+    SAMPLING_MIX,
+    HonestSetting,
+    calibrate,
+    honest_jobs,
+    measure,
+)
 from verifier.llm import LLMCheck, sampling_gaps, top_p_excess, verify_generation
 from verifier.validator import Validator
 
@@ -352,6 +360,19 @@ def test_calibration_puts_honest_runs_inside_the_margin() -> None:
     assert Calibration.from_json(json.loads(json.dumps(cal.to_json()))) == cal
     deviations = measure(model, [(prompt(0), job(0))], setting)
     assert deviations[0].logit_dev < cal.for_dtype("float32").token_tau
+
+
+def test_calibration_prompts_are_half_real_text_through_the_chat_template() -> None:
+    """Real text moves hidden states further than random ids: with a tokenizer, calibration
+    takes half its prompts (every sampling kind alike) through the model's chat template."""
+    model = LLM(zoo.build("llama", 0).module, tokenizer=ByteTokenizer())
+    texts = [bytes(p.tolist()).decode("utf-8", "replace")
+             for p, _ in honest_jobs(model, 8, "float32", 5)]
+    chat = [i for i, text in enumerate(texts) if any(q in text for q in CALIBRATION_PROMPTS)]
+    assert len(chat) == 4 and all("<|im_start|>user" in texts[i] for i in chat)
+    assert {SAMPLING_MIX[i % len(SAMPLING_MIX)] for i in chat} == set(SAMPLING_MIX)
+    no_tokenizer = [p for p, _ in honest_jobs(llm("llama"), 8, "float32", 5)]
+    assert all(4 <= p.numel() <= 64 for p in no_tokenizer)
 
 
 def test_assay_calibrate_stores_thresholds_in_the_registry(

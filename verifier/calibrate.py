@@ -48,6 +48,17 @@ of the committed value, divided by ``MARGIN``. The largest honest deviation
 seen thus sits at ``MARGIN`` of each threshold.
 Everything is seeded: the same model on the same machine type gives the same
 tolerances.
+
+Cost: the matrix generates ``jobs × settings`` honest jobs per dtype and
+prefills each once (model time: parameters × jobs × tokens). It keeps each
+job's final hidden states, not its logits, and recomputes the logits (the
+output head alone) at each of its three passes — deviations, mass table,
+sums — so its memory is the model plus one job's logits (2 × tokens ×
+vocabulary float64) plus jobs × tokens × hidden size; the statistics per
+job grow with tokens × vocabulary × log vocabulary (the sorts of the mass
+table and of the node's kept set, and ``1 + REDRAWS`` draws of the
+vocabulary's noise) and run on torch's threads (every core unless the
+caller set fewer).
 """
 
 from __future__ import annotations
@@ -55,6 +66,7 @@ from __future__ import annotations
 import math
 import platform
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -70,8 +82,9 @@ from prover.llm.job import (
     LLMJob,
     Tolerances,
 )
-from prover.llm.model import LLM
-from prover.llm.sampler import SamplingParams, choose_tokens, gumbel_noise, kept_mask
+from prover.llm.model import LLM, llm_torch
+from prover.llm.prompts import chat_prompt
+from prover.llm.sampler import SamplingParams, gumbel_noise, kept_mask
 from prover.llm.sketch import MAX_EXP, MIN_EXP, block_values
 from verifier.llm import EXCESS_TOL, sampling_gaps, top_p_excess
 
@@ -125,6 +138,36 @@ HONEST_SETTINGS: tuple[HonestSetting, ...] = (
 
 
 @dataclass(frozen=True)
+class JobStates:
+    """What one job's node and verifier logits are computed from, again at each pass over the
+    matrix: their final hidden states ``[n, d]`` and the thread counts and kernels that made
+    them. A job's logits (``[n, V]`` float64, 25 MB for 64 tokens of a 49k vocabulary) are
+    far larger than its states (150 kB at ``d`` = 576), so the matrix keeps the states only
+    and its memory grows with jobs × tokens × ``d``, not × ``V``."""
+
+    llm: LLM
+    dtype: str
+    node_hidden: torch.Tensor
+    verifier_hidden: torch.Tensor
+    setting: HonestSetting
+
+    def logits(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The node's and the verifier's logits ``[n, V]`` (float64), each computed as its
+        side computes it (the model's output head in the run dtype, at that side's threads)."""
+        model = self.llm.variant(self.dtype)
+        s = self.setting
+        with llm_torch(s.threads, model, s.attention):
+            node = self.llm.logits(model, self.node_hidden.to(self.llm.device)).cpu()
+        with llm_torch(s.verifier_threads, model, s.verifier_attention):
+            mine = self.llm.logits(model, self.verifier_hidden.to(self.llm.device)).cpu()
+        return node, mine
+
+
+Logits = tuple[torch.Tensor, torch.Tensor]
+"""A job's node and verifier logits, ``[n, V]`` float64 each."""
+
+
+@dataclass(frozen=True)
 class Deviation:
     """One honest job's largest deviations, and what its gaps are recomputed from."""
 
@@ -133,71 +176,83 @@ class Deviation:
     block_dev: float
     block_rms: float
     tokens: int
-    verifier_logits: torch.Tensor | None = field(default=None, repr=False, compare=False)
-    node_logits: torch.Tensor | None = field(default=None, repr=False, compare=False)
+    states: JobStates | None = field(default=None, repr=False, compare=False)
     committed: torch.Tensor | None = field(default=None, repr=False, compare=False)
     sampling: SamplingParams | None = field(default=None, repr=False, compare=False)
 
-    def gap_sum(self, tolerances: Tolerances) -> float:
-        """The largest sum of sampling gaps under ``tolerances``, per ``GAP_SUM_TOKENS``, over
-        the committed tokens and ``REDRAWS`` redraws of the noise."""
-        if self.verifier_logits is None or self.committed is None or self.sampling is None:
-            return 0.0
-        mine, vocab = self.verifier_logits, self.verifier_logits.shape[-1]
-        worst = 0.0
-        for r in range(1 + (REDRAWS if self.node_logits is not None else 0)):
-            sampling = replace(self.sampling, seed=(self.sampling.seed + r * _GOLDEN) % 2**64)
-            noise = gumbel_noise(sampling.seed, self.tokens, vocab)
-            tokens = (self.committed if r == 0 or self.node_logits is None
-                      else choose_tokens(self.node_logits, noise, [sampling] * self.tokens))
-            gaps = sampling_gaps(mine, noise, tokens, sampling, tolerances.token_tau,
-                                 tolerances.mass_levels(sampling.temperature))
-            worst = max(worst, float(gaps.sum()))
-            if sampling.greedy:
-                break  # redraws choose the same tokens
-        return worst * GAP_SUM_TOKENS / max(self.tokens, GAP_SUM_TOKENS)
+    def logits(self) -> Logits | None:
+        return None if self.states is None else self.states.logits()
 
-    def mass_sum(self, tolerances: Tolerances) -> float:
-        """The largest sum of top-p excesses under ``tolerances``, per ``GAP_SUM_TOKENS``, over
-        the committed tokens (top-p jobs) and ``MASS_DRAWS`` draws of a whole job's tokens
-        from the node's own kept distribution at the job's temperature and top-p (0.9 for a
-        job without top-p; none for greedy jobs)."""
-        if (self.verifier_logits is None or self.committed is None or self.sampling is None
-                or self.sampling.greedy):
-            return 0.0
-        mine, tau = self.verifier_logits, EXCESS_TOL * tolerances.token_tau
-        worst = float(top_p_excess(mine, self.committed, self.sampling, tau).sum())
-        if self.node_logits is not None:
-            sampling = self.sampling
-            if sampling.top_p_ppm >= 1_000_000:
-                sampling = replace(sampling, top_p_ppm=DRAW_TOP_P_PPM)
-            n, vocab = mine.shape
-            t = sampling.temperature
-            keep = kept_mask(self.node_logits, torch.full((n,), t, dtype=torch.float64),
-                             torch.full((n,), sampling.top_k), torch.full((n,), sampling.top_p,
-                                                                          dtype=torch.float64))
-            q = torch.softmax(self.node_logits / t, dim=-1).masked_fill(~keep, 0.0)
+    def sums(self, tolerances: Tolerances, logits: Logits | None = None) -> tuple[float, float]:
+        """The largest gap sum and top-p sum under ``tolerances``, each per ``GAP_SUM_TOKENS``
+        tokens, over the committed tokens and the node choosing again on its own logits:
+        ``REDRAWS`` redraws of the sampler's noise for the gap sum; for the top-p sum,
+        ``MASS_DRAWS`` draws of a whole job's tokens from the node's kept distribution at
+        the job's temperature and top-p (0.9 for a job without top-p; none when greedy)."""
+        logits = logits or self.logits()
+        if logits is None or self.committed is None or self.sampling is None:
+            return 0.0, 0.0
+        node_logits, mine = logits
+        n, vocab = mine.shape
+        sampling = self.sampling
+        t = torch.full((n,), sampling.temperature, dtype=torch.float64)
+        worst_gap = worst_mass = 0.0
+        keep: torch.Tensor | None = None
+        if sampling.top_k > 0 or sampling.top_p_ppm < 1_000_000:
+            keep = kept_mask(node_logits, t, torch.full((n,), sampling.top_k),
+                             torch.full((n,), sampling.top_p, dtype=torch.float64))
+        for r in range(1 + (0 if sampling.greedy else REDRAWS)):
+            drawn = replace(sampling, seed=(sampling.seed + r * _GOLDEN) % 2**64)
+            noise = gumbel_noise(drawn.seed, n, vocab)
+            if r == 0:
+                tokens = self.committed
+            else:  # what choose_tokens picks, with the noise-free kept set computed once
+                scores = node_logits + sampling.temperature * noise
+                tokens = torch.argmax(scores if keep is None else
+                                      scores.masked_fill(~keep, float("-inf")), dim=-1)
+            gaps = sampling_gaps(mine, noise, tokens, drawn, tolerances.token_tau,
+                                 tolerances.mass_levels(sampling.temperature))
+            worst_gap = max(worst_gap, float(gaps.sum()))
+        if not sampling.greedy:
+            tau = EXCESS_TOL * tolerances.token_tau
+            worst_mass = float(top_p_excess(mine, self.committed, sampling, tau).sum())
+            drawn = sampling if sampling.top_p_ppm < 1_000_000 else \
+                replace(sampling, top_p_ppm=DRAW_TOP_P_PPM)
+            if keep is None or drawn is not sampling:
+                keep = kept_mask(node_logits, t, torch.full((n,), drawn.top_k),
+                                 torch.full((n,), drawn.top_p, dtype=torch.float64))
+            q = torch.softmax(node_logits / drawn.temperature, dim=-1).masked_fill_(~keep, 0.0)
             g = torch.Generator().manual_seed(sampling.seed % 2**63)
             draws = torch.multinomial(q, MASS_DRAWS, replacement=True, generator=g)  # [n, R]
-            excess = top_p_excess(mine, torch.arange(vocab).expand(n, vocab), sampling, tau)
-            worst = max(worst, float(excess.gather(-1, draws).sum(dim=0).max()))
-        return worst * GAP_SUM_TOKENS / max(self.tokens, GAP_SUM_TOKENS)
+            excess = top_p_excess(mine, torch.arange(vocab).expand(n, vocab), drawn, tau)
+            worst_mass = max(worst_mass, float(excess.gather(-1, draws).sum(dim=0).max()))
+        per = GAP_SUM_TOKENS / max(self.tokens, GAP_SUM_TOKENS)
+        return worst_gap * per, worst_mass * per
 
-    def score(self, tolerances: Tolerances) -> float:
+    def committed_sums(self, tolerances: Tolerances, logits: Logits | None = None
+                       ) -> tuple[float, float]:
+        """The job's own gap sum and top-p sum (committed tokens, no redraws), as the
+        validator computes them."""
+        logits = logits or self.logits()
+        if logits is None or self.committed is None or self.sampling is None:
+            return 0.0, 0.0
+        mine = logits[1]
+        noise = gumbel_noise(self.sampling.seed, self.tokens, mine.shape[-1])
+        gap_sum = float(sampling_gaps(
+            mine, noise, self.committed, self.sampling, tolerances.token_tau,
+            tolerances.mass_levels(self.sampling.temperature)).sum())
+        mass_sum = float(top_p_excess(mine, self.committed, self.sampling,
+                                      EXCESS_TOL * tolerances.token_tau).sum())
+        return gap_sum, mass_sum
+
+    def score(self, tolerances: Tolerances, sums: tuple[float, float] | None = None) -> float:
         """This job's score as the validator computes it, capped at 1: the largest of its
-        deviations over their tolerances, on its committed tokens (no redraws), the
-        committed sketch's rounding included (at its worst for the largest value, its mean
-        for the root-mean-square)."""
+        deviations over their tolerances, on its committed tokens (no redraws; ``sums``:
+        :meth:`committed_sums` under the same token and mass tolerances, when already
+        computed), the committed sketch's rounding included (at its worst for the largest
+        value, its mean for the root-mean-square)."""
         step = 2.0**tolerances.sketch_exp
-        gap_sum = mass_sum = 0.0
-        if self.verifier_logits is not None and self.committed is not None and \
-                self.sampling is not None:
-            noise = gumbel_noise(self.sampling.seed, self.tokens, self.verifier_logits.shape[-1])
-            gap_sum = float(sampling_gaps(
-                self.verifier_logits, noise, self.committed, self.sampling, tolerances.token_tau,
-                tolerances.mass_levels(self.sampling.temperature)).sum())
-            mass_sum = float(top_p_excess(self.verifier_logits, self.committed, self.sampling,
-                                          EXCESS_TOL * tolerances.token_tau).sum())
+        gap_sum, mass_sum = sums if sums is not None else self.committed_sums(tolerances)
         ratios = (
             self.gap / tolerances.token_tau,
             gap_sum / tolerances.gap_sum_limit(self.tokens),
@@ -207,55 +262,94 @@ class Deviation:
         )
         return min(1.0, max(ratios))
 
-    def mass_dev(self, tol: float) -> list[list[float]]:
+    def mass_dev(self, tol: float, logits: Logits | None = None) -> list[list[float]]:
         """Per ``MASS_TEMPERATURES`` × ``MASS_LEVELS`` bin, ``T`` × the largest |node − verifier|
         mass of the sets the top-p check uses with logit slack ``tol`` (-1: no set)."""
-        if self.node_logits is None or self.verifier_logits is None:
+        logits = logits or self.logits()
+        if logits is None:
             return [[-1.0] * len(MASS_LEVELS) for _ in MASS_TEMPERATURES]
-        return mass_deviation(self.node_logits, self.verifier_logits, tol)
+        return mass_deviation(*logits, tol)
 
 
 def mass_deviation(node_logits: torch.Tensor, verifier_logits: torch.Tensor, tol: float
                    ) -> list[list[float]]:
-    """See :meth:`Deviation.mass_dev`; logits ``[n, V]``."""
+    """See :meth:`Deviation.mass_dev`; logits ``[n, V]``.
+
+    Every token's sets are looked at, so the order the tokens are visited in does not
+    matter: the work is done in the verifier's ascending order of logits, sorted once, with
+    the node's logits and both distributions carried into that order.
+    """
     order = torch.sort(verifier_logits, dim=-1, descending=False, stable=True)
     ascending = order.values
+    node_sorted = node_logits.gather(-1, order.indices)
     vocab = ascending.shape[-1]
     # sets {u : l_u ≥ x} are the last `count` tokens of the ascending order
-    count_above = vocab - torch.searchsorted(ascending, verifier_logits + tol, right=False)
-    count_band = vocab - torch.searchsorted(ascending, verifier_logits - tol, right=False)
+    count_above = vocab - torch.searchsorted(ascending, ascending + tol, right=False)
+    count_band = vocab - torch.searchsorted(ascending, ascending - tol, right=False)
+    index_above = (count_above - 1).clamp_min(0)
+    index_band = (count_band - 1).clamp_min(0)
+    none_above, none_band = count_above == 0, count_band == 0
     levels = torch.tensor(MASS_LEVELS[:-1], dtype=torch.float64)
     table = []
     for t in MASS_TEMPERATURES:
         worst = torch.full((len(MASS_LEVELS),), -1.0, dtype=torch.float64)
-        diffs, masses = [], []
-        mine_p = torch.softmax(verifier_logits / t, dim=-1)
-        node_p = torch.softmax(node_logits / t, dim=-1)
-        mine_top = torch.cumsum(mine_p.gather(-1, order.indices).flip(-1), dim=-1)  # top-k mass
-        node_top = torch.cumsum(node_p.gather(-1, order.indices).flip(-1), dim=-1)
-        for count, minus_own in ((count_above, False), (count_band, True)):
-            index = (count - 1).clamp_min(0)
-            mine = torch.where(count > 0, mine_top.gather(-1, index), 0.0)
-            node = torch.where(count > 0, node_top.gather(-1, index), 0.0)
+        mine_p = torch.softmax(ascending / t, dim=-1)
+        node_p = torch.softmax(node_sorted / t, dim=-1)
+        mine_top = torch.cumsum(mine_p.flip(-1), dim=-1)  # mass of the top k tokens
+        node_top = torch.cumsum(node_p.flip(-1), dim=-1)
+        for index, empty, minus_own in ((index_above, none_above, False),
+                                        (index_band, none_band, True)):
+            mine = mine_top.gather(-1, index).masked_fill_(empty, 0.0)
+            node = node_top.gather(-1, index).masked_fill_(empty, 0.0)
             if minus_own:
-                mine, node = mine - mine_p, node - node_p
-            masses.append(mine.flatten())
-            diffs.append((t * (node - mine).abs()).flatten())
-        bins = torch.bucketize(torch.cat(masses), levels, right=False)
-        worst = worst.scatter_reduce(0, bins, torch.cat(diffs), reduce="amax")
+                mine -= mine_p
+                node -= node_p
+            diff = node.sub_(mine).abs_().mul_(t)
+            bins = torch.bucketize(mine, levels, right=False)
+            worst = worst.scatter_reduce(0, bins.flatten(), diff.flatten(), reduce="amax")
         table.append([float(w) for w in worst])
     return table
+
+
+CALIBRATION_PROMPTS = (
+    "What is the capital of Australia, and why is it not Sydney?",
+    "Write a haiku about autumn rain.",
+    "Explain recursion to a ten-year-old.",
+    "Translate 'Where is the train station?' into French and German.",
+    "List five vegetables that grow well in cold climates.",
+    "Write a Python function that reverses a linked list.",
+    "What causes the seasons on Earth?",
+    "Give me a recipe for a simple tomato soup.",
+    "Compose a limerick about a forgetful wizard.",
+    "How does compound interest work? Show a small example.",
+    "Summarise the causes of the First World War in three bullet points.",
+    "What is 17 multiplied by 23? Explain the steps.",
+    "Draft a short thank-you note to a colleague who helped me move.",
+    "Describe the smell of the sea to someone who has never been there.",
+    "Which planets in the solar system have rings?",
+    "Explain the difference between a virus and a bacterium.",
+)
+"""English requests for calibration's chat-template prompts. ``bench/llm_verify.py`` judges
+with other requests, so no judged honest job was seen by the calibration that judges it."""
 
 
 def honest_jobs(
     llm: LLM, n: int, dtype: str, seed: int, max_new_tokens: int = 64
 ) -> list[tuple[torch.Tensor, LLMJob]]:
-    """``n`` seeded prompts (4 to 64 tokens) with jobs cycling through ``SAMPLING_MIX``."""
+    """``n`` seeded jobs cycling through ``SAMPLING_MIX``. With the model's tokenizer, half the
+    prompts (each sampling kind alike) are ``CALIBRATION_PROMPTS`` requests through its chat
+    template (real text moves the hidden states further than random ids do); the rest are
+    4 to 64 random token ids. Jobs run to ``max_new_tokens`` whatever they emit."""
     g = torch.Generator().manual_seed(seed)
     out = []
     for i in range(n):
         length = int(torch.randint(4, 65, (1,), generator=g))
         prompt = torch.randint(0, llm.vocab_size, (length,), generator=g)
+        if llm.tokenizer is not None and (i + i // len(SAMPLING_MIX)) % 2 == 1:
+            question = CALIBRATION_PROMPTS[int(torch.randint(0, len(CALIBRATION_PROMPTS), (1,),
+                                                             generator=g))]
+            prompt = torch.tensor(chat_prompt([{"role": "user", "content": question}],
+                                              llm.tokenizer, llm.chat_template))
         temperature, top_k, top_p = SAMPLING_MIX[i % len(SAMPLING_MIX)]
         sampling = SamplingParams(seed=seed * 100_003 + i, temperature_milli=temperature,
                                   top_k=top_k, top_p_ppm=top_p)
@@ -305,23 +399,20 @@ def measure(
     for (prompt, job), made in zip(jobs, generate_honestly(llm, jobs, setting), strict=True):
         view = prefill(llm, prompt, made.tokens, job.dtype, attention=setting.verifier_attention,
                        threads=setting.verifier_threads)
-        model = llm.variant(job.dtype)
-        with torch.inference_mode():
-            node_logits = llm.logits(model, made.hidden.to(llm.device)).cpu()
+        states = JobStates(llm, job.dtype, made.hidden, view.hidden, setting)
+        node_logits, mine = states.logits()
         noise = gumbel_noise(job.sampling.seed, made.tokens.numel(), llm.vocab_size)
         provisional = PROVISIONAL_TOL[job.dtype]
-        gaps = sampling_gaps(view.logits, noise, made.tokens, job.sampling, provisional,
-                             provisional)
+        gaps = sampling_gaps(mine, noise, made.tokens, job.sampling, provisional, provisional)
         seed = job.sampling.seed
         blocks = block_values(made.hidden, seed) - block_values(view.hidden, seed)
         out.append(Deviation(
-            logit_dev=float((node_logits - view.logits).abs().max()),
+            logit_dev=float((node_logits - mine).abs().max()),
             gap=float(gaps.max()),
             block_dev=float(blocks.abs().max()),
             block_rms=float(blocks.pow(2).mean().sqrt()),
             tokens=made.tokens.numel(),
-            node_logits=node_logits,
-            verifier_logits=view.logits,
+            states=states,
             committed=made.tokens,
             sampling=job.sampling,
         ))
@@ -332,7 +423,11 @@ def tolerances_from(
     deviations: Sequence[Deviation], dtype: str
 ) -> tuple[Tolerances, dict[str, object]]:
     """Thresholds that put the largest honest deviation at ``MARGIN`` of each tolerance, and
-    the largest deviations measured (what the registry records next to them)."""
+    the largest deviations measured (what the registry records next to them).
+
+    Two passes over the jobs' logits, each recomputed from the kept hidden states: the mass
+    deviations need the final ``token_tau``, and the sums need the mass tolerances.
+    """
     worst_token = max(max(d.gap, 2 * d.logit_dev) for d in deviations)
     worst_block = max(d.block_dev for d in deviations)
     worst_rms = max(d.block_rms for d in deviations)
@@ -359,14 +454,18 @@ def tolerances_from(
         gap_sum_tau=math.inf,
         mass_sum_tau=math.inf,
     )
-    sums = [(d.gap_sum(partial), d.mass_sum(partial)) for d in deviations]
+    sums, own = [], []
+    for d in deviations:
+        logits = d.logits()
+        sums.append(d.sums(partial, logits))
+        own.append(d.committed_sums(partial, logits))
     worst_sum = max(g for g, _ in sums)
     worst_mass_sum = max(m for _, m in sums)
     if not math.isfinite(worst_sum):
         raise ValueError(f"an honest {dtype} token is outside the calibrated top-k/top-p slack")
     tolerances = replace(partial, gap_sum_tau=max(worst_sum / MARGIN, TOKEN_TAU_FLOOR[dtype]),
                          mass_sum_tau=max(worst_mass_sum / MARGIN, MASS_TAU_FLOOR[dtype]))
-    scores = [d.score(tolerances) for d in deviations]
+    scores = [d.score(tolerances, o) for d, o in zip(deviations, own, strict=True)]
     tolerances = replace(tolerances, honest_mean_score=sum(scores) / len(scores))
     measured: dict[str, object] = {
         "jobs": len(deviations),
@@ -396,12 +495,21 @@ def calibrate(
     seed: int = 1,
     settings: Sequence[HonestSetting] = HONEST_SETTINGS,
 ) -> Calibration:
-    """Run the honest-variation matrix for every dtype and derive tolerances from it."""
+    """Run the honest-variation matrix for every dtype and derive tolerances from it.
+
+    One dtype's thresholds are derived (statistics only, on a second thread) while the
+    next dtype's jobs are generated: on a machine with a second core the two overlap.
+    Both sides change torch's thread count only under :func:`llm_torch`'s lock.
+    """
     tolerances, measured = {}, {}
-    for dtype in DTYPES:
-        jobs = honest_jobs(llm, jobs_per_setting, dtype, seed)
-        deviations = [d for s in settings for d in measure(llm, jobs, s)]
-        tolerances[dtype], measured[dtype] = tolerances_from(deviations, dtype)
+    with ThreadPoolExecutor(max_workers=1) as statistics:
+        derived = {}
+        for dtype in DTYPES:
+            jobs = honest_jobs(llm, jobs_per_setting, dtype, seed)
+            deviations = [d for s in settings for d in measure(llm, jobs, s)]
+            derived[dtype] = statistics.submit(tolerances_from, deviations, dtype)
+        for dtype, result in derived.items():
+            tolerances[dtype], measured[dtype] = result.result()
     record = {
         "source": "assay calibrate",
         "margin": MARGIN,

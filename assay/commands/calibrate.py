@@ -37,7 +37,7 @@ def find_entry(registry: Any, model: str) -> Any:
 def cmd_calibrate(args: argparse.Namespace) -> int:
     from assay.arguments import CommandError
     from prover.llm.job import GAP_SUM_TOKENS, REGISTRY_KEY
-    from prover.llm.model import LLM
+    from prover.llm.model import load_llm
     from prover.model_store import load_model
     from prover.registry import ModelRegistry, default_registry_root
     from verifier.calibrate import calibrate
@@ -56,7 +56,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
             "tensor and llm modes (exact models are judged bit for bit)"
         )
     module, _ = load_model(Path(entry.path))
-    calibration = calibrate(LLM(module), jobs_per_setting=args.jobs, seed=args.seed)
+    template = entry.params.get("chat_template")
+    llm = load_llm(Path(entry.path), module,
+                   chat_template=template if isinstance(template, str) else None)
+    calibration = calibrate(llm, jobs_per_setting=args.jobs, seed=args.seed)
     registry.update_params(entry.model_id, {REGISTRY_KEY: calibration.to_json()})
     if args.json:
         print(json.dumps(calibration.to_json(), indent=2))
