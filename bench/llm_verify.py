@@ -29,6 +29,7 @@ import argparse
 import copy
 import json
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -144,7 +145,7 @@ def judge(llm: LLM, cal: Calibration, prompt: torch.Tensor, job: LLMJob, tokens:
                              attention=s.verifier_attention, threads=s.verifier_threads)
 
 
-# -- attacks: each returns (tokens, aux) for one job, committed against the real prompt ------------
+# -- attacks: each commits (tokens, sketch) for a batch of jobs, against the real prompts ----------
 
 
 def quantized(module: nn.Module, bits: int) -> nn.Module:
@@ -261,76 +262,102 @@ def committed(made: Generated, job: LLMJob, cal: Calibration) -> tuple[torch.Ten
     return made.tokens, package(made, job, cal).aux
 
 
-Attack = Callable[[Models, torch.Tensor, LLMJob, Calibration, torch.Generator],
-                  tuple[torch.Tensor, bytes, Generated | None]]
+Made = tuple[torch.Tensor, bytes, Generated | None]
+"""An attacked job's committed tokens and sketch, and the states that chose them (if any)."""
+Attack = Callable[[Models, list[Job], Calibration, torch.Generator], list[Made]]
+"""An attack on a batch of jobs: what the cheat commits for each, against the real prompt."""
+BATCH = 16
+"""Jobs a cheating node generates together, in one padded batch, as the honest reference is."""
+
+
+def generate_many(llm: LLM, prompts: list[torch.Tensor], jobs: list[LLMJob]) -> list[Generated]:
+    """``jobs`` generated together in batches of ``BATCH`` (left-padded, KV cache), by dtype."""
+    out: dict[int, Generated] = {}
+    for dtype in sorted({j.dtype for j in jobs}):
+        index = [i for i, j in enumerate(jobs) if j.dtype == dtype]
+        for at in range(0, len(index), BATCH):
+            chunk = index[at:at + BATCH]
+            made = generate(llm, [prompts[i] for i in chunk], [jobs[i] for i in chunk])
+            out.update(zip(chunk, made, strict=True))
+    return [out[i] for i in range(len(jobs))]
 
 
 def by_model(pick: Callable[[Models], LLM | None]) -> Attack:
-    def run(m: Models, prompt: torch.Tensor, job: LLMJob, cal: Calibration,
-            g: torch.Generator) -> tuple[torch.Tensor, bytes, Generated | None]:
+    def run(m: Models, batch: list[Job], cal: Calibration, g: torch.Generator) -> list[Made]:
         model = pick(m)
         assert model is not None
-        made = gen1(model, prompt, job)
-        return (*committed(made, job, cal), made)
+        made = generate_many(model, [p for p, _ in batch], [j for _, j in batch])
+        return [(*committed(x, j, cal), x) for x, (_, j) in zip(made, batch, strict=True)]
     return run
 
 
 def with_job(change: Callable[[LLMJob], LLMJob]) -> Attack:
-    def run(m: Models, prompt: torch.Tensor, job: LLMJob, cal: Calibration,
-            g: torch.Generator) -> tuple[torch.Tensor, bytes, Generated | None]:
-        made = gen1(m.real, prompt, change(job))
-        return (*committed(made, job, cal), made)
+    def run(m: Models, batch: list[Job], cal: Calibration, g: torch.Generator) -> list[Made]:
+        made = generate_many(m.real, [p for p, _ in batch], [change(j) for _, j in batch])
+        return [(*committed(x, j, cal), x) for x, (_, j) in zip(made, batch, strict=True)]
     return run
 
 
-def prompt_changed(m: Models, prompt: torch.Tensor, job: LLMJob, cal: Calibration,
-                   g: torch.Generator) -> tuple[torch.Tensor, bytes, Generated | None]:
-    other = prompt.clone()
-    i = int(torch.randint(0, prompt.numel(), (1,), generator=g))
+def prompt_changed(m: Models, batch: list[Job], cal: Calibration, g: torch.Generator
+                   ) -> list[Made]:
     vocab = m.real.vocab_size
-    other[i] = (other[i] + 1 + int(torch.randint(0, vocab - 1, (1,), generator=g))) % vocab
-    made = gen1(m.real, other, job)
-    return (*committed(made, job, cal), made)
+    others = []
+    for prompt, _ in batch:
+        other = prompt.clone()
+        i = int(torch.randint(0, prompt.numel(), (1,), generator=g))
+        other[i] = (other[i] + 1 + int(torch.randint(0, vocab - 1, (1,), generator=g))) % vocab
+        others.append(other)
+    made = generate_many(m.real, others, [j for _, j in batch])
+    return [(*committed(x, j, cal), x) for x, (_, j) in zip(made, batch, strict=True)]
 
 
-def prefill_attack(m: Models, prompt: torch.Tensor, job: LLMJob, cal: Calibration,
-                   g: torch.Generator) -> tuple[torch.Tensor, bytes, Generated | None]:
-    cheap = gen1(m.small, prompt, job)
-    view = prefill(m.real, prompt, cheap.tokens, job.dtype)
-    aux = honest_prefill_sketch(m, prompt, job, cheap.tokens, cal)
-    return cheap.tokens, aux, Generated(tokens=cheap.tokens, hidden=view.hidden)
-
-
-def random_tokens(m: Models, prompt: torch.Tensor, job: LLMJob, cal: Calibration,
-                  g: torch.Generator) -> tuple[torch.Tensor, bytes, Generated | None]:
-    tokens = torch.randint(0, m.real.vocab_size, (job.max_new_tokens,), generator=g)
+def _prefilled(m: Models, prompt: torch.Tensor, job: LLMJob, tokens: torch.Tensor,
+               cal: Calibration) -> Made:
+    """``tokens`` committed with the real model's prefill sketch of them."""
     view = prefill(m.real, prompt, tokens, job.dtype)
     aux = honest_prefill_sketch(m, prompt, job, tokens, cal)
     return tokens, aux, Generated(tokens=tokens, hidden=view.hidden)
 
 
-def truncated(m: Models, prompt: torch.Tensor, job: LLMJob, cal: Calibration,
-              g: torch.Generator) -> tuple[torch.Tensor, bytes, Generated | None]:
-    made = gen1(m.real, prompt, job)
-    half = Generated(tokens=made.tokens[: job.max_new_tokens // 2],
-                     hidden=made.hidden[: job.max_new_tokens // 2])
-    return (*committed(half, job, cal), half)
+def prefill_attack(m: Models, batch: list[Job], cal: Calibration, g: torch.Generator
+                   ) -> list[Made]:
+    cheap = generate_many(m.small, [p for p, _ in batch], [j for _, j in batch])
+    return [_prefilled(m, p, j, c.tokens, cal) for c, (p, j) in zip(cheap, batch, strict=True)]
 
 
-def wrong_dtype(m: Models, prompt: torch.Tensor, job: LLMJob, cal: Calibration,
-                g: torch.Generator) -> tuple[torch.Tensor, bytes, Generated | None]:
-    cheap = replace(job, dtype="bfloat16")
-    made = gen1(m.real, prompt, cheap)
-    return (*committed(made, job, cal), made)
+def random_tokens(m: Models, batch: list[Job], cal: Calibration, g: torch.Generator
+                  ) -> list[Made]:
+    return [_prefilled(m, p, j, torch.randint(0, m.real.vocab_size, (j.max_new_tokens,),
+                                               generator=g), cal) for p, j in batch]
 
 
-def tampered_sketch(m: Models, prompt: torch.Tensor, job: LLMJob, cal: Calibration,
-                    g: torch.Generator) -> tuple[torch.Tensor, bytes, Generated | None]:
-    made = gen1(m.real, prompt, job)
-    aux = bytearray(package(made, job, cal).aux)
-    i = 2 + int(torch.randint(0, len(aux) - 2, (1,), generator=g))
-    aux[i] = (aux[i] + 37) % 256
-    return made.tokens, bytes(aux), None
+def truncated(m: Models, batch: list[Job], cal: Calibration, g: torch.Generator) -> list[Made]:
+    out: list[Made] = []
+    for made, (_, job) in zip(generate_many(m.real, [p for p, _ in batch],
+                                            [j for _, j in batch]), batch, strict=True):
+        half = Generated(tokens=made.tokens[: job.max_new_tokens // 2],
+                         hidden=made.hidden[: job.max_new_tokens // 2])
+        out.append((*committed(half, job, cal), half))
+    return out
+
+
+def wrong_dtype(m: Models, batch: list[Job], cal: Calibration, g: torch.Generator
+                ) -> list[Made]:
+    made = generate_many(m.real, [p for p, _ in batch],
+                         [replace(j, dtype="bfloat16") for _, j in batch])
+    return [(*committed(x, j, cal), x) for x, (_, j) in zip(made, batch, strict=True)]
+
+
+def tampered_sketch(m: Models, batch: list[Job], cal: Calibration, g: torch.Generator
+                    ) -> list[Made]:
+    out: list[Made] = []
+    for made, (_, job) in zip(generate_many(m.real, [p for p, _ in batch],
+                                            [j for _, j in batch]), batch, strict=True):
+        aux = bytearray(package(made, job, cal).aux)
+        i = 2 + int(torch.randint(0, len(aux) - 2, (1,), generator=g))
+        aux[i] = (aux[i] + 37) % 256
+        out.append((made.tokens, bytes(aux), None))
+    return out
 
 
 def _temperature(job: LLMJob) -> LLMJob:
@@ -427,6 +454,8 @@ def tally(checks: list[LLMCheck]) -> dict[str, object]:
         "valid": sum(c.verdict is Verdict.VALID for c in checks),
         "inconclusive": sum(c.verdict is Verdict.INCONCLUSIVE for c in checks),
         "median_tokens_to_fraud": statistics.median(to_fraud) if to_fraud else None,
+        "min_score": min((c.score for c in checks), default=None),
+        "max_score": max((c.score for c in checks), default=None),
     }
 
 
@@ -493,12 +522,15 @@ def run_attacks(name: str, m: Models, cal: Calibration, jobs_per_cell: int, max_
     """Each attack on jobs where it changes the commitment; also its checks per dtype."""
     out: dict[str, dict[str, object]] = {}
     checks_by: dict[str, dict[str, list[LLMCheck]]] = {}
-    honest_cache: dict[tuple[LLMJob, bytes], tuple[torch.Tensor, bytes]] = {}
+    honest_cache: dict[tuple[tuple[LLMJob, bytes], ...], list[tuple[torch.Tensor, bytes]]] = {}
 
-    def honest(prompt: torch.Tensor, job: LLMJob) -> tuple[torch.Tensor, bytes]:
-        key = (job, prompt.numpy().tobytes())
+    def honest(batch: list[Job]) -> list[tuple[torch.Tensor, bytes]]:
+        """The honest node's commitments for ``batch``, generated as the same padded batch."""
+        key = tuple((job, prompt.numpy().tobytes()) for prompt, job in batch)
         if key not in honest_cache:
-            honest_cache[key] = committed(gen1(m.real, prompt, job), job, cal)
+            made = generate_many(m.real, [p for p, _ in batch], [j for _, j in batch])
+            honest_cache[key] = [committed(x, j, cal)
+                                 for x, (_, j) in zip(made, batch, strict=True)]
         return honest_cache[key]
 
     for attack_index, (attack_name, spec) in enumerate(ATTACKS.items()):
@@ -514,23 +546,27 @@ def run_attacks(name: str, m: Models, cal: Calibration, jobs_per_cell: int, max_
                     jobs_for(m, 4 * jobs_per_cell, dtype, JUDGE_SEED + 7000, max_new)
                     if spec.applies(j)]
             deviating = 0
-            for i, (prompt, job) in enumerate(pool):
+            for at in range(0, len(pool), BATCH):
                 if deviating == jobs_per_cell:
                     break
-                tokens, aux, states = spec.attack(m, prompt, job, cal, g)
-                check = judge(m.real, cal, prompt, job, tokens, aux, 10_000 + i)
-                honest_tokens, honest_aux = honest(prompt, job)
-                if torch.equal(tokens, honest_tokens) and aux == honest_aux:
-                    identical.append(check)  # the same commitment as the honest node's
-                    continue
-                deviating += 1
-                checks.append(check)
-                by_dtype[dtype].append(check)
-                if toploc is not None and states is not None and tokens.numel():
-                    view = prefill(m.real, prompt, tokens, dtype)
-                    ok, _ = toploc_passes(toploc, states.hidden, view.hidden)
-                    toploc_jobs += 1
-                    toploc_caught += not ok
+                batch = pool[at:at + BATCH]
+                cheats = spec.attack(m, batch, cal, g)
+                for i, ((prompt, job), (tokens, aux, states), (honest_tokens, honest_aux)) in \
+                        enumerate(zip(batch, cheats, honest(batch), strict=True)):
+                    if deviating == jobs_per_cell:
+                        break
+                    check = judge(m.real, cal, prompt, job, tokens, aux, 10_000 + at + i)
+                    if torch.equal(tokens, honest_tokens) and aux == honest_aux:
+                        identical.append(check)  # the same commitment as the honest node's
+                        continue
+                    deviating += 1
+                    checks.append(check)
+                    by_dtype[dtype].append(check)
+                    if toploc is not None and states is not None and tokens.numel():
+                        view = prefill(m.real, prompt, tokens, dtype)
+                        ok, _ = toploc_passes(toploc, states.hidden, view.hidden)
+                        toploc_jobs += 1
+                        toploc_caught += not ok
         checks_by[attack_name] = by_dtype
         out[attack_name] = {
             **tally(checks),
@@ -686,6 +722,11 @@ def print_table(result: dict[str, object]) -> None:
         print(f"  verification speed-up by length and kind: {speedup}")
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory so far (MB)."""
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def machine_load() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
 
@@ -714,7 +755,7 @@ def main() -> int:
         honest_per_cell = (1 if real else 3) if args.quick else (8 if real else 100)
         attack_per_cell = 2 if args.quick else 32
         calibration_jobs = 2 if args.quick else 12
-        max_new = (48 if real else 64) if args.quick else (128 if real else 64)
+        max_new = 48 if args.quick and real else 64
         settings = HONEST_SETTINGS if not (args.quick and real) else (
             HONEST_SETTINGS[0], HONEST_SETTINGS[-1])
         lengths = (256,) if args.quick else (64, 256)
@@ -736,7 +777,8 @@ def main() -> int:
                         kinds=tuple(COST_KINDS))
         models_out[name] = {
             "calibration": {**cal.to_json(), "seconds": round(calibration_seconds, 1),
-                            "seed": CALIBRATION_SEED},
+                            "seed": CALIBRATION_SEED, "jobs_per_setting": calibration_jobs,
+                            "peak_rss_mb_after": peak_rss_mb()},
             "judge_seed": JUDGE_SEED,
             "prompts": "English chat messages through the model's chat template" if m.chat
             else "random token ids",
