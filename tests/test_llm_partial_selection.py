@@ -75,6 +75,7 @@ def test_head_selection_decides_as_the_full_sort_does(vocab: int, spread: float,
         params = SamplingParams(seed=vocab, temperature_milli=t, top_k=k, top_p_ppm=p)
         noise = gumbel_noise(params.seed, n, vocab)
         for tol in (1e-6, 0.3):
+            heads: llm.HeadCache = {}  # shared by every committed token set and noise draw
             every = top_p_excess(logits, torch.arange(vocab).expand(n, vocab), params, tol)
             # committed tokens: the argmax, near-misses and random ones (some far outside)
             candidates = [torch.argmax(logits + params.temperature * noise, dim=-1),
@@ -88,6 +89,13 @@ def test_head_selection_decides_as_the_full_sort_does(vocab: int, spread: float,
                 seeded = SeededNoise(params.seed, vocab)
                 assert torch.equal(sampling_gaps(logits, seeded, tokens, params, tol, mass_tol),
                                    ours)
+                # heads selected for other tokens and other noise decide the same
+                assert torch.equal(sampling_gaps(logits, noise, tokens, params, tol, mass_tol,
+                                                 heads), ours)
+                redrawn = gumbel_noise(params.seed + 1, n, vocab)
+                assert torch.equal(
+                    sampling_gaps(logits, redrawn, tokens, params, tol, mass_tol, heads),
+                    sampling_gaps(logits, redrawn, tokens, params, tol, mass_tol))
                 assert torch.allclose(top_p_excess(logits, tokens, params, tol),
                                       every.gather(-1, tokens[:, None])[:, 0], atol=1e-12)
 

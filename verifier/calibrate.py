@@ -86,7 +86,7 @@ from prover.llm.model import LLM, llm_torch
 from prover.llm.prompts import chat_prompt
 from prover.llm.sampler import SamplingParams, gumbel_noise, kept_mask
 from prover.llm.sketch import MAX_EXP, MIN_EXP, block_values
-from verifier.llm import EXCESS_TOL, sampling_gaps, top_p_excess
+from verifier.llm import EXCESS_TOL, HeadCache, sampling_gaps, top_p_excess
 
 MARGIN = 0.5
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -201,6 +201,7 @@ class Deviation:
         if sampling.top_k > 0 or sampling.top_p_ppm < 1_000_000:
             keep = kept_mask(node_logits, t, torch.full((n,), sampling.top_k),
                              torch.full((n,), sampling.top_p, dtype=torch.float64))
+        heads: HeadCache = {}  # the verifier's head selections: the same at every redraw
         for r in range(1 + (0 if sampling.greedy else REDRAWS)):
             drawn = replace(sampling, seed=(sampling.seed + r * _GOLDEN) % 2**64)
             noise = gumbel_noise(drawn.seed, n, vocab)
@@ -211,7 +212,7 @@ class Deviation:
                 tokens = torch.argmax(scores if keep is None else
                                       scores.masked_fill(~keep, float("-inf")), dim=-1)
             gaps = sampling_gaps(mine, noise, tokens, drawn, tolerances.token_tau,
-                                 tolerances.mass_levels(sampling.temperature))
+                                 tolerances.mass_levels(sampling.temperature), heads)
             worst_gap = max(worst_gap, float(gaps.sum()))
         if not sampling.greedy:
             tau = EXCESS_TOL * tolerances.token_tau

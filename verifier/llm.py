@@ -119,6 +119,10 @@ as long, until every row holds every token that the top-k/top-p rules can count 
 every honest node: one flat row never widens every row's head."""
 
 Noise = torch.Tensor | SeededNoise
+HeadCache = dict[tuple[int, bytes],
+                  tuple[torch.Tensor, torch.Tensor, int, torch.Tensor, torch.Tensor]]
+"""Partial selections of one job's logits and which of their tokens every honest node keeps,
+by head size and rows (see :func:`sampling_gaps`)."""
 """A job's sampler noise: the whole ``[n, V]`` matrix, or its seed (entries made as needed)."""
 
 
@@ -150,16 +154,17 @@ def _head(logits: torch.Tensor, log_norm: torch.Tensor | None, temperature: floa
     (top-p jobs), from which the head's probabilities follow without a full softmax.
     """
     vocab = logits.shape[-1]
-    size = min(size, vocab)
+    size = vocab if 4 * size >= vocab else size  # so long a head costs more than a sort
     wide = min(2 * size, vocab)
-    values, ids = torch.topk(logits, wide, dim=-1, sorted=True)
     if size == vocab:
+        values, ids = torch.sort(logits, dim=-1, descending=True)
         return values, ids, size, torch.ones(logits.shape[0], dtype=torch.bool)
+    values, ids = torch.topk(logits, wide, dim=-1, sorted=True)
     enough = torch.full((logits.shape[0],), 0 < k <= size)
     if log_norm is not None:
         mass = torch.exp(values[:, :size] / temperature - log_norm[:, None]).sum(-1)
         enough |= mass >= p
-    settled = enough & ((values[:, -1] < values[:, size - 1] - tol) | (wide == vocab))
+    settled = enough & (values[:, -1] < values[:, size - 1] - tol)
     return values, ids, size, settled
 
 
@@ -193,7 +198,7 @@ def _at_least(logits: torch.Tensor, log_norm: torch.Tensor | None, temperature: 
 
 def sampling_gaps(
     logits: torch.Tensor, noise: Noise, tokens: torch.Tensor, params: SamplingParams,
-    tol: float, mass_tol: float | Sequence[float],
+    tol: float, mass_tol: float | Sequence[float], heads: HeadCache | None = None,
 ) -> torch.Tensor:
     """Each committed token's gap ``[n]`` (logit units; ∞ when no honest node could keep it).
 
@@ -210,7 +215,10 @@ def sampling_gaps(
 
     With top-k or top-p only the head of each row is selected and only its
     noise is needed (``noise`` may be a :class:`~prover.llm.sampler.SeededNoise`);
-    a row whose committed token lies below its head is judged on the whole row.
+    a row whose committed token lies below its head is judged on the whole row. The heads
+    depend on the logits, ``params`` (but its seed), ``tol`` and ``mass_tol`` only: a caller
+    judging the same logits under many noise draws passes one ``heads`` dict to every call
+    and each head is selected once.
     """
     n = logits.shape[0]
     rows = torch.arange(n)
@@ -225,13 +233,14 @@ def sampling_gaps(
         return (full.max(dim=-1).values - chosen_score).clamp_min(0.0)
     log_norm = torch.logsumexp(logits / temperature, dim=-1) if top_p else None
     return _truncated_gaps(logits, log_norm, noise, chosen, chosen_score, params, tol, mass_tol,
-                           HEAD_START)
+                           HEAD_START, rows, heads)
 
 
 def _truncated_gaps(
     logits: torch.Tensor, log_norm: torch.Tensor | None, noise: Noise, chosen: torch.Tensor,
     chosen_score: torch.Tensor, params: SamplingParams, tol: float,
-    mass_tol: float | Sequence[float], size: int,
+    mass_tol: float | Sequence[float], size: int, rows: torch.Tensor,
+    heads: HeadCache | None,
 ) -> torch.Tensor:
     """:func:`sampling_gaps` under top-k/top-p with a head of ``size`` tokens; the rows it
     does not settle are judged again, on their own, with a head twice as long."""
@@ -239,33 +248,40 @@ def _truncated_gaps(
     temperature = params.temperature
     k = params.top_k if 0 < params.top_k < vocab else vocab
     p = params.top_p
-    values, ids, size, settled = _head(logits, log_norm, temperature,
-                                       k if params.top_k else 0, p, tol, size)
-    ascending = values.flip(-1)  # [n, K2]: every token a head token's threshold can count
-    head = values[:, :size]  # [n, K]
+    per_level = torch.as_tensor(mass_tol, dtype=torch.float64).expand(len(MASS_LEVELS))
+    levels = torch.tensor(MASS_LEVELS[:-1], dtype=torch.float64)
+
+    def slack(mass: torch.Tensor) -> torch.Tensor:  # additive, on probability mass
+        bound = per_level[torch.bucketize(mass, levels, right=False)] / temperature
+        return bound.clamp(max=1.0)
+
+    key = (size, rows.numpy().tobytes())
+    cached = heads.get(key) if heads is not None else None
+    if cached is None:
+        values, ids, size, settled = _head(logits, log_norm, temperature,
+                                           k if params.top_k else 0, p, tol, size)
+        head = values[:, :size]  # [n, K]
+        # v certain if, even with every near-tie ranked above it, it stays within k
+        count = _count_at_least(values.flip(-1), head - tol)
+        certain_head = count <= k
+        if log_norm is not None:
+            # a node ranks above v only tokens of logit ≥ l_v − tol other than v, and its
+            # mass of them is within the slack of ours (calibrated on exactly these sets)
+            head_probs = torch.exp(values / temperature - log_norm[:, None])
+            cumulative = torch.cumsum(head_probs, dim=-1)  # mass of the i+1 likeliest
+            above_v = cumulative.gather(-1, (count - 1).clamp_min(0)) - head_probs[:, :size]
+            certain_head &= above_v + slack(above_v) < p
+        cached = (values, ids, size, settled, certain_head)
+        if heads is not None:
+            heads[key] = cached
+    values, ids, size, settled, certain_head = cached
     threshold_t = chosen + tol  # tokens of logit ≥ this are ranked above t by every node
     # top-k: t possible if fewer than k tokens lie clearly above it
     count_t, above_t = _at_least(logits, log_norm, temperature, threshold_t, values)
     t_possible = count_t < k
-    # v certain if, even with every near-tie ranked above it, it stays within k
-    certain_head = _count_at_least(ascending, head - tol) <= k
     if log_norm is not None:
-        per_level = torch.as_tensor(mass_tol, dtype=torch.float64).expand(len(MASS_LEVELS))
-        levels = torch.tensor(MASS_LEVELS[:-1], dtype=torch.float64)
-
-        def slack(mass: torch.Tensor) -> torch.Tensor:  # additive, on probability mass
-            bound = per_level[torch.bucketize(mass, levels, right=False)] / temperature
-            return bound.clamp(max=1.0)
-
-        # A node that kept t ranks every token of logit ≥ l_t + tol above it, and a node
-        # ranks above v only tokens of logit ≥ l_v − tol other than v; its mass of either set
-        # is within the slack of ours (calibrated on exactly these sets).
+        # a node that kept t ranks every token of logit ≥ l_t + tol above it
         t_possible &= above_t - slack(above_t) < p
-        head_probs = torch.exp(values / temperature - log_norm[:, None])
-        cumulative = torch.cumsum(head_probs, dim=-1)  # mass of the i+1 likeliest
-        count = _count_at_least(ascending, head - tol)
-        above_v = cumulative.gather(-1, (count - 1).clamp_min(0)) - head_probs[:, :size]
-        certain_head &= above_v + slack(above_v) < p
     # kept by every honest node: certain in the head, or ranked clearly above t
     certain = torch.zeros_like(values, dtype=torch.bool)
     certain[:, :size] = certain_head
@@ -287,7 +303,7 @@ def _truncated_gaps(
         gaps[rest] = _truncated_gaps(
             logits[rest], log_norm[rest] if log_norm is not None else None,
             _noise_of(noise, rest), chosen[rest], chosen_score[rest], params, tol, mass_tol,
-            2 * size)
+            2 * size, rows[rest], heads)
     return gaps
 
 
