@@ -9,18 +9,25 @@ that never reads costs the node that much memory and never stalls the
 batch. A job whose client went away is cancelled: it leaves the batch at the
 next step and leaves no result.
 
-:meth:`RunningBatches.run` is the loop: while any engine has work it runs
-one step of each (joins, one token for every running job, leaves) in a
-worker thread, then hands the tokens out and updates the gauges
-(``assay:num_requests_running``/``waiting``, as vLLM names them). A step
-that raises drops the jobs it held (their callers see them end unfinished,
-nothing committed) and the loop goes on with fresh engines.
+:meth:`RunningBatches.run` starts the loop in one worker thread: while any
+engine has work it runs one step of each (joins, one token for every running
+job, leaves), and the next at once, while the event loop hands the tokens of
+the last one out and updates the gauges (``assay:num_requests_running``/
+``waiting``, as vLLM names them). The thread never waits for the event loop
+between steps: a round trip to it per step (a thread handed a job, then the
+loop woken with its result) cost about 2.5 ms a step on two busy cores, 2-6 %
+of a decoding step. A step that raises drops the jobs it held (their callers
+see them end unfinished, nothing committed) and the loop goes on with fresh
+engines. With no work the thread sleeps until a job is submitted.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import math
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -64,7 +71,7 @@ class RunningBatches:
         """Decoding steps run so far (all engines together): a clock clients can compare."""
         self._channels: dict[bytes, trio.MemorySendChannel[Produced]] = {}
         self._model_of: dict[bytes, bytes] = {}
-        self._wake = trio.Event()
+        self._wake = threading.Event()
 
     def serves(self, model_id: bytes) -> bool:
         return model_id in self.engines
@@ -94,30 +101,55 @@ class RunningBatches:
             channel.close()
 
     async def run(self) -> None:
-        """Step while there is work; sleep until a job is submitted when there is none."""
-        while True:
-            if not any(e.running or e.waiting for e in self.engines.values()):
-                await self._wake.wait()
-                self._wake = trio.Event()
+        """Step in a worker thread while there is work (see the module docstring); the
+        thread stops after the step it is in when this is cancelled."""
+        stop = threading.Event()
+        try:
+            work = functools.partial(self._work, trio.lowlevel.current_trio_token(), stop)
+            # mypy reads no keyword arguments after run_sync's *args: Unpack[Ts]
+            await trio.to_thread.run_sync(work, abandon_on_cancel=True)  # type: ignore[call-arg]
+        finally:
+            stop.set()
+            self._wake.set()
+
+    def _work(self, loop: trio.lowlevel.TrioToken, stop: threading.Event) -> None:
+        """The worker thread: step, hand the step's tokens to the event loop, step again."""
+        while not stop.is_set():
+            self._wake.clear()
+            engines = self.engines
+            if not any(e.running or e.waiting for e in engines.values()):
+                self._wake.wait()
                 continue
             try:
-                produced = await trio.to_thread.run_sync(self._step)
+                produced = self._step(engines)
             except Exception:  # a bug in a step fails the jobs it held, never the node
                 log.exception("a decoding step failed; its jobs are dropped")
-                self._reset()
+                with contextlib.suppress(trio.RunFinishedError):
+                    trio.from_thread.run_sync(self._reset, trio_token=loop)
                 continue
-            self.steps += 1
-            for item in produced:
-                key = item.token.key
-                assert isinstance(key, bytes)
-                channel = self._channels.get(key)
-                if channel is not None:
+            running = sum(e.running for e in engines.values())
+            waiting = sum(e.waiting for e in engines.values())
+            try:
+                loop.run_sync_soon(self._hand_out, produced, running, waiting)
+            except trio.RunFinishedError:
+                return
+
+    def _hand_out(self, produced: list[Produced], running: int, waiting: int) -> None:
+        """On the event loop: one step's tokens to their jobs' channels, and the gauges."""
+        self.steps += 1
+        for item in produced:
+            key = item.token.key
+            assert isinstance(key, bytes)
+            channel = self._channels.get(key)
+            if channel is not None:
+                with contextlib.suppress(trio.BrokenResourceError):  # its caller went away
                     channel.send_nowait(item)
-                if item.result is not None:
-                    self._model_of.pop(key, None)
-                    if channel is not None:
-                        self._channels.pop(key).close()
-            self._gauges()
+            if item.result is not None:
+                self._model_of.pop(key, None)
+                if channel is not None:
+                    self._channels.pop(key).close()
+        self.metrics.requests_running.set(running)
+        self.metrics.requests_waiting.set(waiting)
 
     def _reset(self) -> None:
         """Fresh engines; every job's channel closed (its caller sees it end unfinished)."""
@@ -128,9 +160,10 @@ class RunningBatches:
         self._model_of.clear()
         self._gauges()
 
-    def _step(self) -> list[Produced]:
+    @staticmethod
+    def _step(engines: Mapping[bytes, Engine]) -> list[Produced]:
         out = []
-        for engine in self.engines.values():
+        for engine in engines.values():
             if not (engine.running or engine.waiting):
                 continue
             for token in engine.step():
