@@ -2,23 +2,24 @@
 stepped in a worker thread while the event loop keeps serving.
 
 A job is submitted with its key (the job id) and gets a channel on which
-every token arrives as soon as the step that chose it ends, the last one
-with the job's :class:`~prover.llm.engine.Generated` result. The channel is
-unbounded, but holds at most ``max_new_tokens`` entries per job, so a client
-that never reads costs the node that much memory and never stalls the
-batch. A job whose client went away is cancelled: it leaves the batch at the
-next step and leaves no result.
+every token arrives as soon as a step has chosen it (the forward pass that
+prepares the next step runs meanwhile), the last one with the job's
+:class:`~prover.llm.engine.Generated` result. The channel is unbounded, but
+holds at most ``max_new_tokens`` entries per job, so a client that never
+reads costs the node that much memory and never stalls the batch. A job
+whose client went away is cancelled: it leaves the batch at the next step
+and leaves no result.
 
 :meth:`RunningBatches.run` starts the loop in one worker thread: while any
 engine has work it runs one step of each (joins, one token for every running
-job, leaves), and the next at once, while the event loop hands the tokens of
-the last one out and updates the gauges (``assay:num_requests_running``/
-``waiting``, as vLLM names them). The thread never waits for the event loop
-between steps: a round trip to it per step (a thread handed a job, then the
-loop woken with its result) cost about 2.5 ms a step on two busy cores, 2-6 %
-of a decoding step. A step that raises drops the jobs it held (their callers
-see them end unfinished, nothing committed) and the loop goes on with fresh
-engines. With no work the thread sleeps until a job is submitted.
+job, leaves), and the next at once; the event loop hands each step's tokens
+out while the thread runs the step's forward passes, and updates the gauges
+(``assay:num_requests_running``/``waiting``, as vLLM names them). The thread
+never waits for the event loop between steps: a round trip to it per step (a
+thread handed the step, then the loop woken with its result) cost 1-2 ms a
+step on two busy cores. A step that raises drops the jobs it held (their
+callers see them end unfinished, nothing committed) and the loop goes on
+with fresh engines. With no work the thread sleeps until a job is submitted.
 """
 
 from __future__ import annotations
@@ -121,18 +122,24 @@ class RunningBatches:
                 self._wake.wait()
                 continue
             try:
-                produced = self._step(engines)
+                for engine in engines.values():
+                    if engine.running or engine.waiting:
+                        engine.step(functools.partial(self._chosen, loop, engine, engines))
             except Exception:  # a bug in a step fails the jobs it held, never the node
                 log.exception("a decoding step failed; its jobs are dropped")
                 with contextlib.suppress(trio.RunFinishedError):
                     trio.from_thread.run_sync(self._reset, trio_token=loop)
-                continue
-            running = sum(e.running for e in engines.values())
-            waiting = sum(e.waiting for e in engines.values())
-            try:
-                loop.run_sync_soon(self._hand_out, produced, running, waiting)
-            except trio.RunFinishedError:
-                return
+
+    def _chosen(self, loop: trio.lowlevel.TrioToken, engine: Engine,
+                engines: Mapping[bytes, Engine], tokens: list[StepToken]) -> None:
+        """In the worker thread, as soon as a step has chosen its tokens (before its forward
+        passes): pass them, and the results of the jobs they ended, to the event loop."""
+        produced = [Produced(token, engine.pop(token.key) if token.finish_reason is not None
+                             else None) for token in tokens]
+        running = sum(e.running for e in engines.values())
+        waiting = sum(e.waiting for e in engines.values())
+        with contextlib.suppress(trio.RunFinishedError):  # the event loop is gone: nobody waits
+            loop.run_sync_soon(self._hand_out, produced, running, waiting)
 
     def _hand_out(self, produced: list[Produced], running: int, waiting: int) -> None:
         """On the event loop: one step's tokens to their jobs' channels, and the gauges."""
@@ -159,17 +166,6 @@ class RunningBatches:
         self._channels.clear()
         self._model_of.clear()
         self._gauges()
-
-    @staticmethod
-    def _step(engines: Mapping[bytes, Engine]) -> list[Produced]:
-        out = []
-        for engine in engines.values():
-            if not (engine.running or engine.waiting):
-                continue
-            for token in engine.step():
-                result = engine.pop(token.key) if token.finish_reason is not None else None
-                out.append(Produced(token, result))
-        return out
 
     def _gauges(self) -> None:
         self.metrics.requests_running.set(sum(e.running for e in self.engines.values()))

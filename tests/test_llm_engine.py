@@ -183,3 +183,49 @@ def test_the_engine_bounds_its_queue_and_refuses_what_it_cannot_run() -> None:
     with pytest.raises(GenerationError, match="bfloat16 job cannot join a float32"):
         DecodeBatch(llm, "float32").join([("z", prompt(1, 5), LLMJob(4, "bfloat16",
                                                                       SamplingParams(seed=1)))])
+
+
+def test_a_step_hands_its_tokens_out_before_its_forward_pass_and_they_are_the_same(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Engine.step(chosen)`` gives the tokens (and a finished job's result) before the forward
+    pass that prepares the next step; the tokens are the ones a plain step makes."""
+    llm = model("llama")
+    p = prompt(5, 7)
+    job = LLMJob(6, "float32", SamplingParams(seed=3, temperature_milli=700))
+    plain = generate(llm, [p], [job])[0]
+    engine = Engine(llm)
+    engine.submit("k", p, job)
+    forwards: list[int] = []
+    seen: list[tuple[int, int, int]] = []
+    batch_forward = DecodeBatch._forward
+
+    def counted(batch: DecodeBatch, tokens: torch.Tensor) -> None:
+        forwards.append(tokens.numel())
+        batch_forward(batch, tokens)
+
+    def chosen(tokens: list[StepToken]) -> None:
+        for t in tokens:
+            result = engine.pop(t.key).tokens.numel() if t.finish_reason is not None else 0
+            seen.append((t.token, len(forwards), result))
+
+    monkeypatch.setattr(DecodeBatch, "_forward", counted)
+    while engine.running or engine.waiting:
+        engine.step(chosen)
+    assert [s[0] for s in seen] == plain.tokens.tolist()
+    assert [s[1] for s in seen] == list(range(6))  # token i before the i-th forward pass
+    assert seen[-1][2] == 6 and len(forwards) == 5  # the last step runs none
+
+
+def test_a_batch_that_chose_its_tokens_takes_no_join_until_it_advances() -> None:
+    llm = model("llama")
+    job = LLMJob(4, "float32", SamplingParams(seed=1))
+    batch = DecodeBatch(llm, "float32")
+    batch.join([("a", prompt(1, 5), job)])
+    batch.choose()
+    for act in (batch.choose, lambda: batch.join([("b", prompt(2, 5), job)]),
+                lambda: batch.remove("a")):
+        with pytest.raises(GenerationError, match="advance it first"):
+            act()
+    batch.advance()
+    batch.join([("b", prompt(2, 5), job)])
+    assert batch.keys == ["a", "b"]

@@ -383,12 +383,14 @@ def test_jobs_that_joined_and_left_a_running_batch_are_attested_valid(tmp_path: 
     assert all(v == [Verdict.VALID] for v in verdicts.values()), verdicts
 
 
-def test_a_failing_step_drops_its_jobs_and_the_loop_goes_on(tmp_path: Path) -> None:
-    """A step that raises (here: a batch whose model was taken away) ends the jobs it held
-    unfinished, nothing committed; the next job is served by fresh engines."""
+def test_a_failing_step_drops_its_jobs_and_the_loop_goes_on(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A step that raises (here: its third forward pass) ends the jobs it held unfinished,
+    nothing committed; the next job is served by fresh engines."""
     import torch
 
     from protocol.net.metrics import Metrics
+    from prover.llm.engine import DecodeBatch
     from prover.llm.job import LLMJob
     from prover.llm.sampler import SamplingParams
     from prover.running_batch import RunningBatches
@@ -399,19 +401,27 @@ def test_a_failing_step_drops_its_jobs_and_the_loop_goes_on(tmp_path: Path) -> N
     job = LLMJob(max_new_tokens=100, dtype="float32", sampling=SamplingParams(seed=1))
     prompt = torch.tensor([5, 6, 7])
     seen: dict[str, Any] = {}
+    forward, forwards = DecodeBatch._forward, []
+
+    def third_fails(batch: DecodeBatch, tokens: torch.Tensor) -> None:
+        forwards.append(tokens.numel())
+        if len(forwards) == 3:
+            raise RuntimeError("a bug in a step")
+        forward(batch, tokens)
+
+    monkeypatch.setattr(DecodeBatch, "_forward", third_fails)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(batches.run)
             broken = batches.submit(model_id, b"a", prompt, job)
-            first = await broken.receive()
-            batches.engines[model_id].batches["float32"].model = None  # the next forward fails
-            seen["broken"] = [first] + [p async for p in broken]
+            seen["broken"] = [p async for p in broken]
             fine = batches.submit(model_id, b"b", prompt, job)
             seen["fine"] = [p async for p in fine]
             nursery.cancel_scope.cancel()
 
     trio.run(main)
-    assert all(p.result is None for p in seen["broken"])  # ended unfinished
+    # three tokens, each handed out before the forward pass after it; then it ended unfinished
+    assert len(seen["broken"]) == 3 and all(p.result is None for p in seen["broken"])
     assert seen["fine"][-1].result is not None
-    assert len(seen["fine"]) == seen["fine"][-1].result.tokens.numel()
+    assert len(seen["fine"]) == seen["fine"][-1].result.tokens.numel() == 100

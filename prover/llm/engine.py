@@ -25,15 +25,19 @@ running in all and no job longer than ``max_model_len`` (prompt plus new
 tokens), as vLLM names these settings. Each :meth:`Engine.step` first admits
 waiting jobs in the order they came, as far as room allows (those of one
 dtype prefilled together), drops cancelled ones, then advances every batch by
-one token and returns what each job produced. ``submit`` and ``cancel`` may be
-called from any thread; ``step`` from one.
+one token and returns what each job produced. A batch's step is two halves,
+:meth:`DecodeBatch.choose` (the tokens, from the last forward pass) and
+:meth:`DecodeBatch.advance` (the forward pass for the next); a caller of
+``Engine.step`` may take the tokens between the two, a forward pass before
+the step ends. ``submit`` and ``cancel`` may be called from any thread;
+``step`` from one.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -99,6 +103,7 @@ class DecodeBatch:
         self._positions = torch.zeros((0, 1), dtype=torch.int64)  # [B, 1]: latest position
         self._hidden = torch.zeros((0, llm.hidden_size))  # [B, d]: states of the pending step
         self._logits = torch.zeros((0, llm.vocab_size), dtype=torch.float64)  # [B, V] CPU
+        self._next: torch.Tensor | None = None  # tokens chosen, their forward pass not yet run
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -116,6 +121,8 @@ class DecodeBatch:
         """
         if not entries:
             return
+        if self._next is not None:
+            raise GenerationError("the batch chose its tokens already; advance it first")
         taken = {row.key for row in self.rows} | set(self.finished)
         for key, prompt, job in entries:
             if job.dtype != self.dtype:
@@ -151,6 +158,15 @@ class DecodeBatch:
 
     def step(self) -> list[StepToken]:
         """Choose every running job's next token; run one forward pass for those still running."""
+        produced = self.choose()
+        self.advance()
+        return produced
+
+    def choose(self) -> list[StepToken]:
+        """The first half of :meth:`step`: every running job's next token from the last forward
+        pass; finished jobs leave. :meth:`advance` must follow before anything else."""
+        if self._next is not None:
+            raise GenerationError("the batch chose its tokens already; advance it first")
         if not self.rows:
             return []
         scaled = torch.stack([row.noise.scaled(len(row.tokens)) for row in self.rows])
@@ -177,12 +193,19 @@ class DecodeBatch:
             else:
                 self.finished[row.key] = self._result(row, finish)
         self._select(keep)
-        if self.rows:
-            self._forward(chosen[keep])
+        self._next = chosen[keep]
         return produced
+
+    def advance(self) -> None:
+        """The second half of :meth:`step`: one forward pass for the jobs still running."""
+        tokens, self._next = self._next, None
+        if self.rows and tokens is not None:
+            self._forward(tokens)
 
     def remove(self, key: Hashable) -> None:
         """Drop a running job (its client went away); it leaves no result."""
+        if self._next is not None:
+            raise GenerationError("the batch chose its tokens already; advance it first")
         index = next((i for i, row in enumerate(self.rows) if row.key == key), None)
         if index is None:
             raise KeyError(key)
@@ -376,16 +399,25 @@ class Engine:
             if key in self._known:
                 self._cancelled.add(key)
 
-    def step(self) -> list[StepToken]:
-        """Admit, drop cancelled jobs, and advance every running job by one token."""
+    def step(self, chosen: Callable[[list[StepToken]], None] | None = None) -> list[StepToken]:
+        """Admit, drop cancelled jobs, and advance every running job by one token.
+
+        ``chosen``, if given, is called with the step's tokens as soon as they are chosen,
+        before the forward passes that prepare the next step (a finished job's result can
+        be popped from there): a server streams them a forward pass earlier.
+        """
         self._admit()
         produced: list[StepToken] = []
-        for dtype, batch in list(self.batches.items()):
-            for token in batch.step():
+        for batch in self.batches.values():
+            for token in batch.choose():
                 if token.finish_reason is not None:
                     self._done[token.key] = batch.pop(token.key)
                     self._forget(token.key)
                 produced.append(token)
+        if chosen is not None:
+            chosen(produced)
+        for dtype, batch in list(self.batches.items()):
+            batch.advance()
             if not len(batch):
                 del self.batches[dtype]
         return produced
