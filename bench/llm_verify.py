@@ -1,6 +1,10 @@
 """Benchmark of the ``llm`` verification mode: honest variation, attacks, evidence, cost, TOPLOC.
 
-    python bench/llm_verify.py [--quick] [--out bench/results/llm_verify.json]
+    python bench/llm_verify.py [--quick] [--models gpt2,llama,smollm2-135m-instruct]
+                               [--out bench/results/llm_verify.json]
+
+``--models`` runs only the models named and replaces their entries in the
+results file, keeping the others' (each model records its own load and time).
 
 Every job goes through the real path: a node-side generation (KV cache,
 seeded sampler, sketch), a signed ``JobRequest`` and ``Commitment``, and

@@ -492,7 +492,7 @@ def _table_max(tables: Sequence[list[list[float]]]) -> list[list[float]]:
 
 def calibrate(
     llm: LLM,
-    jobs_per_setting: int = 16,
+    jobs_per_setting: int = 12,
     seed: int = 1,
     settings: Sequence[HonestSetting] = HONEST_SETTINGS,
 ) -> Calibration:
