@@ -286,19 +286,24 @@ def generate_many(llm: LLM, prompts: list[torch.Tensor], jobs: list[LLMJob]) -> 
     return [out[i] for i in range(len(jobs))]
 
 
+def committed_all(made: list[Generated], batch: list[Job], cal: Calibration) -> list[Made]:
+    """Each job's generation committed as the job it was asked for, with its states."""
+    return [(*committed(x, j, cal), x) for x, (_, j) in zip(made, batch, strict=True)]
+
+
 def by_model(pick: Callable[[Models], LLM | None]) -> Attack:
     def run(m: Models, batch: list[Job], cal: Calibration, g: torch.Generator) -> list[Made]:
         model = pick(m)
         assert model is not None
         made = generate_many(model, [p for p, _ in batch], [j for _, j in batch])
-        return [(*committed(x, j, cal), x) for x, (_, j) in zip(made, batch, strict=True)]
+        return committed_all(made, batch, cal)
     return run
 
 
 def with_job(change: Callable[[LLMJob], LLMJob]) -> Attack:
     def run(m: Models, batch: list[Job], cal: Calibration, g: torch.Generator) -> list[Made]:
         made = generate_many(m.real, [p for p, _ in batch], [change(j) for _, j in batch])
-        return [(*committed(x, j, cal), x) for x, (_, j) in zip(made, batch, strict=True)]
+        return committed_all(made, batch, cal)
     return run
 
 
@@ -312,7 +317,7 @@ def prompt_changed(m: Models, batch: list[Job], cal: Calibration, g: torch.Gener
         other[i] = (other[i] + 1 + int(torch.randint(0, vocab - 1, (1,), generator=g))) % vocab
         others.append(other)
     made = generate_many(m.real, others, [j for _, j in batch])
-    return [(*committed(x, j, cal), x) for x, (_, j) in zip(made, batch, strict=True)]
+    return committed_all(made, batch, cal)
 
 
 def _prefilled(m: Models, prompt: torch.Tensor, job: LLMJob, tokens: torch.Tensor,
@@ -349,7 +354,7 @@ def wrong_dtype(m: Models, batch: list[Job], cal: Calibration, g: torch.Generato
                 ) -> list[Made]:
     made = generate_many(m.real, [p for p, _ in batch],
                          [replace(j, dtype="bfloat16") for _, j in batch])
-    return [(*committed(x, j, cal), x) for x, (_, j) in zip(made, batch, strict=True)]
+    return committed_all(made, batch, cal)
 
 
 def tampered_sketch(m: Models, batch: list[Job], cal: Calibration, g: torch.Generator
