@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prover import zoo
+from prover.llm import sampler
 from prover.llm.generate import LLM, generate
 from prover.llm.job import LLMJob
 from prover.llm.sampler import (
@@ -34,6 +35,18 @@ def test_noise_is_a_pure_function_of_seed_position_and_token(seed: int, start: i
     block = gumbel_noise(seed, n, 16, start=start)
     for i in (0, n - 1):
         assert torch.equal(block[i], gumbel_noise(seed, 1, 16, start=start + i)[0])
+
+
+def test_noise_hashed_in_blocks_is_the_noise_of_each_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A matrix hashed a few rows at a time (so each block stays in cache) is bit-for-bit the
+    rows hashed one by one, whatever the block size and wherever a block ends."""
+    vocab, n = 1000, 23
+    rows = torch.stack([gumbel_noise(5, 1, vocab, start=100 + i)[0] for i in range(n)])
+    for block in (1, 999, 1000, 3 * vocab + 1, 1 << 17):
+        monkeypatch.setattr(sampler, "BLOCK_WORDS", block)
+        assert torch.equal(gumbel_noise(5, n, vocab, start=100), rows), block
+    with pytest.raises(ValueError, match="vocabulary size"):
+        gumbel_noise(5, 0, 0)
 
 
 def test_noise_has_fixed_known_values() -> None:
