@@ -260,21 +260,29 @@ def _truncated_gaps(
     if cached is None:
         values, ids, size, settled = _head(logits, log_norm, temperature,
                                            k if params.top_k else 0, p, tol, size)
-        head = values[:, :size]  # [n, K]
-        # v certain if, even with every near-tie ranked above it, it stays within k
-        count = _count_at_least(values.flip(-1), head - tol)
-        certain_head = count <= k
-        if log_norm is not None:
-            # a node ranks above v only tokens of logit ≥ l_v − tol other than v, and its
-            # mass of them is within the slack of ours (calibrated on exactly these sets)
-            head_probs = torch.exp(values / temperature - log_norm[:, None])
-            cumulative = torch.cumsum(head_probs, dim=-1)  # mass of the i+1 likeliest
-            above_v = cumulative.gather(-1, (count - 1).clamp_min(0)) - head_probs[:, :size]
-            certain_head &= above_v + slack(above_v) < p
+        certain_head = torch.zeros((rows.numel(), 0), dtype=torch.bool)  # used when settled
+        if settled.any():
+            head = values[:, :size]  # [n, K]
+            # v certain if, even with every near-tie ranked above it, it stays within k
+            count = _count_at_least(values.flip(-1), head - tol)
+            certain_head = count <= k
+            if log_norm is not None:
+                # a node ranks above v only tokens of logit ≥ l_v − tol other than v, and its
+                # mass of them is within the slack of ours (calibrated on exactly these sets)
+                head_probs = torch.exp(values / temperature - log_norm[:, None])
+                cumulative = torch.cumsum(head_probs, dim=-1)  # mass of the i+1 likeliest
+                above_v = cumulative.gather(-1, (count - 1).clamp_min(0)) - head_probs[:, :size]
+                certain_head &= above_v + slack(above_v) < p
         cached = (values, ids, size, settled, certain_head)
         if heads is not None:
             heads[key] = cached
     values, ids, size, settled, certain_head = cached
+    if not settled.any():
+        # no row settles at this size (in bfloat16, a 49k-token row can hold thousands of
+        # tokens within tol of its head): every row is judged with a longer head, and
+        # judging them here first would be thrown away
+        return _truncated_gaps(logits, log_norm, noise, chosen, chosen_score, params, tol,
+                               mass_tol, 2 * size, rows, heads)
     threshold_t = chosen + tol  # tokens of logit ≥ this are ranked above t by every node
     # top-k: t possible if fewer than k tokens lie clearly above it
     count_t, above_t = _at_least(logits, log_norm, temperature, threshold_t, values)
