@@ -53,28 +53,29 @@ Cost: the matrix generates ``jobs × settings`` honest jobs per dtype and
 prefills each once (model time: parameters × jobs × tokens). It keeps each
 job's final hidden states, not its logits, and recomputes the logits (the
 output head alone) at each of its three passes — deviations, mass table,
-sums — so its memory is the model plus one job's logits (2 × tokens ×
-vocabulary float64) plus jobs × tokens × hidden size; the statistics per
-job grow with tokens × vocabulary × log vocabulary (the sorts of the mass
-table and of the node's kept set, and ``1 + REDRAWS`` draws of the
-vocabulary's noise) and run on torch's threads (every core unless the
-caller set fewer).
+sums — so its memory is the model plus ``STATISTICS_WORKERS`` jobs' logits
+(2 × tokens × vocabulary float64 each) plus jobs × tokens × hidden size; the
+statistics per job grow with tokens × vocabulary × log vocabulary (the sorts
+of the mass table and of the node's kept set, and ``1 + REDRAWS`` draws of
+the vocabulary's noise) and run ``STATISTICS_WORKERS`` jobs at a time, one
+torch thread each.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import platform
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 import torch
 
 from prover.llm.engine import Engine, Generated
 from prover.llm.generate import generate, prefill
 from prover.llm.job import (
-    DTYPES,
     GAP_SUM_TOKENS,
     MASS_LEVELS,
     MASS_TEMPERATURES,
@@ -82,7 +83,7 @@ from prover.llm.job import (
     LLMJob,
     Tolerances,
 )
-from prover.llm.model import LLM, llm_torch
+from prover.llm.model import DTYPES, LLM, llm_torch
 from prover.llm.prompts import chat_prompt
 from prover.llm.sampler import SamplingParams, gumbel_noise, kept_mask
 from prover.llm.sketch import MAX_EXP, MIN_EXP, block_values
@@ -441,7 +442,7 @@ def tolerances_from(
         exp = MIN_EXP
     exp = min(max(exp, MIN_EXP), MAX_EXP)
     step = 2.0**exp
-    worst_mass = _table_max([d.mass_dev(token_tau) for d in deviations])
+    worst_mass = _table_max(_each(deviations, lambda d: d.mass_dev(token_tau)))
     mass_tau = tuple(
         tuple(max((m if m >= 0 else max(row)) / MARGIN, MASS_TAU_FLOOR[dtype]) for m in row)
         for row in worst_mass
@@ -455,11 +456,12 @@ def tolerances_from(
         gap_sum_tau=math.inf,
         mass_sum_tau=math.inf,
     )
-    sums, own = [], []
-    for d in deviations:
+
+    def both(d: Deviation) -> tuple[tuple[float, float], tuple[float, float]]:
         logits = d.logits()
-        sums.append(d.sums(partial, logits))
-        own.append(d.committed_sums(partial, logits))
+        return d.sums(partial, logits), d.committed_sums(partial, logits)
+
+    sums, own = zip(*_each(deviations, both), strict=True)
     worst_sum = max(g for g, _ in sums)
     worst_mass_sum = max(m for _, m in sums)
     if not math.isfinite(worst_sum):
@@ -482,6 +484,22 @@ def tolerances_from(
         "max_score": max(scores),
     }
     return tolerances, measured
+
+
+STATISTICS_WORKERS = max(1, min(4, os.cpu_count() or 1))
+"""Jobs whose statistics are computed at once, one torch thread each: every core works
+on its own job's logits (a job's passes are sorts, softmaxes and hashes of ``[n, V]``
+float64, which one thread runs without waiting on the others), and the memory held is
+that many jobs' logits."""
+
+_T = TypeVar("_T")
+
+
+def _each(deviations: Sequence[Deviation], fn: Callable[[Deviation], _T]) -> list[_T]:
+    """``fn`` of every job, in order, on ``STATISTICS_WORKERS`` threads."""
+    with ThreadPoolExecutor(STATISTICS_WORKERS, initializer=torch.set_num_threads,
+                            initargs=(1,)) as pool:
+        return list(pool.map(fn, deviations))
 
 
 def _table_max(tables: Sequence[list[list[float]]]) -> list[list[float]]:
