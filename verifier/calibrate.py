@@ -422,13 +422,14 @@ def measure(
 
 
 def tolerances_from(
-    deviations: Sequence[Deviation], dtype: str
+    deviations: Sequence[Deviation], dtype: str, workers: int = 1
 ) -> tuple[Tolerances, dict[str, object]]:
     """Thresholds that put the largest honest deviation at ``MARGIN`` of each tolerance, and
     the largest deviations measured (what the registry records next to them).
 
     Two passes over the jobs' logits, each recomputed from the kept hidden states: the mass
-    deviations need the final ``token_tau``, and the sums need the mass tolerances.
+    deviations need the final ``token_tau``, and the sums need the mass tolerances. Each
+    pass runs ``workers`` jobs at a time.
     """
     worst_token = max(max(d.gap, 2 * d.logit_dev) for d in deviations)
     worst_block = max(d.block_dev for d in deviations)
@@ -442,7 +443,7 @@ def tolerances_from(
         exp = MIN_EXP
     exp = min(max(exp, MIN_EXP), MAX_EXP)
     step = 2.0**exp
-    worst_mass = _table_max(_each(deviations, lambda d: d.mass_dev(token_tau)))
+    worst_mass = _table_max(_each(deviations, lambda d: d.mass_dev(token_tau), workers))
     mass_tau = tuple(
         tuple(max((m if m >= 0 else max(row)) / MARGIN, MASS_TAU_FLOOR[dtype]) for m in row)
         for row in worst_mass
@@ -461,7 +462,7 @@ def tolerances_from(
         logits = d.logits()
         return d.sums(partial, logits), d.committed_sums(partial, logits)
 
-    sums, own = zip(*_each(deviations, both), strict=True)
+    sums, own = zip(*_each(deviations, both, workers), strict=True)
     worst_sum = max(g for g, _ in sums)
     worst_mass_sum = max(m for _, m in sums)
     if not math.isfinite(worst_sum):
@@ -487,17 +488,19 @@ def tolerances_from(
 
 
 STATISTICS_WORKERS = max(1, min(4, os.cpu_count() or 1))
-"""Jobs whose statistics are computed at once, one torch thread each: every core works
-on its own job's logits (a job's passes are sorts, softmaxes and hashes of ``[n, V]``
-float64, which one thread runs without waiting on the others), and the memory held is
-that many jobs' logits."""
+"""Jobs whose statistics are computed at once, one torch thread each, once no dtype is
+left to generate: every core works on its own job's logits (a job's passes are sorts,
+softmaxes and hashes of ``[n, V]`` float64, which one thread runs without waiting on the
+others), and the memory held is that many jobs' logits. While the next dtype generates,
+one core is left to it."""
 
 _T = TypeVar("_T")
 
 
-def _each(deviations: Sequence[Deviation], fn: Callable[[Deviation], _T]) -> list[_T]:
-    """``fn`` of every job, in order, on ``STATISTICS_WORKERS`` threads."""
-    with ThreadPoolExecutor(STATISTICS_WORKERS, initializer=torch.set_num_threads,
+def _each(deviations: Sequence[Deviation], fn: Callable[[Deviation], _T], workers: int
+          ) -> list[_T]:
+    """``fn`` of every job, in order, on ``workers`` threads of one torch thread each."""
+    with ThreadPoolExecutor(workers, initializer=torch.set_num_threads,
                             initargs=(1,)) as pool:
         return list(pool.map(fn, deviations))
 
@@ -516,17 +519,20 @@ def calibrate(
 ) -> Calibration:
     """Run the honest-variation matrix for every dtype and derive tolerances from it.
 
-    One dtype's thresholds are derived (statistics only, on a second thread) while the
-    next dtype's jobs are generated: on a machine with a second core the two overlap.
-    Both sides change torch's thread count only under :func:`llm_torch`'s lock.
+    One dtype's thresholds are derived (statistics only, on other threads) while the
+    next dtype's jobs are generated, on every core but one; the last dtype's on every core
+    (``STATISTICS_WORKERS``). Both sides change torch's thread count only under
+    :func:`llm_torch`'s lock.
     """
     tolerances, measured = {}, {}
     with ThreadPoolExecutor(max_workers=1) as statistics:
         derived = {}
-        for dtype in DTYPES:
+        for i, dtype in enumerate(DTYPES):
             jobs = honest_jobs(llm, jobs_per_setting, dtype, seed)
             deviations = [d for s in settings for d in measure(llm, jobs, s)]
-            derived[dtype] = statistics.submit(tolerances_from, deviations, dtype)
+            workers = STATISTICS_WORKERS if i == len(DTYPES) - 1 else \
+                max(1, STATISTICS_WORKERS - 1)
+            derived[dtype] = statistics.submit(tolerances_from, deviations, dtype, workers)
         for dtype, result in derived.items():
             tolerances[dtype], measured[dtype] = result.result()
     record = {
