@@ -100,6 +100,17 @@ def test_head_selection_decides_as_the_full_sort_does(vocab: int, spread: float,
                                       every.gather(-1, tokens[:, None])[:, 0], atol=1e-12)
 
 
+def test_no_positions_judge_to_no_gaps() -> None:
+    """A job with no generated positions has no gaps under any sampling rule: the search for
+    a head that settles every row ends at once when there are no rows."""
+    logits = torch.zeros((0, 500), dtype=torch.float64)
+    tokens = torch.zeros(0, dtype=torch.long)
+    for t, k, p in ((1000, 0, 900_000), (700, 40, 1_000_000), (0, 0, 1_000_000)):
+        params = SamplingParams(seed=3, temperature_milli=t, top_k=k, top_p_ppm=p)
+        gaps = sampling_gaps(logits, SeededNoise(3, 500), tokens, params, 5.0, 0.1)
+        assert gaps.shape == (0,)
+
+
 def test_seeded_noise_is_the_full_noise_at_every_entry() -> None:
     """Entries hashed one by one are bit-for-bit the rows the node generates."""
     vocab, n = 3000, 7

@@ -260,8 +260,8 @@ def _truncated_gaps(
     if cached is None:
         values, ids, size, settled = _head(logits, log_norm, temperature,
                                            k if params.top_k else 0, p, tol, size)
-        certain_head = torch.zeros((rows.numel(), 0), dtype=torch.bool)  # used when settled
-        if settled.any():
+        certain_head = torch.zeros((0, 0), dtype=torch.bool)  # unused when no row settles
+        if settled.any() or not rows.numel():
             head = values[:, :size]  # [n, K]
             # v certain if, even with every near-tie ranked above it, it stays within k
             count = _count_at_least(values.flip(-1), head - tol)
@@ -277,7 +277,7 @@ def _truncated_gaps(
         if heads is not None:
             heads[key] = cached
     values, ids, size, settled, certain_head = cached
-    if not settled.any():
+    if rows.numel() and not settled.any():
         # no row settles at this size (in bfloat16, a 49k-token row can hold thousands of
         # tokens within tol of its head): every row is judged with a longer head, and
         # judging them here first would be thrown away
