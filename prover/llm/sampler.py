@@ -119,14 +119,18 @@ def _gumbel(words: np.ndarray) -> np.ndarray:
     return u
 
 
+def _check_vocab(vocab: int) -> None:
+    if vocab <= 0 or vocab > MAX_VOCAB:
+        raise ValueError(f"vocabulary size must be 1..{MAX_VOCAB}, got {vocab}")
+
+
 def hash_words(seed: int, positions: np.ndarray, vocab: int) -> np.ndarray:
     """Keyed 64-bit words ``[len(positions), vocab]``: word (i, v) hashes counter ``i·2³² + v``.
 
     The word is ``mix(mix(counter ⊕ k0) + k1·φ)`` (φ the golden-ratio constant,
     arithmetic mod 2⁶⁴); it is computed in place, one array for the whole block.
     """
-    if vocab <= 0 or vocab > MAX_VOCAB:
-        raise ValueError(f"vocabulary size must be 1..{MAX_VOCAB}, got {vocab}")
+    _check_vocab(vocab)
     pos = np.asarray(positions, dtype=np.uint64)
     if pos.size and int(pos.max()) >= MAX_POSITIONS:
         raise ValueError(f"positions must be below {MAX_POSITIONS}")
@@ -157,8 +161,7 @@ same values, about three times faster for a 49k vocabulary)."""
 def gumbel_rows(seed: int, positions: np.ndarray, vocab: int) -> torch.Tensor:
     """Standard Gumbel noise ``−log(−log u)`` ``[len(positions), vocab]`` (float64) at the
     given positions, hashed a block of rows at a time."""
-    if vocab <= 0 or vocab > MAX_VOCAB:
-        raise ValueError(f"vocabulary size must be 1..{MAX_VOCAB}, got {vocab}")
+    _check_vocab(vocab)
     pos = np.asarray(positions, dtype=np.uint64)
     out = np.empty((pos.size, vocab), dtype=np.float64)
     step = max(1, BLOCK_WORDS // vocab)
