@@ -49,21 +49,20 @@ two ≤ the worst honest ``block_rms`` (but at least ``block_dev / 32``, so an
 honest deviation never wraps the 256-residue); ``sketch_tau`` and
 ``sketch_rms_tau`` are the worst honest values in quanta, plus the rounding
 of the committed value, divided by ``MARGIN``; ``sketch_ratio_tau`` is the
-worst honest reference ratio over ``MARGIN``, never below 1. The largest honest deviation
-seen thus sits at ``MARGIN`` of each threshold.
+worst honest reference ratio over ``MARGIN``, never below 1. The largest
+honest deviation seen thus sits at ``MARGIN`` of each threshold.
 Everything is seeded: the same model on the same machine type gives the same
 tolerances.
 
-Cost: the matrix generates ``jobs × settings`` honest jobs per dtype and
-prefills each once (model time: parameters × jobs × tokens). It keeps each
-job's final hidden states, not its logits, and recomputes the logits (the
-output head alone) at each of its three passes — deviations, mass table,
-sums — so its memory is the model plus ``STATISTICS_WORKERS`` jobs' logits
-(2 × tokens × vocabulary float64 each) plus jobs × tokens × hidden size; the
-statistics per job grow with tokens × vocabulary × log vocabulary (the sorts
-of the mass table and of the node's kept set, and ``1 + REDRAWS`` draws of
-the vocabulary's noise) and run ``STATISTICS_WORKERS`` jobs at a time, one
-torch thread each.
+Cost: the matrix generates ``jobs × settings`` honest jobs per dtype and prefills each
+once, twice in bfloat16 (the float32 reference; model time: parameters × jobs × tokens).
+It keeps each job's final hidden states, not its logits, and recomputes the logits (the
+output head alone) at each of its three passes — deviations, mass table, sums — so its
+memory is the model plus ``STATISTICS_WORKERS`` jobs' logits (2 × tokens × vocabulary
+float64 each) plus jobs × tokens × hidden size; the statistics per job grow with tokens
+× vocabulary × log vocabulary (the sorts of the mass table and of the node's kept set,
+and ``1 + REDRAWS`` draws of the vocabulary's noise) and run ``STATISTICS_WORKERS`` jobs
+at a time, one torch thread each.
 """
 
 from __future__ import annotations
