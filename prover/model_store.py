@@ -331,8 +331,28 @@ def _load_causal_lm(directory: Path, meta: ModelMeta) -> nn.Module:
             f"{directory} does not hold the weights of this {meta.kind} model: missing keys "
             f"{missing}, mismatched shapes {mismatched}"
         )
-    loaded: nn.Module = module.to(torch.float32).eval()
+    loaded: nn.Module = _in_own_memory(module.to(torch.float32).eval())
     return loaded
+
+
+def _in_own_memory(module: nn.Module) -> nn.Module:
+    """``module`` with every parameter and buffer copied into memory torch allocated.
+
+    ``from_pretrained`` may leave tensors in the safetensors file's mapping, at whatever
+    offset the file's header put them (8 bytes past a 64-byte boundary, for instance).
+    Some CPUs' float kernels take another path for an unaligned operand: on an AMD EPYC
+    a GPT-2 loaded that way computed logits 2·10⁻⁶ away from the same weights in torch's
+    own (64-byte aligned) memory. Copied, a model computes the same whichever way it was
+    loaded. Tied parameters stay tied: each parameter object is copied once, in place.
+    """
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.data = parameter.data.clone()
+        for sub in module.modules():
+            for name, buffer in sub._buffers.items():
+                if buffer is not None:
+                    sub._buffers[name] = buffer.clone()
+    return module
 
 
 def kind_is_integer(kind: str) -> bool:
