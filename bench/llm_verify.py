@@ -472,8 +472,7 @@ def _worst(checks: list[LLMCheck]) -> dict[str, float]:
     return {"token": max((c.token_score for c in checks), default=0.0),
             "sketch": max((c.sketch_score for c in checks), default=0.0),
             "gap_sum": max((c.gap_sum_score for c in checks), default=0.0),
-            "mass_sum": max((c.mass_sum_score for c in checks), default=0.0),
-            "reference": max((c.reference_score for c in checks), default=0.0)}
+            "mass_sum": max((c.mass_sum_score for c in checks), default=0.0)}
 
 
 def run_honest(name: str, m: Models, cal: Calibration, jobs_per_cell: int, max_new: int,
@@ -519,7 +518,6 @@ def run_honest(name: str, m: Models, cal: Calibration, jobs_per_cell: int, max_n
         "max_sketch_score_ratio": worst["sketch"],
         "max_gap_sum_score_ratio": worst["gap_sum"],
         "max_top_p_sum_score_ratio": worst["mass_sum"],
-        "max_reference_score_ratio": worst["reference"],
         "by_dtype": {d: {**tally(c), "max_score_ratio": max(_worst(c).values())}
                      for d, c in by_dtype.items()},
         "by_setting": by_setting,
@@ -708,8 +706,7 @@ def print_table(result: dict[str, object]) -> None:
               f"{honest['max_score_ratio']:.3f} (token {honest['max_token_score_ratio']:.3f}, "
               f"gap sum {honest['max_gap_sum_score_ratio']:.3f}, "
               f"top-p sum {honest['max_top_p_sum_score_ratio']:.3f}, "
-              f"sketch {honest['max_sketch_score_ratio']:.3f}, of which the reference ratio "
-              f"{honest.get('max_reference_score_ratio', 0.0):.3f})")
+              f"sketch {honest['max_sketch_score_ratio']:.3f})")
         for s, cell in honest["by_setting"].items():
             print(f"    {s:<56} jobs {cell['jobs']:>5} fraud {cell['fraud']} "
                   f"inconclusive {cell['inconclusive']}")

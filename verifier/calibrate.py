@@ -27,11 +27,7 @@ logits: the gap sum over ``REDRAWS`` redraws of the sampler's noise, the
 top-p sum over ``MASS_DRAWS`` draws of the tokens from the node's kept
 distribution (top-p 0.9 for jobs without top-p).
 - ``block_dev``: the largest |node − verifier| sketch block value;
-- ``block_rms``: the root-mean-square of those differences over the job;
-- ``reference_ratio`` (dtypes other than float32, jobs of at least
-  ``REFERENCE_MIN_TOKENS`` tokens): the node's sketch's root-mean-square distance
-  from the verifier's float32 prefill over the verifier's own
-  (:func:`verifier.llm.reference_ratio`), which needs a second prefill per job.
+- ``block_rms``: the root-mean-square of those differences over the job.
 
 Each honest job's score under the final tolerances (capped at 1) is averaged
 into ``honest_mean_score``, what :mod:`verifier.llm_evidence` accumulates a
@@ -48,21 +44,21 @@ largest power of
 two ≤ the worst honest ``block_rms`` (but at least ``block_dev / 32``, so an
 honest deviation never wraps the 256-residue); ``sketch_tau`` and
 ``sketch_rms_tau`` are the worst honest values in quanta, plus the rounding
-of the committed value, divided by ``MARGIN``; ``sketch_ratio_tau`` is the
-worst honest reference ratio over ``MARGIN``, never below 1. The largest
-honest deviation seen thus sits at ``MARGIN`` of each threshold.
+of the committed value, divided by ``MARGIN``. The largest honest deviation
+seen thus sits at ``MARGIN`` of each threshold.
 Everything is seeded: the same model on the same machine type gives the same
 tolerances.
 
-Cost: the matrix generates ``jobs × settings`` honest jobs per dtype and prefills each
-once, twice in bfloat16 (the float32 reference; model time: parameters × jobs × tokens).
-It keeps each job's final hidden states, not its logits, and recomputes the logits (the
-output head alone) at each of its three passes — deviations, mass table, sums — so its
-memory is the model plus ``STATISTICS_WORKERS`` jobs' logits (2 × tokens × vocabulary
-float64 each) plus jobs × tokens × hidden size; the statistics per job grow with tokens
-× vocabulary × log vocabulary (the sorts of the mass table and of the node's kept set,
-and ``1 + REDRAWS`` draws of the vocabulary's noise) and run ``STATISTICS_WORKERS`` jobs
-at a time, one torch thread each.
+Cost: the matrix generates ``jobs × settings`` honest jobs per dtype and
+prefills each once (model time: parameters × jobs × tokens). It keeps each
+job's final hidden states, not its logits, and recomputes the logits (the
+output head alone) at each of its three passes — deviations, mass table,
+sums — so its memory is the model plus ``STATISTICS_WORKERS`` jobs' logits
+(2 × tokens × vocabulary float64 each) plus jobs × tokens × hidden size; the
+statistics per job grow with tokens × vocabulary × log vocabulary (the sorts
+of the mass table and of the node's kept set, and ``1 + REDRAWS`` draws of
+the vocabulary's noise) and run ``STATISTICS_WORKERS`` jobs at a time, one
+torch thread each.
 """
 
 from __future__ import annotations
@@ -90,16 +86,8 @@ from prover.llm.job import (
 from prover.llm.model import DTYPES, LLM, llm_torch
 from prover.llm.prompts import chat_prompt
 from prover.llm.sampler import SamplingParams, gumbel_noise, kept_mask
-from prover.llm.sketch import MAX_EXP, MIN_EXP, block_values, make_sketch
-from verifier.llm import (
-    EXCESS_TOL,
-    REFERENCE_DTYPE,
-    REFERENCE_MIN_TOKENS,
-    HeadCache,
-    reference_ratio,
-    sampling_gaps,
-    top_p_excess,
-)
+from prover.llm.sketch import MAX_EXP, MIN_EXP, block_values
+from verifier.llm import EXCESS_TOL, HeadCache, sampling_gaps, top_p_excess
 
 MARGIN = 0.5
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -163,8 +151,6 @@ class JobStates:
     node_hidden: torch.Tensor
     verifier_hidden: torch.Tensor
     setting: HonestSetting
-    reference_hidden: torch.Tensor | None = None
-    """The verifier's prefill in ``REFERENCE_DTYPE`` (a job of another dtype only)."""
 
     def logits(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The node's and the verifier's logits ``[n, V]`` (float64), each computed as its
@@ -197,17 +183,6 @@ class Deviation:
 
     def logits(self) -> Logits | None:
         return None if self.states is None else self.states.logits()
-
-    def reference_ratio(self, exp: int) -> float | None:
-        """:func:`verifier.llm.reference_ratio` of the node's sketch at step ``2^exp``, for a
-        job the validator holds to it (another dtype than the reference, long enough)."""
-        states, sampling = self.states, self.sampling
-        if states is None or states.reference_hidden is None or sampling is None or \
-                self.tokens < REFERENCE_MIN_TOKENS:
-            return None
-        sketch = make_sketch(states.node_hidden, sampling.seed, exp)
-        return reference_ratio(sketch, states.verifier_hidden, states.reference_hidden,
-                               sampling.seed)
 
     def sums(self, tolerances: Tolerances, logits: Logits | None = None) -> tuple[float, float]:
         """The largest gap sum and top-p sum under ``tolerances``, each per ``GAP_SUM_TOKENS``
@@ -272,28 +247,21 @@ class Deviation:
                                       EXCESS_TOL * tolerances.token_tau).sum())
         return gap_sum, mass_sum
 
-    def score(self, tolerances: Tolerances, sums: tuple[float, float] | None = None,
-              ratio: float | None = None) -> float:
+    def score(self, tolerances: Tolerances, sums: tuple[float, float] | None = None) -> float:
         """This job's score as the validator computes it, capped at 1: the largest of its
         deviations over their tolerances, on its committed tokens (no redraws; ``sums``:
         :meth:`committed_sums` under the same token and mass tolerances, when already
         computed), the committed sketch's rounding included (at its worst for the largest
-        value, its mean for the root-mean-square; ``ratio``: :meth:`reference_ratio` at the
-        tolerances' step, when already computed)."""
+        value, its mean for the root-mean-square)."""
         step = 2.0**tolerances.sketch_exp
         gap_sum, mass_sum = sums if sums is not None else self.committed_sums(tolerances)
-        ratios: tuple[float, ...] = (
+        ratios = (
             self.gap / tolerances.token_tau,
             gap_sum / tolerances.gap_sum_limit(self.tokens),
             mass_sum / tolerances.mass_sum_limit(self.tokens),
             (self.block_dev / step + 0.5) / tolerances.sketch_tau,
             math.sqrt((self.block_rms / step) ** 2 + 1 / 12) / tolerances.sketch_rms_tau,
         )
-        if tolerances.sketch_ratio_tau is not None:
-            if ratio is None:
-                ratio = self.reference_ratio(tolerances.sketch_exp)
-            if ratio is not None:
-                ratios += (ratio / tolerances.sketch_ratio_tau,)
         return min(1.0, max(ratios))
 
     def mass_dev(self, tol: float, logits: Logits | None = None) -> list[list[float]]:
@@ -433,10 +401,7 @@ def measure(
     for (prompt, job), made in zip(jobs, generate_honestly(llm, jobs, setting), strict=True):
         view = prefill(llm, prompt, made.tokens, job.dtype, attention=setting.verifier_attention,
                        threads=setting.verifier_threads)
-        reference = None if job.dtype == REFERENCE_DTYPE else prefill(
-            llm, prompt, made.tokens, REFERENCE_DTYPE, attention=setting.verifier_attention,
-            threads=setting.verifier_threads).hidden
-        states = JobStates(llm, job.dtype, made.hidden, view.hidden, setting, reference)
+        states = JobStates(llm, job.dtype, made.hidden, view.hidden, setting)
         node_logits, mine = states.logits()
         noise = gumbel_noise(job.sampling.seed, made.tokens.numel(), llm.vocab_size)
         provisional = PROVISIONAL_TOL[job.dtype]
@@ -502,15 +467,9 @@ def tolerances_from(
     worst_mass_sum = max(m for _, m in sums)
     if not math.isfinite(worst_sum):
         raise ValueError(f"an honest {dtype} token is outside the calibrated top-k/top-p slack")
-    references = [d.reference_ratio(exp) for d in deviations]
-    measured_ratios = [r for r in references if r is not None]
-    worst_ratio = max(measured_ratios) if measured_ratios else None
     tolerances = replace(partial, gap_sum_tau=max(worst_sum / MARGIN, TOKEN_TAU_FLOOR[dtype]),
-                         mass_sum_tau=max(worst_mass_sum / MARGIN, MASS_TAU_FLOOR[dtype]),
-                         sketch_ratio_tau=None if worst_ratio is None else
-                         max(worst_ratio / MARGIN, 1.0))
-    scores = [d.score(tolerances, o, r)
-              for d, o, r in zip(deviations, own, references, strict=True)]
+                         mass_sum_tau=max(worst_mass_sum / MARGIN, MASS_TAU_FLOOR[dtype]))
+    scores = [d.score(tolerances, o) for d, o in zip(deviations, own, strict=True)]
     tolerances = replace(tolerances, honest_mean_score=sum(scores) / len(scores))
     measured: dict[str, object] = {
         "jobs": len(deviations),
@@ -522,7 +481,6 @@ def tolerances_from(
         "max_mass_dev": worst_mass,
         "max_gap_sum": worst_sum,
         "max_mass_sum": worst_mass_sum,
-        "max_reference_ratio": worst_ratio,
         "mean_score": tolerances.honest_mean_score,
         "max_score": max(scores),
     }

@@ -35,21 +35,10 @@ hidden state that should have produced the committed token. The checks:
   quanta: the largest one, and the root-mean-square over the job. This
   catches changes that keep most tokens plausible: quantised weights, a
   wrong dtype, a skipped layer, a changed prompt.
-- **Sketch against a float32 reference** (bfloat16 jobs). Honest bfloat16
-  deviations differ from job to job by a factor of two or more (a job whose
-  states are ill-conditioned moves under any rounding), so a threshold that
-  passes every honest job passes quantised weights on the well-conditioned
-  ones. The validator therefore prefills a second time in float32 and measures
-  this job's own sensitivity: the root-mean-square distance of its bfloat16
-  run from the float32 one. The committed sketch's distance from the float32
-  run, over that, is near 1 for any honest bfloat16 node and grows with a
-  change to the computation (:func:`reference_ratio`). Measured on SmolLM2,
-  the raw distance of honest jobs spans 2–13 block units and of int8 weights
-  10–24; the ratio spans 0.6–1.4 and 2.4–4.9.
 
 Each check's score is its deviation divided by the calibrated tolerance
-(:class:`prover.llm.job.Tolerances`); the sketch score is the largest of the
-sketch's (two, or three with the reference). A score above 1 is FRAUD;
+(:class:`prover.llm.job.Tolerances`); the sketch score is the larger of the
+two sketch ratios. A score above 1 is FRAUD;
 from ``SUSPICIOUS`` to 1 the validator neither accuses nor vouches
 (INCONCLUSIVE); below, VALID. Problems that are not the node's provable
 fault (no model here, a run that failed, output that does not match the
@@ -70,7 +59,6 @@ from protocol.hashing import sha256
 from protocol.messages import Commitment, JobRequest, Verdict
 from prover.llm.generate import prefill
 from prover.llm.job import (
-    GAP_SUM_TOKENS,
     MASS_LEVELS,
     Calibration,
     LLMJob,
@@ -80,14 +68,7 @@ from prover.llm.job import (
 )
 from prover.llm.model import LLM, GenerationError
 from prover.llm.sampler import SamplingParams, SeededNoise
-from prover.llm.sketch import (
-    BLOCK,
-    Sketch,
-    SketchError,
-    block_values,
-    decode_sketch,
-    deviations,
-)
+from prover.llm.sketch import BLOCK, SketchError, decode_sketch, deviations
 from prover.llm.text import stop_index
 from prover.llm.tokenizer import Tokenizer
 
@@ -98,45 +79,6 @@ EXCESS_TOL = 0.5
 """The top-p sum counts the mass of tokens of logit ≥ ``l_t + EXCESS_TOL · token_tau``: ranked
 above ``t`` by every node whose logits are within the worst honest deviation calibrated
 (``token_tau`` is that deviation's gap, 2δ, over the 0.5 margin)."""
-
-
-REFERENCE_DTYPE = "float32"
-"""What the validator prefills again in, for a job of another dtype, to measure the job's own
-sensitivity to rounding (:func:`reference_ratio`)."""
-REFERENCE_FLOOR = 1 / math.sqrt(12)
-"""The least distance (quanta) a reference ratio is taken over: that of the rounding alone."""
-REFERENCE_MIN_TOKENS = GAP_SUM_TOKENS
-"""Jobs shorter than this are not held to the reference ratio: calibration measures it over
-jobs this long, and a root-mean-square over fewer sketch values spreads wider."""
-
-
-def reference_ratio(sketch: Sketch, hidden: torch.Tensor, reference: torch.Tensor,
-                    job_seed: int) -> float:
-    """The committed sketch's root-mean-square distance from a float32 reference run, over
-    the verifier's own: both in quanta, the verifier's values rounded as a node rounds
-    its sketch, so the rounding weighs on both alike.
-
-    ``hidden`` are the verifier's final hidden states in the job's dtype and
-    ``reference`` the same prefill's in ``REFERENCE_DTYPE``. The committed values are
-    the ones the sketch's residues decode to next to ``hidden`` (see
-    :func:`prover.llm.sketch.deviations`). An honest node's rounding error on this job
-    is of the size of the verifier's, whatever the job: the ratio sits near 1 and
-    grows with any change to the computation.
-    """
-    step = 2.0**sketch.exp
-    mine = block_values(hidden, job_seed) / step
-    ref = block_values(reference, job_seed) / step
-    committed = mine + deviations(sketch, hidden, job_seed)
-    own = torch.floor(mine + 0.5)
-    node = float((committed - ref).pow(2).mean().sqrt())
-    verifier = float((own - ref).pow(2).mean().sqrt())
-    return node / max(verifier, REFERENCE_FLOOR)
-
-
-def uses_reference(tolerances: Tolerances, dtype: str, n_tokens: int) -> bool:
-    """Whether a job is held to the reference ratio (and its check prefills twice)."""
-    return (tolerances.sketch_ratio_tau is not None and dtype != REFERENCE_DTYPE
-            and n_tokens >= REFERENCE_MIN_TOKENS)
 
 
 @dataclass(frozen=True)
@@ -154,9 +96,6 @@ class LLMCheck:
     judged: bool = False
     """The validator ran its prefill and scored the job: the scores are evidence about the
     node (:mod:`verifier.llm_evidence`), unlike those of a job it could not judge."""
-    reference_score: float = 0.0
-    """The reference ratio over its tolerance (0 for a job not held to it); part of
-    ``sketch_score``."""
 
     @property
     def score(self) -> float:
@@ -508,9 +447,6 @@ def verify_generation(
         if prompt.dim() == 2 and prompt.shape[0] == 1:
             prompt = prompt[0]
         view = prefill(llm, prompt, tokens, job.dtype, attention=attention, threads=threads)
-        reference = (prefill(llm, prompt, tokens, REFERENCE_DTYPE, attention=attention,
-                             threads=threads) if uses_reference(tolerances, job.dtype, n)
-                     else None)
     except (GenerationError, LLMJobError, ValueError, RuntimeError) as exc:
         return _inconclusive(f"prefill failed: {exc}", time.perf_counter() - started)
     noise = SeededNoise(job.sampling.seed, llm.vocab_size)
@@ -519,10 +455,6 @@ def verify_generation(
     sketch_dev = deviations(sketch, view.hidden, job.sampling.seed)  # [blocks, K] quanta
     block_dev = sketch_dev.abs().amax(dim=-1)  # [blocks]
     rms = float(sketch_dev.pow(2).mean().sqrt())
-    ratio_score = 0.0
-    if reference is not None and tolerances.sketch_ratio_tau is not None:
-        ratio_score = reference_ratio(sketch, view.hidden, reference.hidden,
-                                      job.sampling.seed) / tolerances.sketch_ratio_tau
     seconds = time.perf_counter() - started
     token_score = float(gaps.max()) / tolerances.token_tau
     gap_sums = torch.cumsum(gaps, dim=0)  # [n]: each prefix's sum of gaps
@@ -531,7 +463,7 @@ def verify_generation(
                                           EXCESS_TOL * tolerances.token_tau), dim=0)
     mass_sum_score = float(mass_sums[-1]) / tolerances.mass_sum_limit(n)
     sketch_score = max(float(block_dev.max()) / tolerances.sketch_tau,
-                       rms / tolerances.sketch_rms_tau, ratio_score)
+                       rms / tolerances.sketch_rms_tau)
     first_token = _first_over(gaps, tolerances.token_tau)
     first_sum = _first_sum_over(gap_sums, tolerances.gap_sum_limit) if gap_sum_score > 1 else None
     first_mass = (_first_sum_over(mass_sums, tolerances.mass_sum_limit)
@@ -543,22 +475,19 @@ def verify_generation(
         "top-p sum": first_mass,
         "sketch": min((first_block + 1) * BLOCK, n) if first_block is not None else None,
         "sketch rms": n if rms > tolerances.sketch_rms_tau else None,
-        "sketch reference ratio": n if ratio_score > 1 else None,
     }
     detail = (f"token score {token_score:.3g}, gap-sum score {gap_sum_score:.3g}, "
-              f"top-p sum score {mass_sum_score:.3g}, sketch score {sketch_score:.3g}"
-              + (f" (reference ratio {ratio_score:.3g})" if reference is not None else ""))
+              f"top-p sum score {mass_sum_score:.3g}, sketch score {sketch_score:.3g}")
     scores = (token_score, sketch_score, None, seconds, gap_sum_score, mass_sum_score)
     hits = {which: at for which, at in reached.items() if at is not None}
     if hits:
         which = min(hits, key=lambda w: hits[w])  # the check that needs the fewest tokens
         return LLMCheck(Verdict.FRAUD, f"{which} check failed ({detail})", scores[0], scores[1],
-                        hits[which], seconds, gap_sum_score, mass_sum_score, True, ratio_score)
+                        hits[which], seconds, gap_sum_score, mass_sum_score, True)
     if max(token_score, sketch_score, gap_sum_score, mass_sum_score) > SUSPICIOUS:
         return LLMCheck(Verdict.INCONCLUSIVE, f"close to the tolerance ({detail})", *scores,
-                        True, ratio_score)
-    return LLMCheck(Verdict.VALID, f"tokens and sketch match ({detail})", *scores, True,
-                    ratio_score)
+                        True)
+    return LLMCheck(Verdict.VALID, f"tokens and sketch match ({detail})", *scores, True)
 
 
 def _first_sum_over(sums: torch.Tensor, limit: Callable[[int], float]) -> int:

@@ -76,11 +76,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
               f"{seen['max_gap_sum']:.3g}), mass_sum_tau {tol.mass_sum_tau:.3g} (worst honest "
               f"{seen['max_mass_sum']:.3g}), sketch step "
               f"2^{tol.sketch_exp}, sketch_tau {tol.sketch_tau:.3g}, rms_tau "
-              f"{tol.sketch_rms_tau:.3g} quanta"
-              + ("" if tol.sketch_ratio_tau is None else
-                 f", reference ratio {tol.sketch_ratio_tau:.3g} (worst honest "
-                 f"{seen['max_reference_ratio']:.3g})")
-              + f"; {seen['jobs']} jobs, {seen['positions']} positions")
+              f"{tol.sketch_rms_tau:.3g} quanta; {seen['jobs']} jobs, "
+              f"{seen['positions']} positions")
     return 0
 
 

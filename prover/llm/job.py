@@ -28,7 +28,6 @@ sketch uses its ``sketch_exp``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -164,10 +163,7 @@ class Tolerances:
     verifier's mass of the tokens clearly above each committed token exceeds ``p``;
     ``sketch_exp`` fixes the sketch's quantisation step ``2^sketch_exp``;
     ``sketch_tau`` bounds one sketch value's deviation and ``sketch_rms_tau``
-    the job's root-mean-square deviation, both in quanta; ``sketch_ratio_tau``
-    (bfloat16) bounds the job's root-mean-square distance from the verifier's float32
-    reference over the verifier's own bfloat16 distance from it (``None``: not
-    calibrated, no check).
+    the job's root-mean-square deviation, both in quanta.
     """
 
     token_tau: float
@@ -182,9 +178,6 @@ class Tolerances:
     honest jobs under these tolerances; the evidence across a node's audits
     (:mod:`verifier.llm_evidence`) is judged against it. 0.5, the most any honest job
     scored in calibration, where it was not measured."""
-    sketch_ratio_tau: float | None = None
-    """The bound on :func:`verifier.llm.reference_ratio` for a dtype other than float32;
-    ``None`` where calibration did not measure it (entries made before it existed)."""
 
     def __post_init__(self) -> None:
         if len(self.mass_tau) != len(MASS_TEMPERATURES) or any(
@@ -275,7 +268,6 @@ class Calibration:
                     # T·(1 − p) < 100 per token: never reached
                     mass_sum_tau=float(t.get("mass_sum_tau", 100.0 * GAP_SUM_TOKENS)),
                     honest_mean_score=float(t.get("honest_mean_score", 0.5)),
-                    sketch_ratio_tau=_optional_float(t.get("sketch_ratio_tau")),
                 )
                 for d, t in value["tolerances"].items()
             }
@@ -285,15 +277,6 @@ class Calibration:
         if missing:
             raise LLMJobError(f"stored llm calibration lacks dtypes {missing}")
         return cls(tolerances=tolerances, record=dict(value.get("record", {})))
-
-
-def _optional_float(value: Any) -> float | None:
-    if value is None:
-        return None
-    number = float(value)
-    if not math.isfinite(number) or number <= 0:
-        raise ValueError(f"a tolerance must be a positive number, got {value!r}")
-    return number
 
 
 DEFAULT_CALIBRATION = Calibration(tolerances=DEFAULT_TOLERANCES, record={"source": "default"})
