@@ -63,11 +63,15 @@ torch thread each.
 
 from __future__ import annotations
 
+import contextlib
+import heapq
 import math
 import os
 import platform
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
@@ -85,9 +89,15 @@ from prover.llm.job import (
 )
 from prover.llm.model import DTYPES, LLM, llm_torch
 from prover.llm.prompts import chat_prompt
-from prover.llm.sampler import SamplingParams, gumbel_noise, kept_mask
+from prover.llm.sampler import (
+    SamplingParams,
+    SeededNoise,
+    gumbel_at,
+    gumbel_noise,
+    kept_mask,
+)
 from prover.llm.sketch import MAX_EXP, MIN_EXP, block_values
-from verifier.llm import EXCESS_TOL, HeadCache, sampling_gaps, top_p_excess
+from verifier.llm import EXCESS_TOL, HeadCache, Noise, sampling_gaps, top_p_excess
 
 MARGIN = 0.5
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -96,6 +106,12 @@ MASS_TAU_FLOOR = {"float32": 1e-5, "bfloat16": 1e-3}
 REDRAWS = 16
 """Noise redraws per honest job when measuring the gap sum."""
 MASS_DRAWS = 1024
+"""Draws of a job's tokens from the node's distribution when measuring the top-p sum."""
+STATISTICS_ROWS = 4
+"""Positions a job's statistics work on at a time. Every statistic is computed row by row,
+so the values are the same as the whole job's at once; but a few rows of ``V`` float64
+values stay in a core's cache through the dozens of passes made over them (on SmolLM2's
+49k vocabulary, its mass deviations took 1.0–1.3 s a job this way against 1.9–2.0 s)."""
 """Draws of a job's tokens from the node's distribution when measuring the top-p sum."""
 DRAW_TOP_P_PPM = 900_000
 """The top-p at which jobs without top-p are drawn for the top-p sum."""
@@ -138,6 +154,50 @@ HONEST_SETTINGS: tuple[HonestSetting, ...] = (
 )
 
 
+class Cores:
+    """The machine's cores, which calibration's tasks take from: a task of ``n`` threads waits
+    until ``n`` cores are free (all of them, at most) and no more urgent task is waiting
+    (lower ``priority`` first, then first come first served), so a task that needs many
+    cores is never passed over by a stream of small ones.
+
+    Two tasks never share a core. A run of two OpenMP threads whose second core another
+    task is using waits at every one of its parallel regions for a thread the OS has put
+    aside: on a 2-core machine a 2-thread decode of SmolLM2 beside a 1-thread job ran 3.3×
+    slower than alone, while a 1-thread decode beside it ran as fast as alone.
+    """
+
+    def __init__(self, total: int | None = None) -> None:
+        if total is None:
+            affinity = getattr(os, "sched_getaffinity", None)
+            total = len(affinity(0)) if affinity is not None else (os.cpu_count() or 1)
+        if total < 1:
+            raise ValueError(f"a machine has at least one core, got {total}")
+        self.total = total
+        self._free = total
+        self._waiting: list[tuple[int, int]] = []
+        self._arrivals = 0
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def take(self, n: int, priority: int = 0) -> Iterator[None]:
+        n = min(max(n, 1), self.total)
+        with self._changed:
+            ticket = (priority, self._arrivals)
+            self._arrivals += 1
+            heapq.heappush(self._waiting, ticket)
+            while self._waiting[0] != ticket or self._free < n:
+                self._changed.wait()
+            heapq.heappop(self._waiting)
+            self._free -= n
+            self._changed.notify_all()
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._free += n
+                self._changed.notify_all()
+
+
 @dataclass(frozen=True)
 class JobStates:
     """What one job's node and verifier logits are computed from, again at each pass over the
@@ -151,6 +211,11 @@ class JobStates:
     node_hidden: torch.Tensor
     verifier_hidden: torch.Tensor
     setting: HonestSetting
+
+    @property
+    def threads(self) -> int:
+        """The most threads :meth:`logits` runs at."""
+        return max(self.setting.threads, self.setting.verifier_threads)
 
     def logits(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The node's and the verifier's logits ``[n, V]`` (float64), each computed as its
@@ -166,6 +231,34 @@ class JobStates:
 
 Logits = tuple[torch.Tensor, torch.Tensor]
 """A job's node and verifier logits, ``[n, V]`` float64 each."""
+
+
+def _kept_ids(keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kept token ids of each row ``[n, w]`` (``w`` the most any row keeps, at least 1)
+    in ascending order, and which are real; a row's padding repeats its first kept id (a
+    row keeps at least one token)."""
+    n = keep.shape[0]
+    count = keep.sum(dim=-1)
+    width = max(1, int(count.max()))
+    rows, cols = keep.nonzero(as_tuple=True)
+    slot = torch.arange(rows.numel()) - (torch.cumsum(count, 0) - count)[rows]
+    ids = torch.zeros(n, width, dtype=torch.int64)
+    ids[rows, slot] = cols
+    real = torch.arange(width) < count[:, None]
+    ids = torch.where(real, ids, ids[:, :1])
+    return ids, real
+
+
+def _choose_kept(logits: torch.Tensor, kept: tuple[torch.Tensor, torch.Tensor],
+                 temperature: float, noise: torch.Tensor) -> torch.Tensor:
+    """What :func:`~prover.llm.sampler.choose_tokens` picks among the kept tokens (of
+    :func:`_kept_ids`), given their noise ``[n, w]``: the largest score, the lowest token id
+    among equal ones (as ``argmax`` over the whole row picks)."""
+    ids, real = kept
+    scores = (logits.gather(-1, ids) + temperature * noise).masked_fill(~real, float("-inf"))
+    best = scores.max(dim=-1, keepdim=True).values
+    vocab = logits.shape[-1]
+    return torch.where(scores == best, ids, torch.full_like(ids, vocab)).min(dim=-1).values
 
 
 @dataclass(frozen=True)
@@ -184,52 +277,83 @@ class Deviation:
     def logits(self) -> Logits | None:
         return None if self.states is None else self.states.logits()
 
-    def sums(self, tolerances: Tolerances, logits: Logits | None = None) -> tuple[float, float]:
+    def sums(self, tolerances: Tolerances, logits: Logits | None = None
+             ) -> tuple[tuple[float, float], tuple[float, float]]:
         """The largest gap sum and top-p sum under ``tolerances``, each per ``GAP_SUM_TOKENS``
         tokens, over the committed tokens and the node choosing again on its own logits:
         ``REDRAWS`` redraws of the sampler's noise for the gap sum; for the top-p sum,
         ``MASS_DRAWS`` draws of a whole job's tokens from the node's kept distribution at
-        the job's temperature and top-p (0.9 for a job without top-p; none when greedy)."""
+        the job's temperature and top-p (0.9 for a job without top-p; none when greedy).
+        Then the job's own sums, as :meth:`committed_sums` computes them.
+
+        Works ``STATISTICS_ROWS`` positions at a time, each judged as in the whole job."""
         logits = logits or self.logits()
         if logits is None or self.committed is None or self.sampling is None:
-            return 0.0, 0.0
+            return (0.0, 0.0), (0.0, 0.0)
         node_logits, mine = logits
         n, vocab = mine.shape
         sampling = self.sampling
-        t = torch.full((n,), sampling.temperature, dtype=torch.float64)
-        worst_gap = worst_mass = 0.0
-        keep: torch.Tensor | None = None
-        if sampling.top_k > 0 or sampling.top_p_ppm < 1_000_000:
-            keep = kept_mask(node_logits, t, torch.full((n,), sampling.top_k),
-                             torch.full((n,), sampling.top_p, dtype=torch.float64))
-        heads: HeadCache = {}  # the verifier's head selections: the same at every redraw
-        for r in range(1 + (0 if sampling.greedy else REDRAWS)):
-            drawn = replace(sampling, seed=(sampling.seed + r * _GOLDEN) % 2**64)
-            noise = gumbel_noise(drawn.seed, n, vocab)
-            if r == 0:
-                tokens = self.committed
-            else:  # what choose_tokens picks, with the noise-free kept set computed once
-                scores = node_logits + sampling.temperature * noise
-                tokens = torch.argmax(scores if keep is None else
-                                      scores.masked_fill(~keep, float("-inf")), dim=-1)
-            gaps = sampling_gaps(mine, noise, tokens, drawn, tolerances.token_tau,
-                                 tolerances.mass_levels(sampling.temperature), heads)
-            worst_gap = max(worst_gap, float(gaps.sum()))
-        if not sampling.greedy:
-            tau = EXCESS_TOL * tolerances.token_tau
-            worst_mass = float(top_p_excess(mine, self.committed, sampling, tau).sum())
-            drawn = sampling if sampling.top_p_ppm < 1_000_000 else \
-                replace(sampling, top_p_ppm=DRAW_TOP_P_PPM)
-            if keep is None or drawn is not sampling:
-                keep = kept_mask(node_logits, t, torch.full((n,), drawn.top_k),
-                                 torch.full((n,), drawn.top_p, dtype=torch.float64))
-            q = torch.softmax(node_logits / drawn.temperature, dim=-1).masked_fill_(~keep, 0.0)
-            g = torch.Generator().manual_seed(sampling.seed % 2**63)
-            draws = torch.multinomial(q, MASS_DRAWS, replacement=True, generator=g)  # [n, R]
-            excess = top_p_excess(mine, torch.arange(vocab).expand(n, vocab), drawn, tau)
-            worst_mass = max(worst_mass, float(excess.gather(-1, draws).sum(dim=0).max()))
+        draws = 1 + (0 if sampling.greedy else REDRAWS)
+        truncated = sampling.top_k > 0 or sampling.top_p_ppm < 1_000_000
+        drawn_rule = sampling if sampling.top_p_ppm < 1_000_000 else \
+            replace(sampling, top_p_ppm=DRAW_TOP_P_PPM)
+        mass_tol = tolerances.mass_levels(sampling.temperature)
+        tau = EXCESS_TOL * tolerances.token_tau
+        gaps = torch.empty(draws, n, dtype=torch.float64)
+        own_excess = torch.zeros(n, dtype=torch.float64)
+        drawn_excess = torch.zeros(n, MASS_DRAWS, dtype=torch.float64)
+        g = torch.Generator().manual_seed(sampling.seed % 2**63)  # rows drawn in order
+        for a in range(0, n, STATISTICS_ROWS):
+            rows = slice(a, min(n, a + STATISTICS_ROWS))
+            node_c, mine_c, committed = node_logits[rows], mine[rows], self.committed[rows]
+            m = committed.numel()
+            t = torch.full((m,), sampling.temperature, dtype=torch.float64)
+            keep: torch.Tensor | None = None
+            if truncated:
+                keep = kept_mask(node_c, t, torch.full((m,), sampling.top_k),
+                                 torch.full((m,), sampling.top_p, dtype=torch.float64))
+            kept = _kept_ids(keep) if keep is not None else None
+            positions = torch.arange(a, a + m)
+            heads: HeadCache = {}  # the verifier's head selections: the same at every redraw
+            for r in range(draws):
+                drawn = replace(sampling, seed=(sampling.seed + r * _GOLDEN) % 2**64)
+                noise: Noise
+                if sampling.greedy or kept is not None:  # noise only where it is looked at
+                    noise = SeededNoise(drawn.seed, vocab, positions)
+                else:
+                    noise = gumbel_noise(drawn.seed, m, vocab, start=a)
+                if r == 0:
+                    tokens = committed
+                elif kept is not None:
+                    tokens = _choose_kept(node_c, kept, sampling.temperature,
+                                          gumbel_at(drawn.seed, positions, kept[0]))
+                else:  # what choose_tokens picks
+                    assert isinstance(noise, torch.Tensor)
+                    scores = node_c + sampling.temperature * noise
+                    tokens = torch.argmax(scores if keep is None else
+                                          scores.masked_fill(~keep, float("-inf")), dim=-1)
+                gaps[r, rows] = sampling_gaps(mine_c, noise, tokens, drawn,
+                                              tolerances.token_tau, mass_tol, heads)
+            if not sampling.greedy:
+                own_excess[rows] = top_p_excess(mine_c, committed, sampling, tau)
+                if keep is None or drawn_rule is not sampling:
+                    keep = kept_mask(node_c, t, torch.full((m,), drawn_rule.top_k),
+                                     torch.full((m,), drawn_rule.top_p, dtype=torch.float64))
+                    kept = _kept_ids(keep)
+                assert kept is not None
+                q = torch.softmax(node_c / drawn_rule.temperature, dim=-1).masked_fill_(~keep, 0.0)
+                picks = torch.multinomial(q, MASS_DRAWS, replacement=True, generator=g)
+                # a draw is always a kept token: the excess of those, in place in the row
+                excess = torch.zeros(m, vocab, dtype=torch.float64).scatter_(
+                    -1, kept[0], top_p_excess(mine_c, kept[0], drawn_rule, tau))
+                drawn_excess[rows] = excess.gather(-1, picks)
+        own_gap = float(gaps[0].sum())
+        worst_gap = max(float(gaps[r].sum()) for r in range(draws))
+        own_mass = float(own_excess.sum())
+        worst_mass = 0.0 if sampling.greedy else \
+            max(own_mass, float(drawn_excess.sum(dim=0).max()))
         per = GAP_SUM_TOKENS / max(self.tokens, GAP_SUM_TOKENS)
-        return worst_gap * per, worst_mass * per
+        return (worst_gap * per, worst_mass * per), (own_gap, own_mass)
 
     def committed_sums(self, tolerances: Tolerances, logits: Logits | None = None
                        ) -> tuple[float, float]:
@@ -275,7 +399,18 @@ class Deviation:
 
 def mass_deviation(node_logits: torch.Tensor, verifier_logits: torch.Tensor, tol: float
                    ) -> list[list[float]]:
-    """See :meth:`Deviation.mass_dev`; logits ``[n, V]``.
+    """See :meth:`Deviation.mass_dev`; logits ``[n, V]``, ``STATISTICS_ROWS`` rows at a time."""
+    n = verifier_logits.shape[0]
+    if n <= STATISTICS_ROWS:
+        return _mass_deviation(node_logits, verifier_logits, tol)
+    return _table_max([_mass_deviation(node_logits[a:a + STATISTICS_ROWS],
+                                       verifier_logits[a:a + STATISTICS_ROWS], tol)
+                       for a in range(0, n, STATISTICS_ROWS)])
+
+
+def _mass_deviation(node_logits: torch.Tensor, verifier_logits: torch.Tensor, tol: float
+                    ) -> list[list[float]]:
+    """:func:`mass_deviation` of all the rows at once.
 
     Every token's sets are looked at, so the order the tokens are visited in does not
     matter: the work is done in the verifier's ascending order of logits, sorted once, with
@@ -393,21 +528,35 @@ def generate_continuously(
     return [done[i] for i in range(len(jobs))]
 
 
+def _take(cores: Cores | None, n: int, priority: int = 0
+          ) -> contextlib.AbstractContextManager[None]:
+    return contextlib.nullcontext() if cores is None else cores.take(n, priority)
+
+
 def measure(
-    llm: LLM, jobs: Sequence[tuple[torch.Tensor, LLMJob]], setting: HonestSetting
+    llm: LLM, jobs: Sequence[tuple[torch.Tensor, LLMJob]], setting: HonestSetting,
+    cores: Cores | None = None, priority: int = 0,
 ) -> list[Deviation]:
-    """Each job's honest deviations between node-side generation and the verifier's prefill."""
+    """Each job's honest deviations between node-side generation and the verifier's prefill;
+    with ``cores``, each part holds as many cores as it runs threads, at ``priority``."""
+    with _take(cores, setting.threads, priority):
+        generated = generate_honestly(llm, jobs, setting)
     out = []
-    for (prompt, job), made in zip(jobs, generate_honestly(llm, jobs, setting), strict=True):
-        view = prefill(llm, prompt, made.tokens, job.dtype, attention=setting.verifier_attention,
-                       threads=setting.verifier_threads)
-        states = JobStates(llm, job.dtype, made.hidden, view.hidden, setting)
-        node_logits, mine = states.logits()
-        noise = gumbel_noise(job.sampling.seed, made.tokens.numel(), llm.vocab_size)
-        provisional = PROVISIONAL_TOL[job.dtype]
-        gaps = sampling_gaps(mine, noise, made.tokens, job.sampling, provisional, provisional)
-        seed = job.sampling.seed
-        blocks = block_values(made.hidden, seed) - block_values(view.hidden, seed)
+    for (prompt, job), made in zip(jobs, generated, strict=True):
+        states = JobStates(llm, job.dtype, made.hidden, made.hidden, setting)
+        with _take(cores, states.threads, priority):
+            view = prefill(llm, prompt, made.tokens, job.dtype,
+                           attention=setting.verifier_attention,
+                           threads=setting.verifier_threads)
+            states = replace(states, verifier_hidden=view.hidden)
+            node_logits, mine = states.logits()
+        with _take(cores, 1, priority):
+            noise = gumbel_noise(job.sampling.seed, made.tokens.numel(), llm.vocab_size)
+            provisional = PROVISIONAL_TOL[job.dtype]
+            gaps = sampling_gaps(mine, noise, made.tokens, job.sampling, provisional,
+                                 provisional)
+            seed = job.sampling.seed
+            blocks = block_values(made.hidden, seed) - block_values(view.hidden, seed)
         out.append(Deviation(
             logit_dev=float((node_logits - mine).abs().max()),
             gap=float(gaps.max()),
@@ -422,14 +571,15 @@ def measure(
 
 
 def tolerances_from(
-    deviations: Sequence[Deviation], dtype: str, workers: int = 1
+    deviations: Sequence[Deviation], dtype: str, workers: int = 1, cores: Cores | None = None,
+    priority: int = 0,
 ) -> tuple[Tolerances, dict[str, object]]:
     """Thresholds that put the largest honest deviation at ``MARGIN`` of each tolerance, and
     the largest deviations measured (what the registry records next to them).
 
     Two passes over the jobs' logits, each recomputed from the kept hidden states: the mass
     deviations need the final ``token_tau``, and the sums need the mass tolerances. Each
-    pass runs ``workers`` jobs at a time.
+    pass runs ``workers`` jobs at a time, each holding its cores of ``cores`` at ``priority``.
     """
     worst_token = max(max(d.gap, 2 * d.logit_dev) for d in deviations)
     worst_block = max(d.block_dev for d in deviations)
@@ -443,7 +593,8 @@ def tolerances_from(
         exp = MIN_EXP
     exp = min(max(exp, MIN_EXP), MAX_EXP)
     step = 2.0**exp
-    worst_mass = _table_max(_each(deviations, lambda d: d.mass_dev(token_tau), workers))
+    worst_mass = _table_max(_each(deviations, lambda d, lg: d.mass_dev(token_tau, lg), workers,
+                                  cores, priority))
     mass_tau = tuple(
         tuple(max((m if m >= 0 else max(row)) / MARGIN, MASS_TAU_FLOOR[dtype]) for m in row)
         for row in worst_mass
@@ -458,11 +609,8 @@ def tolerances_from(
         mass_sum_tau=math.inf,
     )
 
-    def both(d: Deviation) -> tuple[tuple[float, float], tuple[float, float]]:
-        logits = d.logits()
-        return d.sums(partial, logits), d.committed_sums(partial, logits)
-
-    sums, own = zip(*_each(deviations, both, workers), strict=True)
+    sums, own = zip(*_each(deviations, lambda d, lg: d.sums(partial, lg), workers, cores,
+                           priority), strict=True)
     worst_sum = max(g for g, _ in sums)
     worst_mass_sum = max(m for _, m in sums)
     if not math.isfinite(worst_sum):
@@ -488,21 +636,30 @@ def tolerances_from(
 
 
 STATISTICS_WORKERS = max(1, min(4, os.cpu_count() or 1))
-"""Jobs whose statistics are computed at once, one torch thread each, once no dtype is
-left to generate: every core works on its own job's logits (a job's passes are sorts,
-softmaxes and hashes of ``[n, V]`` float64, which one thread runs without waiting on the
-others), and the memory held is that many jobs' logits. While the next dtype generates,
-one core is left to it."""
+"""Jobs of one dtype whose statistics are computed at once, one torch thread each: every
+core can work on its own job's logits (a job's passes are sorts, softmaxes and hashes of
+``[n, V]`` float64, which one thread runs without waiting on the others), and the memory
+held is that many jobs' logits per dtype. Each holds a core of :class:`Cores` while it
+works, so they share the machine with the generation still going on."""
 
 _T = TypeVar("_T")
 
 
-def _each(deviations: Sequence[Deviation], fn: Callable[[Deviation], _T], workers: int
-          ) -> list[_T]:
-    """``fn`` of every job, in order, on ``workers`` threads of one torch thread each."""
+def _each(deviations: Sequence[Deviation], fn: Callable[[Deviation, Logits | None], _T],
+          workers: int, cores: Cores | None = None, priority: int = 0) -> list[_T]:
+    """``fn`` of every job and its logits, in order, on ``workers`` threads of one torch
+    thread each, each holding one of ``cores``. The logits are made at each side's thread
+    count all the same: one product with the output head (a single parallel region, which
+    loses little beside another task), where making a 2-thread job wait for every core to
+    be free would leave them idle in turn."""
+
+    def one(d: Deviation) -> _T:
+        with _take(cores, 1, priority):
+            return fn(d, d.logits())
+
     with ThreadPoolExecutor(workers, initializer=torch.set_num_threads,
                             initargs=(1,)) as pool:
-        return list(pool.map(fn, deviations))
+        return list(pool.map(one, deviations))
 
 
 def _table_max(tables: Sequence[list[list[float]]]) -> list[list[float]]:
@@ -516,23 +673,35 @@ def calibrate(
     jobs_per_setting: int = 12,
     seed: int = 1,
     settings: Sequence[HonestSetting] = HONEST_SETTINGS,
+    cores: Cores | None = None,
 ) -> Calibration:
     """Run the honest-variation matrix for every dtype and derive tolerances from it.
 
-    One dtype's thresholds are derived (statistics only, on other threads) while the
-    next dtype's jobs are generated, on every core but one; the last dtype's on every core
-    (``STATISTICS_WORKERS``). Both sides change torch's thread count only under
-    :func:`llm_torch`'s lock.
+    The dtypes' matrices (different copies of the model, which can run at once) go on side
+    by side, each setting after the other, and each dtype's statistics as soon as its
+    matrix is done. Every part holds as many of the machine's ``cores`` as it runs threads
+    (:class:`Cores`), so no core is shared. The results do not depend on the order the
+    parts run in.
     """
+    cores = cores or Cores()
+    # runs of many threads first, while both copies wait their turn for every core; then
+    # the one-thread runs of the two copies side by side
+    ordered = sorted(settings, key=lambda s: -min(s.threads, cores.total))
+
+    def matrix(dtype: str) -> list[Deviation]:
+        jobs = honest_jobs(llm, jobs_per_setting, dtype, seed)
+        by_setting = {id(s): measure(llm, jobs, s, cores, rank)
+                      for rank, s in enumerate(ordered)}
+        return [d for s in settings for d in by_setting[id(s)]]
+
     tolerances, measured = {}, {}
-    with ThreadPoolExecutor(max_workers=1) as statistics:
-        derived = {}
-        for i, dtype in enumerate(DTYPES):
-            jobs = honest_jobs(llm, jobs_per_setting, dtype, seed)
-            deviations = [d for s in settings for d in measure(llm, jobs, s)]
-            workers = STATISTICS_WORKERS if i == len(DTYPES) - 1 else \
-                max(1, STATISTICS_WORKERS - 1)
-            derived[dtype] = statistics.submit(tolerances_from, deviations, dtype, workers)
+    with ThreadPoolExecutor(len(DTYPES), initializer=torch.set_num_threads,
+                            initargs=(1,)) as runs, \
+            ThreadPoolExecutor(len(DTYPES)) as statistics:
+        matrices = {dtype: runs.submit(matrix, dtype) for dtype in DTYPES}
+        derived = {dtype: statistics.submit(lambda d: tolerances_from(
+            matrices[d].result(), d, STATISTICS_WORKERS, cores, len(ordered)), dtype)
+            for dtype in DTYPES}
         for dtype, result in derived.items():
             tolerances[dtype], measured[dtype] = result.result()
     record = {

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,7 +39,48 @@ ATTENTION_KINDS = ("eager", "sdpa")
 PROBE_TOKENS = 6
 SPLIT_TOLERANCE = 1e-4
 _ONE_RUN_AT_A_TIME = threading.Lock()
-"""Thread count and attention choice are process-wide; runs must not interleave."""
+"""Where torch's thread count is process-wide, runs must not interleave."""
+_MODEL_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.Lock] = weakref.WeakKeyDictionary()
+_MODEL_LOCKS_GUARD = threading.Lock()
+_PER_THREAD_COUNTS: bool | None = None
+
+
+def thread_counts_are_per_thread() -> bool:
+    """Whether ``torch.set_num_threads`` in one thread leaves other threads' counts alone.
+
+    ATen's OpenMP backend keeps a count per calling thread (OpenMP's ``nthreads``, and MKL's
+    per-thread count), so runs on different threads can use different counts at once; its
+    native backend has one pool for the process. Probed once, on a thread of its own.
+    """
+    global _PER_THREAD_COUNTS
+    if _PER_THREAD_COUNTS is None:
+        before = torch.get_num_threads()
+        seen: list[int] = []
+
+        def probe() -> None:
+            torch.set_num_threads(before + 1)
+            seen.append(torch.get_num_threads())
+
+        worker = threading.Thread(target=probe, name="assay-thread-count-probe")
+        worker.start()
+        worker.join()
+        after = torch.get_num_threads()
+        if after != before:
+            torch.set_num_threads(before)
+        _PER_THREAD_COUNTS = after == before and seen == [before + 1]
+    return _PER_THREAD_COUNTS
+
+
+def _run_lock(model: nn.Module) -> threading.Lock:
+    """The lock one run of ``model`` holds: the model's own (its attention kernel is a setting
+    of the model) where thread counts are per thread, else one for the process."""
+    if not thread_counts_are_per_thread():
+        return _ONE_RUN_AT_A_TIME
+    with _MODEL_LOCKS_GUARD:
+        lock = _MODEL_LOCKS.get(model)
+        if lock is None:
+            lock = _MODEL_LOCKS[model] = threading.Lock()
+        return lock
 
 
 class GenerationError(ValueError):
@@ -135,12 +177,17 @@ def llm_torch(threads: int, model: PreTrainedModel, attention: str) -> Iterator[
     the one it needs, and switching walks every module (about 2.5 ms on SmolLM2's 30
     layers), which switching there and back at each decoding step would pay twice. An
     architecture without an SDPA code path (Gemma 2) runs eager attention.
+
+    Runs of one model never interleave. Runs of different models (a model's float32 and
+    bfloat16 copies) may run at once on different threads, each at its own thread count,
+    where torch keeps counts per thread (:func:`thread_counts_are_per_thread`); elsewhere
+    every run in the process takes turns.
     """
     if attention not in ATTENTION_KINDS:
         raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {attention!r}")
     if not getattr(model, "_supports_sdpa", False):
         attention = "eager"
-    with _ONE_RUN_AT_A_TIME:
+    with _run_lock(model):
         saved_threads = torch.get_num_threads()
         torch.set_num_threads(threads)
         if attention != model.config._attn_implementation:
