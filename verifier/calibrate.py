@@ -53,12 +53,14 @@ Cost: the matrix generates ``jobs × settings`` honest jobs per dtype and
 prefills each once (model time: parameters × jobs × tokens). It keeps each
 job's final hidden states, not its logits, and recomputes the logits (the
 output head alone) at each of its three passes — deviations, mass table,
-sums — so its memory is the model plus ``STATISTICS_WORKERS`` jobs' logits
-(2 × tokens × vocabulary float64 each) plus jobs × tokens × hidden size; the
-statistics per job grow with tokens × vocabulary × log vocabulary (the sorts
-of the mass table and of the node's kept set, and ``1 + REDRAWS`` draws of
-the vocabulary's noise) and run ``STATISTICS_WORKERS`` jobs at a time, one
-torch thread each.
+sums — so its memory is the model (one copy per dtype) plus, per dtype,
+``STATISTICS_WORKERS`` jobs' logits (2 × tokens × vocabulary float64 each)
+plus jobs × tokens × hidden size; the statistics per job grow with tokens ×
+vocabulary × log vocabulary (the sorts of the mass table and of the node's
+kept set, and ``1 + REDRAWS`` draws of the vocabulary's noise), worked
+``STATISTICS_ROWS`` positions at a time, one torch thread per job. The two
+dtypes' matrices run side by side and every part holds as many of the
+machine's cores as it runs threads (:class:`Cores`).
 """
 
 from __future__ import annotations
