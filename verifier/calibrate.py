@@ -114,7 +114,6 @@ STATISTICS_ROWS = 4
 so the values are the same as the whole job's at once; but a few rows of ``V`` float64
 values stay in a core's cache through the dozens of passes made over them (on SmolLM2's
 49k vocabulary, its mass deviations took 1.0–1.3 s a job this way against 1.9–2.0 s)."""
-"""Draws of a job's tokens from the node's distribution when measuring the top-p sum."""
 DRAW_TOP_P_PPM = 900_000
 """The top-p at which jobs without top-p are drawn for the top-p sum."""
 PROVISIONAL_TOL = {"float32": 1e-3, "bfloat16": 0.5}
@@ -187,8 +186,14 @@ class Cores:
             ticket = (priority, self._arrivals)
             self._arrivals += 1
             heapq.heappush(self._waiting, ticket)
-            while self._waiting[0] != ticket or self._free < n:
-                self._changed.wait()
+            try:
+                while self._waiting[0] != ticket or self._free < n:
+                    self._changed.wait()
+            except BaseException:  # interrupted while waiting: leave the queue to the others
+                self._waiting.remove(ticket)
+                heapq.heapify(self._waiting)
+                self._changed.notify_all()
+                raise
             heapq.heappop(self._waiting)
             self._free -= n
             self._changed.notify_all()
