@@ -128,8 +128,10 @@ def _logits(seed: int, rows: int, vocab: int) -> tuple[torch.Tensor, torch.Tenso
     return node, mine.double()
 
 
-def test_mass_deviation_a_few_rows_at_a_time_is_the_whole_jobs() -> None:
+def test_mass_deviation_a_few_rows_at_a_time_is_the_whole_jobs(
+        monkeypatch: pytest.MonkeyPatch) -> None:
     node, mine = _logits(0, 23, 4096)  # not a multiple of the rows worked at a time
+    monkeypatch.setattr(cal_module, "STATISTICS_VALUES", 4 * 4096)
     assert mass_deviation(node, mine, 0.5) == _mass_deviation(node, mine, 0.5)
 
 
@@ -158,7 +160,7 @@ def test_a_jobs_sums_do_not_depend_on_how_many_rows_are_worked_at_once(
     tolerances, _ = tolerances_from(deviations, "bfloat16")
     results = []
     for rows in (1, 4, 64):
-        monkeypatch.setattr(cal_module, "STATISTICS_ROWS", rows)
+        monkeypatch.setattr(cal_module, "STATISTICS_VALUES", rows * model.vocab_size)
         results.append([(d.sums(tolerances), d.mass_dev(tolerances.token_tau))
                         for d in deviations])
     assert results[0] == results[1] == results[2]

@@ -58,7 +58,7 @@ sums — so its memory is the model (one copy per dtype) plus, per dtype,
 plus jobs × tokens × hidden size; the statistics per job grow with tokens ×
 vocabulary × log vocabulary (the sorts of the mass table and of the node's
 kept set, and ``1 + REDRAWS`` draws of the vocabulary's noise), worked
-``STATISTICS_ROWS`` positions at a time, one torch thread per job. The two
+``STATISTICS_VALUES`` logits at a time, one torch thread per job. The two
 dtypes' matrices run side by side and every part holds as many of the
 machine's cores as it runs threads (:class:`Cores`).
 """
@@ -109,11 +109,19 @@ REDRAWS = 16
 """Noise redraws per honest job when measuring the gap sum."""
 MASS_DRAWS = 1024
 """Draws of a job's tokens from the node's distribution when measuring the top-p sum."""
-STATISTICS_ROWS = 4
-"""Positions a job's statistics work on at a time. Every statistic is computed row by row,
-so the values are the same as the whole job's at once; but a few rows of ``V`` float64
-values stay in a core's cache through the dozens of passes made over them (on SmolLM2's
-49k vocabulary, its mass deviations took 1.0–1.3 s a job this way against 1.9–2.0 s)."""
+STATISTICS_VALUES = 1 << 18
+"""Logits a job's statistics work on at a time: whole positions, as many as make about this
+many values (5 of SmolLM2's 49k vocabulary; a 256-token vocabulary's 64 positions at once).
+Every statistic is computed row by row, so the values are the same as the whole job's at
+once; but a few rows of float64 values stay in a core's cache through the dozens of passes
+made over them (on a 49k vocabulary the mass deviations took 1.0–1.3 s a job this way
+against 1.9–2.0 s), while a small vocabulary's rows are too short to pay for the steps."""
+
+
+def _rows_at_a_time(vocab: int) -> int:
+    return max(1, STATISTICS_VALUES // vocab)
+
+
 DRAW_TOP_P_PPM = 900_000
 """The top-p at which jobs without top-p are drawn for the top-p sum."""
 PROVISIONAL_TOL = {"float32": 1e-3, "bfloat16": 0.5}
@@ -219,11 +227,6 @@ class JobStates:
     verifier_hidden: torch.Tensor
     setting: HonestSetting
 
-    @property
-    def threads(self) -> int:
-        """The most threads :meth:`logits` runs at."""
-        return max(self.setting.threads, self.setting.verifier_threads)
-
     def logits(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The node's and the verifier's logits ``[n, V]`` (float64), each computed as its
         side computes it (the model's output head in the run dtype, at that side's threads)."""
@@ -293,7 +296,8 @@ class Deviation:
         the job's temperature and top-p (0.9 for a job without top-p; none when greedy).
         Then the job's own sums, as :meth:`committed_sums` computes them.
 
-        Works ``STATISTICS_ROWS`` positions at a time, each judged as in the whole job."""
+        Works a few positions at a time (:data:`STATISTICS_VALUES`), each judged as in the
+        whole job."""
         logits = logits or self.logits()
         if logits is None or self.committed is None or self.sampling is None:
             return (0.0, 0.0), (0.0, 0.0)
@@ -310,8 +314,9 @@ class Deviation:
         own_excess = torch.zeros(n, dtype=torch.float64)
         drawn_excess = torch.zeros(n, MASS_DRAWS, dtype=torch.float64)
         g = torch.Generator().manual_seed(sampling.seed % 2**63)  # rows drawn in order
-        for a in range(0, n, STATISTICS_ROWS):
-            rows = slice(a, min(n, a + STATISTICS_ROWS))
+        step = _rows_at_a_time(vocab)
+        for a in range(0, n, step):
+            rows = slice(a, min(n, a + step))
             node_c, mine_c, committed = node_logits[rows], mine[rows], self.committed[rows]
             m = committed.numel()
             t = torch.full((m,), sampling.temperature, dtype=torch.float64)
@@ -406,13 +411,14 @@ class Deviation:
 
 def mass_deviation(node_logits: torch.Tensor, verifier_logits: torch.Tensor, tol: float
                    ) -> list[list[float]]:
-    """See :meth:`Deviation.mass_dev`; logits ``[n, V]``, ``STATISTICS_ROWS`` rows at a time."""
-    n = verifier_logits.shape[0]
-    if n <= STATISTICS_ROWS:
+    """See :meth:`Deviation.mass_dev`; logits ``[n, V]``, a few rows at a time
+    (:data:`STATISTICS_VALUES`)."""
+    n, vocab = verifier_logits.shape
+    step = _rows_at_a_time(vocab)
+    if n <= step:
         return _mass_deviation(node_logits, verifier_logits, tol)
-    return _table_max([_mass_deviation(node_logits[a:a + STATISTICS_ROWS],
-                                       verifier_logits[a:a + STATISTICS_ROWS], tol)
-                       for a in range(0, n, STATISTICS_ROWS)])
+    return _table_max([_mass_deviation(node_logits[a:a + step], verifier_logits[a:a + step],
+                                       tol) for a in range(0, n, step)])
 
 
 def _mass_deviation(node_logits: torch.Tensor, verifier_logits: torch.Tensor, tol: float
@@ -550,12 +556,12 @@ def measure(
         generated = generate_honestly(llm, jobs, setting)
     out = []
     for (prompt, job), made in zip(jobs, generated, strict=True):
-        states = JobStates(llm, job.dtype, made.hidden, made.hidden, setting)
-        with _take(cores, states.threads, priority):
+        # the prefill, then each side's logits at its own thread count
+        with _take(cores, max(setting.threads, setting.verifier_threads), priority):
             view = prefill(llm, prompt, made.tokens, job.dtype,
                            attention=setting.verifier_attention,
                            threads=setting.verifier_threads)
-            states = replace(states, verifier_hidden=view.hidden)
+            states = JobStates(llm, job.dtype, made.hidden, view.hidden, setting)
             node_logits, mine = states.logits()
         with _take(cores, 1, priority):
             noise = gumbel_noise(job.sampling.seed, made.tokens.numel(), llm.vocab_size)
