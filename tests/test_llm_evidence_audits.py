@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import statistics
 
 import pytest
@@ -104,8 +105,14 @@ def test_a_persistent_deviation_under_the_per_job_line_is_flagged_within_the_bou
     before = findings[:-1]
     # the jobs before the flag: almost none FRAUD on its own
     assert sum(isinstance(f, Evidence) for f in before) <= len(before) // 10
-    scores_mean = 0.75  # 9-bit weights score about 0.7 of the per-job line on this model
-    assert audits <= 2 * audits_to_flag(scores_mean, mu0), (audits, mu0)
+    # the bound at the cheat's own mean score, as each verdict states it (capped at 1)
+    scores = [min(1.0, max(float(v) for v in re.findall(r"score ([0-9.]+(?:e[-+]?[0-9]+)?)",
+                                                        f.reason if isinstance(f, Attestation)
+                                                        else f.detail)))
+              for f in findings]
+    scores_mean = statistics.mean(scores)
+    assert scores_mean > mu0
+    assert audits <= 2 * audits_to_flag(scores_mean, mu0), (audits, scores_mean, mu0)
     # flagged: the next deviating jobs are INCONCLUSIVE naming the evidence, not accused on it
     more = audit(validator, cheat, jobs(2000, 4), 99)
     named = [f for f in more if isinstance(f, Attestation) and "evidence across" in f.reason]

@@ -85,9 +85,12 @@ from prover.llm.job import (
     GAP_SUM_TOKENS,
     MASS_LEVELS,
     MASS_TEMPERATURES,
+    MAX_NEW_TOKENS,
+    SKETCH_REFERENCE_BLOCKS,
     Calibration,
     LLMJob,
     Tolerances,
+    sketch_tail_z,
 )
 from prover.llm.model import DTYPES, LLM, llm_torch
 from prover.llm.prompts import chat_prompt
@@ -98,10 +101,13 @@ from prover.llm.sampler import (
     gumbel_noise,
     kept_mask,
 )
-from prover.llm.sketch import MAX_EXP, MIN_EXP, block_values
+from prover.llm.sketch import BLOCK, MAX_EXP, MIN_EXP, PROJECTIONS, block_values, n_blocks
 from verifier.llm import EXCESS_TOL, HeadCache, Noise, sampling_gaps, top_p_excess
 
 MARGIN = 0.5
+WRAP_QUANTA = 120
+"""The most quanta an honest sketch value's limit may reach: a deviation past 128 wraps the
+256-residue and would look small."""
 _GOLDEN = 0x9E3779B97F4A7C15
 TOKEN_TAU_FLOOR = {"float32": 1e-4, "bfloat16": 1e-2}
 MASS_TAU_FLOOR = {"float32": 1e-5, "bfloat16": 1e-3}
@@ -280,6 +286,10 @@ class Deviation:
     block_dev: float
     block_rms: float
     tokens: int
+    block_norm: float = 0.0
+    block_energy: float = 0.0
+    spread: float = 0.0
+    concentration: float = 0.0
     states: JobStates | None = field(default=None, repr=False, compare=False)
     committed: torch.Tensor | None = field(default=None, repr=False, compare=False)
     sampling: SamplingParams | None = field(default=None, repr=False, compare=False)
@@ -395,8 +405,8 @@ class Deviation:
             self.gap / tolerances.token_tau,
             gap_sum / tolerances.gap_sum_limit(self.tokens),
             mass_sum / tolerances.mass_sum_limit(self.tokens),
-            (self.block_dev / step + 0.5) / tolerances.sketch_tau,
-            math.sqrt((self.block_rms / step) ** 2 + 1 / 12) / tolerances.sketch_rms_tau,
+            (self.block_dev / step + 0.5) / tolerances.sketch_value_limit(self.tokens),
+            (self.block_rms / step + 0.5) / tolerances.sketch_rms_limit(self.tokens),
         )
         return min(1.0, max(ratios))
 
@@ -570,6 +580,7 @@ def measure(
                                  provisional)
             seed = job.sampling.seed
             blocks = block_values(made.hidden, seed) - block_values(view.hidden, seed)
+            shape = deviation_shape(made.hidden, view.hidden)
         out.append(Deviation(
             logit_dev=float((node_logits - mine).abs().max()),
             gap=float(gaps.max()),
@@ -579,8 +590,35 @@ def measure(
             states=states,
             committed=made.tokens,
             sampling=job.sampling,
+            **shape,
         ))
     return out
+
+
+def deviation_shape(node_hidden: torch.Tensor, verifier_hidden: torch.Tensor
+                    ) -> dict[str, float]:
+    """What bounds every sketch a job could have committed, whatever its projections: the
+    largest block deviation norm ``‖Δ_b‖`` (``Δ_b`` the block's summed node − verifier
+    hidden states), the energy ``√(mean_b ‖Δ_b‖²)``, and the shape of ``A = Σ_b Δ_b Δ_bᵀ``
+    (:func:`prover.llm.job.sketch_rms_factor`) stated at ``SKETCH_REFERENCE_BLOCKS`` blocks:
+    a job of ``m`` fewer blocks counts as its spread × √(m/ref) and concentration × m/ref,
+    the rule :meth:`prover.llm.job.Tolerances.sketch_rms_limit` applies to short jobs."""
+    diff = node_hidden.to(torch.float64) - verifier_hidden.to(torch.float64)
+    n, d = diff.shape
+    m = n_blocks(n)
+    padded = torch.zeros((m * BLOCK, d), dtype=torch.float64)
+    padded[:n] = diff
+    blocks = padded.view(m, BLOCK, d).sum(dim=1)  # [m, d]
+    gram = blocks @ blocks.T  # A's nonzero eigenvalues are the Gram matrix's
+    eigen = torch.linalg.eigvalsh(gram).clamp(min=0.0)
+    total = float(eigen.sum())
+    if total == 0.0:
+        return {"block_norm": 0.0, "block_energy": 0.0, "spread": 0.0, "concentration": 0.0}
+    short = min(1.0, m / SKETCH_REFERENCE_BLOCKS)
+    return {"block_norm": float(blocks.norm(dim=1).max()),
+            "block_energy": math.sqrt(total / m),
+            "spread": float(eigen.norm()) / total * math.sqrt(short),
+            "concentration": float(eigen.max()) / total * short}
 
 
 def tolerances_from(
@@ -597,11 +635,17 @@ def tolerances_from(
     worst_token = max(max(d.gap, 2 * d.logit_dev) for d in deviations)
     worst_block = max(d.block_dev for d in deviations)
     worst_rms = max(d.block_rms for d in deviations)
-    if not math.isfinite(worst_token) or not math.isfinite(worst_block):
+    worst_norm = max(d.block_norm for d in deviations)
+    worst_energy = max(d.block_energy for d in deviations)
+    if not all(math.isfinite(v) for v in (worst_token, worst_block, worst_norm, worst_energy)):
         raise ValueError(f"honest {dtype} runs disagree beyond any tolerance; is the model sane?")
     token_tau = max(worst_token / MARGIN, TOKEN_TAU_FLOOR[dtype])
-    if worst_rms > 0:
-        exp = max(math.floor(math.log2(worst_rms)), math.ceil(math.log2(worst_block / 32)))
+    # the step: about the honest energy, but coarse enough that no honest value of the
+    # longest job wraps the 256-residue (its limit stays under WRAP_QUANTA)
+    widest = sketch_tail_z(n_blocks(MAX_NEW_TOKENS) * PROJECTIONS)
+    if worst_energy > 0:
+        exp = max(math.floor(math.log2(worst_energy)),
+                  math.ceil(math.log2(widest * worst_norm / MARGIN / WRAP_QUANTA)))
     else:
         exp = MIN_EXP
     exp = min(max(exp, MIN_EXP), MAX_EXP)
@@ -615,8 +659,12 @@ def tolerances_from(
     partial = Tolerances(
         token_tau=token_tau,
         sketch_exp=exp,
-        sketch_tau=(worst_block / step + 0.5) / MARGIN,
-        sketch_rms_tau=math.sqrt((worst_rms / step) ** 2 + 1 / 12) / MARGIN,
+        sketch_norm_tau=worst_norm / step / MARGIN,
+        sketch_energy_tau=worst_energy / step / MARGIN,
+        # each job's shape weighted by its share of the largest energy, squared: the bound
+        # 1 + a·spread + b·concentration then covers every job's own at its own energy
+        sketch_spread=max(d.spread * _share(d, worst_energy) for d in deviations),
+        sketch_concentration=max(d.concentration * _share(d, worst_energy) for d in deviations),
         mass_tau=mass_tau,
         gap_sum_tau=math.inf,
         mass_sum_tau=math.inf,
@@ -639,6 +687,8 @@ def tolerances_from(
         "max_gap": max(d.gap for d in deviations),
         "max_block_dev": worst_block,
         "max_block_rms": worst_rms,
+        "max_block_norm": worst_norm,
+        "max_block_energy": worst_energy,
         "max_mass_dev": worst_mass,
         "max_gap_sum": worst_sum,
         "max_mass_sum": worst_mass_sum,
@@ -646,6 +696,10 @@ def tolerances_from(
         "max_score": max(scores),
     }
     return tolerances, measured
+
+
+def _share(d: Deviation, worst_energy: float) -> float:
+    return (d.block_energy / worst_energy) ** 2 if worst_energy > 0 else 0.0
 
 
 STATISTICS_WORKERS = max(1, min(4, os.cpu_count() or 1))

@@ -462,19 +462,19 @@ def verify_generation(
     mass_sums = torch.cumsum(top_p_excess(view.logits, tokens, job.sampling,
                                           EXCESS_TOL * tolerances.token_tau), dim=0)
     mass_sum_score = float(mass_sums[-1]) / tolerances.mass_sum_limit(n)
-    sketch_score = max(float(block_dev.max()) / tolerances.sketch_tau,
-                       rms / tolerances.sketch_rms_tau)
+    value_limit, rms_limit = tolerances.sketch_value_limit(n), tolerances.sketch_rms_limit(n)
+    sketch_score = max(float(block_dev.max()) / value_limit, rms / rms_limit)
     first_token = _first_over(gaps, tolerances.token_tau)
     first_sum = _first_sum_over(gap_sums, tolerances.gap_sum_limit) if gap_sum_score > 1 else None
     first_mass = (_first_sum_over(mass_sums, tolerances.mass_sum_limit)
                   if mass_sum_score > 1 else None)
-    first_block = _first_over(block_dev, tolerances.sketch_tau)
+    first_block = _first_over(block_dev, value_limit)
     reached = {
         "token": first_token + 1 if first_token is not None else None,
         "gap-sum": first_sum,
         "top-p sum": first_mass,
         "sketch": min((first_block + 1) * BLOCK, n) if first_block is not None else None,
-        "sketch rms": n if rms > tolerances.sketch_rms_tau else None,
+        "sketch rms": n if rms > rms_limit else None,
     }
     detail = (f"token score {token_score:.3g}, gap-sum score {gap_sum_score:.3g}, "
               f"top-p sum score {mass_sum_score:.3g}, sketch score {sketch_score:.3g}")

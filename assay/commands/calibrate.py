@@ -75,8 +75,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
               f"{tol.gap_sum_tau:.3g} per {GAP_SUM_TOKENS} tokens (worst honest "
               f"{seen['max_gap_sum']:.3g}), mass_sum_tau {tol.mass_sum_tau:.3g} (worst honest "
               f"{seen['max_mass_sum']:.3g}), sketch step "
-              f"2^{tol.sketch_exp}, sketch_tau {tol.sketch_tau:.3g}, rms_tau "
-              f"{tol.sketch_rms_tau:.3g} quanta; {seen['jobs']} jobs, "
+              f"2^{tol.sketch_exp}, sketch limits at {GAP_SUM_TOKENS} tokens: value "
+              f"{tol.sketch_value_limit(GAP_SUM_TOKENS):.3g}, rms "
+              f"{tol.sketch_rms_limit(GAP_SUM_TOKENS):.3g} quanta (honest block norm ≤ "
+              f"{tol.sketch_norm_tau:.3g}, energy ≤ {tol.sketch_energy_tau:.3g}); "
+              f"{seen['jobs']} jobs, "
               f"{seen['positions']} positions")
     return 0
 

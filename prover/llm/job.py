@@ -28,6 +28,7 @@ sketch uses its ``sketch_exp``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -39,6 +40,7 @@ from protocol.errors import ProtocolError
 from protocol.messages import JobRequest
 from prover.llm.model import DTYPES
 from prover.llm.sampler import PPM, SamplingParams
+from prover.llm.sketch import BLOCK, PROJECTIONS, n_blocks
 from prover.llm.text import check_stop_strings
 
 MAX_NEW_TOKENS = 4096
@@ -54,6 +56,38 @@ MASS_LEVELS = (0.5, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 1.0)
 """Upper edges of the cumulative-probability bins ``mass_tau`` is calibrated on: honest mass
 differences are largest where the top tokens are (a shift of one large probability) and shrink
 toward the tail, where top-p's boundary usually lies."""
+SKETCH_FALSE_POSITIVE = 1e-10
+"""The chance, per judged job, that a sketch check fails an honest job whose deviations are
+within the calibrated bounds (:meth:`Tolerances.sketch_value_limit`,
+:meth:`Tolerances.sketch_rms_limit`); the evidence across audits uses the same level."""
+SKETCH_REFERENCE_BLOCKS = GAP_SUM_TOKENS // BLOCK
+"""The job length, in sketch blocks, that the shape of the deviations is stated for."""
+
+
+def sketch_tail_z(values: int, alpha: float = SKETCH_FALSE_POSITIVE) -> float:
+    """``z`` with ``values · 2·exp(−z²/2) ≤ alpha``: Hoeffding's bound for a Rademacher
+    projection ``⟨Δ, r⟩``, which exceeds ``z·‖Δ‖`` with probability at most ``2·exp(−z²/2)``
+    whatever ``Δ`` is, taken over every committed value of a job (a union bound)."""
+    return math.sqrt(2 * math.log(2 * max(1, values) / alpha))
+
+
+def sketch_rms_factor(spread: float, concentration: float, alpha: float = SKETCH_FALSE_POSITIVE
+                      ) -> float:
+    """The bound on a job's root-mean-square sketch deviation, as a multiple of its deviation
+    energy ``√(Σ_b ‖Δ_b‖² / blocks)``: true with probability ``1 − alpha``.
+
+    The ``K = PROJECTIONS`` projections of every block share their directions, so the sum of
+    squares is ``Σ_k r_kᵀ A r_k`` with ``A = Σ_b Δ_b Δ_bᵀ``: for Gaussian directions (the
+    Rademacher sums over ``d`` coordinates are close to it) a sum ``Σ_i λ_i χ²_K`` over the
+    eigenvalues of ``A``, which Laurent and Massart (Ann. Statist. 28(5), 2000, Lemma 1) bound:
+    it exceeds ``K Σλ + 2√(K x) ‖λ‖₂ + 2 x λ_max`` with probability at most ``e^{−x}``.
+    Dividing by ``K · blocks``: ``1 + 2√(x/K)·spread + 2(x/K)·concentration`` times the
+    energy squared, with ``spread = ‖λ‖₂ / Σλ`` and ``concentration = λ_max / Σλ`` (both 1
+    when every block deviates along one direction, ``1/√blocks`` and ``1/blocks`` when the
+    blocks are independent)."""
+    x = math.log(1 / alpha)
+    k = PROJECTIONS
+    return math.sqrt(1 + 2 * math.sqrt(x / k) * spread + 2 * (x / k) * concentration)
 
 
 class LLMJobError(ValueError):
@@ -161,18 +195,26 @@ class Tolerances:
     of a job's sampling gaps per ``GAP_SUM_TOKENS`` generated tokens (logits);
     ``mass_sum_tau`` bounds, per ``GAP_SUM_TOKENS`` tokens, the sum of ``T ×`` how far the
     verifier's mass of the tokens clearly above each committed token exceeds ``p``;
-    ``sketch_exp`` fixes the sketch's quantisation step ``2^sketch_exp``;
-    ``sketch_tau`` bounds one sketch value's deviation and ``sketch_rms_tau``
-    the job's root-mean-square deviation, both in quanta.
+    ``sketch_exp`` fixes the sketch's quantisation step ``2^sketch_exp``.
+
+    The sketch bounds are on the honest *hidden-state* deviations, in quanta, not on what
+    the projections happen to show: ``sketch_norm_tau`` bounds the norm of one block's summed
+    deviation ``‖Δ_b‖`` and ``sketch_energy_tau`` a job's ``√(mean_b ‖Δ_b‖²)``;
+    ``sketch_spread`` and ``sketch_concentration`` bound the shape of a job's deviations
+    (:func:`sketch_rms_factor`) at ``SKETCH_REFERENCE_BLOCKS`` blocks. The limits a judged
+    job's sketch is held to follow from them and its length (:meth:`sketch_value_limit`,
+    :meth:`sketch_rms_limit`).
     """
 
     token_tau: float
     sketch_exp: int
-    sketch_tau: float
-    sketch_rms_tau: float
+    sketch_norm_tau: float
+    sketch_energy_tau: float
     mass_tau: tuple[tuple[float, ...], ...]  # [MASS_TEMPERATURES][MASS_LEVELS]
     gap_sum_tau: float
     mass_sum_tau: float
+    sketch_spread: float = 1.0
+    sketch_concentration: float = 1.0
     honest_mean_score: float = 0.5
     """The mean score (:attr:`verifier.llm.LLMCheck.score`, capped at 1) of calibration's
     honest jobs under these tolerances; the evidence across a node's audits
@@ -211,6 +253,23 @@ class Tolerances:
         """The largest honest sum of top-p excesses (``T`` × mass) over ``n_tokens`` tokens."""
         return self.mass_sum_tau * max(1.0, n_tokens / GAP_SUM_TOKENS)
 
+    def sketch_value_limit(self, n_tokens: int) -> float:
+        """The largest honest deviation, in quanta, of any committed sketch value of a job of
+        ``n_tokens`` tokens: :func:`sketch_tail_z` over its values times the block bound, plus
+        half a quantum for the committed value's rounding."""
+        return sketch_tail_z(n_blocks(n_tokens) * PROJECTIONS) * self.sketch_norm_tau + 0.5
+
+    def sketch_rms_limit(self, n_tokens: int) -> float:
+        """The largest honest root-mean-square sketch deviation, in quanta, of a job of
+        ``n_tokens`` tokens: :func:`sketch_rms_factor` times the energy bound, plus half a
+        quantum of rounding (the triangle inequality). A job shorter than
+        ``SKETCH_REFERENCE_BLOCKS`` has fewer blocks to average over: its shape is taken to
+        concentrate in proportion, up to one direction."""
+        short = max(1.0, SKETCH_REFERENCE_BLOCKS / n_blocks(max(1, n_tokens)))
+        spread = min(1.0, self.sketch_spread * math.sqrt(short))
+        concentration = min(1.0, self.sketch_concentration * short)
+        return sketch_rms_factor(spread, concentration) * self.sketch_energy_tau + 0.5
+
 
 BF16_MASS_TAU = (
     (0.074, 0.074, 0.056, 0.048, 0.074, 0.053, 0.024, 0.025),
@@ -222,10 +281,13 @@ BF16_MASS_TAU = (
     (0.092, 0.074, 0.059, 0.039, 0.031, 0.02, 0.011, 0.0041),
 )
 DEFAULT_TOLERANCES: Mapping[str, Tolerances] = {
-    "float32": Tolerances(token_tau=1e-4, sketch_exp=-13, sketch_tau=8.7, sketch_rms_tau=3.4,
+    "float32": Tolerances(token_tau=1e-4, sketch_exp=-13, sketch_norm_tau=2.75,
+                          sketch_energy_tau=2.27, sketch_spread=0.64, sketch_concentration=0.58,
                           mass_tau=((1e-5,) * len(MASS_LEVELS),) * len(MASS_TEMPERATURES),
                           gap_sum_tau=1e-4, mass_sum_tau=1e-5),
-    "bfloat16": Tolerances(token_tau=1.1, sketch_exp=1, sketch_tau=7.4, sketch_rms_tau=2.8,
+    "bfloat16": Tolerances(token_tau=1.1, sketch_exp=1, sketch_norm_tau=2.58,
+                           sketch_energy_tau=2.09, sketch_spread=0.56,
+                           sketch_concentration=0.46,
                            mass_tau=BF16_MASS_TAU, gap_sum_tau=0.75, mass_sum_tau=0.027),
 }
 """Used when a model has no calibration: the larger of the zoo GPT-2's and Llama's tolerances
@@ -256,8 +318,7 @@ class Calibration:
                 d: Tolerances(
                     token_tau=float(t["token_tau"]),
                     sketch_exp=int(t["sketch_exp"]),
-                    sketch_tau=float(t["sketch_tau"]),
-                    sketch_rms_tau=float(t["sketch_rms_tau"]),
+                    **_sketch_bounds(t),
                     # entries calibrated before these existed: loose slacks (T·TV is at most about
                     # the logit deviation, and token_tau is four times that) and no sum checks
                     mass_tau=tuple(tuple(float(m) for m in row) for row in t.get(
@@ -277,6 +338,23 @@ class Calibration:
         if missing:
             raise LLMJobError(f"stored llm calibration lacks dtypes {missing}")
         return cls(tolerances=tolerances, record=dict(value.get("record", {})))
+
+
+def _sketch_bounds(t: Mapping[str, Any]) -> dict[str, float]:
+    """The sketch bounds of a stored entry. One calibrated before they existed stored the
+    thresholds of 64-token jobs (``sketch_tau``, ``sketch_rms_tau``): it gets the bounds that
+    give those thresholds at 64 tokens with the shape unknown (every block along one
+    direction)."""
+    if "sketch_norm_tau" in t:
+        return {"sketch_norm_tau": float(t["sketch_norm_tau"]),
+                "sketch_energy_tau": float(t["sketch_energy_tau"]),
+                "sketch_spread": float(t["sketch_spread"]),
+                "sketch_concentration": float(t["sketch_concentration"])}
+    values = n_blocks(GAP_SUM_TOKENS) * PROJECTIONS
+    return {"sketch_norm_tau": max(0.0, float(t["sketch_tau"]) - 0.5) / sketch_tail_z(values),
+            "sketch_energy_tau": max(0.0, float(t["sketch_rms_tau"]) - 0.5)
+            / sketch_rms_factor(1.0, 1.0),
+            "sketch_spread": 1.0, "sketch_concentration": 1.0}
 
 
 DEFAULT_CALIBRATION = Calibration(tolerances=DEFAULT_TOLERANCES, record={"source": "default"})
