@@ -26,8 +26,15 @@ and verifier logits with the node choosing again, as it would, on its own
 logits: the gap sum over ``REDRAWS`` redraws of the sampler's noise, the
 top-p sum over ``MASS_DRAWS`` draws of the tokens from the node's kept
 distribution (top-p 0.9 for jobs without top-p).
-- ``block_dev``: the largest |node − verifier| sketch block value;
-- ``block_rms``: the root-mean-square of those differences over the job.
+- ``block_dev``: the largest |node − verifier| sketch block value, and
+  ``block_rms`` their root-mean-square over the job (recorded; the limits do
+  not come from them);
+- ``block_norm``, ``block_energy`` and the shape of the deviations
+  (:func:`deviation_shape`): what bounds the sketch values of *every*
+  projection the job could have drawn. The projections calibration happens
+  to draw see little of their own noise: on the zoo, 1 200 judged honest
+  jobs reached 1.47× calibration's largest block value and 1.21× its largest
+  RMS in bfloat16, which a limit of twice those maxima did not leave room for.
 
 Each honest job's score under the final tolerances (capped at 1) is averaged
 into ``honest_mean_score``, what :mod:`verifier.llm_evidence` accumulates a
@@ -38,14 +45,20 @@ Tolerances leave a margin: ``token_tau = max(gap, 2·logit_dev) / MARGIN``
 temperature and bin (never below ``MASS_TAU_FLOOR``; a bin no honest set
 reached takes the largest value at that temperature); ``gap_sum_tau`` and
 ``mass_sum_tau`` are the largest honest sums per ``GAP_SUM_TOKENS`` tokens
-over ``MARGIN`` (never below ``TOKEN_TAU_FLOOR`` and ``MASS_TAU_FLOOR``); the
-sketch step is the
-largest power of
-two ≤ the worst honest ``block_rms`` (but at least ``block_dev / 32``, so an
-honest deviation never wraps the 256-residue); ``sketch_tau`` and
-``sketch_rms_tau`` are the worst honest values in quanta, plus the rounding
-of the committed value, divided by ``MARGIN``. The largest honest deviation
-seen thus sits at ``MARGIN`` of each threshold.
+over ``MARGIN`` (never below ``TOKEN_TAU_FLOOR`` and ``MASS_TAU_FLOOR``).
+The sketch bounds are the largest honest block norm and energy over
+``MARGIN`` (a machine calibration never saw may deviate twice as far), in
+quanta of the step, the largest power of two ≤ the worst energy (coarser if
+needed so that no honest value of the longest job reaches ``WRAP_QUANTA``);
+the shape is the largest of each job's weighted by its share of the worst
+energy, squared, so the bound covers every job at its own energy. From them
+a judged job's limits follow (:class:`prover.llm.job.Tolerances`): Hoeffding
+for the largest value, Laurent–Massart for the RMS, each at
+``SKETCH_FALSE_POSITIVE`` per job. The largest honest deviation seen thus
+sits at ``MARGIN`` of the token and sum thresholds; an honest job whose
+hidden states deviate twice as far as the worst seen fails a sketch check
+with probability at most 10⁻¹⁰ (Gaussian directions for the RMS; the
+Rademacher sums are close to them).
 Everything is seeded: the same model on the same machine type gives the same
 tolerances.
 

@@ -34,7 +34,11 @@ hidden state that should have produced the committed token. The checks:
   its own hidden states and measures each committed residue's distance in
   quanta: the largest one, and the root-mean-square over the job. This
   catches changes that keep most tokens plausible: quantised weights, a
-  wrong dtype, a skipped layer, a changed prompt.
+  wrong dtype, a skipped layer, a changed prompt. Its limits depend on the
+  job's length (:meth:`prover.llm.job.Tolerances.sketch_value_limit`,
+  :meth:`~prover.llm.job.Tolerances.sketch_rms_limit`): bounds on what any
+  projection of the honest hidden-state deviations can show, so an honest
+  job fails them with probability at most 10⁻¹⁰ whatever its seed draws.
 
 Each check's score is its deviation divided by the calibrated tolerance
 (:class:`prover.llm.job.Tolerances`); the sketch score is the larger of the
