@@ -20,6 +20,7 @@ from prover.llm.job import (
     DEFAULT_TOLERANCES,
     GAP_SUM_TOKENS,
     Calibration,
+    LLMJobError,
     Tolerances,
     sketch_rms_factor,
     sketch_tail_z,
@@ -114,3 +115,18 @@ def test_an_entry_calibrated_before_the_bounds_keeps_its_64_token_thresholds() -
     old: Tolerances = Calibration.from_json(stored).for_dtype("float32")
     assert old.sketch_value_limit(GAP_SUM_TOKENS) == pytest.approx(8.7)
     assert old.sketch_rms_limit(GAP_SUM_TOKENS) == pytest.approx(3.4)
+
+
+@pytest.mark.parametrize(("key", "value"), [("sketch_norm_tau", float("nan")),
+                                            ("sketch_energy_tau", -1.0),
+                                            ("sketch_energy_tau", float("inf")),
+                                            ("sketch_spread", 1.5),
+                                            ("sketch_concentration", float("nan"))])
+def test_a_stored_bound_that_would_pass_every_sketch_is_refused(key: str, value: float) -> None:
+    """A NaN, negative, infinite or out-of-range bound in a calibration entry (one published
+    with a model, say) would make the sketch checks pass anything: the entry is refused,
+    naming the field."""
+    stored = Calibration(tolerances=DEFAULT_TOLERANCES, record={}).to_json()
+    stored["tolerances"]["bfloat16"][key] = value
+    with pytest.raises(LLMJobError, match=key):
+        Calibration.from_json(stored)

@@ -346,10 +346,14 @@ def _sketch_bounds(t: Mapping[str, Any]) -> dict[str, float]:
     give those thresholds at 64 tokens with the shape unknown (every block along one
     direction)."""
     if "sketch_norm_tau" in t:
-        return {"sketch_norm_tau": float(t["sketch_norm_tau"]),
-                "sketch_energy_tau": float(t["sketch_energy_tau"]),
-                "sketch_spread": float(t["sketch_spread"]),
-                "sketch_concentration": float(t["sketch_concentration"])}
+        bounds = {key: float(t[key]) for key in ("sketch_norm_tau", "sketch_energy_tau",
+                                                 "sketch_spread", "sketch_concentration")}
+        for key, value in bounds.items():
+            # a NaN or negative bound would make every comparison pass: refuse it
+            top = 1.0 if key in ("sketch_spread", "sketch_concentration") else math.inf
+            if not (math.isfinite(value) and 0.0 <= value <= top):
+                raise ValueError(f"{key} is {value!r}; it must be finite, between 0 and {top}")
+        return bounds
     values = n_blocks(GAP_SUM_TOKENS) * PROJECTIONS
     return {"sketch_norm_tau": max(0.0, float(t["sketch_tau"]) - 0.5) / sketch_tail_z(values),
             "sketch_energy_tau": max(0.0, float(t["sketch_rms_tau"]) - 0.5)
