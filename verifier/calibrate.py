@@ -114,7 +114,14 @@ from prover.llm.sampler import (
     gumbel_noise,
     kept_mask,
 )
-from prover.llm.sketch import BLOCK, MAX_EXP, MIN_EXP, PROJECTIONS, block_values, n_blocks
+from prover.llm.sketch import (
+    MAX_EXP,
+    MIN_EXP,
+    PROJECTIONS,
+    block_sums,
+    block_values,
+    n_blocks,
+)
 from verifier.llm import EXCESS_TOL, HeadCache, Noise, sampling_gaps, top_p_excess
 
 MARGIN = 0.5
@@ -616,12 +623,8 @@ def deviation_shape(node_hidden: torch.Tensor, verifier_hidden: torch.Tensor
     (:func:`prover.llm.job.sketch_rms_factor`) stated at ``SKETCH_REFERENCE_BLOCKS`` blocks:
     a job of ``m`` fewer blocks counts as its spread × √(m/ref) and concentration × m/ref,
     the rule :meth:`prover.llm.job.Tolerances.sketch_rms_limit` applies to short jobs."""
-    diff = node_hidden.to(torch.float64) - verifier_hidden.to(torch.float64)
-    n, d = diff.shape
-    m = n_blocks(n)
-    padded = torch.zeros((m * BLOCK, d), dtype=torch.float64)
-    padded[:n] = diff
-    blocks = padded.view(m, BLOCK, d).sum(dim=1)  # [m, d]
+    blocks = block_sums(node_hidden.to(torch.float64) - verifier_hidden.to(torch.float64))
+    m = blocks.shape[0]
     gram = blocks @ blocks.T  # A's nonzero eigenvalues are the Gram matrix's
     eigen = torch.linalg.eigvalsh(gram).clamp(min=0.0)
     total = float(eigen.sum())

@@ -94,13 +94,19 @@ def directions(job_seed: int, hidden_size: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(signs.T))
 
 
+def block_sums(rows: torch.Tensor) -> torch.Tensor:
+    """Sums ``[blocks, w]`` (float64) of rows ``[n, w]`` over each block of ``BLOCK`` positions,
+    the last block short."""
+    n, w = rows.shape
+    padded = torch.zeros((n_blocks(n) * BLOCK, w), dtype=torch.float64)
+    padded[:n] = rows
+    return padded.view(-1, BLOCK, w).sum(dim=1)
+
+
 def block_values(hidden: torch.Tensor, job_seed: int) -> torch.Tensor:
     """Exact-ish block sums ``[blocks, PROJECTIONS]`` (float64) of hidden states ``[n, d]``."""
-    n, d = hidden.shape
-    projected = hidden.to(torch.float64) @ directions(job_seed, d)  # [n, d] @ [d, K] -> [n, K]
-    padded = torch.zeros((n_blocks(n) * BLOCK, PROJECTIONS), dtype=torch.float64)
-    padded[:n] = projected
-    return padded.view(-1, BLOCK, PROJECTIONS).sum(dim=1)  # [blocks, K]
+    d = hidden.shape[1]
+    return block_sums(hidden.to(torch.float64) @ directions(job_seed, d))  # [n, d] @ [d, K]
 
 
 def make_sketch(hidden: torch.Tensor, job_seed: int, exp: int) -> Sketch:
