@@ -58,8 +58,13 @@ class Verdict(enum.StrEnum):
 
 class Offence(enum.StrEnum):
     MISMATCH = "mismatch"
+    """Re-executing the job disagrees with its commitment; a committee re-executes it."""
     EQUIVOCATION = "equivocation"
     INVALID_PROOF = "invalid_proof"
+    RECORD = "record"
+    """An ``llm`` job that deviates above the honest mean from a node whose audited record
+    deviates persistently; a committee re-executes the job and the node's record
+    (:mod:`verifier.llm_evidence`)."""
 
 
 # Field checkers: each returns the value in its Python form or raises MalformedMessage.

@@ -27,6 +27,10 @@ from collections.abc import Iterable
 from protocol.hashing import sha256
 
 PPM = 1_000_000
+RECORD_JOBS = 128
+"""The most of a node's sampled jobs of one model that a ``RECORD`` dispute's record reaches
+back: the ledger lists the last ``RECORD_JOBS`` before the accused job, in the order it
+recorded them, so the committee's work is bounded and no accuser chooses what it holds."""
 _SAMPLE_TAG = b"assay/v1/sample\x00"
 _COMMITTEE_TAG = b"assay/v1/committee\x00"
 _AUDIT_KEY_TAG = b"assay/v1/audit-draw\x00"

@@ -7,14 +7,19 @@ a job's request (the node may withhold it, or send something else): only an
 reported and must post it on the log (``ServeData``), where this index finds
 it too.
 
-The index maps job ids to log rows, for pending jobs only: a settled job is
-never audited again. It is rebuilt at start by one pass over the log (a
+The index maps job ids to log rows for pending jobs, and for the newest
+``2 · RECORD_JOBS`` settled sampled jobs of each node and model: a settled job
+is never audited again, but a ``RECORD`` dispute's committee re-executes the
+node's record (:func:`slashing.rules.record_of`). It is rebuilt at start by one pass over the log (a
 decode of every event: about the cost of replaying from genesis) and kept
 up to date as the service appends.
 """
 
 from __future__ import annotations
 
+from collections import deque
+
+from protocol.sampling import RECORD_JOBS
 from slashing.events import RecordJob, ServeData
 from slashing.settlement import Settlement
 from slashing.state import JobStatus, State
@@ -26,6 +31,8 @@ class JobRecords:
         self.ledger = ledger
         self._recorded: dict[bytes, int] = {}
         self._served: dict[bytes, int] = {}
+        self._kept: dict[tuple[bytes, bytes], deque[bytes]] = {}
+        """Per (node, model): the settled sampled jobs kept for records, oldest first."""
         for entry in ledger.events(0):
             self.note(entry)
         self.prune(ledger.state)
@@ -40,16 +47,35 @@ class JobRecords:
             self._served[event.job_id] = entry.seq
 
     def prune(self, state: State) -> None:
-        """Forget jobs that are no longer pending."""
+        """Forget jobs that are no longer pending, but the newest sampled ones of each node and
+        model (a record reaches back to them)."""
+        kept_ids = self._kept_ids()
+        final = sorted((job.recorded_round, job_id, job) for job_id in self._recorded
+                       if job_id not in kept_ids and _final(state, job_id)
+                       and (job := state.jobs.get(job_id)) is not None
+                       and job.sampled and not job.zk)
+        for _, job_id, job in final:
+            kept = self._kept.setdefault((job.node, job.model_id), deque())
+            kept.append(job_id)
+            while len(kept) > 2 * RECORD_JOBS:
+                self._forget(kept.popleft())
+        kept_ids = self._kept_ids()
         for table in (self._recorded, self._served):
-            for job_id in [j for j in table if _final(state, j)]:
+            for job_id in [j for j in table if _final(state, j) and j not in kept_ids]:
                 del table[job_id]
+
+    def _kept_ids(self) -> set[bytes]:
+        return {job_id for kept in self._kept.values() for job_id in kept}
+
+    def _forget(self, job_id: bytes) -> None:
+        self._recorded.pop(job_id, None)
+        self._served.pop(job_id, None)
 
     def _event(self, seq: int) -> object:
         return next(self.ledger.events(seq - 1)).event
 
     def record(self, job_id: bytes) -> RecordJob | None:
-        """The job's ``RecordJob`` event, while the job is pending."""
+        """The job's ``RecordJob`` event, while the job is pending or kept for records."""
         seq = self._recorded.get(job_id)
         if seq is None:
             return None

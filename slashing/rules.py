@@ -54,6 +54,17 @@ reaches no strict majority by the end of its ``vote_window`` is drawn again
 from a later round, its silent members paying the liveness penalty; only
 after ``MAX_COMMITTEE_DRAWS`` committees is a dispute INCONCLUSIVE.
 
+**A record is judged through one of its jobs.** An ``llm`` node can deviate
+on every job by less than one job's threshold, which must leave room for
+honest machines calibration never saw. ``RECORD`` evidence accuses such a
+job (one that deviates above the honest mean) on the strength of the node's
+record: the committee re-executes the job and every earlier sampled job of
+the node and model, which the ledger lists (``record``), and votes FRAUD when
+the evidence across them reaches the bound of :mod:`verifier.llm_evidence`.
+The accuser chooses only which job to accuse, never what the record holds.
+Such a dispute is judged and paid like a mismatch, except that the job's
+auditor is not held lazy for a VALID on the job alone.
+
 Offences and what they cost (each also jails the role for ``jail_period``
 rounds and counts towards its tombstone):
 
@@ -129,7 +140,7 @@ from protocol.economics import in_flight_limit, violations
 from protocol.errors import ProtocolError, ReplayedMessage
 from protocol.hashing import sha256
 from protocol.messages import Attestation, Commitment, JobRequest, Offence, Verdict
-from protocol.sampling import draw_auditor, draw_dispute_committee, sampled
+from protocol.sampling import RECORD_JOBS, draw_auditor, draw_dispute_committee, sampled
 from slashing import constants as c
 from slashing.events import (
     AccountTx,
@@ -410,6 +421,25 @@ def is_slashed_for_equivocation(state: State, node: bytes, job_id: bytes) -> boo
 def bonded_validators(state: State) -> list[bytes]:
     """Validators that may be drawn now: bonded above the minimum, not jailed, not slashed out."""
     return [a for a in state.validators if is_bonded_validator(state, a)]
+
+
+def record_key(job: Job) -> tuple[int, bytes]:
+    """Where a job stands in its node's record: the ledger's order, fixed when it was recorded."""
+    return job.recorded_round, job.job_id
+
+
+def record_of(state: State, job_id: bytes, limit: int = RECORD_JOBS) -> list[bytes]:
+    """A ``RECORD`` dispute's record: the last ``limit`` sampled jobs (zk jobs aside) of the
+    job's node and model recorded before it, oldest first. The ledger fixes it, so neither
+    the accuser nor the node chooses what the committee judges."""
+    job = get_job(state, job_id)
+    before = record_key(job)
+    earlier = sorted(
+        (record_key(other), other.job_id) for other in state.jobs.values()
+        if other.node == job.node and other.model_id == job.model_id and other.sampled
+        and not other.zk and record_key(other) < before
+    )
+    return [j for _, j in earlier[-limit:]] if limit > 0 else []
 
 
 def dispute_outcome(dispute: Dispute) -> Verdict:
@@ -881,8 +911,11 @@ def resolve_dispute(
         )
         for accuser in dispute.accusers:
             increase_balance(state, accuser, dispute.bond)
-        # Whoever called it VALID was wrong: the auditor, and members outvoted
-        wrong = [v for v, verdict in job.attestations if verdict is Verdict.VALID]
+        # Whoever called it VALID was wrong: the auditor, and members outvoted. On the record,
+        # the auditor judged the job alone, as it must, and the job alone may pass: only the
+        # members, who were given the record, were wrong
+        wrong = [] if dispute.on_record else [
+            v for v, verdict in job.attestations if verdict is Verdict.VALID]
         wrong += [v.validator for v in dispute.votes if v.verdict is Verdict.VALID]
         for validator in dict.fromkeys(wrong):
             taken = punish(state, params, validator, c.VALIDATOR, params.lazy_validator_slash,
@@ -1426,6 +1459,13 @@ def process_mismatch(state: State, params: LedgerParams, event: Accuse) -> None:
     beacon round, keyed by the job alone, so no accuser can choose it by when
     or as whom it accuses, and an early accusation shields nothing: every
     later accuser joins the same dispute.
+
+    ``RECORD`` evidence passes the same checks and opens the same kind of
+    dispute, marked :attr:`Dispute.on_record`: its committee judges the job
+    with the node's audited record, which the ledger fixes (every sampled job
+    of the node and model, in order), so no accuser chooses what is judged.
+    A dispute keeps the kind it was opened with; an accusation of the other
+    kind joins it as it is.
     """
     evidence = event.evidence_message
     accused = event.accused_commitment
@@ -1502,6 +1542,7 @@ def process_mismatch(state: State, params: LedgerParams, event: Accuse) -> None:
             opened_round=state.current_round,
             accusers=(),
             bond=params.accuser_bond,
+            on_record=evidence.offence is Offence.RECORD,
         )
         # Verify enough validators besides the node and the accusers could sit on a committee
         candidates = committee_candidates(state, job, evolve(dispute, accusers=(accuser,)))
@@ -1523,6 +1564,7 @@ def process_mismatch(state: State, params: LedgerParams, event: Accuse) -> None:
 OFFENCE_PROCESSORS: Mapping[Offence, Callable[[State, LedgerParams, Accuse], None]] = {
     Offence.EQUIVOCATION: process_equivocation,
     Offence.MISMATCH: process_mismatch,
+    Offence.RECORD: process_mismatch,
 }
 
 

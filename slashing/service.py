@@ -43,7 +43,13 @@ framed requests, each a map ``{"op", fields…}`` checked whole before use
 ``job_data`` (job_id)
     a pending job's signed request and commitment as the log recorded them,
     and its output if it was posted (:mod:`slashing.job_records`): validators
-    re-execute from these, not from what the node sends.
+    re-execute from these, not from what the node sends. The newest settled
+    sampled jobs of each node and model are kept too, for records
+    (``pending`` false).
+``record`` (job_id)
+    the node's record before the job, as a ``RECORD`` dispute over it is
+    judged (:func:`slashing.rules.record_of`): the ids of the node's last
+    sampled jobs of the model, oldest first.
 ``jobs_since`` (after)
     the commitments recorded after log row ``after``, read from the log, so a
     validator that missed their gossip (or was down) can catch up.
@@ -110,7 +116,7 @@ from slashing import (
 from slashing import constants as c
 from slashing.events import AccountTx, Event, decode_event
 from slashing.job_records import JobRecords
-from slashing.rules import is_bonded, open_dispute_of
+from slashing.rules import is_bonded, open_dispute_of, record_of
 from slashing.settlement import Settlement
 from slashing.state import JobStatus, State
 from slashing.transactions import ACCOUNT_TRANSACTIONS
@@ -393,8 +399,11 @@ class LedgerService:
             return wire.ok_response(found=False)
         served = self.records.served(request["job_id"])
         extra = {"output": served} if served is not None else {}
+        job = self.ledger.state.jobs.get(request["job_id"])
         return wire.ok_response(found=True, request=record.request,
-                                commitment=record.commitment, **extra)
+                                commitment=record.commitment,
+                                pending=job is not None and job.status is JobStatus.PENDING,
+                                **extra)
 
     def _dispute(self, request: dict[str, Any]) -> bytes:
         dispute = self.ledger.state.disputes.get(request["dispute_id"])
@@ -405,8 +414,14 @@ class LedgerService:
             opened_round=dispute.opened_round, drawn_round=dispute.drawn_round or 0,
             drawn=dispute.drawn_round is not None, accusers=list(dispute.accusers),
             open=dispute.is_open, outcome=str(dispute.outcome or ""),
-            voted=list(dispute.voters()),
+            voted=list(dispute.voters()), on_record=dispute.on_record,
         )
+
+    def _record(self, request: dict[str, Any]) -> bytes:
+        """The record a ``RECORD`` dispute over the job is judged on (:func:`record_of`)."""
+        if request["job_id"] not in self.ledger.state.jobs:
+            return wire.ok_response(found=False, jobs=[])
+        return wire.ok_response(found=True, jobs=record_of(self.ledger.state, request["job_id"]))
 
     def _duties(self, request: dict[str, Any]) -> bytes:
         """The audits and committee votes the ledger awaits from ``validator``, at most
@@ -542,9 +557,11 @@ def offences(state: State, account: bytes) -> list[dict[str, Any]]:
         job = state.jobs[dispute.job_id]
         if dispute.outcome is Verdict.FRAUD:
             if dispute.node == account:
-                out.append({"kind": "fraud", "role": c.NODE, "job_id": dispute.job_id,
-                            "evidence": dispute.dispute_id})
-            wrong = {v for v, verdict in job.attestations if verdict is Verdict.VALID}
+                out.append({"kind": "record" if dispute.on_record else "fraud", "role": c.NODE,
+                            "job_id": dispute.job_id, "evidence": dispute.dispute_id})
+            # on a record, the auditor's VALID on the job alone is not wrong (the rules')
+            wrong = set() if dispute.on_record else {
+                v for v, verdict in job.attestations if verdict is Verdict.VALID}
             wrong |= {v.validator for v in dispute.votes if v.verdict is Verdict.VALID}
             if account in wrong:
                 out.append({"kind": "wrong_valid", "role": c.VALIDATOR,
@@ -641,6 +658,7 @@ OPS: Mapping[str, Op] = {
     "job": Op({"job_id": _ID}, _query(LedgerService._job)),
     "job_data": Op({"job_id": _ID}, _query(LedgerService._job_data)),
     "dispute": Op({"dispute_id": _ID}, _query(LedgerService._dispute)),
+    "record": Op({"job_id": _ID}, _query(LedgerService._record)),
     "duties": Op({"validator": _ID}, _query(LedgerService._duties)),
     "open_challenges": Op({"node": _ID}, _query(LedgerService._open_challenges)),
     "beacon": Op({"round": schema.uint}, _query(LedgerService._beacon)),

@@ -441,7 +441,7 @@ class Vote:
 
 @dataclass(frozen=True)
 class Dispute:
-    """Every MISMATCH accusation against one job, and the committee that decides them.
+    """Every MISMATCH or RECORD accusation against one job, and the committee that decides them.
 
     One per job, whoever accuses: later accusers join it. Its committee is
     drawn from the value of a round revealed after it opened (and drawn again,
@@ -468,6 +468,9 @@ class Dispute:
     outcome: Verdict | None = None
     """None while open; FRAUD, VALID or INCONCLUSIVE once resolved."""
     closed_round: int | None = None
+    on_record: bool = False
+    """Opened by ``RECORD`` evidence: the committee judges the job with the node's audited
+    record, and a FRAUD outcome does not hold the job's auditor lazy for its VALID."""
 
     @property
     def is_open(self) -> bool:

@@ -39,6 +39,7 @@ from protocol.net.ledger_replies import (
     Offence,
     Status,
     parse_duties,
+    parse_record,
 )
 from protocol.net.metrics import Metrics
 from slashing import Ledger, LedgerParams
@@ -207,9 +208,43 @@ def test_job_data_reports_and_served_outputs(tmp_path: Path) -> None:
         ledger.advance_round()
     withheld_job = JobInfo.parse(ask(ledger, op="job", job_id=withheld.job_id))
     assert withheld_job.status == "refunded" and withheld_job.reported
-    assert not JobData.parse(ask(ledger, op="job_data", job_id=withheld.job_id)).found
+    kept = JobData.parse(ask(ledger, op="job_data", job_id=withheld.job_id))
+    assert kept.found and not kept.pending  # kept for records, audited no more
     offences = Offence.parse_list(ask(ledger, op="offences", account=NODE.public.raw))
     assert [(o.kind, o.job_id) for o in offences] == [("unavailable", withheld.job_id)]
+
+
+def test_record_lists_the_nodes_sampled_jobs_and_keeps_them_once_final(tmp_path: Path) -> None:
+    """``record``: the ids a ``RECORD`` dispute over a job is judged on, the node's sampled jobs
+    of the model recorded before it, oldest first; their data stays served once they are final,
+    marked not pending, so a committee can re-execute them."""
+    ledger = bonded(tmp_path)
+    made = []
+    for nonce in range(1, 5):
+        request, commitment = job(ledger, nonce, Tensor("float32", (1, 2), bytes(8)))
+        ask(ledger, NODE, op="record_job", request=request.encode(),
+            commitment=commitment.encode())
+        made.append(commitment)
+        ledger.advance_round()
+    for _ in range(40):
+        ledger.advance_round()  # every job final: silent audits run out their draws
+    statuses = {JobInfo.parse(ask(ledger, op="job", job_id=c.job_id)).status for c in made}
+    assert "pending" not in statuses
+    listed = parse_record(ask(ledger, op="record", job_id=made[-1].job_id))
+    assert listed == [c.job_id for c in made[:-1]]
+    assert parse_record(ask(ledger, op="record", job_id=made[0].job_id)) == []
+    for commitment in made:
+        data = JobData.parse(ask(ledger, op="job_data", job_id=commitment.job_id))
+        assert data.found and not data.pending and data.commitment == commitment.encode()
+    # a job the ledger never recorded has no record; a malformed id is refused by name
+    assert parse_record(ask(ledger, op="record", job_id=sha256(b"unknown"))) == []
+    with pytest.raises(MalformedMessage, match="job_id"):
+        ask(ledger, op="record", job_id=b"short")
+    # a hostile ledger's reply: too long, or listing a job twice, is refused
+    with pytest.raises(MalformedMessage, match="at most 128 items"):
+        parse_record({"jobs": [sha256(bytes([i % 256, i // 256])) for i in range(200)]})
+    with pytest.raises(MalformedMessage, match="twice"):
+        parse_record({"jobs": [made[0].job_id, made[0].job_id]})
 
 
 def test_can_pay_counts_the_fees_a_node_holds_back(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from protocol.net import schema
 from protocol.net.backoff import Backoff
 from protocol.net.ledger_replies import (
     AccountInfo,
+    DisputeInfo,
     JobData,
     JobInfo,
     Status,
@@ -67,6 +68,18 @@ def test_ledger_replies_are_checked_field_by_field() -> None:
     with pytest.raises(MalformedMessage, match="field 'request'"):
         JobData.parse({"found": True, "commitment": b"c"})
     assert JobData.parse({"found": True, "request": b"r", "commitment": b"c"}).output is None
+    # a job kept for records is not pending; a reply without the field (an older ledger) is
+    assert JobData.parse({"found": True, "request": b"r", "commitment": b"c"}).pending
+    assert not JobData.parse({"found": True, "request": b"r", "commitment": b"c",
+                              "pending": False}).pending
+    with pytest.raises(MalformedMessage, match="field 'pending'"):
+        JobData.parse({"found": True, "request": b"r", "commitment": b"c", "pending": "no"})
+    dispute = {"found": True, "job_id": bytes(32), "accusers": [], "committee": [],
+               "drawn_round": 0, "open": True, "outcome": "", "voted": []}
+    assert not DisputeInfo.parse(dispute).on_record
+    assert DisputeInfo.parse({**dispute, "on_record": True}).on_record
+    with pytest.raises(MalformedMessage, match="field 'on_record'"):
+        DisputeInfo.parse({**dispute, "on_record": 1})
     with pytest.raises(MalformedMessage, match="ledger status: field 'nodes'"):
         Status.parse({"round": 1, "beacon_key": b"k", "chain_id": bytes(32), "audit_window": 1,
                       "vote_window": 1,

@@ -48,6 +48,7 @@ from protocol.net.ledger_replies import (
     parse_challenges,
     parse_duties,
     parse_payable,
+    parse_record,
 )
 
 log = logging.getLogger("assay.net")
@@ -128,6 +129,10 @@ class LedgerClient:
 
     async def dispute(self, dispute_id: bytes, timeout: float = 10.0) -> DisputeInfo:
         return DisputeInfo.parse(await self.call("dispute", timeout, dispute_id=dispute_id))
+
+    async def record(self, job_id: bytes, timeout: float = 10.0) -> list[bytes]:
+        """The node's record before the job (:func:`slashing.rules.record_of`), oldest first."""
+        return parse_record(await self.call("record", timeout, job_id=job_id))
 
     async def duties(self, validator: bytes) -> tuple[list[Duty], list[Duty]]:
         """The audits and committee votes the ledger awaits from ``validator``."""

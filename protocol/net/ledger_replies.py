@@ -27,6 +27,7 @@ from protocol.net.schema import (
     text,
     uint,
 )
+from protocol.sampling import RECORD_JOBS
 
 MAX_LISTED = 100_000
 """Most keys a reply may list (staked nodes, validators, committee members)."""
@@ -153,6 +154,8 @@ class JobData:
     request: bytes = b""
     commitment: bytes = b""
     output: bytes | None = None
+    pending: bool = True
+    """False for a settled or refunded job the ledger keeps for records: audit it no more."""
 
     @classmethod
     def parse(cls, reply: Mapping[str, Any]) -> JobData:
@@ -161,7 +164,8 @@ class JobData:
             return cls(found=False)
         return cls(found=True, request=get(reply, "request", blob, w),
                    commitment=get(reply, "commitment", blob, w),
-                   output=get_optional(reply, "output", blob, w))
+                   output=get_optional(reply, "output", blob, w),
+                   pending=get_optional(reply, "pending", boolean, w) is not False)
 
 
 @dataclass(frozen=True)
@@ -236,6 +240,8 @@ class DisputeInfo:
     open: bool = False
     outcome: str = ""
     voted: tuple[bytes, ...] = ()
+    on_record: bool = False
+    """Opened by ``RECORD`` evidence: members judge the job with the node's record."""
 
     @classmethod
     def parse(cls, reply: Mapping[str, Any]) -> DisputeInfo:
@@ -248,6 +254,7 @@ class DisputeInfo:
             committee=tuple(get(reply, "committee", _keys, w)),
             drawn_round=get(reply, "drawn_round", uint, w), open=get(reply, "open", boolean, w),
             outcome=get(reply, "outcome", text, w), voted=tuple(get(reply, "voted", _keys, w)),
+            on_record=get_optional(reply, "on_record", boolean, w) or False,
         )
 
 
@@ -308,6 +315,15 @@ class Offence:
                        get(value, "evidence", digest_or_empty, where))
 
         return get(reply, "offences", items(one, MAX_LISTED), w)
+
+
+def parse_record(reply: Mapping[str, Any]) -> list[bytes]:
+    """The ids of a job's record (:func:`slashing.rules.record_of`), oldest first; empty for a
+    job the ledger does not know. A record longer than ``RECORD_JOBS`` is refused."""
+    jobs = get(reply, "jobs", items(digest, RECORD_JOBS), "ledger record")
+    if len(set(jobs)) != len(jobs):
+        raise MalformedMessage("ledger record: a job is listed twice")
+    return jobs
 
 
 def parse_payable(reply: Mapping[str, Any]) -> tuple[bool, str]:

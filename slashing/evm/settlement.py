@@ -32,6 +32,8 @@ chain; at start, rounds the log has and the chain lacks are verified and
 processed first. Zk models and ``INVALID_PROOF`` and equivocation
 evidence are not carried: the chain judges those from leaves and a verifier
 contract that this relay does not post (it logs that it skipped them).
+``RECORD`` evidence is not carried either: the contracts do not yet judge a
+dispute on a node's record, so such a dispute is decided on the log only.
 """
 
 from __future__ import annotations
@@ -344,8 +346,10 @@ class ChainSettlement:
     def _accuse(self, event: Accuse) -> None:
         evidence = event.evidence_message
         if evidence.offence is not Offence.MISMATCH:
-            log.info("not settled on chain: %s evidence on job %s (the chain takes it as two "
-                     "posted leaves)", evidence.offence, evidence.job_id.hex()[:16])
+            log.info("not settled on chain: %s evidence on job %s (%s)", evidence.offence,
+                     evidence.job_id.hex()[:16],
+                     "the contracts judge no record" if evidence.offence is Offence.RECORD
+                     else "the chain takes it as two posted leaves")
             return
         observed = evidence.observed_hash or NO_HASH  # an llm audit's evidence names none
         self._send(f"accusation on job {evidence.job_id.hex()[:16]}…", lambda: self.chain.accuse(
