@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +22,7 @@ import torch
 import trio
 from hypothesis import strategies as st
 from libp2p.peer.peerinfo import info_from_p2p_addr
+from torch import nn
 
 from protocol import codec
 from protocol.beacon import DevnetBeacon
@@ -34,7 +35,9 @@ from protocol.net.host import PeerHost
 from protocol.net.identity import peer_address, public_key_of
 from protocol.net.ledger_client import LedgerClient
 from protocol.net.metrics import Metrics
+from protocol.sampling import PPM
 from prover import zoo
+from prover.adversary import SubstituteModel
 from prover.model_store import save_model
 from prover.node import (
     InferenceNode,
@@ -230,6 +233,8 @@ async def network(tmp: Path, nursery: trio.Nursery,
                   round_seconds: float = 0.5, node_settings: dict[str, Any] | None = None,
                   funded: Sequence[bytes] = (), cheaters: Sequence[int] = (),
                   registry: ModelRegistry | None = None,
+                  substitutes: Callable[[dict[bytes, nn.Module]], dict[bytes, nn.Module]]
+                  | None = None,
                   **params: int) -> AsyncIterator[Network]:
     """Ledger, nodes and validators on loopback, all bonded and ready when this yields.
 
@@ -239,8 +244,9 @@ async def network(tmp: Path, nursery: trio.Nursery,
     machine; the fraud slash is the largest the stake-at-risk bound allows,
     1 000 at p = 1). Nodes bond ``NODE_STAKE``, room for 200 jobs in flight.
     The nodes numbered in ``cheaters`` run a changed model on every job,
-    exact, tensor or llm (as a devnet cheater does). ``registry`` replaces
-    the zoo's MLP and GPT-2.
+    exact, tensor or llm (as a devnet cheater does), or the models
+    ``substitutes`` makes of the honest ones. ``registry`` replaces the zoo's
+    MLP and GPT-2.
     """
     node_keys = [SigningKey.derive(f"net/node/{i}") for i in range(len(node_classes))]
     validator_keys = [SigningKey.derive(f"net/validator/{i}")
@@ -269,7 +275,10 @@ async def network(tmp: Path, nursery: trio.Nursery,
         tensors = load_registered_tensors(registry)
         modules = {**models, **{m: llm.module for m, (llm, _) in llms.items()},
                    **{m: t.module for m, t in tensors.items()}}
-        cheat = build_cheat(modules, 1.0, i) if i in cheaters else None
+        cheat: SubstituteModel | None = None
+        if i in cheaters:
+            cheat = (build_cheat(modules, 1.0, i) if substitutes is None
+                     else SubstituteModel(substitutes(modules), PPM, i))
         node = InferenceNode(key, models, cheat=cheat, llms=llms, tensors=tensors)
         config = NodeConfig(ledger=address, http_port=free_port(), fee=FEE,
                             **{"stake": NODE_STAKE, **(node_settings or {})})

@@ -4,10 +4,11 @@ The attack: a node serves GPT-2 with its weights rounded to 9 bits, in bfloat16.
 score under the per-job line — each alone VALID or INCONCLUSIVE — but above what honest
 variation gives, on every job. The validator, accumulating its audits, must flag it within
 the bounded number of audits the bet predicts, and from then on never vouch VALID for its
-deviating jobs; it must not accuse on the record (a committee judges one job alone and would
-slash the accuser); an honest node audited as often, across batch and kernel variation, must
-never be flagged; withholding outputs must not wash a
-cheater's evidence away, and a committee vote must not count as an audit.
+deviating jobs; without the node's record it must not accuse on its own audits (a committee
+cannot take its word for them: ``tests/test_llm_record.py`` accuses on the record); an honest
+node audited as often, across batch and kernel variation, must never be flagged; withholding
+outputs must not wash a cheater's evidence away, and a committee vote must not count as an
+audit.
 """
 
 from __future__ import annotations

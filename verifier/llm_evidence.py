@@ -51,15 +51,40 @@ has not made yet.
 :class:`verifier.validator.Validator` keeps this evidence for every node it
 audits: only jobs it actually re-executed count (a job it could not judge, or
 whose output the node withheld, adds nothing, so withholding cannot drain the
-evidence), and while a node's wealth is at or above ``1 / ALPHA`` every audited
-job of that node scoring above ``μ₀`` is FRAUD.
+evidence).
+
+**From evidence to a slash.** One validator's audits are its own: a committee
+cannot take its word for their scores, and the validator chose nothing about
+them but could have kept quiet about the ones that cleared the node. So a
+validator never accuses on its own audits. Once they raise the node's wealth
+to ``RECORD_TRIGGER`` (a tenth of the bound in log terms) it reads the node's
+*record* from the ledger: the last :data:`protocol.sampling.RECORD_JOBS`
+sampled jobs of the node and model before the job in hand, in the ledger's
+order, which neither it nor the node chose. It re-executes them (scores are
+kept, so each job is scored once) and runs the same test over them and the job
+(:func:`record_evidence`). If the wealth at the job reaches the bound with
+``ACCUSE_MARGIN`` to spare and the job itself scores above ``μ₀``, it accuses
+the job with ``RECORD`` evidence, and the committee, reading the same record,
+votes by :func:`record_verdict`: FRAUD at the bound, the job's own verdict
+when the record stays below half of it in log terms, INCONCLUSIVE between.
+
+The record's test is the one above on a sequence the ledger fixed: whichever
+job is accused, the wealth at it is the largest of the wealths started at
+each of the ``RECORD_JOBS`` jobs before it, so the chance that an honest
+node's record ever stands at the bound is again at most ``N · ALPHA`` over
+``N`` sampled jobs. Jobs a member cannot judge (nobody served their output)
+add nothing, which can only lower the wealth. An accused node has every
+sampled job judged, not one validator's share of them, so a cheat is caught
+in about :func:`audits_to_flag` of its *sampled* jobs.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from protocol.messages import Verdict
 from prover.llm.job import Tolerances
 
 ALPHA = 1e-10
@@ -72,6 +97,13 @@ MARGIN = 0.75
 MAX_MU0 = 0.8
 """At most ``verifier.llm.SUSPICIOUS``: a mean score above it is suspicious on its own."""
 LOG_THRESHOLD = math.log(1 / ALPHA)
+RECORD_TRIGGER = LOG_THRESHOLD / 10
+"""The log-wealth in a validator's own audits of a node from which it reads the node's record
+(an honest node's wealth started at one audit reaches it with probability at most 10 %; what
+that costs an honest node is only the validator's time)."""
+ACCUSE_MARGIN = math.log(100)
+"""How far past the bound, in log-wealth, a record must stand before its validator accuses:
+a committee member's machine scores each job a little differently."""
 
 
 def honest_mean_bound(tolerances: Tolerances) -> float:
@@ -122,3 +154,31 @@ def audits_to_flag(mean_score: float, mu0: float) -> float:
 def false_positive_bound(audits: int) -> float:
     """The most probability that an honest node is flagged within ``audits`` audits."""
     return min(1.0, audits * ALPHA)
+
+
+def record_evidence(scores: Sequence[float | None], mu0: float) -> NodeEvidence:
+    """The test run over a record's scores in the ledger's order, the accused job last; ``None``
+    (a job that could not be judged) adds nothing."""
+    evidence = NodeEvidence()
+    for score in scores:
+        if score is not None:
+            evidence = accumulate(evidence, score, mu0)
+    return evidence
+
+
+def record_verdict(evidence: NodeEvidence, job: Verdict, job_score: float, mu0: float
+                   ) -> tuple[Verdict, str]:
+    """A committee member's vote on a ``RECORD`` dispute, from the record's evidence (the job
+    last), the job's own verdict and score: FRAUD when the job alone is FRAUD, or when it
+    deviates above ``μ₀`` and the record stands at the bound; the job's own verdict when the
+    record stays under half of the bound in log terms; INCONCLUSIVE between."""
+    if job is Verdict.FRAUD:
+        return Verdict.FRAUD, "the job alone is FRAUD"
+    summary = (f"log-wealth {evidence.log_wealth:.1f} over {evidence.audits} judged jobs of the "
+               f"record against an honest mean score ≤ {mu0:.3f} (bound {LOG_THRESHOLD:.1f}); "
+               f"the job scores {job_score:.3f}")
+    if evidence.log_wealth >= LOG_THRESHOLD and job_score > mu0:
+        return Verdict.FRAUD, "the record deviates persistently: " + summary
+    if evidence.log_wealth < LOG_THRESHOLD / 2:
+        return job, "the record does not reach the bound: " + summary
+    return Verdict.INCONCLUSIVE, "the record is near the bound: " + summary

@@ -28,6 +28,8 @@ class Check:
     reason: str
     observed_hash: bytes  # the output hash the validator computed; b"" when it computed none
     seconds: float  # wall time spent re-executing
+    on_record: bool = False
+    """FRAUD on the node's record (``RECORD`` evidence), not on the job alone."""
 
 
 def check_exact(

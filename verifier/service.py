@@ -33,6 +33,15 @@ a fresh deadline); if it does not, the ledger slashes it S and refunds the
 client. A duty that cannot be done while it is still awaited is answered
 INCONCLUSIVE, which slashes nobody and spares the liveness penalty.
 
+**A record is read from the ledger.** An audit of a node whose jobs deviate
+persistently in this validator's audits (:meth:`Validator.wants_record`), and
+a vote on a ``RECORD`` dispute, are given the node's record: the job ids the
+ledger lists (``record``), each job's request and commitment from the
+ledger, and its output from the ledger, the node or the validators that
+audited it (every audited ``llm`` output is kept in the journal and served
+on the job-data protocol to staked validators), for ``RECORD_FETCH_S`` at
+most. A job whose output nobody serves adds nothing to the record.
+
 A committee member needs the same tokens, and the rules take no report while
 a dispute is open. The output is self-authenticating (it must hash to the
 committed output hash), so it may come from anyone who holds it: the member
@@ -106,7 +115,7 @@ from protocol.net.metrics import Metrics
 from protocol.net.standing import Standing
 from protocol.net.supervise import keep_running
 from prover.zk import file_sha256
-from verifier.validator import Validator
+from verifier.validator import RecordJob, Validator
 
 log = logging.getLogger("assay.validator")
 
@@ -135,6 +144,9 @@ ANSWER_MARGIN = 2
 accusers' copy): the ledger's round is known to a status refresh late. Reporting early costs
 an honest node nothing but posting its output."""
 SERVED_POLL_S = 0.5
+RECORD_FETCH_S = 60.0
+"""How long a record's outputs are fetched for before its remaining jobs are judged without
+them (they add nothing)."""
 READY_REFRESH_S = 1.0
 
 
@@ -375,12 +387,18 @@ class ValidatorService:
                 # still awaited: INCONCLUSIVE never slashes, and answering spares the penalty
                 return self._keep(work, ATTEST, self.validator.inconclusive(
                     work.commitment, work.beacon_round, str(exc)), b"")
+        on_record = work.kind == VOTE and (await self.ledger.dispute(work.dispute_id)).on_record
+        record: list[RecordJob] | None = None
+        if on_record or (work.kind == AUDIT
+                         and self.validator.wants_record(request, work.commitment)):
+            record = await self._record(work.commitment)
         started = time.perf_counter()
         async with self._cpu:
             if work.kind == AUDIT:
                 flagged = set(self.validator.flagged())
                 finding: Attestation | Evidence = await trio.to_thread.run_sync(
-                    self.validator.audit, request, work.commitment, work.beacon_round, output
+                    self.validator.audit, request, work.commitment, work.beacon_round, output,
+                    record,
                 )
                 now = self.validator.flagged()
                 self.metrics.flagged.set(len(now))
@@ -391,17 +409,19 @@ class ValidatorService:
                                     finding, Evidence) else finding.reason)
             else:
                 finding = await trio.to_thread.run_sync(
-                    self.validator.vote, request, work.commitment, work.beacon_round, output
+                    self.validator.vote, request, work.commitment, work.beacon_round, output,
+                    record, on_record,
                 )
                 self.metrics.votes.inc()
         self.metrics.verify_latency.observe(time.perf_counter() - started)
+        if output is not None and work.kind == AUDIT:
+            # a committee may need it from us: over this job, or over a record that holds it
+            self.journal.record(OUTPUT, work.commitment.job_id, codec.encode(output))
         if isinstance(finding, Evidence):
             self.metrics.mismatches.inc()
             self.metrics.verified.labels("FRAUD").inc()
             if finding.offence is Offence.INVALID_PROOF:
                 return self._keep(work, ACCUSE_INVALID_PROOF, finding, request.encode())
-            if output is not None:  # the committee may need it from us (module docstring)
-                self.journal.record(OUTPUT, work.commitment.job_id, codec.encode(output))
             return self._keep(work, ACCUSE, finding, b"")
         self.metrics.verified.labels(str(finding.verdict)).inc()
         return self._keep(work, ATTEST, finding, b"")
@@ -419,7 +439,7 @@ class ValidatorService:
         """The job's signed request as the ledger recorded it, or None once the job is final."""
         job_id = work.commitment.job_id
         data = await self.ledger.job_data(job_id)
-        if not data.found:
+        if not data.found or not data.pending:
             log.info("job %s is no longer pending on the ledger; nothing to %s", job_id.hex()[:16],
                      work.kind)
             return None
@@ -464,6 +484,48 @@ class ValidatorService:
                          work.commitment.job_id.hex()[:16], accuser.hex()[:16], exc)
         raise OutputUnavailable("neither the node nor an accuser served the job's output to "
                                 "this committee member, and it is not on the ledger")
+
+    async def _record(self, commitment: Commitment) -> list[RecordJob]:
+        """The node's record before this job, as the ledger lists it, each job with the output
+        its node served: from the ledger, the node or the validators that audited it (a job
+        whose score this validator keeps needs none). Fetching stops after
+        ``RECORD_FETCH_S``; a job whose output nobody served in time adds nothing."""
+        give_up = trio.current_time() + RECORD_FETCH_S
+        found: list[RecordJob] = []
+        for job_id in await self.ledger.record(commitment.job_id):
+            data = await self.ledger.job_data(job_id)
+            if not data.found:
+                continue  # forgotten by the ledger's index: it adds nothing
+            request = JobRequest.decode(data.request).verify()
+            recorded = Commitment.decode(data.commitment)
+            if request.job_id != job_id or recorded.job_id != job_id:
+                raise MalformedMessage("ledger job_data: a record's job is another job")
+            output: Tensor | None = None
+            if not self.validator.has_score(recorded):
+                if data.output is not None:
+                    output = _posted_output(data.output, recorded)
+                elif trio.current_time() < give_up:
+                    output = await self._record_output(recorded)
+            found.append(RecordJob(request, recorded, output))
+        return found
+
+    async def _record_output(self, commitment: Commitment) -> Tensor | None:
+        """A record job's output: kept from this validator's own audit, else from its node,
+        then from each validator that attested it."""
+        kept = self.journal.get(OUTPUT, commitment.job_id)
+        if kept is not None:
+            return schema.tensor("kept output", codec.decode(kept[0]))
+        job = await self.ledger.job(commitment.job_id)
+        for peer in dict.fromkeys((commitment.node, *job.attested_by, job.auditor)):
+            if not peer or peer == self.me:
+                continue
+            try:
+                return await self.fetch_output(commitment, peer)
+            except ProtocolError as exc:
+                self.metrics.fetch_failures.labels(drop_reason(exc)).inc()
+                log.info("fetching the output of record job %s from %s failed: %s",
+                         commitment.job_id.hex()[:16], peer.hex()[:16], exc)
+        return None
 
     def _answer_by(self, work: Work, job: JobInfo) -> int:
         """The last round this duty may be answered in: the auditor's deadline (and the job's
@@ -541,8 +603,9 @@ class ValidatorService:
             await trio.sleep(SERVED_POLL_S)
 
     async def handle_job_data(self, data: bytes, sender: bytes) -> bytes:
-        """The output of a job this validator accused, to a staked validator (a committee
-        member the node withholds it from); nothing else is served."""
+        """The output of an ``llm`` job this validator audited, to a staked validator (a
+        committee member the node withholds it from, over the job or a record that holds it);
+        nothing else is served."""
         request = schema.check_map(
             wire.decode_map(data, wire.MAX_REQUEST_BYTES[wire.PROTOCOL_JOB_DATA]), "job data",
             {"job_id": schema.digest})

@@ -11,10 +11,14 @@ is judged in is the one this validator's registry gives its model, never the
 ``mode`` the node wrote. For ``llm`` jobs it also keeps evidence across each
 node's audits (:mod:`verifier.llm_evidence`): a node whose audited jobs
 deviate persistently, each under one job's threshold, is flagged once the
-evidence reaches its bound (:meth:`Validator.flagged`). A flagged node's jobs
-that score above the honest mean are INCONCLUSIVE, never FRAUD: a dispute
-committee re-executes one job alone, so an accusation resting on the audit
-record would be voted VALID and cost this validator its slash. ``zk``
+evidence reaches its bound (:meth:`Validator.flagged`). From a lower level of
+that evidence (:meth:`Validator.wants_record`) an audit is given the node's
+record, the earlier sampled jobs the ledger lists, and a job that deviates
+above the honest mean on a record that stands at the bound is accused with
+``RECORD`` evidence; without the record, or short of it, such a job is
+INCONCLUSIVE, never FRAUD, for one job's deviation is not enough. A member of
+a ``RECORD`` dispute's committee is given the same record and votes by it
+(:func:`verifier.llm_evidence.record_verdict`). ``zk``
 commitments are checked by their proof (:mod:`verifier.zk`), every one of
 them, and a failing proof is ``INVALID_PROOF`` evidence that needs no committee. As a member
 of a dispute committee it re-executes the same way and signs its vote as an
@@ -23,7 +27,8 @@ attestation, whatever the verdict.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -31,16 +36,38 @@ from torch import nn
 from protocol.codec import Tensor
 from protocol.keys import SigningKey
 from protocol.messages import Attestation, Commitment, Evidence, JobRequest, Offence, Verdict
-from prover.llm.job import DEFAULT_CALIBRATION, Calibration, parse_job
+from prover.llm.job import DEFAULT_CALIBRATION, Calibration, LLMJobError, parse_job
 from prover.llm.model import LLM
 from prover.node import EXACT_MODE
 from prover.runtime import DeterministicRuntime
 from prover.tensor import TENSOR_MODE, TensorModel
 from verifier.llm import LLM_MODE, LLMCheck, verify_generation
-from verifier.llm_evidence import LOG_THRESHOLD, NodeEvidence, accumulate, honest_mean_bound
+from verifier.llm_evidence import (
+    ACCUSE_MARGIN,
+    LOG_THRESHOLD,
+    RECORD_TRIGGER,
+    NodeEvidence,
+    accumulate,
+    honest_mean_bound,
+    record_evidence,
+    record_verdict,
+)
 from verifier.reexecute import Check, check_exact
 from verifier.tensor import check_tensor
 from verifier.zk import ZK_MODE, ZkKey, check_zk
+
+SCORES_KEPT = 65_536
+"""Scores of judged ``llm`` jobs kept (by commitment), so a record re-executes only new jobs."""
+
+
+@dataclass(frozen=True)
+class RecordJob:
+    """One job of a node's record as the ledger lists it, with the output its node served
+    (``None`` when nobody served it: the job adds nothing)."""
+
+    request: JobRequest
+    commitment: Commitment
+    output: Tensor | None
 
 
 @dataclass
@@ -71,6 +98,9 @@ class Validator:
         self.stats = ValidatorStats()
         self.evidence: dict[tuple[bytes, bytes, str], NodeEvidence] = {}
         """Per (node, model, dtype): the evidence of this validator's ``llm`` audits."""
+        self.scores: OrderedDict[bytes, float | None] = OrderedDict()
+        """Per commitment: the score of an ``llm`` job this validator judged (None: it could
+        not judge it), the newest ``SCORES_KEPT``."""
 
     @property
     def validator_id(self) -> bytes:
@@ -91,10 +121,10 @@ class Validator:
 
     def _check(
         self, request: JobRequest, commitment: Commitment, output: Tensor | None,
-        audit: bool = False,
+        audit: bool = False, record: Sequence[RecordJob] | None = None, on_record: bool = False,
     ) -> Check:
         """Judge one job; an audit (not a vote) adds an ``llm`` job's score to the node's
-        evidence."""
+        evidence, and ``record`` (the node's earlier sampled jobs) is judged with it."""
         mode = self.mode_of(request, commitment)
         if mode == ZK_MODE:
             check = check_zk(request, commitment, self.zk_keys.get(request.model_id))
@@ -103,7 +133,7 @@ class Validator:
                                   self.runtime.threads)
             check = Check(judged.verdict, judged.reason, b"", judged.seconds)
         elif mode == LLM_MODE:
-            check = self._check_llm(request, commitment, output, audit)
+            check = self._check_llm(request, commitment, output, audit, record, on_record)
         else:
             model = self.models.get(request.model_id)
             check = check_exact(request, commitment, model, self.runtime)
@@ -112,29 +142,104 @@ class Validator:
         return check
 
     def _check_llm(self, request: JobRequest, commitment: Commitment, output: Tensor | None,
-                   audit: bool) -> Check:
-        """One job's check, then the node's evidence: only jobs this validator scored count."""
+                   audit: bool, record: Sequence[RecordJob] | None, on_record: bool) -> Check:
+        """One job's check, then the node's evidence: only jobs this validator scored count.
+
+        An audit adds the job to this validator's evidence; given the node's ``record`` it
+        returns FRAUD (to be sent as ``RECORD`` evidence) when the record stands at the bound
+        with ``ACCUSE_MARGIN`` to spare and the job deviates above ``μ₀``. A vote on a
+        ``RECORD`` dispute (``on_record``) is decided by the record.
+        """
         llm, calibration = self.llms.get(request.model_id, (None, DEFAULT_CALIBRATION))
         judged: LLMCheck = verify_generation(request, commitment, output, llm, calibration,
                                              threads=self.runtime.threads)
         check = Check(judged.verdict, judged.reason, b"", judged.seconds)
-        if not judged.judged or judged.verdict is Verdict.FRAUD:
+        self._keep_score(commitment, judged)
+        if not judged.judged:
             return check
         dtype = parse_job(request).dtype  # a judged job's parameters parsed
         mu0 = honest_mean_bound(calibration.for_dtype(dtype))
+        if on_record:
+            evidence = self._record(request, commitment, record or (), dtype, mu0, judged.score)
+            verdict, why = record_verdict(evidence, judged.verdict, judged.score, mu0)
+            return Check(verdict, f"{why} ({judged.reason})", b"", judged.seconds)
+        if judged.verdict is Verdict.FRAUD:
+            return check
         key = (commitment.node, request.model_id, dtype)
         evidence = self.evidence.get(key, NodeEvidence())
         if audit:
             evidence = accumulate(evidence, judged.score, mu0)
             self.evidence[key] = evidence
-        if evidence.standing and judged.score > mu0:
-            return Check(Verdict.INCONCLUSIVE, (
-                f"node flagged by evidence across {evidence.audits} audits of its {dtype} jobs: "
-                f"log-wealth {evidence.log_wealth:.1f} ≥ {LOG_THRESHOLD:.1f} against an honest "
-                f"mean score ≤ {mu0:.3f}, and this job scores {judged.score:.3f} "
-                f"({judged.reason}); not accused: a committee judges this one job alone"),
-                b"", judged.seconds)
-        return check
+        if judged.score <= mu0 or (not evidence.standing and record is None):
+            return check
+        if record is not None:
+            on = self._record(request, commitment, record, dtype, mu0, judged.score)
+            if on.log_wealth >= LOG_THRESHOLD + ACCUSE_MARGIN:
+                return Check(Verdict.FRAUD, (
+                    f"the node's record deviates persistently: log-wealth {on.log_wealth:.1f} "
+                    f"≥ {LOG_THRESHOLD:.1f} + {ACCUSE_MARGIN:.1f} over {on.audits} judged "
+                    f"{dtype} jobs of its record, against an honest mean score ≤ {mu0:.3f}, and "
+                    f"this job scores {judged.score:.3f} ({judged.reason})"), b"", judged.seconds,
+                    on_record=True)
+            if not evidence.standing:
+                return check
+        return Check(Verdict.INCONCLUSIVE, (
+            f"node flagged by evidence across {evidence.audits} audits of its {dtype} jobs: "
+            f"log-wealth {evidence.log_wealth:.1f} ≥ {LOG_THRESHOLD:.1f} against an honest "
+            f"mean score ≤ {mu0:.3f}, and this job scores {judged.score:.3f} "
+            f"({judged.reason}); not accused: its record does not stand at the bound"),
+            b"", judged.seconds)
+
+    def _keep_score(self, commitment: Commitment, judged: LLMCheck) -> None:
+        self.scores[commitment.content_id] = judged.score if judged.judged else None
+        self.scores.move_to_end(commitment.content_id)
+        while len(self.scores) > SCORES_KEPT:
+            self.scores.popitem(last=False)
+
+    def _record(self, request: JobRequest, commitment: Commitment, record: Sequence[RecordJob],
+                dtype: str, mu0: float, score: float) -> NodeEvidence:
+        """The evidence over the node's record, this job last. Only the record's jobs of the same
+        node, model and dtype count, each judged once (its score is kept)."""
+        scores: list[float | None] = []
+        for job in record:
+            if (job.commitment.node != commitment.node
+                    or job.request.model_id != request.model_id
+                    or job.commitment.job_id in (commitment.job_id, b"")
+                    or job.request.content_id != job.commitment.job_id):
+                continue
+            try:
+                if parse_job(job.request).dtype != dtype:
+                    continue
+            except LLMJobError:
+                continue
+            kept = self.scores.get(job.commitment.content_id, -1.0)
+            if kept == -1.0 or (kept is None and job.output is not None):
+                llm, calibration = self.llms.get(request.model_id, (None, DEFAULT_CALIBRATION))
+                judged = verify_generation(job.request, job.commitment, job.output, llm,
+                                           calibration, threads=self.runtime.threads)
+                self.stats.seconds += judged.seconds
+                self._keep_score(job.commitment, judged)
+                kept = judged.score if judged.judged else None
+            scores.append(kept)
+        scores.append(score)
+        return record_evidence(scores, mu0)
+
+    def has_score(self, commitment: Commitment) -> bool:
+        """Whether this validator keeps a score for the job: a record need not fetch its output."""
+        return self.scores.get(commitment.content_id) is not None
+
+    def wants_record(self, request: JobRequest, commitment: Commitment) -> bool:
+        """Whether an audit of this job should be given the node's record: an ``llm`` job of a
+        (node, model, dtype) whose evidence in this validator's audits reached
+        ``RECORD_TRIGGER``."""
+        if self.mode_of(request, commitment) != LLM_MODE:
+            return False
+        try:
+            dtype = parse_job(request).dtype
+        except LLMJobError:
+            return False
+        key = (commitment.node, request.model_id, dtype)
+        return self.evidence.get(key, NodeEvidence()).log_wealth >= RECORD_TRIGGER
 
     def flagged(self) -> list[tuple[bytes, bytes, str]]:
         """The (node, model, dtype) whose ``llm`` audits stand flagged by the evidence now."""
@@ -151,19 +256,22 @@ class Validator:
         commitment: Commitment,
         beacon_round: int,
         output: Tensor | None = None,
+        record: Sequence[RecordJob] | None = None,
     ) -> Attestation | Evidence:
         """Re-execute a sampled job; FRAUD becomes evidence, anything else an attestation.
 
-        ``output`` is the output the node served (needed for ``llm`` jobs).
+        ``output`` is the output the node served (needed for ``llm`` jobs); ``record`` the
+        node's record as the ledger lists it, with outputs, when :meth:`wants_record` asks.
         """
         self.stats.audited += 1
-        check = self._check(request, commitment, output, audit=True)
+        check = self._check(request, commitment, output, audit=True, record=record)
         if check.verdict is Verdict.FRAUD:
             self.stats.mismatches += 1
+            mode = self.mode_of(request, commitment)
             return Evidence(
                 offence=(
-                    Offence.INVALID_PROOF
-                    if self.mode_of(request, commitment) == ZK_MODE
+                    Offence.INVALID_PROOF if mode == ZK_MODE
+                    else Offence.RECORD if check.on_record
                     else Offence.MISMATCH
                 ),
                 job_id=commitment.job_id,
@@ -182,10 +290,13 @@ class Validator:
         commitment: Commitment,
         beacon_round: int,
         output: Tensor | None = None,
+        record: Sequence[RecordJob] | None = None,
+        on_record: bool = False,
     ) -> Attestation:
-        """A committee member's independent re-execution, signed whatever it finds."""
+        """A committee member's independent re-execution, signed whatever it finds; in a
+        ``RECORD`` dispute (``on_record``) judged with the node's ``record``."""
         self.stats.votes += 1
-        check = self._check(request, commitment, output)
+        check = self._check(request, commitment, output, record=record, on_record=on_record)
         return self._attestation(commitment, check, beacon_round)
 
     def inconclusive(self, commitment: Commitment, beacon_round: int, reason: str
