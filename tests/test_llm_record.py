@@ -6,7 +6,9 @@ that accused on its own audits would be slashed. Judged on the node's record —
 sampled jobs the ledger lists — the committee must vote FRAUD, and the auditor, once its own
 audits point at the node, must accuse with ``RECORD`` evidence. An honest node's record, across
 batch and kernel variation, must never bring a record accusation or a FRAUD vote. A record
-padded with jobs that are not the node's model's must count none of them.
+padded with jobs that are not the node's model's must count none of them. A member that could
+not judge the whole record (outputs withheld, or no time left in the vote window) must never
+vote VALID, which would have it held lazy when outvoted, and must stop scoring in time.
 """
 
 from __future__ import annotations
@@ -20,7 +22,13 @@ from prover.llm.generate import LLM, generate
 from prover.llm.job import LLMJob
 from tests.test_llm_evidence_audits import MODEL_ID, calibration, gpt2, jobs
 from tests.test_llm_verify import commit, quantized
-from verifier.llm_evidence import LOG_THRESHOLD, audits_to_flag, honest_mean_bound
+from verifier.llm_evidence import (
+    LOG_THRESHOLD,
+    NodeEvidence,
+    audits_to_flag,
+    honest_mean_bound,
+    record_verdict,
+)
 from verifier.validator import RecordJob, Validator
 
 AUDITOR = SigningKey.derive("test/llm/record/auditor")
@@ -120,3 +128,54 @@ def test_an_honest_record_is_never_accused_and_never_voted_fraud() -> None:
     assert "does not reach the bound" in verdict.reason
     log_wealth = float(verdict.reason.split("log-wealth ")[1].split(" ")[0])
     assert log_wealth < LOG_THRESHOLD / 4
+
+
+def test_a_record_not_judged_whole_is_never_voted_valid() -> None:
+    """A member that could not score every job of the record (the node withheld outputs, or the
+    vote window ran short) may have missed what its fellow members saw: it votes INCONCLUSIVE,
+    never VALID, so it is never outvoted into a lazy slash; it never sits silent past the
+    window either (scoring stops when told to give up)."""
+    honest = gpt2()
+    record = served(honest, jobs(7000, 8)) + served(honest, jobs(7008, 8), "eager")
+    job, earlier = record[-1], record[:-1]
+    withheld = [RecordJob(r.request, r.commitment, None) for r in earlier]
+    member = validator(MEMBER)
+    no_outputs = vote(member, job, withheld)
+    assert no_outputs.verdict is Verdict.INCONCLUSIVE, no_outputs.reason
+    assert "15 jobs of the record could not be judged" in no_outputs.reason
+    late = validator(SigningKey.derive("test/llm/record/late"))
+    asked = []
+
+    def give_up() -> bool:
+        asked.append(1)
+        return len(asked) > 5  # time for five jobs, then the window is nearly out
+
+    out_of_time = late.vote(job.request, job.commitment, 1, job.output, earlier, True, give_up)
+    assert out_of_time.verdict is Verdict.INCONCLUSIVE, out_of_time.reason
+    assert sum(late.has_score(r.commitment) for r in earlier) == 5
+    assert all(late.has_score(r.commitment) for r in earlier[-5:])  # newest first
+    # the same member, its scores kept, judges the whole record next time: VALID
+    whole = late.vote(job.request, job.commitment, 1, job.output, earlier, True,
+                      lambda: len(asked) > 5 + 10)
+    assert whole.verdict is Verdict.VALID, whole.reason
+
+
+def test_the_record_verdict_table() -> None:
+    mu0 = 0.2
+    standing = NodeEvidence(audits=80, log_wealth=LOG_THRESHOLD + 1,
+                            peak_log_wealth=LOG_THRESHOLD + 1)
+    near = NodeEvidence(audits=80, log_wealth=LOG_THRESHOLD * 0.75, peak_log_wealth=20.0)
+    low = NodeEvidence(audits=80, log_wealth=1.0, peak_log_wealth=3.0)
+    cases = [
+        (standing, Verdict.VALID, 0.5, 0, Verdict.FRAUD),
+        (standing, Verdict.VALID, 0.1, 0, Verdict.INCONCLUSIVE),  # this job is not deviating
+        (near, Verdict.VALID, 0.5, 0, Verdict.INCONCLUSIVE),
+        (low, Verdict.VALID, 0.5, 0, Verdict.VALID),
+        (low, Verdict.VALID, 0.5, 3, Verdict.INCONCLUSIVE),
+        (low, Verdict.INCONCLUSIVE, 0.5, 0, Verdict.INCONCLUSIVE),
+        (low, Verdict.FRAUD, 2.0, 0, Verdict.FRAUD),
+        (standing, Verdict.VALID, 0.5, 7, Verdict.FRAUD),  # what was judged suffices
+    ]
+    for evidence, job, score, missing, expected in cases:
+        assert record_verdict(evidence, job, score, mu0, missing)[0] is expected, (
+            evidence, job, score, missing)

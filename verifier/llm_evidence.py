@@ -67,6 +67,13 @@ kept, so each job is scored once) and runs the same test over them and the job
 the job with ``RECORD`` evidence, and the committee, reading the same record,
 votes by :func:`record_verdict`: FRAUD at the bound, the job's own verdict
 when the record stays below half of it in log terms, INCONCLUSIVE between.
+A member that could not judge every job of the record (nobody served an
+output, or the vote window left no time to score it) never votes VALID.
+Scoring stops a round before the duty's deadline, so a member is never
+silent for it; a member whose scores are not kept from its own audits may
+not finish a long record of a large model within a short vote window, and
+then votes INCONCLUSIVE: the window must fit the record
+(``RECORD_JOBS`` re-executions) for a committee to decide it.
 
 The record's test is the one above on a sequence the ledger fixed: whichever
 job is accused, the wealth at it is the largest of the wealths started at
@@ -166,12 +173,15 @@ def record_evidence(scores: Sequence[float | None], mu0: float) -> NodeEvidence:
     return evidence
 
 
-def record_verdict(evidence: NodeEvidence, job: Verdict, job_score: float, mu0: float
-                   ) -> tuple[Verdict, str]:
+def record_verdict(evidence: NodeEvidence, job: Verdict, job_score: float, mu0: float,
+                   missing: int = 0) -> tuple[Verdict, str]:
     """A committee member's vote on a ``RECORD`` dispute, from the record's evidence (the job
     last), the job's own verdict and score: FRAUD when the job alone is FRAUD, or when it
     deviates above ``μ₀`` and the record stands at the bound; the job's own verdict when the
-    record stays under half of the bound in log terms; INCONCLUSIVE between."""
+    record stays under half of the bound in log terms; INCONCLUSIVE between. With ``missing``
+    jobs of the record not judged (no output served, or no time to score them) the record
+    may hold more than was seen, so it is never VALID: a member outvoted by members who saw
+    the whole record would be held lazy."""
     if job is Verdict.FRAUD:
         return Verdict.FRAUD, "the job alone is FRAUD"
     summary = (f"log-wealth {evidence.log_wealth:.1f} over {evidence.audits} judged jobs of the "
@@ -180,5 +190,8 @@ def record_verdict(evidence: NodeEvidence, job: Verdict, job_score: float, mu0: 
     if evidence.log_wealth >= LOG_THRESHOLD and job_score > mu0:
         return Verdict.FRAUD, "the record deviates persistently: " + summary
     if evidence.log_wealth < LOG_THRESHOLD / 2:
+        if missing and job is Verdict.VALID:
+            return Verdict.INCONCLUSIVE, (f"{missing} jobs of the record could not be judged, "
+                                          "and those judged do not reach the bound: " + summary)
         return job, "the record does not reach the bound: " + summary
     return Verdict.INCONCLUSIVE, "the record is near the bound: " + summary

@@ -389,16 +389,23 @@ class ValidatorService:
                     work.commitment, work.beacon_round, str(exc)), b"")
         on_record = work.kind == VOTE and (await self.ledger.dispute(work.dispute_id)).on_record
         record: list[RecordJob] | None = None
+        give_up: Callable[[], bool] | None = None
         if on_record or (work.kind == AUDIT
                          and self.validator.wants_record(request, work.commitment)):
-            record = await self._record(work.commitment)
+            # fetched and scored only while a round is left before the duty's deadline
+            answer_by = self._answer_by(work, await self.ledger.job(work.commitment.job_id))
+
+            def give_up() -> bool:
+                return self.ledger.round >= answer_by - 1
+
+            record = await self._record(work.commitment, give_up)
         started = time.perf_counter()
         async with self._cpu:
             if work.kind == AUDIT:
                 flagged = set(self.validator.flagged())
                 finding: Attestation | Evidence = await trio.to_thread.run_sync(
                     self.validator.audit, request, work.commitment, work.beacon_round, output,
-                    record,
+                    record, give_up,
                 )
                 now = self.validator.flagged()
                 self.metrics.flagged.set(len(now))
@@ -410,7 +417,7 @@ class ValidatorService:
             else:
                 finding = await trio.to_thread.run_sync(
                     self.validator.vote, request, work.commitment, work.beacon_round, output,
-                    record, on_record,
+                    record, on_record, give_up,
                 )
                 self.metrics.votes.inc()
         self.metrics.verify_latency.observe(time.perf_counter() - started)
@@ -485,12 +492,15 @@ class ValidatorService:
         raise OutputUnavailable("neither the node nor an accuser served the job's output to "
                                 "this committee member, and it is not on the ledger")
 
-    async def _record(self, commitment: Commitment) -> list[RecordJob]:
+    async def _record(self, commitment: Commitment, give_up: Callable[[], bool]
+                      ) -> list[RecordJob]:
         """The node's record before this job, as the ledger lists it, each job with the output
         its node served: from the ledger, the node or the validators that audited it (a job
-        whose score this validator keeps needs none). Fetching stops after
-        ``RECORD_FETCH_S``; a job whose output nobody served in time adds nothing."""
-        give_up = trio.current_time() + RECORD_FETCH_S
+        whose score this validator keeps needs none). Outputs are fetched for
+        ``RECORD_FETCH_S`` at most, and not once ``give_up`` says the duty's time is nearly
+        out; a job without one is not judged (a vote on a record not judged whole is never
+        VALID)."""
+        stop_at = trio.current_time() + RECORD_FETCH_S
         found: list[RecordJob] = []
         for job_id in await self.ledger.record(commitment.job_id):
             data = await self.ledger.job_data(job_id)
@@ -504,7 +514,7 @@ class ValidatorService:
             if not self.validator.has_score(recorded):
                 if data.output is not None:
                     output = _posted_output(data.output, recorded)
-                elif trio.current_time() < give_up:
+                elif trio.current_time() < stop_at and not give_up():
                     output = await self._record_output(recorded)
             found.append(RecordJob(request, recorded, output))
         return found

@@ -28,7 +28,7 @@ attestation, whatever the verdict.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -56,6 +56,8 @@ from verifier.reexecute import Check, check_exact
 from verifier.tensor import check_tensor
 from verifier.zk import ZK_MODE, ZkKey, check_zk
 
+GiveUp = Callable[[], bool]
+"""Asked before each record job is scored: True once the duty's time is nearly out."""
 SCORES_KEPT = 65_536
 """Scores of judged ``llm`` jobs kept (by commitment), so a record re-executes only new jobs."""
 
@@ -122,6 +124,7 @@ class Validator:
     def _check(
         self, request: JobRequest, commitment: Commitment, output: Tensor | None,
         audit: bool = False, record: Sequence[RecordJob] | None = None, on_record: bool = False,
+        give_up: GiveUp | None = None,
     ) -> Check:
         """Judge one job; an audit (not a vote) adds an ``llm`` job's score to the node's
         evidence, and ``record`` (the node's earlier sampled jobs) is judged with it."""
@@ -133,7 +136,8 @@ class Validator:
                                   self.runtime.threads)
             check = Check(judged.verdict, judged.reason, b"", judged.seconds)
         elif mode == LLM_MODE:
-            check = self._check_llm(request, commitment, output, audit, record, on_record)
+            check = self._check_llm(request, commitment, output, audit, record, on_record,
+                                    give_up)
         else:
             model = self.models.get(request.model_id)
             check = check_exact(request, commitment, model, self.runtime)
@@ -142,7 +146,8 @@ class Validator:
         return check
 
     def _check_llm(self, request: JobRequest, commitment: Commitment, output: Tensor | None,
-                   audit: bool, record: Sequence[RecordJob] | None, on_record: bool) -> Check:
+                   audit: bool, record: Sequence[RecordJob] | None, on_record: bool,
+                   give_up: GiveUp | None) -> Check:
         """One job's check, then the node's evidence: only jobs this validator scored count.
 
         An audit adds the job to this validator's evidence; given the node's ``record`` it
@@ -160,8 +165,9 @@ class Validator:
         dtype = parse_job(request).dtype  # a judged job's parameters parsed
         mu0 = honest_mean_bound(calibration.for_dtype(dtype))
         if on_record:
-            evidence = self._record(request, commitment, record or (), dtype, mu0, judged.score)
-            verdict, why = record_verdict(evidence, judged.verdict, judged.score, mu0)
+            evidence, missing = self._record(request, commitment, record or (), dtype, mu0,
+                                             judged.score, give_up)
+            verdict, why = record_verdict(evidence, judged.verdict, judged.score, mu0, missing)
             return Check(verdict, f"{why} ({judged.reason})", b"", judged.seconds)
         if judged.verdict is Verdict.FRAUD:
             return check
@@ -173,7 +179,7 @@ class Validator:
         if judged.score <= mu0 or (not evidence.standing and record is None):
             return check
         if record is not None:
-            on = self._record(request, commitment, record, dtype, mu0, judged.score)
+            on, _ = self._record(request, commitment, record, dtype, mu0, judged.score, give_up)
             if on.log_wealth >= LOG_THRESHOLD + ACCUSE_MARGIN:
                 return Check(Verdict.FRAUD, (
                     f"the node's record deviates persistently: log-wealth {on.log_wealth:.1f} "
@@ -197,10 +203,13 @@ class Validator:
             self.scores.popitem(last=False)
 
     def _record(self, request: JobRequest, commitment: Commitment, record: Sequence[RecordJob],
-                dtype: str, mu0: float, score: float) -> NodeEvidence:
-        """The evidence over the node's record, this job last. Only the record's jobs of the same
-        node, model and dtype count, each judged once (its score is kept)."""
-        scores: list[float | None] = []
+                dtype: str, mu0: float, score: float, give_up: GiveUp | None
+                ) -> tuple[NodeEvidence, int]:
+        """The evidence over the node's record, this job last, and how many of its jobs could
+        not be judged. Only the record's jobs of the same node, model and dtype count, each
+        judged once (its score is kept); new ones are scored newest first until ``give_up``
+        says the duty's time is nearly out."""
+        mine = []
         for job in record:
             if (job.commitment.node != commitment.node
                     or job.request.model_id != request.model_id
@@ -212,17 +221,28 @@ class Validator:
                     continue
             except LLMJobError:
                 continue
+            mine.append(job)
+        scores: list[float | None] = []
+        missing = 0
+        for job in reversed(mine):
             kept = self.scores.get(job.commitment.content_id, -1.0)
-            if kept == -1.0 or (kept is None and job.output is not None):
+            fresh = kept == -1.0 or (kept is None and job.output is not None)
+            if fresh and (give_up is None or not give_up()):
                 llm, calibration = self.llms.get(request.model_id, (None, DEFAULT_CALIBRATION))
                 judged = verify_generation(job.request, job.commitment, job.output, llm,
                                            calibration, threads=self.runtime.threads)
                 self.stats.seconds += judged.seconds
                 self._keep_score(job.commitment, judged)
                 kept = judged.score if judged.judged else None
+            elif fresh:
+                kept = None
+            if kept is None or kept == -1.0:
+                missing += 1
+                kept = None
             scores.append(kept)
+        scores.reverse()
         scores.append(score)
-        return record_evidence(scores, mu0)
+        return record_evidence(scores, mu0), missing
 
     def has_score(self, commitment: Commitment) -> bool:
         """Whether this validator keeps a score for the job: a record need not fetch its output."""
@@ -257,14 +277,17 @@ class Validator:
         beacon_round: int,
         output: Tensor | None = None,
         record: Sequence[RecordJob] | None = None,
+        give_up: GiveUp | None = None,
     ) -> Attestation | Evidence:
         """Re-execute a sampled job; FRAUD becomes evidence, anything else an attestation.
 
         ``output`` is the output the node served (needed for ``llm`` jobs); ``record`` the
-        node's record as the ledger lists it, with outputs, when :meth:`wants_record` asks.
+        node's record as the ledger lists it, with outputs, when :meth:`wants_record` asks;
+        ``give_up`` says when the time left for the duty is too short to score more of it.
         """
         self.stats.audited += 1
-        check = self._check(request, commitment, output, audit=True, record=record)
+        check = self._check(request, commitment, output, audit=True, record=record,
+                            give_up=give_up)
         if check.verdict is Verdict.FRAUD:
             self.stats.mismatches += 1
             mode = self.mode_of(request, commitment)
@@ -292,11 +315,14 @@ class Validator:
         output: Tensor | None = None,
         record: Sequence[RecordJob] | None = None,
         on_record: bool = False,
+        give_up: GiveUp | None = None,
     ) -> Attestation:
         """A committee member's independent re-execution, signed whatever it finds; in a
-        ``RECORD`` dispute (``on_record``) judged with the node's ``record``."""
+        ``RECORD`` dispute (``on_record``) judged with the node's ``record``, scored until
+        ``give_up`` (a record not judged whole is never voted VALID)."""
         self.stats.votes += 1
-        check = self._check(request, commitment, output, record=record, on_record=on_record)
+        check = self._check(request, commitment, output, record=record, on_record=on_record,
+                            give_up=give_up)
         return self._attestation(commitment, check, beacon_round)
 
     def inconclusive(self, commitment: Commitment, beacon_round: int, reason: str
