@@ -21,7 +21,10 @@ a running batch mid-generation and leaving as they finish.
 
 ``evidence`` accumulates each attack's per-job scores as a validator would
 across a node's audits (:mod:`verifier.llm_evidence`) and reports how many
-audits flag it, beside the honest jobs' accumulated evidence.
+audits flag it, beside the honest jobs' accumulated evidence; its ``record``
+reads the same scores as a ``RECORD`` dispute does (records drawn from the
+measured jobs): how many sampled jobs until the node is accused on its
+record, and how many of its jobs a committee then votes FRAUD.
 
 TOPLOC (arXiv 2501.16007, package ``toploc``, built from source) runs on the
 same jobs' hidden states with its published thresholds when it is installed.
@@ -32,7 +35,9 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import platform
+import random
 import resource
 import statistics
 import subprocess
@@ -52,6 +57,7 @@ sys.path.insert(0, str(ROOT))
 from protocol.codec import Tensor  # noqa: E402
 from protocol.keys import SigningKey  # noqa: E402
 from protocol.messages import Commitment, JobRequest, Verdict  # noqa: E402
+from protocol.sampling import RECORD_JOBS  # noqa: E402
 from prover import zoo  # noqa: E402
 from prover.llm.commit import package  # noqa: E402
 from prover.llm.engine import Generated  # noqa: E402
@@ -74,14 +80,18 @@ from verifier.calibrate import (  # noqa: E402
 )
 from verifier.llm import LLMCheck, verify_generation  # noqa: E402
 from verifier.llm_evidence import (  # noqa: E402
+    ACCUSE_MARGIN,
     ALPHA,
     AUDITS_PER_YEAR,
+    BET,
     LOG_THRESHOLD,
     NodeEvidence,
     accumulate,
     audits_to_flag,
     false_positive_bound,
     honest_mean_bound,
+    record_evidence,
+    record_verdict,
 )
 
 SMOLLM2 = "smollm2-135m-instruct"
@@ -613,6 +623,7 @@ def run_evidence(cal: Calibration, honest: dict[str, list[LLMCheck]],
             for x in scores:
                 cheat = accumulate(cheat, x, mu0)
             not_fraud = [c for c in checks if c.verdict is not Verdict.FRAUD]
+            record = record_of_attack(checks, mu0)
             per_attack[attack] = {
                 "jobs": len(checks),
                 "not_fraud_per_job": len(not_fraud),
@@ -620,8 +631,10 @@ def run_evidence(cal: Calibration, honest: dict[str, list[LLMCheck]],
                 "expected_audits_to_flag": audits_to_flag(statistics.mean(scores), mu0),
                 "flagged_within_these_jobs": cheat.flagged,
                 "log_wealth": cheat.log_wealth,
+                "record": record,
             }
         honest_scores = [min(c.score, 1.0) for c in honest[dtype]]
+        honest_record = record_of_attack(honest[dtype], mu0) if honest[dtype] else None
         out[dtype] = {
             "mu0": mu0,
             "alpha": ALPHA,
@@ -630,10 +643,61 @@ def run_evidence(cal: Calibration, honest: dict[str, list[LLMCheck]],
             "honest": {"jobs": evidence.audits, "flagged": evidence.flagged,
                        "mean_score": statistics.mean(honest_scores) if honest_scores else None,
                        "peak_log_wealth": evidence.peak_log_wealth,
-                       "log_threshold": LOG_THRESHOLD},
+                       "log_threshold": LOG_THRESHOLD, "record": honest_record},
             "attacks": per_attack,
         }
     return out
+
+
+RECORD_DRAWS = 200
+"""Orders in which a node's record is drawn from one attack's measured jobs."""
+
+
+def record_of_attack(checks: list[LLMCheck], mu0: float) -> dict[str, object]:
+    """What a ``RECORD`` dispute does to a node that runs these jobs, every one sampled: its
+    record is drawn from the measured jobs (with replacement, ``RECORD_DRAWS`` times), and at
+    each job the accuser's line (the test over the record, the job last, at the bound plus
+    ``ACCUSE_MARGIN``) and a committee member's vote are read as :mod:`verifier.validator`
+    reads them, with the record capped at ``RECORD_JOBS``. Reports the sampled jobs until the
+    first accusation (median and 90th percentile; ``None`` when a draw never reaches it within
+    ``4 · RECORD_JOBS`` jobs) and, once the record stands, the share of the measured jobs a
+    committee votes FRAUD on."""
+    rng = random.Random(2024)
+    scores = [min(c.score, 1.0) for c in checks]
+    gains = [math.log1p(BET / mu0 * (x - mu0)) for x in scores]
+    line = LOG_THRESHOLD + ACCUSE_MARGIN
+    assert record_evidence(scores[:1], mu0).log_wealth == max(0.0, gains[0])
+    to_accuse: list[float] = []
+    for _ in range(RECORD_DRAWS):
+        drawn = [rng.randrange(len(checks)) for _ in range(4 * RECORD_JOBS)]
+        # the test over jobs lo..k, wealth never below 1, is P[k+1] − min(P[lo..k+1])
+        prefix = [0.0]
+        for i in drawn:
+            prefix.append(prefix[-1] + gains[i])
+        found = math.inf
+        for k, i in enumerate(drawn):
+            log_wealth = prefix[k + 1] - min(prefix[max(0, k - RECORD_JOBS):k + 2])
+            if scores[i] > mu0 and log_wealth >= line:
+                found = k + 1
+                break
+        to_accuse.append(found)
+    # a committee's votes on each measured job, given a record standing at the accuser's line
+    standing = NodeEvidence(audits=RECORD_JOBS, log_wealth=LOG_THRESHOLD + ACCUSE_MARGIN,
+                            peak_log_wealth=LOG_THRESHOLD + ACCUSE_MARGIN)
+    votes = [record_verdict(standing, c.verdict, min(c.score, 1.0), mu0)[0] for c in checks]
+    finite = sorted(to_accuse)
+    return {
+        "draws": RECORD_DRAWS,
+        "record_jobs": RECORD_JOBS,
+        "accused_in_draws": sum(1 for x in to_accuse if x != math.inf),
+        "sampled_jobs_to_accuse_median": (None if finite[len(finite) // 2] == math.inf
+                                          else finite[len(finite) // 2]),
+        "sampled_jobs_to_accuse_p90": (None if finite[int(len(finite) * 0.9)] == math.inf
+                                       else finite[int(len(finite) * 0.9)]),
+        "fraud_once_standing": sum(v is Verdict.FRAUD for v in votes),
+        "inconclusive_once_standing": sum(v is Verdict.INCONCLUSIVE for v in votes),
+        "jobs": len(checks),
+    }
 
 
 COST_KINDS = {"greedy": (0, 0, 1_000_000), "t1": (1000, 0, 1_000_000),
@@ -724,9 +788,18 @@ def print_table(result: dict[str, object]) -> None:
               f"{model['evidence']['bfloat16']['honest']['flagged']}")
         for attack, row in model["evidence"]["bfloat16"]["attacks"].items():
             if row["not_fraud_per_job"]:
+                rec = row["record"]
                 print(f"    {attack:<30} not FRAUD per job {row['not_fraud_per_job']}/"
                       f"{row['jobs']}, mean score {row['mean_score']:.3f}, expected audits "
-                      f"to flag {row['expected_audits_to_flag']:.1f}")
+                      f"to flag {row['expected_audits_to_flag']:.1f}; on its record: accused "
+                      f"after {rec['sampled_jobs_to_accuse_median']} sampled jobs (p90 "
+                      f"{rec['sampled_jobs_to_accuse_p90']}, {rec['accused_in_draws']}/"
+                      f"{rec['draws']} draws), then FRAUD on {rec['fraud_once_standing']}/"
+                      f"{rec['jobs']} jobs")
+        honest_record = model["evidence"]["bfloat16"]["honest"]["record"]
+        if honest_record:
+            print(f"    honest jobs on a record: accused in {honest_record['accused_in_draws']}/"
+                  f"{honest_record['draws']} draws")
         speedup = model["cost"]["verify_speedup_by_kind"]
         print(f"  verification speed-up by length and kind: {speedup}")
 

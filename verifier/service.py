@@ -507,7 +507,7 @@ class ValidatorService:
             if not data.found:
                 continue  # forgotten by the ledger's index: it adds nothing
             request = JobRequest.decode(data.request).verify()
-            recorded = Commitment.decode(data.commitment)
+            recorded = Commitment.decode(data.commitment).verify()
             if request.job_id != job_id or recorded.job_id != job_id:
                 raise MalformedMessage("ledger job_data: a record's job is another job")
             output: Tensor | None = None
