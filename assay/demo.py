@@ -797,7 +797,8 @@ def run_zk_demo(jobs: int = 4, seed: int = 7, workdir: Path | None = None) -> Zk
             chain_id = ledger.state.chain_id
             assert chain_id is not None
             summary.forger_stake_before = ledger.state.accounts[forger.node_id].node.amount
-            honest_balance = ledger.state.accounts[honest.node_id].balance
+            start = ledger.state.accounts[honest.node_id]
+            honest_balance = start.balance + start.locked_total
             cheap = small_mlp(seed + 50, SMALL_MLP_CONFIG)
             last_proof: dict[bytes, bytes] = {}
             served: list[tuple[JobRequest, Commitment, bool]] = []
@@ -863,7 +864,9 @@ def run_zk_demo(jobs: int = 4, seed: int = 7, workdir: Path | None = None) -> Zk
                 forger_stake.jailed_until is not None
                 and state.current_round < forger_stake.jailed_until
             )
-            summary.honest_earnings = state.accounts[honest.node_id].balance - honest_balance
+            # earnings are locked (slashable) for the unbonding period once a job settles
+            end = state.accounts[honest.node_id]
+            summary.honest_earnings = end.balance + end.locked_total - honest_balance
             summary.honest_stake_lost = NODE_BOND - state.accounts[honest.node_id].node.amount
             summary.supply_conserved = state.total_supply() == state.minted
             summary.ledger_events = ledger.verify()
