@@ -158,6 +158,9 @@ def test_a_record_not_judged_whole_is_never_voted_valid() -> None:
     whole = late.vote(job.request, job.commitment, 1, job.output, earlier, True,
                       lambda: len(asked) > 5 + 10)
     assert whole.verdict is Verdict.VALID, whole.reason
+    # a job the ledger listed but could not give counts as not judged
+    gone = late.vote(job.request, job.commitment, 1, job.output, earlier, True, None, 1)
+    assert gone.verdict is Verdict.INCONCLUSIVE, gone.reason
 
 
 def test_the_record_verdict_table() -> None:

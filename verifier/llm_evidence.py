@@ -82,7 +82,11 @@ node's record ever stands at the bound is again at most ``N · ALPHA`` over
 ``N`` sampled jobs. Jobs a member cannot judge (nobody served their output)
 add nothing, which can only lower the wealth. An accused node has every
 sampled job judged, not one validator's share of them, so a cheat is caught
-in about :func:`audits_to_flag` of its *sampled* jobs.
+in about :func:`audits_to_flag` of its *sampled* jobs. The record's length
+bounds what it can catch: to reach the accuser's line within ``RECORD_JOBS``
+jobs a node's mean score must be about 1.5 ``μ₀`` or more
+(``log(1 + BET (μ/μ₀ − 1)) ≥ (log(1/ALPHA) + ACCUSE_MARGIN) / RECORD_JOBS``);
+a node deviating less is flagged by validators but not slashed.
 """
 
 from __future__ import annotations

@@ -389,6 +389,7 @@ class ValidatorService:
                     work.commitment, work.beacon_round, str(exc)), b"")
         on_record = work.kind == VOTE and (await self.ledger.dispute(work.dispute_id)).on_record
         record: list[RecordJob] | None = None
+        unknown = 0
         give_up: Callable[[], bool] | None = None
         if on_record or (work.kind == AUDIT
                          and self.validator.wants_record(request, work.commitment)):
@@ -398,7 +399,7 @@ class ValidatorService:
             def give_up() -> bool:
                 return self.ledger.round >= answer_by - 1
 
-            record = await self._record(work.commitment, give_up)
+            record, unknown = await self._record(work.commitment, give_up)
         started = time.perf_counter()
         async with self._cpu:
             if work.kind == AUDIT:
@@ -417,7 +418,7 @@ class ValidatorService:
             else:
                 finding = await trio.to_thread.run_sync(
                     self.validator.vote, request, work.commitment, work.beacon_round, output,
-                    record, on_record, give_up,
+                    record, on_record, give_up, unknown,
                 )
                 self.metrics.votes.inc()
         self.metrics.verify_latency.observe(time.perf_counter() - started)
@@ -493,19 +494,22 @@ class ValidatorService:
                                 "this committee member, and it is not on the ledger")
 
     async def _record(self, commitment: Commitment, give_up: Callable[[], bool]
-                      ) -> list[RecordJob]:
+                      ) -> tuple[list[RecordJob], int]:
         """The node's record before this job, as the ledger lists it, each job with the output
         its node served: from the ledger, the node or the validators that audited it (a job
-        whose score this validator keeps needs none). Outputs are fetched for
+        whose score this validator keeps needs none), and how many listed jobs the ledger
+        could not give. Newest first, as they are scored: outputs are fetched for
         ``RECORD_FETCH_S`` at most, and not once ``give_up`` says the duty's time is nearly
         out; a job without one is not judged (a vote on a record not judged whole is never
         VALID)."""
         stop_at = trio.current_time() + RECORD_FETCH_S
         found: list[RecordJob] = []
-        for job_id in await self.ledger.record(commitment.job_id):
+        unknown = 0
+        for job_id in reversed(await self.ledger.record(commitment.job_id)):
             data = await self.ledger.job_data(job_id)
             if not data.found:
-                continue  # forgotten by the ledger's index: it adds nothing
+                unknown += 1  # gone from the ledger's index: not judged
+                continue
             request = JobRequest.decode(data.request).verify()
             recorded = Commitment.decode(data.commitment).verify()
             if request.job_id != job_id or recorded.job_id != job_id:
@@ -517,7 +521,8 @@ class ValidatorService:
                 elif trio.current_time() < stop_at and not give_up():
                     output = await self._record_output(recorded)
             found.append(RecordJob(request, recorded, output))
-        return found
+        found.reverse()
+        return found, unknown
 
     async def _record_output(self, commitment: Commitment) -> Tensor | None:
         """A record job's output: kept from this validator's own audit, else from its node,

@@ -124,7 +124,7 @@ class Validator:
     def _check(
         self, request: JobRequest, commitment: Commitment, output: Tensor | None,
         audit: bool = False, record: Sequence[RecordJob] | None = None, on_record: bool = False,
-        give_up: GiveUp | None = None,
+        give_up: GiveUp | None = None, unknown: int = 0,
     ) -> Check:
         """Judge one job; an audit (not a vote) adds an ``llm`` job's score to the node's
         evidence, and ``record`` (the node's earlier sampled jobs) is judged with it."""
@@ -137,7 +137,7 @@ class Validator:
             check = Check(judged.verdict, judged.reason, b"", judged.seconds)
         elif mode == LLM_MODE:
             check = self._check_llm(request, commitment, output, audit, record, on_record,
-                                    give_up)
+                                    give_up, unknown)
         else:
             model = self.models.get(request.model_id)
             check = check_exact(request, commitment, model, self.runtime)
@@ -147,7 +147,7 @@ class Validator:
 
     def _check_llm(self, request: JobRequest, commitment: Commitment, output: Tensor | None,
                    audit: bool, record: Sequence[RecordJob] | None, on_record: bool,
-                   give_up: GiveUp | None) -> Check:
+                   give_up: GiveUp | None, unknown: int = 0) -> Check:
         """One job's check, then the node's evidence: only jobs this validator scored count.
 
         An audit adds the job to this validator's evidence; given the node's ``record`` it
@@ -167,7 +167,8 @@ class Validator:
         if on_record:
             evidence, missing = self._record(request, commitment, record or (), dtype, mu0,
                                              judged.score, give_up)
-            verdict, why = record_verdict(evidence, judged.verdict, judged.score, mu0, missing)
+            verdict, why = record_verdict(evidence, judged.verdict, judged.score, mu0,
+                                          missing + unknown)
             return Check(verdict, f"{why} ({judged.reason})", b"", judged.seconds)
         if judged.verdict is Verdict.FRAUD:
             return check
@@ -316,13 +317,15 @@ class Validator:
         record: Sequence[RecordJob] | None = None,
         on_record: bool = False,
         give_up: GiveUp | None = None,
+        unknown: int = 0,
     ) -> Attestation:
         """A committee member's independent re-execution, signed whatever it finds; in a
         ``RECORD`` dispute (``on_record``) judged with the node's ``record``, scored until
-        ``give_up`` (a record not judged whole is never voted VALID)."""
+        ``give_up`` (a record not judged whole, or with ``unknown`` jobs the ledger listed
+        but could not give, is never voted VALID)."""
         self.stats.votes += 1
         check = self._check(request, commitment, output, record=record, on_record=on_record,
-                            give_up=give_up)
+                            give_up=give_up, unknown=unknown)
         return self._attestation(commitment, check, beacon_round)
 
     def inconclusive(self, commitment: Commitment, beacon_round: int, reason: str
