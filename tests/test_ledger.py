@@ -217,15 +217,18 @@ def attest(key: SigningKey, com: Commitment, verdict: Verdict, round_number: int
     )
 
 
-def mismatch(key: SigningKey, com: Commitment, round_number: int, detail: str = "") -> Accuse:
+def mismatch(key: SigningKey, com: Commitment, round_number: int, detail: str = "",
+             offence: Offence = Offence.MISMATCH) -> Accuse:
+    """MISMATCH evidence (or ``RECORD`` evidence, which names no observed output)."""
     return Accuse(
         Evidence(
-            offence=Offence.MISMATCH,
+            offence=offence,
             job_id=com.job_id,
             accuser=pk(key),
             commitment=com.encode(),
             chain_id=com.chain_id,
-            observed_hash=sha256(b"observed" + com.job_id),
+            observed_hash=(sha256(b"observed" + com.job_id) if offence is Offence.MISMATCH
+                           else b""),
             beacon_round=round_number,
             detail=detail,
         ).signed(key).encode()

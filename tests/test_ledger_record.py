@@ -44,17 +44,7 @@ MIN_VALIDATOR = c.MIN_STAKE[c.VALIDATOR]
 
 
 def on_record(key: SigningKey, com: Commitment, round_number: int, detail: str = "") -> Accuse:
-    return Accuse(
-        Evidence(
-            offence=Offence.RECORD,
-            job_id=com.job_id,
-            accuser=pk(key),
-            commitment=com.encode(),
-            chain_id=com.chain_id,
-            beacon_round=round_number,
-            detail=detail,
-        ).signed(key).encode()
-    )
+    return mismatch(key, com, round_number, detail, Offence.RECORD)
 
 
 def other_than(world: World, com: Commitment) -> SigningKey:

@@ -8,7 +8,9 @@ no per-job accusation could slash it. The validators, each auditing its share, r
 node's record from the ledger once their own audits point at it; the first to find the record
 at the bound accuses a deviating job with ``RECORD`` evidence, and the committee (the other
 validator), reading the same record (the jobs it audited from its own journal, the rest
-fetched), confirms it. The node loses S; no validator loses anything.
+fetched), confirms it. The node loses S; no validator loses anything. The node also serves
+each output to that job's auditor only, as long as the audit is awaited: every record job a
+validator did not audit itself must come from the other validator's journal.
 
 Slow: about a hundred ``llm`` jobs through the services (a minute or two on two cores).
 """
@@ -36,6 +38,7 @@ from slashing.rules import record_of
 from tests.net_helpers import CLIENT, EXPIRY_ROUNDS, FEE, Network, network, zoo_registry
 from tests.test_llm_evidence_audits import jobs
 from tests.test_llm_verify import quantized
+from tests.test_net_adversaries import CommitteeWithholdingNode, metric_total
 from verifier.calibrate import HonestSetting, measure
 
 pytestmark = pytest.mark.slow
@@ -111,6 +114,8 @@ def test_a_node_deviating_under_the_per_job_line_is_slashed_on_its_record(
         # each accused on its record by one validator, confirmed by the other
         assert all(d.accusers and d.committee and not set(d.accusers) & set(d.committee)
                    for d in decided)
+        # the node refused the record's outputs: they came from the validators' journals
+        assert sum(metric_total(v, "assay_validator_fetch_failures") for v in net.validators) > 0
         offences = await net.client.offences(node.node.node_id)
         assert [(o.kind, o.job_id) for o in offences] == [
             (str(Offence.RECORD), d.job_id) for d in decided]  # the operator is told why
@@ -123,7 +128,8 @@ def test_a_node_deviating_under_the_per_job_line_is_slashed_on_its_record(
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             async with network(tmp_path, nursery, registry=registry, cheaters=(0,),
-                               substitutes=rounded(9), node_settings={"max_num_seqs": 8}) as net:
+                               substitutes=rounded(9), node_settings={"max_num_seqs": 8},
+                               node_classes=(CommitteeWithholdingNode,)) as net:
                 await body(net)
             nursery.cancel_scope.cancel()
         net.ledger.close()

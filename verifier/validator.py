@@ -226,8 +226,9 @@ class Validator:
         scores: list[float | None] = []
         missing = 0
         for job in reversed(mine):
-            kept = self.scores.get(job.commitment.content_id, -1.0)
-            fresh = kept == -1.0 or (kept is None and job.output is not None)
+            known = job.commitment.content_id in self.scores
+            kept = self.scores.get(job.commitment.content_id)
+            fresh = not known or (kept is None and job.output is not None)
             if fresh and (give_up is None or not give_up()):
                 llm, calibration = self.llms.get(request.model_id, (None, DEFAULT_CALIBRATION))
                 judged = verify_generation(job.request, job.commitment, job.output, llm,
@@ -236,10 +237,8 @@ class Validator:
                 self._keep_score(job.commitment, judged)
                 kept = judged.score if judged.judged else None
             elif fresh:
-                kept = None
-            if kept is None or kept == -1.0:
-                missing += 1
-                kept = None
+                kept = None  # no time left to score it
+            missing += kept is None
             scores.append(kept)
         scores.reverse()
         scores.append(score)
