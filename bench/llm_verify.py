@@ -24,7 +24,8 @@ across a node's audits (:mod:`verifier.llm_evidence`) and reports how many
 audits flag it, beside the honest jobs' accumulated evidence; its ``record``
 reads the same scores as a ``RECORD`` dispute does (records drawn from the
 measured jobs): how many sampled jobs until the node is accused on its
-record, and how many of its jobs a committee then votes FRAUD.
+record, and how many of its sampled jobs are not FRAUD (neither alone nor on
+the record), before the first accusation and after it.
 
 TOPLOC (arXiv 2501.16007, package ``toploc``, built from source) runs on the
 same jobs' hidden states with its published thresholds when it is installed.
@@ -654,48 +655,62 @@ RECORD_DRAWS = 200
 
 
 def record_of_attack(checks: list[LLMCheck], mu0: float) -> dict[str, object]:
-    """What a ``RECORD`` dispute does to a node that runs these jobs, every one sampled: its
-    record is drawn from the measured jobs (with replacement, ``RECORD_DRAWS`` times), and at
-    each job the accuser's line (the test over the record, the job last, at the bound plus
-    ``ACCUSE_MARGIN``) and a committee member's vote are read as :mod:`verifier.validator`
-    reads them, with the record capped at ``RECORD_JOBS``. Reports the sampled jobs until the
-    first accusation (median and 90th percentile; ``None`` when a draw never reaches it within
-    ``4 · RECORD_JOBS`` jobs) and, once the record stands, the share of the measured jobs a
-    committee votes FRAUD on."""
+    """What disputes do to a node that runs these jobs, every one sampled: its sampled jobs are
+    drawn from the measured jobs (with replacement, ``RECORD_DRAWS`` orders of
+    ``4 · RECORD_JOBS`` jobs each), and each job is read as :mod:`verifier.validator` reads it:
+    FRAUD alone (a per-job dispute), or accused on its record (the test over the record, the
+    job last, capped at ``RECORD_JOBS``, at the bound plus ``ACCUSE_MARGIN``; a committee
+    member reading the same scores finds the record at the bound and votes FRAUD,
+    :func:`record_verdict`), or neither: a job that escaped. Reports the sampled jobs until
+    the first accusation (median and 90th percentile; ``None`` when a draw never reaches it)
+    and how many jobs escaped per draw, before it and after it (median and largest)."""
     rng = random.Random(2024)
     scores = [min(c.score, 1.0) for c in checks]
     gains = [math.log1p(BET / mu0 * (x - mu0)) for x in scores]
     line = LOG_THRESHOLD + ACCUSE_MARGIN
     assert record_evidence(scores[:1], mu0).log_wealth == max(0.0, gains[0])
+    # a member reading the record at the accuser's line votes FRAUD on any job
+    standing = NodeEvidence(audits=RECORD_JOBS, log_wealth=line, peak_log_wealth=line)
+    assert all(record_verdict(standing, c.verdict, x, mu0)[0] is Verdict.FRAUD
+               for c, x in zip(checks, scores, strict=True))
     to_accuse: list[float] = []
+    escaped_before: list[int] = []
+    escaped_after: list[int] = []
     for _ in range(RECORD_DRAWS):
         drawn = [rng.randrange(len(checks)) for _ in range(4 * RECORD_JOBS)]
         # the test over jobs lo..k, wealth never below 1, is P[k+1] − min(P[lo..k+1])
         prefix = [0.0]
         for i in drawn:
             prefix.append(prefix[-1] + gains[i])
-        found = math.inf
+        first = math.inf
+        before = after = 0
         for k, i in enumerate(drawn):
             log_wealth = prefix[k + 1] - min(prefix[max(0, k - RECORD_JOBS):k + 2])
-            if scores[i] > mu0 and log_wealth >= line:
-                found = k + 1
-                break
-        to_accuse.append(found)
-    # a committee's votes on each measured job, given a record standing at the accuser's line
-    standing = NodeEvidence(audits=RECORD_JOBS, log_wealth=LOG_THRESHOLD + ACCUSE_MARGIN,
-                            peak_log_wealth=LOG_THRESHOLD + ACCUSE_MARGIN)
-    votes = [record_verdict(standing, c.verdict, min(c.score, 1.0), mu0)[0] for c in checks]
+            accused = log_wealth >= line
+            if accused and first == math.inf:
+                first = k + 1
+            if not accused and checks[i].verdict is not Verdict.FRAUD:
+                if first == math.inf:
+                    before += 1
+                else:
+                    after += 1
+        to_accuse.append(first)
+        escaped_before.append(before)
+        escaped_after.append(after)
     finite = sorted(to_accuse)
     return {
         "draws": RECORD_DRAWS,
         "record_jobs": RECORD_JOBS,
+        "sampled_jobs_per_draw": 4 * RECORD_JOBS,
         "accused_in_draws": sum(1 for x in to_accuse if x != math.inf),
         "sampled_jobs_to_accuse_median": (None if finite[len(finite) // 2] == math.inf
                                           else finite[len(finite) // 2]),
         "sampled_jobs_to_accuse_p90": (None if finite[int(len(finite) * 0.9)] == math.inf
                                        else finite[int(len(finite) * 0.9)]),
-        "fraud_once_standing": sum(v is Verdict.FRAUD for v in votes),
-        "inconclusive_once_standing": sum(v is Verdict.INCONCLUSIVE for v in votes),
+        "escaped_before_accusation_median": statistics.median(escaped_before),
+        "escaped_before_accusation_max": max(escaped_before),
+        "escaped_after_accusation_median": statistics.median(escaped_after),
+        "escaped_after_accusation_max": max(escaped_after),
         "jobs": len(checks),
     }
 
@@ -794,8 +809,10 @@ def print_table(result: dict[str, object]) -> None:
                       f"to flag {row['expected_audits_to_flag']:.1f}; on its record: accused "
                       f"after {rec['sampled_jobs_to_accuse_median']} sampled jobs (p90 "
                       f"{rec['sampled_jobs_to_accuse_p90']}, {rec['accused_in_draws']}/"
-                      f"{rec['draws']} draws), then FRAUD on {rec['fraud_once_standing']}/"
-                      f"{rec['jobs']} jobs")
+                      f"{rec['draws']} draws); jobs not FRAUD per {rec['sampled_jobs_per_draw']}"
+                      f" sampled: {rec['escaped_before_accusation_median']} before the "
+                      f"accusation, {rec['escaped_after_accusation_median']} after (max "
+                      f"{rec['escaped_after_accusation_max']})")
         honest_record = model["evidence"]["bfloat16"]["honest"]["record"]
         if honest_record:
             print(f"    honest jobs on a record: accused in {honest_record['accused_in_draws']}/"

@@ -101,6 +101,22 @@ def test_a_persistent_deviation_is_accused_on_the_record_and_the_committee_confi
     confirmed = vote(member, job, record)
     assert confirmed.verdict is Verdict.FRAUD, confirmed.reason
     assert all(member.has_score(r.commitment) for r in record)
+    # from then on each of the node's jobs is accused and confirmed on its record, those that
+    # look honest alone as well: the record, not the job, shows the deviation
+    history = [*record, job]
+    looks_honest = 0
+    for later in served(cheat, jobs(2000, 24)):
+        finding = audit(auditor, later, len(history), list(history))
+        assert isinstance(finding, Evidence) and finding.offence is Offence.RECORD, finding
+        own = auditor.scores[later.commitment.content_id]
+        assert own is not None
+        if own <= mu0:
+            looks_honest += 1
+            assert vote(member, later, [], on_record=False).verdict is Verdict.VALID
+            confirmed = vote(member, later, list(history))
+            assert confirmed.verdict is Verdict.FRAUD, confirmed.reason
+        history.append(later)
+    assert looks_honest > 0, "no job of the cheat scored under the honest mean"
     # a record of the same node's jobs of another model counts none of them
     stranger = validator(SigningKey.derive("test/llm/record/stranger"))
     padded = [RecordJob(r.request, r.commitment, r.output) for r in
@@ -171,7 +187,8 @@ def test_the_record_verdict_table() -> None:
     low = NodeEvidence(audits=80, log_wealth=1.0, peak_log_wealth=3.0)
     cases = [
         (standing, Verdict.VALID, 0.5, 0, Verdict.FRAUD),
-        (standing, Verdict.VALID, 0.1, 0, Verdict.INCONCLUSIVE),  # this job is not deviating
+        # a job of a node whose record stands is FRAUD, however honest it looks alone
+        (standing, Verdict.VALID, 0.1, 0, Verdict.FRAUD),
         (near, Verdict.VALID, 0.5, 0, Verdict.INCONCLUSIVE),
         (low, Verdict.VALID, 0.5, 0, Verdict.VALID),
         (low, Verdict.VALID, 0.5, 3, Verdict.INCONCLUSIVE),

@@ -63,10 +63,17 @@ sampled jobs of the node and model before the job in hand, in the ledger's
 order, which neither it nor the node chose. It re-executes them (scores are
 kept, so each job is scored once) and runs the same test over them and the job
 (:func:`record_evidence`). If the wealth at the job reaches the bound with
-``ACCUSE_MARGIN`` to spare and the job itself scores above ``μ₀``, it accuses
-the job with ``RECORD`` evidence, and the committee, reading the same record,
-votes by :func:`record_verdict`: FRAUD at the bound, the job's own verdict
-when the record stays below half of it in log terms, INCONCLUSIVE between.
+``ACCUSE_MARGIN`` to spare, it accuses the job with ``RECORD`` evidence, and the
+committee, reading the same record, votes by :func:`record_verdict`: FRAUD at
+the bound, the job's own verdict when the record stays below half of it in log
+terms, INCONCLUSIVE between. The job's own score does not decide it: a cheat's
+jobs are not all visible alone (in bfloat16 some of SmolLM2's int8 jobs score
+below the honest mean), but every one of them is a job of a node whose record
+shows the deviation, so once the record stands, each of its sampled jobs is
+FRAUD whatever it scores. The wealth can only cross the bound at a job scoring
+above ``μ₀`` (any other lowers it), so this does not hasten a first accusation
+and does not change what an honest record risks (below); it decides the jobs
+after it.
 A member that could not judge every job of the record (nobody served an
 output, or the vote window left no time to score it) never votes VALID.
 Scoring stops a round before the duty's deadline, so a member is never
@@ -180,8 +187,8 @@ def record_evidence(scores: Sequence[float | None], mu0: float) -> NodeEvidence:
 def record_verdict(evidence: NodeEvidence, job: Verdict, job_score: float, mu0: float,
                    missing: int = 0) -> tuple[Verdict, str]:
     """A committee member's vote on a ``RECORD`` dispute, from the record's evidence (the job
-    last), the job's own verdict and score: FRAUD when the job alone is FRAUD, or when it
-    deviates above ``μ₀`` and the record stands at the bound; the job's own verdict when the
+    last), the job's own verdict and score: FRAUD when the job alone is FRAUD, or when the
+    record stands at the bound, whatever the job scores; the job's own verdict when the
     record stays under half of the bound in log terms; INCONCLUSIVE between. With ``missing``
     jobs of the record not judged (no output served, or no time to score them) the record
     may hold more than was seen, so it is never VALID: a member outvoted by members who saw
@@ -191,7 +198,7 @@ def record_verdict(evidence: NodeEvidence, job: Verdict, job_score: float, mu0: 
     summary = (f"log-wealth {evidence.log_wealth:.1f} over {evidence.audits} judged jobs of the "
                f"record against an honest mean score ≤ {mu0:.3f} (bound {LOG_THRESHOLD:.1f}); "
                f"the job scores {job_score:.3f}")
-    if evidence.log_wealth >= LOG_THRESHOLD and job_score > mu0:
+    if evidence.log_wealth >= LOG_THRESHOLD:
         return Verdict.FRAUD, "the record deviates persistently: " + summary
     if evidence.log_wealth < LOG_THRESHOLD / 2:
         if missing and job is Verdict.VALID:

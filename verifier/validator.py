@@ -13,10 +13,11 @@ node's audits (:mod:`verifier.llm_evidence`): a node whose audited jobs
 deviate persistently, each under one job's threshold, is flagged once the
 evidence reaches its bound (:meth:`Validator.flagged`). From a lower level of
 that evidence (:meth:`Validator.wants_record`) an audit is given the node's
-record, the earlier sampled jobs the ledger lists, and a job that deviates
-above the honest mean on a record that stands at the bound is accused with
-``RECORD`` evidence; without the record, or short of it, such a job is
-INCONCLUSIVE, never FRAUD, for one job's deviation is not enough. A member of
+record, the earlier sampled jobs the ledger lists, and a job on a record that
+stands at the bound is accused with ``RECORD`` evidence, whatever the job
+scores alone; without the record, or short of it, a job that deviates above
+the honest mean is INCONCLUSIVE, never FRAUD, for one job's deviation is not
+enough. A member of
 a ``RECORD`` dispute's committee is given the same record and votes by it
 (:func:`verifier.llm_evidence.record_verdict`). ``zk``
 commitments are checked by their proof (:mod:`verifier.zk`), every one of
@@ -151,8 +152,8 @@ class Validator:
         """One job's check, then the node's evidence: only jobs this validator scored count.
 
         An audit adds the job to this validator's evidence; given the node's ``record`` it
-        returns FRAUD (to be sent as ``RECORD`` evidence) when the record stands at the bound
-        with ``ACCUSE_MARGIN`` to spare and the job deviates above ``μ₀``. A vote on a
+        returns FRAUD (to be sent as ``RECORD`` evidence) when the record, the job last, stands
+        at the bound with ``ACCUSE_MARGIN`` to spare, whatever the job scores. A vote on a
         ``RECORD`` dispute (``on_record``) is decided by the record.
         """
         llm, calibration = self.llms.get(request.model_id, (None, DEFAULT_CALIBRATION))
@@ -177,19 +178,18 @@ class Validator:
         if audit:
             evidence = accumulate(evidence, judged.score, mu0)
             self.evidence[key] = evidence
-        if judged.score <= mu0 or (not evidence.standing and record is None):
-            return check
         if record is not None:
+            # any job of a node whose record stands is accused, whatever it scores alone
             on, _ = self._record(request, commitment, record, dtype, mu0, judged.score, give_up)
             if on.log_wealth >= LOG_THRESHOLD + ACCUSE_MARGIN:
                 return Check(Verdict.FRAUD, (
                     f"the node's record deviates persistently: log-wealth {on.log_wealth:.1f} "
                     f"≥ {LOG_THRESHOLD:.1f} + {ACCUSE_MARGIN:.1f} over {on.audits} judged "
-                    f"{dtype} jobs of its record, against an honest mean score ≤ {mu0:.3f}, and "
+                    f"{dtype} jobs of its record, against an honest mean score ≤ {mu0:.3f}; "
                     f"this job scores {judged.score:.3f} ({judged.reason})"), b"", judged.seconds,
                     on_record=True)
-            if not evidence.standing:
-                return check
+        if judged.score <= mu0 or not evidence.standing:
+            return check
         return Check(Verdict.INCONCLUSIVE, (
             f"node flagged by evidence across {evidence.audits} audits of its {dtype} jobs: "
             f"log-wealth {evidence.log_wealth:.1f} ≥ {LOG_THRESHOLD:.1f} against an honest "
