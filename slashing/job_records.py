@@ -12,18 +12,46 @@ The index maps job ids to log rows for pending jobs, and for the newest
 is never audited again, but a ``RECORD`` dispute's committee re-executes the
 node's record (:func:`slashing.rules.record_of`). It is rebuilt at start by one pass over the log (a
 decode of every event: about the cost of replaying from genesis) and kept
-up to date as the service appends.
+up to date as the service appends. :class:`RecordOrder` lists every job of
+each node and model in the ledger's order, which a ``record`` query walks.
 """
 
 from __future__ import annotations
 
+import bisect
 from collections import deque
+from collections.abc import Iterator
 
 from protocol.sampling import RECORD_JOBS
 from slashing.events import RecordJob, ServeData
+from slashing.rules import record_key
 from slashing.settlement import Settlement
-from slashing.state import JobStatus, State
+from slashing.state import Job, JobStatus, State
 from slashing.store import LogEntry
+
+
+class RecordOrder:
+    """Every job of each node and model in the ledger's record order
+    (:func:`slashing.rules.record_key`), so that a ``record`` query walks back from its job
+    over that node's jobs only (:func:`slashing.rules.record_of` with ``newest_first``)
+    instead of sorting the whole ledger: a query any peer may send must not cost the service
+    the ledger's size."""
+
+    def __init__(self) -> None:
+        self._keys: dict[tuple[bytes, bytes], list[tuple[int, bytes]]] = {}
+        self._known: set[bytes] = set()
+
+    def add(self, job: Job) -> None:
+        if job.job_id in self._known:
+            return
+        self._known.add(job.job_id)
+        bisect.insort(self._keys.setdefault((job.node, job.model_id), []), record_key(job))
+
+    def earlier(self, job: Job) -> Iterator[bytes]:
+        """The ids of the node's jobs of the model recorded before ``job``, newest first."""
+        keys = self._keys.get((job.node, job.model_id), [])
+        for i in range(bisect.bisect_left(keys, record_key(job)) - 1, -1, -1):
+            yield keys[i][1]
 
 
 class JobRecords:
@@ -33,6 +61,7 @@ class JobRecords:
         self._served: dict[bytes, int] = {}
         self._kept: dict[tuple[bytes, bytes], deque[bytes]] = {}
         """Per (node, model): the settled sampled jobs kept for records, oldest first."""
+        self.order = RecordOrder()
         for entry in ledger.events(0):
             self.note(entry)
         self.prune(ledger.state)
@@ -43,6 +72,9 @@ class JobRecords:
         if isinstance(event, RecordJob):
             job_id = event.request_message.job_id
             self._recorded.setdefault(job_id, entry.seq)  # the first record is the job's
+            job = self.ledger.state.jobs.get(job_id)
+            if job is not None:
+                self.order.add(job)
         elif isinstance(event, ServeData):
             self._served[event.job_id] = entry.seq
 

@@ -133,7 +133,7 @@ nonce) is used once, and a request expires.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from protocol.economics import in_flight_limit, violations
@@ -428,18 +428,40 @@ def record_key(job: Job) -> tuple[int, bytes]:
     return job.recorded_round, job.job_id
 
 
-def record_of(state: State, job_id: bytes, limit: int = RECORD_JOBS) -> list[bytes]:
+def record_of(state: State, job_id: bytes, limit: int = RECORD_JOBS,
+              newest_first: Iterable[bytes] | None = None) -> list[bytes]:
     """A ``RECORD`` dispute's record: the last ``limit`` sampled jobs (zk jobs aside) of the
     job's node and model recorded before it, oldest first. The ledger fixes it, so neither
-    the accuser nor the node chooses what the committee judges."""
+    the accuser nor the node chooses what the committee judges.
+
+    Without ``newest_first`` every job of the state is looked at. A service answering many
+    queries passes the ids of every job of the node and model recorded before this one,
+    newest first (:class:`slashing.job_records.RecordOrder`), and the walk stops at the
+    ``limit``-th sampled one, so a query costs about ``limit / p`` steps, not the ledger's
+    size; the answer is the same."""
     job = get_job(state, job_id)
+    if limit <= 0:
+        return []
     before = record_key(job)
+    if newest_first is not None:
+        found: list[bytes] = []
+        for other_id in newest_first:
+            other = state.jobs[other_id]
+            if other.node != job.node or other.model_id != job.model_id \
+                    or record_key(other) >= before:
+                raise ValueError(f"job {_hex(other_id)} is not an earlier job of the node and "
+                                 f"model of job {_hex(job_id)}")
+            if other.sampled and not other.zk:
+                found.append(other_id)
+                if len(found) == limit:
+                    break
+        return found[::-1]
     earlier = sorted(
         (record_key(other), other.job_id) for other in state.jobs.values()
         if other.node == job.node and other.model_id == job.model_id and other.sampled
         and not other.zk and record_key(other) < before
     )
-    return [j for _, j in earlier[-limit:]] if limit > 0 else []
+    return [j for _, j in earlier[-limit:]]
 
 
 def dispute_outcome(dispute: Dispute) -> Verdict:

@@ -421,7 +421,10 @@ class LedgerService:
         """The record a ``RECORD`` dispute over the job is judged on (:func:`record_of`)."""
         if request["job_id"] not in self.ledger.state.jobs:
             return wire.ok_response(found=False, jobs=[])
-        return wire.ok_response(found=True, jobs=record_of(self.ledger.state, request["job_id"]))
+        state = self.ledger.state
+        job = state.jobs[request["job_id"]]
+        return wire.ok_response(found=True, jobs=record_of(
+            state, job.job_id, newest_first=self.records.order.earlier(job)))
 
     def _duties(self, request: dict[str, Any]) -> bytes:
         """The audits and committee votes the ledger awaits from ``validator``, at most

@@ -11,6 +11,7 @@ accusation that would escape the checks every accusation passes.
 from __future__ import annotations
 
 import dataclasses
+import random
 
 import pytest
 
@@ -21,6 +22,7 @@ from protocol.messages import Commitment, Evidence, Offence, Verdict
 from protocol.sampling import RECORD_JOBS
 from slashing import constants as c
 from slashing.events import Accuse
+from slashing.job_records import RecordOrder
 from slashing.rules import NotSampled, record_of
 from slashing.state import JobStatus, decode_state, encode_state
 from tests.test_ledger import (
@@ -76,6 +78,21 @@ def test_the_record_is_the_nodes_sampled_jobs_of_the_model_before_the_job() -> N
     # bounded: the last RECORD_JOBS (here 3), oldest first
     assert record_of(world.state, last.job_id, limit=3) == listed[-3:]
     assert RECORD_JOBS >= 64
+    # the service's index walks back over the node's jobs only, and answers the same; jobs
+    # recorded in one round come in any order, so they are added shuffled
+    order = RecordOrder()
+    for job in random.Random(7).sample(list(jobs.values()), len(jobs)):
+        order.add(job)
+        order.add(job)  # a job noted twice is listed once
+    for job in jobs.values():
+        for limit in (RECORD_JOBS, 3):
+            assert record_of(world.state, job.job_id, limit, order.earlier(job)) == \
+                record_of(world.state, job.job_id, limit), job.job_id.hex()
+    # a walk handed another node's job, or a later one, is refused rather than answered
+    with pytest.raises(ValueError, match="not an earlier job"):
+        record_of(world.state, coms[0].job_id, newest_first=[coms[1].job_id])
+    with pytest.raises(ValueError, match="not an earlier job"):
+        record_of(world.state, coms[0].job_id, newest_first=[coms[2].job_id])
 
 
 def test_a_record_dispute_slashes_the_node_and_holds_no_auditor_lazy() -> None:
