@@ -96,6 +96,10 @@ class ValidatorConfig:
     ledger: str = ""
     stake: int = 20_000
     threads: int = 1
+    outputs_kept: int = 65_536
+    """Audited ``llm`` outputs the journal keeps to serve to committees judging a node's
+    record, the newest; older ones are deleted (a record reaches back 128 sampled jobs of a
+    node and model, and the ledger keeps 256)."""
     http_host: str = "127.0.0.1"
     http_port: int = 8010
     """``/health``."""

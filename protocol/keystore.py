@@ -259,6 +259,20 @@ class SigningJournal:
         ).fetchone()
         return int(n)
 
+    def keep_newest(self, kind: str, keep: int) -> int:
+        """Delete all but the newest ``keep`` rows of ``kind`` (in the order they were first
+        kept) and return how many went. For data kept to serve to others, such as audited
+        outputs; never for a kind of signed message, whose rows are what stops this key
+        signing a second, different one."""
+        if keep < 0:
+            raise ValueError(f"rows to keep must not be negative, got {keep}")
+        deleted = self._db.execute(
+            "DELETE FROM signed WHERE kind = ? AND rowid NOT IN "
+            "(SELECT rowid FROM signed WHERE kind = ? ORDER BY rowid DESC LIMIT ?)",
+            (kind, kind, keep),
+        )
+        return int(deleted.rowcount)
+
     def count(self, kind: str) -> int:
         (n,) = self._db.execute("SELECT COUNT(*) FROM signed WHERE kind = ?", (kind,)).fetchone()
         return int(n)

@@ -112,6 +112,22 @@ def test_signing_journal_keeps_the_first_message_across_reopen(tmp_path: Path) -
     assert again.count("audit") == 1
 
 
+def test_signing_journal_keeps_the_newest_rows_of_a_kind_only(tmp_path: Path) -> None:
+    journal = SigningJournal(tmp_path / "j.sqlite")
+    jobs = [bytes([i]) * 32 for i in range(6)]
+    for job in jobs:
+        journal.record("output", job, b"out" + job[:1])
+        journal.record("audit", job, b"signed")
+    journal.record("output", jobs[0], b"again")  # kept once, where it was first kept
+    assert journal.keep_newest("output", 2) == 4
+    assert [journal.get("output", j) is not None for j in jobs] == [False] * 4 + [True] * 2
+    assert journal.count("audit") == 6  # another kind is untouched
+    with pytest.raises(ValueError, match="must not be negative"):
+        journal.keep_newest("output", -1)
+    assert journal.count("output") == 2  # a refused call changes nothing
+    assert journal.keep_newest("output", 0) == 2 and journal.count("output") == 0
+
+
 def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     try:
         code = main(args)

@@ -40,7 +40,10 @@ ledger lists (``record``), each job's request and commitment from the
 ledger, and its output from the ledger, the node or the validators that
 audited it (every audited ``llm`` output is kept in the journal and served
 on the job-data protocol to staked validators), for ``RECORD_FETCH_S`` at
-most. A job whose output nobody serves adds nothing to the record.
+most. A job whose output nobody serves adds nothing to the record. The journal
+keeps the newest ``outputs_kept`` outputs (pruned at start and every
+``OUTPUT_PRUNE_EVERY`` audits), so its disk stays bounded; an output pruned too
+early only leaves a record member without it, which votes INCONCLUSIVE.
 
 A committee member needs the same tokens, and the rules take no report while
 a dispute is open. The output is self-authenticating (it must hash to the
@@ -99,7 +102,7 @@ import trio
 from protocol import codec
 from protocol.beacon import BeaconRound, DevnetBeaconVerifier
 from protocol.codec import Tensor
-from protocol.config import ValidatorConfig
+from protocol.config import ConfigError, ValidatorConfig
 from protocol.errors import MalformedMessage, ProtocolError
 from protocol.hashing import sha256
 from protocol.keystore import SigningJournal
@@ -148,6 +151,8 @@ RECORD_FETCH_S = 60.0
 """How long a record's outputs are fetched for before its remaining jobs are judged without
 them (they add nothing)."""
 READY_REFRESH_S = 1.0
+OUTPUT_PRUNE_EVERY = 256
+"""Audited outputs journalled between two prunings to ``outputs_kept``."""
 
 
 class OutputUnavailable(ProtocolError):
@@ -204,6 +209,10 @@ class ValidatorService:
         self._slots = trio.Semaphore(CONCURRENT_JOBS)
         self._beacon: DevnetBeaconVerifier | None = None
         self._send, self._receive = trio.open_memory_channel[Work](QUEUE_LIMIT)
+        if config.outputs_kept < 0:
+            raise ConfigError(f"outputs_kept must not be negative, got {config.outputs_kept}")
+        self._outputs_noted = 0
+        self._prune_outputs()
         host.subscribe(wire.TOPIC_COMMITMENTS, validate.commitments(self.ledger), self._relay)
         host.subscribe(wire.TOPIC_COMMITMENT_BATCHES, validate.commitment_batches(self.ledger),
                        self._relay)
@@ -211,6 +220,12 @@ class ValidatorService:
         host.subscribe(wire.TOPIC_EVIDENCE, validate.evidence(self.ledger), self._relay)
         host.subscribe(wire.TOPIC_ATTESTATIONS, validate.attestations(self.ledger), self._relay)
         host.serve(wire.PROTOCOL_JOB_DATA, self.handle_job_data)
+
+    def _prune_outputs(self) -> None:
+        dropped = self.journal.keep_newest(OUTPUT, self.config.outputs_kept)
+        if dropped:
+            log.info("pruned %d journalled outputs, keeping the newest %d", dropped,
+                     self.config.outputs_kept)
 
     @property
     def me(self) -> bytes:
@@ -425,6 +440,9 @@ class ValidatorService:
         if output is not None and work.kind == AUDIT:
             # a committee may need it from us: over this job, or over a record that holds it
             self.journal.record(OUTPUT, work.commitment.job_id, codec.encode(output))
+            self._outputs_noted += 1
+            if self._outputs_noted % OUTPUT_PRUNE_EVERY == 0:
+                self._prune_outputs()
         if isinstance(finding, Evidence):
             self.metrics.mismatches.inc()
             self.metrics.verified.labels("FRAUD").inc()
