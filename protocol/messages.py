@@ -62,8 +62,8 @@ class Offence(enum.StrEnum):
     EQUIVOCATION = "equivocation"
     INVALID_PROOF = "invalid_proof"
     RECORD = "record"
-    """An ``llm`` job that deviates above the honest mean from a node whose audited record
-    deviates persistently; a committee re-executes the job and the node's record
+    """An ``llm`` job of a node whose audited record deviates persistently, whatever the job
+    scores alone; a committee re-executes the job and the node's record
     (:mod:`verifier.llm_evidence`)."""
 
 

@@ -56,8 +56,8 @@ after ``MAX_COMMITTEE_DRAWS`` committees is a dispute INCONCLUSIVE.
 
 **A record is judged through one of its jobs.** An ``llm`` node can deviate
 on every job by less than one job's threshold, which must leave room for
-honest machines calibration never saw. ``RECORD`` evidence accuses such a
-job (one that deviates above the honest mean) on the strength of the node's
+honest machines calibration never saw. ``RECORD`` evidence accuses one of
+its jobs (any of them, however it looks alone) on the strength of the node's
 record: the committee re-executes the job and every earlier sampled job of
 the node and model, which the ledger lists (``record``), and votes FRAUD when
 the evidence across them reaches the bound of :mod:`verifier.llm_evidence`.

@@ -150,7 +150,7 @@ def test_a_false_record_accusation_costs_the_accuser_its_slash_and_bond() -> Non
 
 def test_a_dispute_keeps_the_kind_it_was_opened_with() -> None:
     """A colluder's per-job accusation first: the record accuser joins it as it is (and the
-    next deviating job can be accused on the record); a record dispute takes a mismatch."""
+    node's next job can be accused on the record); a record dispute takes a mismatch."""
     world = World()
     first, second = world.job(1), world.job(2)
     world.next_round()

@@ -6,7 +6,7 @@ The attack: the node serves GPT-2 in bfloat16 with its weights rounded to 9 bits
 alone is VALID (each deviates by less than one job's threshold leaves honest machines), so
 no per-job accusation could slash it. The validators, each auditing its share, read the
 node's record from the ledger once their own audits point at it; the first to find the record
-at the bound accuses a deviating job with ``RECORD`` evidence, and the committee (the other
+at the bound accuses the job in hand with ``RECORD`` evidence, and the committee (the other
 validator), reading the same record (the jobs it audited from its own journal, the rest
 fetched), confirms it. The node loses S; no validator loses anything. The node also serves
 each output to that job's auditor only, as long as the audit is awaited: every record job a
