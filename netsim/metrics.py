@@ -34,7 +34,7 @@ import numpy as np
 from netsim import theory
 from netsim.behaviour import arrivals
 from netsim.outcome import FRAUD, INCONCLUSIVE, REFUSED, VALID, Outcome
-from netsim.population import Population
+from netsim.population import HONEST, Population
 
 Table = dict[str, np.ndarray]
 
@@ -272,6 +272,8 @@ def summary(population: Population, outcome: Outcome, nodes: Table, validators: 
         "mean_cheats_to_detection": mean(nodes["cheats_to_detection"][detected]),
         "honest_false_slashes": int(false_slashes.sum()),
         "validators_slashed_out": int(outcome.validator_slashed_out.sum()),
+        "honest_validators_slashed_out": int(
+            (outcome.validator_slashed_out & (validators["kind"] == HONEST)).sum()),
         "verification_overhead_pct": (
             100.0 * float(outcome.reexecutions.sum()) * config.cost / honest_cost
             if honest_cost

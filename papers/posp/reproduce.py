@@ -192,7 +192,10 @@ def sign_change(workers: int) -> dict[str, Any]:
             "measured_threshold": interval(estimate(measured)),
             "detection": interval(estimate(row["detection_per_cheated_job"] for row in mine), 5),
             "honest_validators_slashed_out": interval(
-                estimate(row["validators_slashed_out"] for row in mine)),
+                estimate(row["honest_validators_slashed_out"] for row in mine)),
+            "colluding_validators_slashed_out": interval(
+                estimate(row["validators_slashed_out"] - row["honest_validators_slashed_out"]
+                         for row in mine)),
             "gains": {str(m): interval(estimate(m * threshold - x for x in measured))
                       for m in C_MULTIPLES},
         })
@@ -293,7 +296,7 @@ def markdown(results: dict[str, Any]) -> str:
         "Threshold C* where the gain changes sign (measured = C − gain per cheated job):",
         "",
         "| R | S | r | PoSP p(1−r)(R+S) | ours p(1−r)((1−κ)(R+S) − κW) | measured C* | "
-        "honest validators slashed out |",
+        "validators slashed out: honest, colluding |",
         "|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for cell in sign["cells"]:
@@ -301,7 +304,8 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(
             f"| {cell['R']} | {cell['S']} | {r} | {cell['posp_threshold']:.1f} | "
             f"{cell['committee_threshold']:.1f} | {shown(cell['measured_threshold'])} | "
-            f"{cell['honest_validators_slashed_out']['mean']:.1f} |"
+            f"{cell['honest_validators_slashed_out']['mean']:.1f}, "
+            f"{cell['colluding_validators_slashed_out']['mean']:.1f} |"
         )
     detect = results["detection"]
     lines += [
