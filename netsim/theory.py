@@ -19,7 +19,8 @@ job that is not caught saves the node s·C; a caught one costs it the reward
 R and the slash S. A committee that the m − A validators voting VALID hold
 by a majority (probability ρ = p · A/m · P[Hyp(m−1, m−A, k) > k/2]) slashes
 the honest accuser instead, and the cheater, as the wronged node, is paid
-W, its share of that slash. So the expected gain is
+W, its share of that slash and of the accuser's forfeited bond (the ledger
+splits both, ``slashing.rules``). So the expected gain is
 ``s·C − π(R + S) + ρW``: the threshold C* of PoSP, lowered by what captured
 committees pay the cheater. All of it assumes every validator stays bonded
 and every stake covers its slash: when jail, tombstones or slashes thin the
@@ -97,7 +98,8 @@ def cheat_gain(population: Population, node: int, catch: float) -> float:
     strategy = int(population.node_strategy[node])
     saving = config.strategies[strategy].saving if strategy >= 0 else 0.0
     loss = ledger.reward + ledger.fraud_slash
-    wronged = (min(ledger.false_accusation_slash, config.validator_bond)
+    # the pot a false accusation forfeits: the accuser's slash and its escrowed bond
+    wronged = ((min(ledger.false_accusation_slash, config.validator_bond) + ledger.accuser_bond)
                * ledger.wronged_node_share_bps // c.BPS)
     cleared = cleared_probability(population, node)
     return saving * float(population.node_cost[node]) - catch * loss + cleared * wronged

@@ -69,7 +69,9 @@ def test_cheat_gain_is_saving_minus_expected_loss_plus_cleared_payments() -> Non
     colluders = 6
     rho = 0.1 * (14 / 20) * (1 - honest_majority(19, colluders, 3))
     assert cleared_probability(population, 0) == pytest.approx(rho)
-    wronged = 2_000 * 4_000 // 10_000
+    # the slash and the forfeited accuser bond, as slashing.rules splits them
+    wronged = (2_000 + 1_000) * 4_000 // 10_000
+    assert config.ledger.accuser_bond == 1_000
     pi = catch_probability(population, 0)
     assert cheat_gain(population, 0, pi) == pytest.approx(
         1.0 * config.cost - pi * loss + rho * wronged)

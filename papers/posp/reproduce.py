@@ -15,8 +15,8 @@ each repeated over SEEDS independent seeds and reported as the mean with its
    C − C* of the same run; the script checks this on one cell. Our ledger
    also sends each accusation to a committee of k = 3; colluders who win a
    committee majority (probability κ) clear the cheat, and the honest
-   accuser's false-accusation slash pays the cheater the wronged node's
-   share W, so the threshold we expect is p(1−r)(1−κ)(R+S) − p(1−r)κW
+   accuser's false-accusation slash and forfeited bond pay the cheater the
+   wronged node's share W, so the threshold we expect is p(1−r)(1−κ)(R+S) − p(1−r)κW
    (netsim.theory).
 2. Detection against jobs: the share of always-cheating nodes caught within
    n cheated jobs, against 1 − (1 − p(1−r)(1−κ))ⁿ.
